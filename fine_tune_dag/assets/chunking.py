@@ -1,0 +1,89 @@
+"""passages: single-topic verbatim spans of each note."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
+from fine_tune_dag.assets.ingest import raw_notes
+from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.core.chunking import (
+    ChunkingSettings,
+    boundary_prompt_variables,
+    heuristic_passages,
+    needs_boundary_request,
+    passages_from_boundary_answer,
+)
+from fine_tune_dag.core.llm import LLMRequest
+from fine_tune_dag.core.markdown import length_summary, preview
+from fine_tune_dag.prompts import load_prompt
+from fine_tune_dag.resources.llm import LLMResource
+from fine_tune_dag.resources.warehouse import WarehouseResource
+
+BOUNDARY_TEMPLATE = load_prompt("chunk_boundaries")
+
+
+class ChunkingConfig(dg.Config):
+    strategy: str = Field(default="llm", description="'llm' (the model proposes boundaries) or 'heuristic'")
+    min_chars: int = ChunkingSettings.min_chars
+    max_chars: int = ChunkingSettings.max_chars
+    boundary_max_new_tokens: int = 128
+
+
+@dg.asset(
+    partitions_def=notes_partitions,
+    deps=[raw_notes],
+    group_name="ingest",
+    pool="duckdb",
+    kinds={"python", "duckdb"},
+    code_version=f"chunking-1+{BOUNDARY_TEMPLATE.tag}",
+)
+def passages(
+    context: dg.AssetExecutionContext, config: ChunkingConfig, warehouse: WarehouseResource, llm: LLMResource
+) -> dg.MaterializeResult:
+    """Passages whose text is an exact character span of the note; the LLM only picks boundaries."""
+    note_id = context.partition_key
+    db = warehouse.get()
+    note = rows_for_note(db, "raw_notes", note_id, "raw_notes").iloc[0]
+    settings = ChunkingSettings(config.strategy, config.min_chars, config.max_chars)
+    cached = llm.cached(db)
+    if needs_boundary_request(note.text, settings):
+        request = LLMRequest.from_template(
+            BOUNDARY_TEMPLATE, config.boundary_max_new_tokens, **boundary_prompt_variables(note.text, settings)
+        )
+        answer = cached.complete([request])[0]
+        result = passages_from_boundary_answer(note_id, note.text, note.title, answer, settings)
+    else:
+        result = heuristic_passages(note_id, note.text, note.title, settings)
+    if result.fallback_reason:
+        context.log.warning(f"{note.path}: LLM boundaries rejected ({result.fallback_reason}); used headings and paragraphs")
+    rows = pd.DataFrame(
+        [
+            {
+                "note_id": p.note_id,
+                "passage_index": p.index,
+                "start_char": p.start,
+                "end_char": p.end,
+                "text": p.text,
+                "topic": p.topic,
+                "strategy": p.strategy,
+                "char_count": len(p.text),
+            }
+            for p in result.passages
+        ]
+    )
+    db.replace_rows("passages", rows, {"note_id": note_id})
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(rows),
+            "note": note.path,
+            "strategy_configured": settings.strategy,
+            "strategy_used": result.strategy,
+            "fallback_reason": result.fallback_reason or "none",
+            "passage_chars": dg.MetadataValue.json(length_summary(rows["char_count"].tolist())),
+            **llm_usage_metadata(cached.usage),
+            "preview": dg.MetadataValue.md(preview(rows, ["passage_index", "topic", "char_count", "text"])),
+        }
+    )

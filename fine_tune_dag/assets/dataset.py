@@ -1,0 +1,89 @@
+"""dataset_splits: kept pairs of all current notes, split by note hash, exported as chat JSONL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from fine_tune_dag.assets.models import base_model
+from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.synthesis import qa_pairs
+from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, render_training_example
+from fine_tune_dag.core.markdown import length_summary, preview
+from fine_tune_dag.core.models import load_tokenizer
+from fine_tune_dag.core.splits import assign_splits, dataset_version, records_of, write_jsonl
+from fine_tune_dag.core.training import TrainingSettings
+from fine_tune_dag.resources.models import ModelsResource
+from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.warehouse import WarehouseResource
+
+
+class SplitConfig(dg.Config):
+    test_fraction: float = Field(default=0.2, description="share of notes held out; assigned by a hash of the note id")
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+
+@dg.asset(
+    deps=[qa_pairs, base_model],
+    group_name="dataset",
+    pool="duckdb",
+    kinds={"python", "duckdb"},
+    code_version="splits-1",
+)
+def dataset_splits(
+    context: dg.AssetExecutionContext,
+    config: SplitConfig,
+    paths: ProjectPaths,
+    warehouse: WarehouseResource,
+    models: ModelsResource,
+) -> dg.MaterializeResult:
+    """Train/test pairs; token counts use the base model's tokenizer and the one chat template."""
+    db = warehouse.get()
+    note_ids = context.instance.get_dynamic_partitions(notes_partitions.name)
+    kept = db.query(
+        "SELECT pair_id, note_id, mode, question, answer FROM qa_pairs "
+        "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
+        [note_ids],
+    )
+    splits = assign_splits(kept, config.test_fraction, config.system_prompt)
+    tokenizer = load_tokenizer(models.resolve().path)
+    rendered = [render_training_example(tokenizer, r["messages"]) for r in records_of(splits)]
+    splits["prompt_tokens"] = [e.prompt_length for e in rendered]
+    splits["answer_tokens"] = [len(e.input_ids) - e.prompt_length for e in rendered]
+    version = dataset_version(splits)
+    splits["dataset_version"] = version
+    db.replace_rows("dataset_splits", splits)
+    export = paths.exports / version
+    files = {side: write_jsonl(export / f"{side}.jsonl", records_of(splits[splits["split"] == side])) for side in ("train", "test")}
+    tokens = (splits["prompt_tokens"] + splits["answer_tokens"]).groupby(splits["split"]).sum()
+    side = {s: splits[splits["split"] == s] for s in ("train", "test")}
+    summary = {
+        "dataset_version": version,
+        "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "train_pairs": len(side["train"]),
+        "test_pairs": len(side["test"]),
+        "train_notes": side["train"]["note_id"].nunique(),
+        "test_notes": side["test"]["note_id"].nunique(),
+        "train_tokens": int(tokens.get("train", 0)),
+        "test_tokens": int(tokens.get("test", 0)),
+        "train_path": str(files["train"]),
+        "test_path": str(files["test"]),
+    }
+    db.insert_rows("dataset_versions", pd.DataFrame([summary]))
+    if side["test"].empty:
+        context.log.warning("the test split is empty: add notes or raise test_fraction to evaluate adapters")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(splits),
+            **{k: v for k, v in summary.items() if k not in ("created_at", "train_path", "test_path")},
+            "estimated_training_tokens": dg.MetadataValue.int(int(summary["train_tokens"] * TrainingSettings.epochs)),
+            "answer_tokens": dg.MetadataValue.json(length_summary(splits["answer_tokens"].tolist())),
+            "train_jsonl": dg.MetadataValue.path(str(files["train"])),
+            "test_jsonl": dg.MetadataValue.path(str(files["test"])),
+            "preview": dg.MetadataValue.md(preview(splits, ["split", "mode", "question", "answer"], rows=6)),
+        },
+        data_version=dg.DataVersion(version),
+    )

@@ -1,0 +1,61 @@
+"""raw_notes: one parsed note per partition."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import pandas as pd
+
+from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.core.ingest import NoteParseError, find_note, parse_note
+from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.warehouse import WarehouseResource
+
+
+@dg.asset(
+    partitions_def=notes_partitions,
+    group_name="ingest",
+    pool="duckdb",
+    kinds={"python", "duckdb"},
+    code_version="ingest-1",
+)
+def raw_notes(context: dg.AssetExecutionContext, paths: ProjectPaths, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The note file parsed to text (Markdown, text, PDF or DOCX) with its title, format and hash."""
+    note_id = context.partition_key
+    try:
+        note = parse_note(find_note(paths.notes, note_id), paths.notes)
+    except NoteParseError as error:
+        raise dg.Failure(
+            description=str(error), metadata={"file": error.path, "reason": error.reason}, allow_retries=False
+        ) from error
+    except (KeyError, FileNotFoundError) as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+    row = {
+        "note_id": note.note_id,
+        "path": note.path,
+        "title": note.title,
+        "format": note.format,
+        "text": note.text,
+        "metadata": json.dumps(note.metadata, ensure_ascii=False),
+        "sha256": note.sha256,
+        "encoding": note.encoding,
+        "char_count": note.char_count,
+        "parsed_at": datetime.now(timezone.utc).replace(tzinfo=None),
+    }
+    warehouse.get().replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note_id})
+    return dg.MaterializeResult(
+        metadata={
+            "file": dg.MetadataValue.path(str(paths.notes / note.path)),
+            "title": note.title,
+            "format": note.format,
+            "characters": note.char_count,
+            "words": len(note.text.split()),
+            "encoding": note.encoding or "n/a",
+            "sha256": note.sha256,
+            "front_matter": dg.MetadataValue.json(note.metadata),
+            "preview": dg.MetadataValue.md(f"**{note.title}**\n\n" + note.text[:600] + ("…" if len(note.text) > 600 else "")),
+        },
+        data_version=dg.DataVersion(note.sha256),
+    )

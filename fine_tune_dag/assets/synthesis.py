@@ -1,0 +1,104 @@
+"""qa_pairs: synthetic questions for each passage, filtered, with kept and rejected both stored."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from fine_tune_dag.assets.chunking import passages
+from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
+from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.core.chunking import Passage
+from fine_tune_dag.core.llm import LLMRequest
+from fine_tune_dag.core.markdown import preview, table
+from fine_tune_dag.core.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs
+from fine_tune_dag.prompts import load_prompt
+from fine_tune_dag.resources.llm import LLMResource
+from fine_tune_dag.resources.warehouse import WarehouseResource
+
+TEMPLATES = {"grounded": load_prompt("grounded_qa"), "back_translation": load_prompt("back_translation")}
+BACK_TRANSLATION_MAX_NEW_TOKENS = 48
+
+
+class SynthesisConfig(dg.Config):
+    modes: list[str] = Field(default=list(MODES), description="'grounded' and/or 'back_translation'")
+    questions_per_passage: int = SynthesisSettings.questions_per_passage
+    min_support: float = Field(
+        default=SynthesisSettings.min_support, description="share of answer words that must occur in the passage"
+    )
+    max_question_words: int = SynthesisSettings.max_question_words
+    max_answer_words: int = SynthesisSettings.max_answer_words
+    max_new_tokens: int = SynthesisSettings.max_new_tokens
+
+    def settings(self) -> SynthesisSettings:
+        return SynthesisSettings(
+            questions_per_passage=self.questions_per_passage,
+            modes=tuple(self.modes),
+            min_support=self.min_support,
+            max_question_words=self.max_question_words,
+            max_answer_words=self.max_answer_words,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+
+def synthesis_request(passage: Passage, mode: str, settings: SynthesisSettings) -> LLMRequest:
+    if mode == "grounded":
+        return LLMRequest.from_template(
+            TEMPLATES[mode], settings.max_new_tokens, passage=passage.text, count=str(settings.questions_per_passage)
+        )
+    return LLMRequest.from_template(TEMPLATES[mode], BACK_TRANSLATION_MAX_NEW_TOKENS, passage=passage.text)
+
+
+@dg.asset(
+    partitions_def=notes_partitions,
+    deps=[passages],
+    group_name="dataset",
+    pool="duckdb",
+    kinds={"python", "duckdb"},
+    code_version="synthesis-1+" + "+".join(t.tag for t in TEMPLATES.values()),
+)
+def qa_pairs(
+    context: dg.AssetExecutionContext, config: SynthesisConfig, warehouse: WarehouseResource, llm: LLMResource
+) -> dg.MaterializeResult:
+    """Grounded Q&A and instruction back-translation pairs, each checked against its passage."""
+    note_id = context.partition_key
+    settings = config.settings()
+    db = warehouse.get()
+    rows = rows_for_note(db, "passages", note_id, "passages", order_by="passage_index")
+    note_passages = [
+        Passage(r.note_id, r.passage_index, r.start_char, r.end_char, r.text, r.topic, r.strategy)
+        for r in rows.itertuples(index=False)
+    ]
+    jobs = [(p, mode) for p in note_passages for mode in settings.modes]
+    cached = llm.cached(db)
+    done = 0
+
+    def log_progress(count: int) -> None:
+        nonlocal done
+        done += count
+        context.log.info(f"{note_id}: {done}/{len(jobs)} synthesis requests answered")
+
+    answers = cached.complete([synthesis_request(p, mode, settings) for p, mode in jobs], on_progress=log_progress)
+    candidates = [(pair, p) for (p, mode), answer in zip(jobs, answers) for pair in candidate_pairs(p, mode, answer)]
+    pairs = pd.DataFrame([vars(pair) for pair in filter_pairs(candidates, settings)])
+    db.replace_rows("qa_pairs", pairs, {"note_id": note_id})
+    kept = pairs[pairs["status"] == "kept"]
+    rejected = pairs[pairs["status"] == "rejected"]
+    reasons = Counter(rejected["reason"])
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(pairs),
+            "passages": len(note_passages),
+            "kept": len(kept),
+            "rejected": len(rejected),
+            "rejection_rate": round(len(rejected) / len(pairs), 3) if len(pairs) else 0.0,
+            "kept_by_mode": dg.MetadataValue.json(dict(Counter(kept["mode"]))),
+            "rejection_reasons": dg.MetadataValue.md(table(reasons.most_common(), ["reason", "pairs"])),
+            **llm_usage_metadata(cached.usage),
+            "kept_preview": dg.MetadataValue.md(preview(kept, ["mode", "question", "answer"])),
+            "rejected_preview": dg.MetadataValue.md(preview(rejected, ["mode", "reason", "question"])),
+        }
+    )

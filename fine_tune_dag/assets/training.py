@@ -1,0 +1,123 @@
+"""lora_adapter: a new, versioned LoRA adapter trained on the current train split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from fine_tune_dag.assets.dataset import dataset_splits
+from fine_tune_dag.assets.models import base_model
+from fine_tune_dag.core.markdown import preview
+from fine_tune_dag.core.splits import records_of
+from fine_tune_dag.core.training import TrainingSettings, next_adapter_version, save_adapter, train_lora
+from fine_tune_dag.resources.models import ModelsResource
+from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.warehouse import WarehouseResource
+
+_DEFAULTS = TrainingSettings()
+
+
+class TrainingConfig(dg.Config):
+    epochs: float = _DEFAULTS.epochs
+    max_steps: int = Field(default=_DEFAULTS.max_steps, description="> 0 overrides epochs")
+    learning_rate: float = _DEFAULTS.learning_rate
+    lr_scheduler: str = _DEFAULTS.lr_scheduler
+    warmup_ratio: float = _DEFAULTS.warmup_ratio
+    lora_r: int = _DEFAULTS.lora_r
+    lora_alpha: int = _DEFAULTS.lora_alpha
+    lora_dropout: float = _DEFAULTS.lora_dropout
+    target_modules: list[str] = Field(default=list(_DEFAULTS.target_modules), description="module names or 'all-linear'")
+    batch_size: int = _DEFAULTS.batch_size
+    gradient_accumulation_steps: int = _DEFAULTS.gradient_accumulation_steps
+    max_seq_length: int = _DEFAULTS.max_seq_length
+    seed: int = _DEFAULTS.seed
+    device: str = Field(default=_DEFAULTS.device, description="auto, cuda, mps or cpu")
+    dtype: str = Field(default=_DEFAULTS.dtype, description="base weights: auto, bfloat16 or float32")
+    logging_steps: int = _DEFAULTS.logging_steps
+
+    def settings(self) -> TrainingSettings:
+        values = {f.name: getattr(self, f.name) for f in fields(TrainingSettings) if hasattr(self, f.name)}
+        return TrainingSettings(**{**values, "target_modules": tuple(self.target_modules)})
+
+
+@dg.asset(
+    deps=[dataset_splits, base_model],
+    group_name="training",
+    pool="gpu",
+    kinds={"pytorch"},
+    code_version="training-1",
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    paths: ProjectPaths,
+    warehouse: WarehouseResource,
+    models: ModelsResource,
+) -> dg.MaterializeResult:
+    """Answer-only loss, EOS learned, prompts from the one chat renderer; never overwrites a version."""
+    db = warehouse.get()
+    train = db.query("SELECT * FROM dataset_splits WHERE split = 'train' ORDER BY pair_id")
+    if train.empty:
+        raise dg.Failure(description="the train split is empty: materialize qa_pairs and dataset_splits first", allow_retries=False)
+    data_version = str(train["dataset_version"].iloc[0])
+    resolved = models.resolve()
+    settings = config.settings()
+
+    def log_step(metrics: dict[str, float], total: int) -> None:
+        context.log.info(
+            f"step {metrics['step']}/{total} loss={metrics['loss']:.4f} "
+            f"token_accuracy={metrics['mean_token_accuracy']:.3f} lr={metrics['learning_rate']:.2e} "
+            f"({metrics['elapsed_s']:.0f}s)"
+        )
+
+    run = train_lora(resolved.path, [r["messages"] for r in records_of(train)], settings, on_log=log_step)
+    version = next_adapter_version(paths.adapters, data_version)
+    provenance = {"base_model": resolved.reference, "base_model_path": str(resolved.path), "dataset_version": data_version}
+    folder = save_adapter(run, paths.adapters, version, provenance)
+    db.insert_rows(
+        "adapters",
+        pd.DataFrame(
+            [
+                {
+                    "version": version,
+                    "path": str(folder),
+                    "base_model": resolved.reference,
+                    "base_model_path": str(resolved.path),
+                    "dataset_version": data_version,
+                    "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
+                    "device": run.device,
+                    "train_examples": run.examples,
+                    "train_tokens": run.tokens,
+                    "train_seconds": run.seconds,
+                    "final_loss": run.final_loss,
+                    "hyperparameters": json.dumps(asdict(settings)),
+                }
+            ]
+        ),
+    )
+    steps = pd.DataFrame(run.steps)
+    return dg.MaterializeResult(
+        metadata={
+            "version": version,
+            "path": dg.MetadataValue.path(str(folder)),
+            "dataset_version": data_version,
+            "base_model": resolved.reference,
+            "device": run.device,
+            "dtype": run.dtype,
+            "train_examples": run.examples,
+            "dropped_too_long": run.dropped_too_long,
+            "optimizer_steps": int(steps["step"].iloc[-1]),
+            "first_loss": float(steps["loss"].iloc[0]),
+            "final_loss": run.final_loss,
+            "tokens": run.tokens,
+            "train_seconds": round(run.seconds, 1),
+            "tokens_per_second": round(run.tokens_per_second, 1),
+            "hyperparameters": dg.MetadataValue.json(asdict(settings)),
+            "steps": dg.MetadataValue.md(preview(steps.round(4), list(steps.columns), rows=len(steps))),
+        }
+    )

@@ -1,0 +1,132 @@
+"""The evaluation report: a verdict first, then figures, pictures and side-by-side examples."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fine_tune_dag.core.markdown import table  # noqa: E402
+
+METRIC_LABELS = {
+    "nll": "answer NLL (lower is better)",
+    "perplexity": "perplexity (lower is better)",
+    "rouge_l": "ROUGE-L F1 (higher is better)",
+    "token_f1": "token F1 (higher is better)",
+}
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    loss_curve: Path
+    metrics_chart: Path
+    text: str
+
+    def with_inline_images(self) -> str:
+        """The Markdown with its PNGs embedded as data URIs, for viewers that cannot open local files."""
+
+        def inline(match: re.Match[str]) -> str:
+            data = base64.b64encode((self.markdown.parent / match.group(2)).read_bytes()).decode("ascii")
+            return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+        return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, self.text)
+
+
+def verdict(base: dict[str, float], tuned: dict[str, float]) -> str:
+    change = (tuned["nll"] - base["nll"]) / base["nll"] * 100 if base["nll"] else 0.0
+    if tuned["nll"] < base["nll"]:
+        return f"The adapter beats the base model on held-out notes: answer NLL {base['nll']:.3f} → {tuned['nll']:.3f} ({change:+.1f}%)."
+    return f"The adapter does not beat the base model on held-out notes: answer NLL {base['nll']:.3f} → {tuned['nll']:.3f} ({change:+.1f}%)."
+
+
+def plot_loss_curve(steps: pd.DataFrame, path: Path) -> Path:
+    figure, loss_axis = plt.subplots(figsize=(7, 3.6))
+    loss_axis.plot(steps["step"], steps["loss"], marker="o", color="tab:blue", label="train loss")
+    loss_axis.set_xlabel("optimizer step")
+    loss_axis.set_ylabel("answer-token loss")
+    accuracy_axis = loss_axis.twinx()
+    accuracy_axis.plot(steps["step"], steps["mean_token_accuracy"], color="tab:orange", linestyle="--", label="token accuracy")
+    accuracy_axis.set_ylabel("token accuracy")
+    figure.legend(loc="upper right")
+    loss_axis.set_title("Training")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_metrics(summary: dict[str, dict[str, float]], path: Path) -> Path:
+    names = ["nll", "rouge_l", "token_f1"]
+    figure, axes = plt.subplots(1, len(names), figsize=(9, 3.2))
+    for axis, name in zip(axes, names):
+        values = [summary[c][name] for c in summary]
+        axis.bar(list(summary), values, color=["tab:gray", "tab:green"][: len(values)])
+        axis.set_title(METRIC_LABELS[name], fontsize=9)
+        for x, value in enumerate(values):
+            axis.annotate(f"{value:.3f}", (x, value), ha="center", va="bottom", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def metrics_table(summary: dict[str, dict[str, float]]) -> str:
+    rows = [[label] + [f"{summary[c][name]:.4f}" for c in summary] for name, label in METRIC_LABELS.items()]
+    return table(rows, ["metric", *summary])
+
+
+def examples_table(questions: list[str], references: list[str], results: dict[str, pd.DataFrame], count: int) -> str:
+    names = list(results)
+    rows = [
+        [questions[i], references[i], *(results[n]["generation"].iloc[i] for n in names)]
+        for i in range(min(count, len(questions)))
+    ]
+    return table(rows, ["question", "reference", *names], limit=220)
+
+
+def write_report(
+    folder: Path,
+    title: str,
+    summary: dict[str, dict[str, float]],
+    results: dict[str, pd.DataFrame],
+    questions: list[str],
+    references: list[str],
+    training_steps: pd.DataFrame,
+    facts: dict[str, Any],
+    examples: int = 6,
+) -> ReportFiles:
+    folder.mkdir(parents=True, exist_ok=True)
+    loss_curve = plot_loss_curve(training_steps, folder / "loss_curve.png")
+    metrics_chart = plot_metrics(summary, folder / "metrics.png")
+    text = f"""# {title}
+
+**{verdict(summary['base'], summary['tuned'])}**
+
+## Metrics on the test split
+
+{metrics_table(summary)}
+
+![metrics](metrics.png)
+
+## Training
+
+![loss curve](loss_curve.png)
+
+{table(list(facts.items()), ["fact", "value"])}
+
+## Side by side
+
+{examples_table(questions, references, results, examples)}
+"""
+    markdown = folder / "report.md"
+    markdown.write_text(text, encoding="utf-8")
+    return ReportFiles(markdown, loss_curve, metrics_chart, text)

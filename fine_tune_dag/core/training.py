@@ -1,0 +1,258 @@
+"""LoRA supervised fine-tuning with answer-only loss, in a small explicit training loop.
+
+Conventions follow TRL's SFT (prompt/completion loss on the completion only, `loss`,
+`mean_token_accuracy` and `learning_rate` logged per step); the loop is our own so that the
+label mask, EOS handling, batching and precision are visible and tested.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import get_scheduler
+
+from fine_tune_dag.core.chat import Message, TokenizedExample, render_training_example
+from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("all-linear",)
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_seq_length: int = 512
+    seed: int = 42
+    device: str = "auto"
+    dtype: str = "auto"  # base weights; the adapter always trains in float32
+    logging_steps: int = 5
+
+
+@dataclass
+class TrainingRun:
+    model: PeftModel
+    tokenizer: Any
+    settings: TrainingSettings
+    device: str
+    dtype: str
+    steps: list[dict[str, float]] = field(default_factory=list)
+    examples: int = 0
+    dropped_too_long: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def final_loss(self) -> float:
+        return self.steps[-1]["loss"] if self.steps else float("nan")
+
+
+def tokenize_conversations(
+    tokenizer: Any, conversations: Sequence[Sequence[Message]], max_seq_length: int
+) -> tuple[list[TokenizedExample], int]:
+    """Render every conversation; ones longer than `max_seq_length` are dropped (and counted), not cut,
+    because a truncated answer would teach the model to stop mid-sentence without EOS."""
+    kept, dropped = [], 0
+    for messages in conversations:
+        example = render_training_example(tokenizer, messages)
+        if len(example.input_ids) > max_seq_length:
+            dropped += 1
+            continue
+        if sum(label != -100 for label in example.labels) < 2:
+            raise ValueError(f"example has no answer tokens to learn: {messages[-2]['content'][:80]!r}")
+        kept.append(example)
+    return kept, dropped
+
+
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right padding to the longest example; padded positions are masked by position, never by token
+    id, so an EOS that shares its id with the pad token is still learned."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffled batches of similar lengths (as transformers' group_by_length), so padding is small."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * 16
+    batches = []
+    for start in range(0, len(order), mega):
+        group = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def answer_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example summed NLL, answer-token count and correct-prediction count.
+
+    The output layer runs only on positions that predict an answer token: most of a sequence is
+    prompt, and the vocabulary projection is a large share of the compute.
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    positions = (targets != -100).nonzero(as_tuple=True)
+    logits = base.get_output_embeddings()(hidden[:, :-1][positions]).float()
+    wanted = targets[positions]
+    token_nll = torch.nn.functional.cross_entropy(logits, wanted, reduction="none")
+    rows = positions[0]
+    count = torch.bincount(rows, minlength=targets.shape[0])
+    nll = torch.zeros(targets.shape[0], dtype=torch.float32, device=logits.device).index_add(0, rows, token_nll)
+    correct = torch.bincount(rows[logits.argmax(-1) == wanted], minlength=targets.shape[0])
+    return nll, count, correct
+
+
+def _lora_config(settings: TrainingSettings) -> LoraConfig:
+    modules = list(settings.target_modules)
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear" if modules == ["all-linear"] else modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def train_lora(
+    model_path: Path,
+    conversations: Sequence[Sequence[Message]],
+    settings: TrainingSettings,
+    on_log: Callable[[dict[str, float], int], None] | None = None,
+) -> TrainingRun:
+    """Train a LoRA adapter on chat conversations; `on_log(metrics, total_steps)` reports progress."""
+    random.seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    device = select_device(settings.device)
+    dtype = select_dtype(settings.dtype, device)
+    tokenizer = load_tokenizer(model_path)
+    examples, dropped = tokenize_conversations(tokenizer, conversations, settings.max_seq_length)
+    if not examples:
+        raise ValueError(
+            f"nothing to train on: {len(conversations)} conversations, {dropped} longer than "
+            f"max_seq_length={settings.max_seq_length}"
+        )
+    model = get_peft_model(load_causal_lm(model_path, device, dtype), _lora_config(settings))
+    model.train()
+    per_step = settings.batch_size * settings.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(examples) / per_step)
+    total_steps = settings.max_steps if settings.max_steps > 0 else max(1, math.ceil(settings.epochs * steps_per_epoch))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(
+        settings.lr_scheduler, optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps
+    )
+    run = TrainingRun(model, tokenizer, settings, device, str(dtype).removeprefix("torch."), examples=len(examples), dropped_too_long=dropped)
+    lengths = [len(e.input_ids) for e in examples]
+    micro_batches: list[list[int]] = []
+    epoch = 0
+    window = {"nll": 0.0, "tokens": 0, "correct": 0}
+    started = time.perf_counter()
+    for step in range(1, total_steps + 1):
+        while len(micro_batches) < settings.gradient_accumulation_steps:
+            micro_batches += length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)
+            epoch += 1
+        current, micro_batches = micro_batches[: settings.gradient_accumulation_steps], micro_batches[settings.gradient_accumulation_steps :]
+        batches = [collate([examples[i] for i in rows], tokenizer.pad_token_id) for rows in current]
+        answer_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            nll, count, correct = answer_token_losses(model, batch)
+            (nll.sum() / answer_tokens).backward()
+            window["nll"] += float(nll.sum())
+            window["tokens"] += int(count.sum())
+            window["correct"] += int(correct.sum())
+            run.tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % settings.logging_steps == 0 or step == total_steps:
+            metrics = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 4),
+                "loss": window["nll"] / max(window["tokens"], 1),
+                "mean_token_accuracy": window["correct"] / max(window["tokens"], 1),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_seen": run.tokens,
+                "elapsed_s": round(time.perf_counter() - started, 2),
+            }
+            run.steps.append(metrics)
+            window = {"nll": 0.0, "tokens": 0, "correct": 0}
+            if on_log is not None:
+                on_log(metrics, total_steps)
+    run.seconds = time.perf_counter() - started
+    model.eval()
+    return run
+
+
+def next_adapter_version(adapters_dir: Path, dataset_version: str) -> str:
+    """Time-ordered, never reused: an existing folder is never overwritten."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    version, n = f"{stamp}-{dataset_version[:8]}", 1
+    while (adapters_dir / version).exists() or (adapters_dir / f"{version}.tmp").exists():
+        n += 1
+        version = f"{stamp}-{dataset_version[:8]}-{n}"
+    return version
+
+
+def save_adapter(run: TrainingRun, adapters_dir: Path, version: str, provenance: dict[str, Any]) -> Path:
+    """Weights, tokenizer, config, per-step metrics and provenance, written to a temporary folder and
+    renamed so no half-written adapter is ever listed."""
+    final = adapters_dir / version
+    tmp = adapters_dir / f"{version}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    run.model.save_pretrained(tmp)
+    run.tokenizer.save_pretrained(tmp)
+    config = {
+        "version": version,
+        "settings": asdict(run.settings),
+        "device": run.device,
+        "dtype": run.dtype,
+        "examples": run.examples,
+        "dropped_too_long": run.dropped_too_long,
+        "tokens": run.tokens,
+        "seconds": round(run.seconds, 2),
+        **provenance,
+    }
+    (tmp / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
+    with (tmp / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(run.steps[0]) if run.steps else ["step"])
+        writer.writeheader()
+        writer.writerows(run.steps)
+    tmp.rename(final)
+    return final

@@ -1,0 +1,105 @@
+"""The DuckDB warehouse: every tabular asset, the LLM cache and the adapter registry.
+
+DuckDB allows one writing process at a time, so connections are short-lived and opening one
+retries with backoff while another process holds the lock.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import pandas as pd
+
+SCHEMA: dict[str, str] = {
+    "raw_notes": """
+        note_id VARCHAR PRIMARY KEY, path VARCHAR, title VARCHAR, format VARCHAR, text VARCHAR,
+        metadata VARCHAR, sha256 VARCHAR, encoding VARCHAR, char_count INTEGER, parsed_at TIMESTAMP""",
+    "passages": """
+        note_id VARCHAR, passage_index INTEGER, start_char INTEGER, end_char INTEGER, text VARCHAR,
+        topic VARCHAR, strategy VARCHAR, char_count INTEGER, PRIMARY KEY (note_id, passage_index)""",
+    "qa_pairs": """
+        pair_id VARCHAR PRIMARY KEY, note_id VARCHAR, passage_index INTEGER, mode VARCHAR,
+        question VARCHAR, answer VARCHAR, status VARCHAR, reason VARCHAR, support DOUBLE""",
+    "dataset_splits": """
+        pair_id VARCHAR PRIMARY KEY, note_id VARCHAR, split VARCHAR, mode VARCHAR, system VARCHAR,
+        question VARCHAR, answer VARCHAR, prompt_tokens INTEGER, answer_tokens INTEGER, dataset_version VARCHAR""",
+    "dataset_versions": """
+        dataset_version VARCHAR PRIMARY KEY, created_at TIMESTAMP, train_pairs INTEGER, test_pairs INTEGER,
+        train_notes INTEGER, test_notes INTEGER, train_tokens INTEGER, test_tokens INTEGER,
+        train_path VARCHAR, test_path VARCHAR""",
+    "llm_cache": """
+        cache_key VARCHAR PRIMARY KEY, provider VARCHAR, model VARCHAR, template VARCHAR,
+        template_version VARCHAR, response VARCHAR, created_at TIMESTAMP""",
+    "adapters": """
+        version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
+        dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
+        train_tokens BIGINT, train_seconds DOUBLE, final_loss DOUBLE, hyperparameters VARCHAR""",
+    "eval_reports": """
+        adapter_version VARCHAR, dataset_version VARCHAR, created_at TIMESTAMP, report_path VARCHAR,
+        test_examples INTEGER, base_nll DOUBLE, tuned_nll DOUBLE, base_perplexity DOUBLE,
+        tuned_perplexity DOUBLE, base_rouge_l DOUBLE, tuned_rouge_l DOUBLE, base_token_f1 DOUBLE,
+        tuned_token_f1 DOUBLE""",
+}
+
+_LOCK_MARKERS = ("lock", "Conflicting")
+
+
+class Warehouse:
+    def __init__(self, path: Path | str, lock_timeout_s: float = 120.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as error:
+                if not any(m in str(error) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        try:
+            for table, columns in SCHEMA.items():
+                con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql, list(params)).df()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self.connect() as con:
+            con.execute(sql, list(params))
+
+    def replace_rows(self, table: str, rows: pd.DataFrame, where: dict[str, Any] | None = None) -> None:
+        """Delete the rows matching `where` (all rows when None) and insert `rows`, in one transaction."""
+        where = where or {}
+        condition = " AND ".join(f"{column} = ?" for column in where) or "TRUE"
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(f"DELETE FROM {table} WHERE {condition}", list(where.values()))
+            if len(rows):
+                con.register("incoming_rows", rows)
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
+                con.unregister("incoming_rows")
+            con.execute("COMMIT")
+
+    def insert_rows(self, table: str, rows: pd.DataFrame) -> None:
+        if not len(rows):
+            return
+        with self.connect() as con:
+            con.register("incoming_rows", rows)
+            con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM incoming_rows")
+            con.unregister("incoming_rows")

@@ -1,0 +1,41 @@
+"""Versioned prompt templates. Bump `version` whenever the wording changes: it feeds the cache key
+and the code version of the assets that use the template, so stale outputs are recomputed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from string import Template
+
+import yaml
+
+_FOLDER = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    version: str
+    system: str
+    user: str
+
+    def render(self, **variables: str) -> list[dict[str, str]]:
+        """Chat messages with `$name` placeholders filled; a missing variable is an error, not a blank."""
+        return [
+            {"role": "system", "content": Template(self.system).substitute(variables).strip()},
+            {"role": "user", "content": Template(self.user).substitute(variables).strip()},
+        ]
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@lru_cache(maxsize=None)
+def load_prompt(name: str) -> PromptTemplate:
+    path = _FOLDER / f"{name}.yaml"
+    if not path.exists():
+        raise KeyError(f"no prompt template '{name}' in {_FOLDER}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return PromptTemplate(name=data["name"], version=str(data["version"]), system=data["system"], user=data["user"])

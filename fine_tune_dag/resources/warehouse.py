@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import dagster as dg
+
+from fine_tune_dag.core.warehouse import Warehouse
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB file holding every tabular asset, the LLM cache and the adapter registry."""
+
+    path: str = "data/warehouse.duckdb"
+
+    def get(self) -> Warehouse:
+        return Warehouse(self.path)
