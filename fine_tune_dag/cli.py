@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -66,33 +67,49 @@ def print_latest_report(data_dir: Path) -> bool:
     return True
 
 
-def run_demo(notes_dir: Path, data_dir: Path, run_config: dict | None = None) -> int:
+@dataclass
+class GraphRun:
+    notes: list[str]
+    failed_notes: dict[str, str]
+    model_failure: str | None
+
+    @property
+    def success(self) -> bool:
+        return self.model_failure is None
+
+
+def materialize_graph(
+    defs: dg.Definitions, instance: dg.DagsterInstance, notes_dir: Path, run_config: dict | None = None
+) -> GraphRun:
     """Every note partition, then dataset, training and evaluation; a bad note fails only itself."""
-    started = time.perf_counter()
-    defs = build_definitions(notes_dir=str(notes_dir), data_dir=str(data_dir))
-    instance = _instance()
     keys = register_note_partitions(instance, notes_dir)
-    print(f"{len(keys)} notes in {notes_dir}")
     notes = defs.resolve_job_def(notes_job.name)
-    failures = {}
+    failed = {}
     for key in tqdm(keys, desc="notes: parse, chunk, synthesize", unit="note"):
         result = notes.execute_in_process(
             instance=instance, partition_key=key, run_config=_log_config("WARNING"), raise_on_error=False
         )
         if not result.success:
-            failures[key] = _failure_reason(result)
-    for key, reason in failures.items():
+            failed[key] = _failure_reason(result)
+    for key, reason in failed.items():
         print(f"note partition {key} failed: {reason}", file=sys.stderr)
     print("dataset, base model, training, evaluation …")
     model_run = defs.resolve_job_def(train_and_evaluate_job.name).execute_in_process(
         instance=instance, run_config={**_log_config("INFO"), **(run_config or {})}, raise_on_error=False
     )
-    print(f"\nfinished in {time.perf_counter() - started:.0f} s")
-    if not model_run.success:
-        print(f"training and evaluation failed: {_failure_reason(model_run)}", file=sys.stderr)
+    return GraphRun(keys, failed, None if model_run.success else _failure_reason(model_run))
+
+
+def run_demo(notes_dir: Path, data_dir: Path) -> int:
+    started = time.perf_counter()
+    defs = build_definitions(notes_dir=str(notes_dir), data_dir=str(data_dir))
+    print(f"notes: {notes_dir.resolve()}  data: {data_dir.resolve()}")
+    run = materialize_graph(defs, _instance(), notes_dir)
+    print(f"\n{len(run.notes)} notes, {len(run.failed_notes)} failed; finished in {time.perf_counter() - started:.0f} s")
+    if not run.success:
+        print(f"training and evaluation failed: {run.model_failure}", file=sys.stderr)
         return 1
-    print_latest_report(data_dir)
-    return 0
+    return 0 if print_latest_report(data_dir) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,8 +45,9 @@ def build_definitions(
     data_dir: str = "data",
     base_model_ref: str = BUNDLED_MODEL,
     llm_model_ref: str = BUNDLED_MODEL,
-    llm_batch_size: int = 8,
+    llm: LLMResource | None = None,
 ) -> dg.Definitions:
+    """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double)."""
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
     return dg.Definitions(
         assets=[*NOTE_ASSETS, *MODEL_ASSETS],
@@ -55,7 +56,7 @@ def build_definitions(
             "paths": paths,
             "warehouse": WarehouseResource(path=os.path.join(data_dir, "warehouse.duckdb")),
             "models": ModelsResource(base_model=base_model_ref, paths=paths),
-            "llm": LLMResource(model=llm_model_ref, batch_size=llm_batch_size, paths=paths),
+            "llm": llm or LLMResource(model=llm_model_ref, paths=paths),
         },
     )
 

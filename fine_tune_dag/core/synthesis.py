@@ -24,7 +24,9 @@ _INLINE_ANSWER = re.compile(r"\s+(?:A|Answer)\s*\d*\s*:\s*", re.IGNORECASE)
 _META_REFERENCE = re.compile(
     r"\b(?:the|this)\s+(?:note|notes|text|passage|writing|excerpt|article|document|author|writer)\b", re.IGNORECASE
 )
-_LEADING_LABEL = re.compile(r"^\W*(?:\d+\s*[.)]\s*)?(?:question|instruction|request|q)\s*\d*\s*[:.\-]\s*", re.IGNORECASE)
+_LEADING_LABEL = re.compile(
+    r"^\W*(?:\d+\s*[.)]\s*)?(?:(?:question|instruction|request|q)\s*\d*\s*[:.\-]\s*)?", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,11 @@ def pair_id(note_id: str, passage_index: int, mode: str, ordinal: int, question:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
 
-def candidate_pairs(passage: Passage, mode: str, output: str) -> list[QAPair]:
-    """Unfiltered pairs for one model answer; back-translation pairs answer with the passage itself."""
+def candidate_pairs(passage: Passage, mode: str, output: str, limit: int) -> list[QAPair]:
+    """Unfiltered pairs for one model answer, at most `limit` (small models loop); back-translation
+    pairs answer with the passage itself."""
     if mode == "grounded":
-        raw = parse_qa_pairs(output) or [("", "")]
+        raw = parse_qa_pairs(output)[:limit] or [("", "")]
     else:
         raw = [(parse_instruction(output), passage.text)]
     return [
@@ -142,6 +145,8 @@ def rejection_reason(pair: QAPair, passage_text: str, kept_questions: list[str],
         return f"question has {question_words} words (allowed {settings.min_question_words}-{settings.max_question_words})"
     if len(words(pair.answer)) > settings.max_answer_words:
         return f"answer longer than {settings.max_answer_words} words"
+    if rouge_l_f1(pair.question, pair.answer) > settings.duplicate_rouge_l:
+        return "question copies the answer"
     if _META_REFERENCE.search(pair.question) or (pair.mode == "grounded" and _META_REFERENCE.search(pair.answer)):
         return "refers to the note or text instead of its subject"
     if support(pair.answer, passage_text) < settings.min_support:

@@ -192,7 +192,7 @@ def train_lora(
             batch = {k: v.to(device) for k, v in batch.items()}
             nll, count, correct = answer_token_losses(model, batch)
             (nll.sum() / answer_tokens).backward()
-            window["nll"] += float(nll.sum())
+            window["nll"] += float(nll.detach().sum())
             window["tokens"] += int(count.sum())
             window["correct"] += int(correct.sum())
             run.tokens += int(batch["attention_mask"].sum())

@@ -19,13 +19,15 @@ class PromptTemplate:
     version: str
     system: str
     user: str
+    examples: tuple[tuple[str, str], ...] = ()  # few-shot (user, assistant) turns; small models follow them best
 
     def render(self, **variables: str) -> list[dict[str, str]]:
         """Chat messages with `$name` placeholders filled; a missing variable is an error, not a blank."""
-        return [
-            {"role": "system", "content": Template(self.system).substitute(variables).strip()},
-            {"role": "user", "content": Template(self.user).substitute(variables).strip()},
-        ]
+        fill = lambda text: Template(text).substitute(variables).strip()  # noqa: E731
+        messages = [{"role": "system", "content": fill(self.system)}]
+        for user, assistant in self.examples:
+            messages += [{"role": "user", "content": fill(user)}, {"role": "assistant", "content": fill(assistant)}]
+        return messages + [{"role": "user", "content": fill(self.user)}]
 
     @property
     def tag(self) -> str:
@@ -38,4 +40,10 @@ def load_prompt(name: str) -> PromptTemplate:
     if not path.exists():
         raise KeyError(f"no prompt template '{name}' in {_FOLDER}")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return PromptTemplate(name=data["name"], version=str(data["version"]), system=data["system"], user=data["user"])
+    return PromptTemplate(
+        name=data["name"],
+        version=str(data["version"]),
+        system=data["system"],
+        user=data["user"],
+        examples=tuple((turn["user"], turn["assistant"]) for turn in data.get("examples", [])),
+    )

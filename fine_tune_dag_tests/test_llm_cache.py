@@ -1,0 +1,77 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from fine_tune_dag.core.llm import CachedLLM, LLMRequest, LocalLLM, cache_key
+from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.prompts import load_prompt
+
+
+@dataclass
+class CountingClient:
+    provider: str = "counting"
+    model_name: str = "echo-1"
+    fail_after: int | None = None
+    batches: list[int] = field(default_factory=list)
+
+    def complete(self, requests):
+        if self.fail_after is not None and sum(self.batches) >= self.fail_after:
+            raise RuntimeError("provider went away")
+        self.batches.append(len(requests))
+        return [f"answer to {r.messages[-1][1]}" for r in requests]
+
+
+def requests(n: int, temperature: float = 0.0) -> list[LLMRequest]:
+    template = load_prompt("back_translation")
+    return [LLMRequest.from_template(template, 32, temperature, passage=f"passage {i}") for i in range(n)]
+
+
+def test_second_pass_makes_zero_calls(tmp_path):
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    client = CountingClient()
+    first = CachedLLM(client, warehouse, chunk_size=4)
+    answers = first.complete(requests(10))
+    assert first.usage.calls == 10 and first.usage.cache_hits == 0
+    again = CachedLLM(client, warehouse)
+    assert again.complete(requests(10)) == answers
+    assert again.usage.calls == 0 and again.usage.cache_hits == 10
+    assert sum(client.batches) == 10
+
+
+def test_key_covers_provider_model_prompt_and_parameters():
+    base = requests(1)[0]
+    keys = {
+        cache_key("a", "m", base),
+        cache_key("b", "m", base),
+        cache_key("a", "n", base),
+        cache_key("a", "m", requests(1, temperature=0.7)[0]),
+        cache_key("a", "m", requests(2)[1]),
+    }
+    assert len(keys) == 5
+
+
+def test_interrupted_run_resumes_without_paying_again(tmp_path):
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    flaky = CountingClient(fail_after=4)
+    with pytest.raises(RuntimeError):
+        CachedLLM(flaky, warehouse, chunk_size=4).complete(requests(10))
+    resumed = CachedLLM(CountingClient(), warehouse, chunk_size=4)
+    resumed.complete(requests(10))
+    assert resumed.usage.cache_hits == 4 and resumed.usage.calls == 6
+
+
+def test_progress_reports_every_request(tmp_path):
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    CachedLLM(CountingClient(), warehouse).complete(requests(3))
+    seen = []
+    CachedLLM(CountingClient(), warehouse, chunk_size=2).complete(requests(7), on_progress=seen.append)
+    assert sum(seen) == 7
+
+
+def test_local_llm_answers_through_the_cache(tmp_path, tiny_model_dir):
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    local = LocalLLM(tiny_model_dir, device="cpu", dtype="float32", batch_size=2)
+    cached = CachedLLM(local, warehouse)
+    first = cached.complete(requests(3))
+    assert len(first) == 3 and all(isinstance(a, str) for a in first)
+    assert CachedLLM(local, warehouse).complete(requests(3)) == first
