@@ -24,8 +24,11 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def _log_config(level: str) -> dict:
-    return {"loggers": {"console": {"config": {"log_level": level}}}}
+def _job_run_config(job: dg.JobDefinition, run_config: dict | None, log_level: str) -> dict:
+    """The op config that belongs to this job's assets, and a console log level."""
+    names = {node.name for node in job.graph.nodes}
+    ops = {name: value for name, value in (run_config or {}).get("ops", {}).items() if name in names}
+    return {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
 
 
 def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
@@ -84,18 +87,18 @@ def materialize_graph(
     """Every note partition, then dataset, training and evaluation; a bad note fails only itself."""
     keys = register_note_partitions(instance, notes_dir)
     notes = defs.resolve_job_def(notes_job.name)
+    notes_config = _job_run_config(notes, run_config, "WARNING")
     failed = {}
     for key in tqdm(keys, desc="notes: parse, chunk, synthesize", unit="note"):
-        result = notes.execute_in_process(
-            instance=instance, partition_key=key, run_config=_log_config("WARNING"), raise_on_error=False
-        )
+        result = notes.execute_in_process(instance=instance, partition_key=key, run_config=notes_config, raise_on_error=False)
         if not result.success:
             failed[key] = _failure_reason(result)
     for key, reason in failed.items():
         print(f"note partition {key} failed: {reason}", file=sys.stderr)
     print("dataset, base model, training, evaluation …")
-    model_run = defs.resolve_job_def(train_and_evaluate_job.name).execute_in_process(
-        instance=instance, run_config={**_log_config("INFO"), **(run_config or {})}, raise_on_error=False
+    model_job = defs.resolve_job_def(train_and_evaluate_job.name)
+    model_run = model_job.execute_in_process(
+        instance=instance, run_config=_job_run_config(model_job, run_config, "INFO"), raise_on_error=False
     )
     return GraphRun(keys, failed, None if model_run.success else _failure_reason(model_run))
 

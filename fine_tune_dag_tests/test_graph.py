@@ -1,0 +1,140 @@
+"""The whole graph materialized in-process: tiny random Llama as base model, a scripted LLM for
+synthesis (a random model writes no usable questions), real DuckDB, real files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from fine_tune_dag.cli import materialize_graph
+from fine_tune_dag.core.ingest import discover_notes
+from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.definitions import build_definitions
+from fine_tune_dag.resources.llm import LLMResource
+from fine_tune_dag.resources.paths import ProjectPaths
+
+TOPICS = ["chains", "bees", "the river", "the workshop", "wind", "brakes", "saddles", "honey", "winter", "tools"]
+
+
+class ScriptedLLM:
+    """Deterministic answers shaped like a good model's, derived from the prompt itself."""
+
+    provider = "scripted"
+    model_name = "scripted-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def complete(self, requests):
+        self.calls += len(requests)
+        return [self._answer(r.template, r.messages[-1][1]) for r in requests]
+
+    @staticmethod
+    def _answer(template: str, prompt: str) -> str:
+        if template == "chunk_boundaries":
+            count = len(re.findall(r"^\[\d+\]", prompt, re.MULTILINE))
+            return "1 | opening\n" + (f"{count // 2 + 1} | later part" if count > 1 else "")
+        passage = prompt.split("\n", 1)[-1] if template == "grounded_qa" else prompt
+        first = re.split(r"(?<=[.!?])\s", passage.strip(), maxsplit=1)[0]
+        subject = " ".join(re.findall(r"[A-Za-z]+", first)[-3:])
+        if template == "grounded_qa":
+            return f"Sure!\nQ: What do you say about {subject}?\nA: {first}"
+        return f"What is your view on {subject} and why?"
+
+
+SCRIPTED = ScriptedLLM()
+
+
+class ScriptedLLMResource(LLMResource):
+    def client(self):
+        return SCRIPTED
+
+
+def write_notes(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, topic in enumerate(TOPICS):
+        body = "\n\n".join(
+            f"Here is the thing about {topic}: paragraph {p} says something true enough. "
+            + f"Small tools, small wins, and {topic} teach patience. " * 3
+            for p in range(1 + i % 4)
+        )
+        front = f"---\ntitle: On {topic}\ntags: [workshop]\n---\n" if i % 2 == 0 else ""
+        (folder / f"note-{i:02d}.md").write_text(front + f"# On {topic}\n\n{body}\n", encoding="utf-8")
+    (folder / "broken.md").write_bytes(b"\x00\x01\x02\xff" * 50)
+
+
+@pytest.fixture
+def graph(tmp_path, tiny_model_dir):
+    notes, data = tmp_path / "notes", tmp_path / "data"
+    write_notes(notes)
+    llm = ScriptedLLMResource(paths=ProjectPaths(notes_dir=str(notes), data_dir=str(data)))
+    defs = build_definitions(notes_dir=str(notes), data_dir=str(data), base_model_ref=str(tiny_model_dir), llm=llm)
+    return defs, notes, data
+
+
+RUN_CONFIG = {
+    "ops": {
+        "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+        "lora_adapter": {"config": {"max_steps": 4, "batch_size": 4, "logging_steps": 2, "dtype": "float32"}},
+        "eval_report": {"config": {"max_new_tokens": 6, "dtype": "float32"}},
+    }
+}
+
+
+def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph):
+    defs, notes, data = graph
+    dg.Definitions.validate_loadable(defs)
+    instance = dg.DagsterInstance.ephemeral()
+    before = {p: p.read_bytes() for p in notes.iterdir()}
+    SCRIPTED.calls = 0
+    run = _materialize(defs, instance, notes)
+    assert run.success, run.model_failure
+    broken = [k for k in discover_notes(notes) if k.startswith("broken")]
+    assert list(run.failed_notes) == broken
+    assert "broken.md" in run.failed_notes[broken[0]] and "binary" in run.failed_notes[broken[0]]
+
+    db = Warehouse(data / "warehouse.duckdb")
+    counts = db.query(
+        "SELECT (SELECT count(*) FROM raw_notes) notes, (SELECT count(*) FROM passages) passages, "
+        "(SELECT count(*) FROM qa_pairs WHERE status = 'kept') kept, (SELECT count(*) FROM dataset_splits) split_rows"
+    ).iloc[0]
+    assert counts["notes"] == len(TOPICS) and counts["passages"] >= len(TOPICS) and counts["kept"] > 0
+    assert counts["split_rows"] == counts["kept"]
+    passages = db.query("SELECT p.*, n.text AS note_text FROM passages p JOIN raw_notes n USING (note_id)")
+    assert all(r.note_text[r.start_char : r.end_char] == r.text for r in passages.itertuples())
+
+    splits = db.query("SELECT DISTINCT split FROM dataset_splits")
+    assert set(splits["split"]) == {"train", "test"}
+    version = db.query("SELECT * FROM dataset_versions").iloc[-1]
+    assert Path(version.train_path).exists() and Path(version.test_path).exists()
+
+    adapter = db.query("SELECT * FROM adapters").iloc[0]
+    folder = Path(adapter.path)
+    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.csv", "training_config.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    report = db.query("SELECT * FROM eval_reports").iloc[0]
+    text = Path(report.report_path).read_text()
+    assert "beat" in text and "loss_curve.png" in text
+    assert (Path(report.report_path).parent / "loss_curve.png").stat().st_size > 1000
+    assert {p: p.read_bytes() for p in notes.iterdir()} == before  # notes are never written
+
+    materialization = instance.get_latest_materialization_event(dg.AssetKey("eval_report")).asset_materialization
+    assert "data:image/png;base64" in materialization.metadata["report_markdown"].value
+    qa = instance.get_latest_materialization_event(dg.AssetKey("qa_pairs")).asset_materialization
+    assert {"kept", "rejected", "rejection_rate", "llm_calls", "llm_cache_hits"} <= set(qa.metadata)
+
+    calls_first = SCRIPTED.calls
+    assert calls_first > 0
+    rerun = _materialize(defs, instance, notes)
+    assert rerun.success
+    assert SCRIPTED.calls == calls_first  # unchanged notes: every answer from the cache
+    assert len(db.query("SELECT * FROM adapters")) == 2  # a new version, the old one kept
+    assert folder.exists()
+
+
+def _materialize(defs, instance, notes):
+    return materialize_graph(defs, instance, notes, run_config=RUN_CONFIG)

@@ -1,0 +1,36 @@
+import pandas as pd
+
+from fine_tune_dag.core.evaluation import summarize
+from fine_tune_dag.core.report import verdict, write_report
+
+
+def per_item(nll: float, rouge: float) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"nll_sum": [nll * 10, nll * 5], "answer_tokens": [10, 5], "generation": ["a | b", "c"], "rouge_l": [rouge] * 2, "token_f1": [rouge] * 2}
+    )
+
+
+def test_summary_is_token_weighted():
+    frame = pd.DataFrame({"nll_sum": [10.0, 2.0], "answer_tokens": [10, 1], "rouge_l": [0.2, 0.4], "token_f1": [0.1, 0.3]})
+    summary = summarize(frame)
+    assert summary["nll"] == 12 / 11
+    assert abs(summary["rouge_l"] - 0.3) < 1e-9
+
+
+def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
+    results = {"base": per_item(3.0, 0.1), "tuned": per_item(2.0, 0.3)}
+    summary = {k: summarize(v) for k, v in results.items()}
+    steps = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.5, 2.0], "mean_token_accuracy": [0.1, 0.2, 0.3]})
+    files = write_report(tmp_path / "r", "Evaluation", summary, results, ["q1?", "q2?"], ["ref1", "ref2"], steps, {"adapter": "v1"})
+    text = files.markdown.read_text()
+    assert "beats the base model" in text
+    for section in ("## Metrics on the test split", "## Training", "## Side by side", "ROUGE-L", "| adapter | v1 |"):
+        assert section in text
+    assert "a \\| b" in text  # pipes inside generations do not break the table
+    assert files.loss_curve.stat().st_size > 1000 and files.metrics_chart.stat().st_size > 1000
+    inline = files.with_inline_images()
+    assert inline.count("data:image/png;base64,") == 2 and "](loss_curve.png)" not in inline
+
+
+def test_verdict_says_when_the_adapter_does_not_help():
+    assert "does not beat" in verdict({"nll": 2.0}, {"nll": 2.5})
