@@ -36,8 +36,11 @@ def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
         data = event.step_failure_data
         if data.user_failure_data is not None and data.user_failure_data.description:
             return data.user_failure_data.description
-        if data.error is not None:
-            return data.error.message.strip().splitlines()[-1]
+        error = data.error
+        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
+            error = error.cause
+        if error is not None:
+            return error.message.strip().splitlines()[-1]
     return "failed"
 
 
@@ -87,7 +90,7 @@ def materialize_graph(
     """Every note partition, then dataset, training and evaluation; a bad note fails only itself."""
     keys = register_note_partitions(instance, notes_dir)
     notes = defs.resolve_job_def(notes_job.name)
-    notes_config = _job_run_config(notes, run_config, "WARNING")
+    notes_config = _job_run_config(notes, run_config, "CRITICAL")  # failures are summarized below
     failed = {}
     for key in tqdm(keys, desc="notes: parse, chunk, synthesize", unit="note"):
         result = notes.execute_in_process(instance=instance, partition_key=key, run_config=notes_config, raise_on_error=False)

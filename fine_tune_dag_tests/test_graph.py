@@ -78,6 +78,7 @@ def graph(tmp_path, tiny_model_dir):
 RUN_CONFIG = {
     "ops": {
         "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+        "dataset_splits": {"config": {"test_fraction": 0.5}},
         "lora_adapter": {"config": {"max_steps": 4, "batch_size": 4, "logging_steps": 2, "dtype": "float32"}},
         "eval_report": {"config": {"max_new_tokens": 6, "dtype": "float32"}},
     }

@@ -1,6 +1,5 @@
 """passages: single-topic verbatim spans of each note."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -1,6 +1,5 @@
 """Helpers the stage modules share: reading a note's rows and reporting LLM usage."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

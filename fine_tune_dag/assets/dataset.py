@@ -1,6 +1,5 @@
 """dataset_splits: kept pairs of all current notes, split by note hash, exported as chat JSONL."""
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 

@@ -1,6 +1,5 @@
 """eval_report: base model against the newest adapter on the held-out notes."""
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path

@@ -1,6 +1,5 @@
 """raw_notes: one parsed note per partition."""
 
-from __future__ import annotations
 
 import json
 from datetime import datetime, timezone

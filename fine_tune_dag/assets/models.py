@@ -1,6 +1,5 @@
 """base_model: the model to fine-tune, as a local Hugging Face folder."""
 
-from __future__ import annotations
 
 import dagster as dg
 

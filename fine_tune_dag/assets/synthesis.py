@@ -1,6 +1,5 @@
 """qa_pairs: synthetic questions for each passage, filtered, with kept and rejected both stored."""
 
-from __future__ import annotations
 
 from collections import Counter
 

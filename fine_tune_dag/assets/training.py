@@ -1,6 +1,5 @@
 """lora_adapter: a new, versioned LoRA adapter trained on the current train split."""
 
-from __future__ import annotations
 
 import json
 from dataclasses import asdict, fields

@@ -40,7 +40,7 @@ SCHEMA: dict[str, str] = {
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
         train_tokens BIGINT, train_seconds DOUBLE, final_loss DOUBLE, hyperparameters VARCHAR""",
     "eval_reports": """
-        adapter_version VARCHAR, dataset_version VARCHAR, created_at TIMESTAMP, report_path VARCHAR,
+        adapter_version VARCHAR PRIMARY KEY, dataset_version VARCHAR, created_at TIMESTAMP, report_path VARCHAR,
         test_examples INTEGER, base_nll DOUBLE, tuned_nll DOUBLE, base_perplexity DOUBLE,
         tuned_perplexity DOUBLE, base_rouge_l DOUBLE, tuned_rouge_l DOUBLE, base_token_f1 DOUBLE,
         tuned_token_f1 DOUBLE""",
@@ -97,6 +97,7 @@ class Warehouse:
             con.execute("COMMIT")
 
     def insert_rows(self, table: str, rows: pd.DataFrame) -> None:
+        """Insert, replacing rows with the same primary key (re-materializing the same thing)."""
         if not len(rows):
             return
         with self.connect() as con:

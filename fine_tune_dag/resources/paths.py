@@ -1,6 +1,5 @@
 """Where notes are read from and where generated files go."""
 
-from __future__ import annotations
 
 from pathlib import Path
 
