@@ -212,7 +212,8 @@ def _decode(data: bytes, relative: str) -> tuple[str, str]:
         text = data.decode(encoding)
     except UnicodeDecodeError as error:
         if encoding != "utf-8":
-            raise NoteParseError(relative, f"has a byte-order mark but is not valid {encoding}: {error}") from error
+            reason = f"has a byte-order mark but is not valid {encoding}: {_describe(error)}"
+            raise NoteParseError(relative, reason) from error
         text, encoding = _detect_legacy_encoding(data, relative)
     if "\x00" in text or len(_CONTROL_CHARS.findall(text)) > len(text) * _CONTROL_CHAR_SHARE:
         raise NoteParseError(relative, "looks like binary data, not text (control characters)")
@@ -250,11 +251,11 @@ def _extract_markdown(data: bytes, relative: str) -> _Extraction:
             loaded = yaml.safe_load(front.group(1))
         except yaml.YAMLError as error:
             raise NoteParseError(relative, f"invalid YAML front matter: {_describe(error)}") from error
-        if loaded is not None and not isinstance(loaded, dict):
-            raise NoteParseError(relative, "front matter is not a YAML mapping of keys to values")
-        metadata = _jsonable(loaded or {})
-        text = text[front.end() :]
-    title = str(metadata.get("title") or "").strip() or _first_atx_heading(text)
+        # Anything but a mapping is prose between two '---' rules, not front matter: keep it.
+        if loaded is None or isinstance(loaded, dict):
+            metadata = _jsonable(loaded or {})
+            text = text[front.end() :]
+    title = " ".join(str(metadata.get("title") or "").split()) or _first_atx_heading(text)
     return _Extraction(text, metadata, title, encoding)
 
 
@@ -274,7 +275,8 @@ def _extract_pdf(data: bytes, relative: str) -> _Extraction:
     except NoteParseError:
         raise
     except DependencyError as error:
-        raise NoteParseError(relative, f"PDF is encrypted and cannot be decrypted here: {_describe(error)}") from error
+        reason = f"PDF is encrypted and cannot be decrypted here: {_describe(error)}"
+        raise NoteParseError(relative, reason) from error
     except Exception as error:
         raise NoteParseError(relative, f"cannot be parsed as PDF: {_describe(error)}") from error
     if not any(line.text for lines in pages for line in lines):
@@ -345,7 +347,10 @@ def _reflow_pdf_pages(pages: list[list[_PdfLine]]) -> str:
     return "\n\n".join(paragraphs)
 
 
-def _ends_paragraph(line: _PdfLine, following: _PdfLine, typical_chars: int, typical_spacing: float | None) -> bool:
+def _ends_paragraph(
+    line: _PdfLine, following: _PdfLine, typical_chars: int, typical_spacing: float | None
+) -> bool:
+    """Geometry first (a paragraph gap); else whether the layout could have wrapped here."""
     if typical_spacing and line.baseline is not None and following.baseline is not None:
         if line.baseline - following.baseline > typical_spacing * _PARAGRAPH_SPACING_SHARE:
             return True
