@@ -86,7 +86,7 @@ def test_supported_pair_is_kept_with_its_support():
 
 
 def test_back_translation_that_copies_the_passage_is_rejected():
-    pair = judged("I oil the chain every Sunday and wipe it on Monday.", "", mode="back_translation")
+    pair = judged("Do I oil the chain every Sunday and wipe it on Monday?", "", mode="back_translation")
     assert pair.reason == "question copies the answer"
 
 
@@ -102,3 +102,28 @@ def test_unknown_or_missing_modes_are_refused():
         SynthesisSettings(modes=("poetry",))
     with pytest.raises(ValueError):
         SynthesisSettings(modes=())
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("You're right, I'm not sure. What's the point of a chain? And a hair?", "What's the point of a chain?"),
+        ("Describe how you clean a chain.", "Describe how you clean a chain."),
+        ("I'm glad you're happy with your patch. I'm glad you're happy.", ""),
+    ],
+)
+def test_back_translation_keeps_only_a_question_or_an_instruction(output, expected):
+    assert parse_instruction(output) == expected
+
+
+def test_back_translation_answer_drops_leading_headings_but_stays_verbatim():
+    passage = Passage("n", 0, 0, 0, "## How I check it\n\nI keep a chain checker on the nail.", "t", "llm")
+    (pair,) = candidate_pairs(passage, "back_translation", "How do you check a chain?", 1)
+    assert pair.answer == "I keep a chain checker on the nail." and pair.answer in passage.text
+
+
+def test_looping_and_tautological_answers_are_rejected():
+    looping = judged("When do you oil the chain?", "I oil the chain every Sunday and I oil the chain every Sunday and I oil the chain every Sunday.")
+    assert looping.reason == "repetitive output"
+    restated = judged("When do you oil the chain?", "I oil the chain.")
+    assert restated.reason == "answer only restates the question"

@@ -25,3 +25,11 @@ def test_support_is_share_of_answer_words_in_source():
     assert support("oil the chain", "I oil the chain on Sundays") == 1.0
     assert support("oil the bell", "I oil the chain") == pytest.approx(2 / 3)
     assert support("", "x") == 0.0
+
+
+def test_repetition_and_content_words():
+    from fine_tune_dag.core.text_metrics import content_words, repeated_trigram_share
+
+    assert repeated_trigram_share("a b c a b c a b c") == 1.0
+    assert repeated_trigram_share("one two three four five") == 0.0
+    assert content_words("How do you oil the chain?") == ["oil", "chain"]

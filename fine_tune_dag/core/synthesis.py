@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from fine_tune_dag.core.chunking import Passage
-from fine_tune_dag.core.text_metrics import rouge_l_f1, support, words
+from fine_tune_dag.core.text_metrics import content_words, repeated_trigram_share, rouge_l_f1, support, words
 
 MODES = ("grounded", "back_translation")
 
@@ -24,6 +24,11 @@ _INLINE_ANSWER = re.compile(r"\s+(?:A|Answer)\s*\d*\s*:\s*", re.IGNORECASE)
 _META_REFERENCE = re.compile(
     r"\b(?:the|this)\s+(?:note|notes|text|passage|writing|excerpt|article|document|author|writer)\b", re.IGNORECASE
 )
+_FIRST_QUESTION = re.compile(r"[^.!?]*\?")
+_INSTRUCTION_VERBS = frozenset(
+    "describe explain tell write give list share compare summarise summarize say recall walk name show".split()
+)
+_LEADING_HEADINGS = re.compile(r"\A(?:#+[^\n]*\n\s*)+")
 _LEADING_LABEL = re.compile(
     r"^\W*(?:\d+\s*[.)]\s*)?(?:(?:question|instruction|request|q)\s*\d*\s*[:.\-]\s*)?", re.IGNORECASE
 )
@@ -33,12 +38,14 @@ _LEADING_LABEL = re.compile(
 class SynthesisSettings:
     questions_per_passage: int = 2
     modes: tuple[str, ...] = MODES
-    min_support: float = 0.6
+    min_support: float = 0.7
+    min_new_answer_words: int = 2
+    max_repetition: float = 0.3
     min_question_words: int = 3
     max_question_words: int = 60
     max_answer_words: int = 300
     duplicate_rouge_l: float = 0.7
-    max_new_tokens: int = 200
+    max_new_tokens: int = 120
 
     def __post_init__(self) -> None:
         unknown = set(self.modes) - set(MODES)
@@ -109,12 +116,23 @@ def parse_qa_pairs(output: str) -> list[tuple[str, str]]:
 
 
 def parse_instruction(output: str) -> str:
-    """The first non-empty line, without labels such as 'Question:' or list numbers."""
+    """The first question of the first non-empty line, or the line itself when it is an instruction
+    ("Describe …"); chatter around it is dropped and anything else yields "" (rejected as empty)."""
     for line in output.splitlines():
         cleaned = _clean(_LEADING_LABEL.sub("", line.replace("**", "").strip()))
-        if cleaned:
-            return cleaned
+        if not cleaned:
+            continue
+        question = _FIRST_QUESTION.search(cleaned)
+        if question:
+            return question.group().strip()
+        first_word = words(cleaned)[:1]
+        return cleaned if first_word and first_word[0] in _INSTRUCTION_VERBS else ""
     return ""
+
+
+def answer_text(passage: Passage) -> str:
+    """The passage without its leading heading lines: still the author's verbatim words."""
+    return _LEADING_HEADINGS.sub("", passage.text) or passage.text
 
 
 def pair_id(note_id: str, passage_index: int, mode: str, ordinal: int, question: str) -> str:
@@ -129,7 +147,7 @@ def candidate_pairs(passage: Passage, mode: str, output: str, limit: int) -> lis
     if mode == "grounded":
         raw = parse_qa_pairs(output)[:limit] or [("", "")]
     else:
-        raw = [(parse_instruction(output), passage.text)]
+        raw = [(parse_instruction(output), answer_text(passage))]
     return [
         QAPair(pair_id(passage.note_id, passage.index, mode, n, q), passage.note_id, passage.index, mode, q, a)
         for n, (q, a) in enumerate(raw)
@@ -149,8 +167,14 @@ def rejection_reason(pair: QAPair, passage_text: str, kept_questions: list[str],
         return "question copies the answer"
     if _META_REFERENCE.search(pair.question) or (pair.mode == "grounded" and _META_REFERENCE.search(pair.answer)):
         return "refers to the note or text instead of its subject"
+    generated = pair.question if pair.mode == "back_translation" else f"{pair.question} {pair.answer}"
+    if repeated_trigram_share(generated) > settings.max_repetition:
+        return "repetitive output"
     if support(pair.answer, passage_text) < settings.min_support:
         return f"answer not supported by the passage (overlap below {settings.min_support:.2f})"
+    new_words = set(content_words(pair.answer)) - set(content_words(pair.question))
+    if len(new_words) < settings.min_new_answer_words:
+        return "answer only restates the question"
     for earlier in kept_questions:
         if rouge_l_f1(pair.question, earlier) > settings.duplicate_rouge_l:
             return "duplicate question"

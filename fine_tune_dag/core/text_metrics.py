@@ -7,10 +7,32 @@ from collections import Counter
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
+STOPWORDS = frozenset(
+    """a an the and or but if so of to in on at by for with from as is are was were be been being it its
+    this that these those i me my we our you your he him his she her they them their what which who whom
+    how why when where do does did done not no yes there here than then too very can could would should
+    will shall may might must have has had just about into over under up down out all any some each""".split()
+)
+
 
 def words(text: str) -> list[str]:
     """Lowercased word tokens; punctuation and markup do not count."""
     return [w.strip("'") for w in _WORD.findall(text.lower()) if w.strip("'")]
+
+
+def content_words(text: str) -> list[str]:
+    """Words that carry meaning: no stopwords."""
+    return [w for w in words(text) if w not in STOPWORDS]
+
+
+def repeated_trigram_share(text: str) -> float:
+    """Share of word trigrams that occur more than once: small models stuck in a loop score high."""
+    tokens = words(text)
+    trigrams = list(zip(tokens, tokens[1:], tokens[2:]))
+    if not trigrams:
+        return 0.0
+    counts = Counter(trigrams)
+    return sum(n for n in counts.values() if n > 1) / len(trigrams)
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:

@@ -28,7 +28,7 @@ from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_dev
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    epochs: float = 1.0
+    epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float = 2e-4
     lr_scheduler: str = "linear"
