@@ -7,10 +7,12 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import transformers
 from tqdm import tqdm
 
 from fine_tune_dag.core.ingest import discover_notes
@@ -119,6 +121,8 @@ def run_demo(notes_dir: Path, data_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    transformers.logging.disable_progress_bar()  # one progress bar (ours) instead of one per model load
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = argparse.ArgumentParser(prog="fine-tune-dag", description=__doc__)
     parser.add_argument("--notes-dir", type=Path, default=Path(os.environ.get("FINE_TUNE_DAG_NOTES_DIR", "data/notes")))
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("FINE_TUNE_DAG_DATA_DIR", "data")))

@@ -101,6 +101,7 @@ def test_training_lowers_answer_loss_and_saves_versions(tiny_model_dir, tmp_path
     logged = []
     run = train_lora(tiny_model_dir, CONVERSATIONS, settings, on_log=lambda m, total: logged.append((m, total)))
     assert [m["step"] for m, _ in logged] == [3, 6, 9, 12] and logged[0][1] == 12
+    assert [s["step"] for s in run.steps] == list(range(1, 13))  # every step recorded
     assert run.steps[-1]["loss"] < run.steps[0]["loss"]
     assert run.device == "cpu" and run.tokens > 0
     first = next_adapter_version(tmp_path, "abcdef123456")

@@ -50,13 +50,15 @@ def verdict(base: dict[str, float], tuned: dict[str, float]) -> str:
 
 def plot_loss_curve(steps: pd.DataFrame, path: Path) -> Path:
     figure, loss_axis = plt.subplots(figsize=(7, 3.6))
-    loss_axis.plot(steps["step"], steps["loss"], marker="o", color="tab:blue", label="train loss")
+    loss_line = loss_axis.plot(steps["step"], steps["loss"], marker="o", color="tab:blue", label="train loss")
     loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel("answer-token loss")
     accuracy_axis = loss_axis.twinx()
-    accuracy_axis.plot(steps["step"], steps["mean_token_accuracy"], color="tab:orange", linestyle="--", label="token accuracy")
+    accuracy_line = accuracy_axis.plot(
+        steps["step"], steps["mean_token_accuracy"], color="tab:orange", linestyle="--", label="token accuracy"
+    )
     accuracy_axis.set_ylabel("token accuracy")
-    figure.legend(loc="upper right")
+    loss_axis.legend(handles=loss_line + accuracy_line, loc="best")
     loss_axis.set_title("Training")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

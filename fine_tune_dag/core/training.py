@@ -45,7 +45,7 @@ class TrainingSettings:
     seed: int = 42
     device: str = "auto"
     dtype: str = "auto"  # base weights; the adapter always trains in float32
-    logging_steps: int = 5
+    logging_steps: int = 5  # how often progress is reported; metrics are recorded every step
 
 
 @dataclass
@@ -179,9 +179,9 @@ def train_lora(
     lengths = [len(e.input_ids) for e in examples]
     micro_batches: list[list[int]] = []
     epoch = 0
-    window = {"nll": 0.0, "tokens": 0, "correct": 0}
     started = time.perf_counter()
     for step in range(1, total_steps + 1):
+        window = {"nll": 0.0, "tokens": 0, "correct": 0}
         while len(micro_batches) < settings.gradient_accumulation_steps:
             micro_batches += length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)
             epoch += 1
@@ -197,23 +197,22 @@ def train_lora(
             window["correct"] += int(correct.sum())
             run.tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % settings.logging_steps == 0 or step == total_steps:
-            metrics = {
-                "step": step,
-                "epoch": round(step / steps_per_epoch, 4),
-                "loss": window["nll"] / max(window["tokens"], 1),
-                "mean_token_accuracy": window["correct"] / max(window["tokens"], 1),
-                "learning_rate": scheduler.get_last_lr()[0],
-                "tokens_seen": run.tokens,
-                "elapsed_s": round(time.perf_counter() - started, 2),
-            }
-            run.steps.append(metrics)
-            window = {"nll": 0.0, "tokens": 0, "correct": 0}
-            if on_log is not None:
-                on_log(metrics, total_steps)
+        metrics = {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 4),
+            "loss": window["nll"] / max(window["tokens"], 1),
+            "mean_token_accuracy": window["correct"] / max(window["tokens"], 1),
+            "learning_rate": learning_rate,
+            "tokens_seen": run.tokens,
+            "elapsed_s": round(time.perf_counter() - started, 2),
+        }
+        run.steps.append(metrics)
+        if on_log is not None and (step % settings.logging_steps == 0 or step == total_steps):
+            on_log(metrics, total_steps)
     run.seconds = time.perf_counter() - started
     model.eval()
     return run
