@@ -15,10 +15,10 @@ import dagster as dg
 import transformers
 from tqdm import tqdm
 
+from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.ingest import discover_notes
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions, notes_job, train_and_evaluate_job
-from fine_tune_dag.assets.partitions import notes_partitions
 
 
 def _instance() -> dg.DagsterInstance:
@@ -71,7 +71,10 @@ def print_latest_report(data_dir: Path) -> bool:
     print(f"  perplexity   base {r.base_perplexity:.2f}  tuned {r.tuned_perplexity:.2f}")
     print(f"  ROUGE-L F1   base {r.base_rouge_l:.3f}  tuned {r.tuned_rouge_l:.3f}")
     print(f"  token F1     base {r.base_token_f1:.3f}  tuned {r.tuned_token_f1:.3f}")
-    print("  verdict:", "the adapter beats the base model" if r.tuned_nll < r.base_nll else "the adapter does not beat the base model")
+    print(
+        "  verdict:",
+        "the adapter beats the base model" if r.tuned_nll < r.base_nll else "the adapter does not beat the base model",
+    )
     return True
 
 
@@ -95,7 +98,9 @@ def materialize_graph(
     notes_config = _job_run_config(notes, run_config, "CRITICAL")  # failures are summarized below
     failed = {}
     for key in tqdm(keys, desc="notes: parse, chunk, synthesize", unit="note"):
-        result = notes.execute_in_process(instance=instance, partition_key=key, run_config=notes_config, raise_on_error=False)
+        result = notes.execute_in_process(
+            instance=instance, partition_key=key, run_config=notes_config, raise_on_error=False
+        )
         if not result.success:
             failed[key] = _failure_reason(result)
     for key, reason in failed.items():
@@ -113,7 +118,9 @@ def run_demo(notes_dir: Path, data_dir: Path) -> int:
     defs = build_definitions(notes_dir=str(notes_dir), data_dir=str(data_dir))
     print(f"notes: {notes_dir.resolve()}  data: {data_dir.resolve()}")
     run = materialize_graph(defs, _instance(), notes_dir)
-    print(f"\n{len(run.notes)} notes, {len(run.failed_notes)} failed; finished in {time.perf_counter() - started:.0f} s")
+    print(
+        f"\n{len(run.notes)} notes, {len(run.failed_notes)} failed; finished in {time.perf_counter() - started:.0f} s"
+    )
     if not run.success:
         print(f"training and evaluation failed: {run.model_failure}", file=sys.stderr)
         return 1

@@ -61,6 +61,8 @@ def test_bundled_model_runs_the_whole_graph(bundled_run):
 
 def test_back_translation_keeps_the_authors_words(bundled_run):
     _, db, _ = bundled_run
-    pairs = db.query("SELECT p.answer, n.text FROM qa_pairs p JOIN raw_notes n USING (note_id) WHERE mode = 'back_translation'")
+    pairs = db.query(
+        "SELECT p.answer, n.text FROM qa_pairs p JOIN raw_notes n USING (note_id) WHERE mode = 'back_translation'"
+    )
     assert len(pairs) == len(NOTES)
     assert all(r.answer in r.text for r in pairs.itertuples())

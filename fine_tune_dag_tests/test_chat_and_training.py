@@ -22,7 +22,11 @@ from fine_tune_dag.core.training import (
 )
 
 CONVERSATIONS = [
-    chat_messages("You are me.", f"Why do you oil the chain, part {i}?", "Here is the thing: the chain wears slowly." * (1 + i % 3))
+    chat_messages(
+        "You are me.",
+        f"Why do you oil the chain, part {i}?",
+        "Here is the thing: the chain wears slowly." * (1 + i % 3),
+    )
     for i in range(12)
 ]
 

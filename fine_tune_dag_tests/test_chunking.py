@@ -21,7 +21,9 @@ def random_note(rng: random.Random, paragraphs: int) -> str:
     for i in range(paragraphs):
         if rng.random() < 0.2:
             parts.append("#" * rng.randint(1, 3) + " " + " ".join(rng.choices(WORDS, k=3)).title())
-        sentences = [" ".join(rng.choices(WORDS, k=rng.randint(4, 30))).capitalize() + "." for _ in range(rng.randint(1, 12))]
+        sentences = [
+            " ".join(rng.choices(WORDS, k=rng.randint(4, 30))).capitalize() + "." for _ in range(rng.randint(1, 12))
+        ]
         joiner = rng.choice([" ", "\n", "  "])
         parts.append(joiner.join(sentences))
     return rng.choice(["", "\n", "  \n"]) + rng.choice(["\n\n", "\n\n\n", "\n \n"]).join(parts) + rng.choice(["", "\n"])
@@ -80,7 +82,9 @@ def test_valid_llm_boundaries_are_used_with_topics():
     settings = ChunkingSettings(min_chars=100, max_chars=1000)
     assert needs_boundary_request(text, settings)
     assert "[9] Paragraph 8" in boundary_prompt_variables(text, settings)["paragraphs"]
-    result = passages_from_boundary_answer("n", text, "T", "Sure!\n1 | topic zero\n4 | topic one\n7 | topic two", settings)
+    result = passages_from_boundary_answer(
+        "n", text, "T", "Sure!\n1 | topic zero\n4 | topic one\n7 | topic two", settings
+    )
     assert result.strategy == "llm" and result.fallback_reason is None
     assert [p.topic for p in result.passages] == ["topic zero", "topic one", "topic two"]
     assert result.passages[1].text.startswith("Paragraph 3")

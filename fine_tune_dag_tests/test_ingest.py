@@ -54,9 +54,7 @@ def parse_untouched(path: Path, notes_dir: Path) -> ParsedNote:
         assert (path.read_bytes(), path.stat().st_mtime_ns) == before
 
 
-def write_pdf(
-    path: Path, pages: list[list[str]], heading: str | None = None, spacing: float = 4, **info: str
-) -> Path:
+def write_pdf(path: Path, pages: list[list[str]], heading: str | None = None, spacing: float = 4, **info: str) -> Path:
     """A real PDF laid out by fpdf2: wrapped paragraphs, optional bold heading, one list per page."""
     pdf = FPDF()
     if "title" in info:
@@ -155,8 +153,17 @@ def test_is_ignored_note_file(name: str, ignored: bool) -> None:
 def test_discover_notes_walks_recursively_and_skips_debris(tmp_path: Path) -> None:
     notes = tmp_path / "notes"
     kept = ["b.md", "A.TXT", "essays/On Walking.md", "essays/deep/x.markdown", "papers/p.pdf", "papers/w.docx"]
-    skipped = [".hidden.md", "~$w.docx", "b.md.swp", "c.tmp", "b.md~", "photo.png", "README", ".git/HEAD.md",
-               "essays/.obsidian/workspace.md"]
+    skipped = [
+        ".hidden.md",
+        "~$w.docx",
+        "b.md.swp",
+        "c.tmp",
+        "b.md~",
+        "photo.png",
+        "README",
+        ".git/HEAD.md",
+        "essays/.obsidian/workspace.md",
+    ]
     for relative in kept + skipped:
         (notes / relative).parent.mkdir(parents=True, exist_ok=True)
         (notes / relative).write_text("text", encoding="utf-8")
@@ -279,8 +286,13 @@ def test_text_with_a_long_first_line_is_titled_from_its_stem(tmp_path: Path) -> 
 
 
 def test_pdf_paragraphs_are_rebuilt_across_pages(tmp_path: Path) -> None:
-    path = write_pdf(tmp_path / "walks.pdf", [[CHAIN, SHORT, BEES * 2], [RIVER]], heading="On Walking",
-                     title="Walking Notes", author="Ada Writer")
+    path = write_pdf(
+        tmp_path / "walks.pdf",
+        [[CHAIN, SHORT, BEES * 2], [RIVER]],
+        heading="On Walking",
+        title="Walking Notes",
+        author="Ada Writer",
+    )
 
     note = parse_untouched(path, tmp_path)
 
@@ -411,4 +423,3 @@ def test_note_parse_error_survives_pickling() -> None:
         "cannot be parsed as PDF: boom",
         "essays/x.pdf: cannot be parsed as PDF: boom",
     )
-

@@ -6,12 +6,20 @@ from fine_tune_dag.core.report import verdict, write_report
 
 def per_item(nll: float, rouge: float) -> pd.DataFrame:
     return pd.DataFrame(
-        {"nll_sum": [nll * 10, nll * 5], "answer_tokens": [10, 5], "generation": ["a | b", "c"], "rouge_l": [rouge] * 2, "token_f1": [rouge] * 2}
+        {
+            "nll_sum": [nll * 10, nll * 5],
+            "answer_tokens": [10, 5],
+            "generation": ["a | b", "c"],
+            "rouge_l": [rouge] * 2,
+            "token_f1": [rouge] * 2,
+        }
     )
 
 
 def test_summary_is_token_weighted():
-    frame = pd.DataFrame({"nll_sum": [10.0, 2.0], "answer_tokens": [10, 1], "rouge_l": [0.2, 0.4], "token_f1": [0.1, 0.3]})
+    frame = pd.DataFrame(
+        {"nll_sum": [10.0, 2.0], "answer_tokens": [10, 1], "rouge_l": [0.2, 0.4], "token_f1": [0.1, 0.3]}
+    )
     summary = summarize(frame)
     assert summary["nll"] == 12 / 11
     assert abs(summary["rouge_l"] - 0.3) < 1e-9
@@ -21,7 +29,9 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     results = {"base": per_item(3.0, 0.1), "tuned": per_item(2.0, 0.3)}
     summary = {k: summarize(v) for k, v in results.items()}
     steps = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.5, 2.0], "mean_token_accuracy": [0.1, 0.2, 0.3]})
-    files = write_report(tmp_path / "r", "Evaluation", summary, results, ["q1?", "q2?"], ["ref1", "ref2"], steps, {"adapter": "v1"})
+    files = write_report(
+        tmp_path / "r", "Evaluation", summary, results, ["q1?", "q2?"], ["ref1", "ref2"], steps, {"adapter": "v1"}
+    )
     text = files.markdown.read_text()
     assert "beats the base model" in text
     for section in ("## Metrics on the test split", "## Training", "## Side by side", "ROUGE-L", "| adapter | v1 |"):

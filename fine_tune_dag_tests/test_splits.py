@@ -31,7 +31,9 @@ def test_all_pairs_of_a_note_share_a_side_and_the_fraction_is_close():
 
 
 def test_split_is_a_pure_function_of_the_note_id():
-    assert split_by_note_hash("essays-on-rivers-pdf-1234abcd", 0.2) == split_by_note_hash("essays-on-rivers-pdf-1234abcd", 0.2)
+    assert split_by_note_hash("essays-on-rivers-pdf-1234abcd", 0.2) == split_by_note_hash(
+        "essays-on-rivers-pdf-1234abcd", 0.2
+    )
     assert split_by_note_hash("x", 0.0) == "train"
     with pytest.raises(ValueError):
         split_by_note_hash("x", 1.0)

@@ -44,7 +44,10 @@ def test_parser_returns_nothing_for_garbage():
 
 
 def test_parse_instruction_takes_the_first_line_without_labels():
-    assert parse_instruction('\n**Question:** "How long does a chain last?"\nExtra chatter') == "How long does a chain last?"
+    assert (
+        parse_instruction('\n**Question:** "How long does a chain last?"\nExtra chatter')
+        == "How long does a chain last?"
+    )
     assert parse_instruction("1. Tell me about chains.") == "Tell me about chains."
     assert parse_instruction("   \n") == ""
 
@@ -123,7 +126,10 @@ def test_back_translation_answer_drops_leading_headings_but_stays_verbatim():
 
 
 def test_looping_and_tautological_answers_are_rejected():
-    looping = judged("When do you oil the chain?", "I oil the chain every Sunday and I oil the chain every Sunday and I oil the chain every Sunday.")
+    looping = judged(
+        "When do you oil the chain?",
+        "I oil the chain every Sunday and I oil the chain every Sunday and I oil the chain every Sunday.",
+    )
     assert looping.reason == "repetitive output"
     restated = judged("When do you oil the chain?", "I oil the chain.")
     assert restated.reason == "answer only restates the question"

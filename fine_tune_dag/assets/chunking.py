@@ -1,6 +1,5 @@
 """passages: single-topic verbatim spans of each note."""
 
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -57,7 +56,9 @@ def passages(
     else:
         result = heuristic_passages(note_id, note.text, note.title, settings)
     if result.fallback_reason:
-        context.log.warning(f"{note.path}: LLM boundaries rejected ({result.fallback_reason}); used headings and paragraphs")
+        context.log.warning(
+            f"{note.path}: LLM boundaries rejected ({result.fallback_reason}); used headings and paragraphs"
+        )
     rows = pd.DataFrame(
         [
             {

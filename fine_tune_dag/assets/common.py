@@ -1,6 +1,5 @@
 """Helpers the stage modules share: reading a note's rows and reporting LLM usage."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -8,7 +7,9 @@ from fine_tune_dag.core.llm import LLMUsage
 from fine_tune_dag.core.warehouse import Warehouse
 
 
-def rows_for_note(warehouse: Warehouse, table: str, note_id: str, upstream: str, order_by: str = "note_id") -> pd.DataFrame:
+def rows_for_note(
+    warehouse: Warehouse, table: str, note_id: str, upstream: str, order_by: str = "note_id"
+) -> pd.DataFrame:
     """The note's rows of an upstream table; missing rows mean the upstream partition was never built."""
     rows = warehouse.query(f"SELECT * FROM {table} WHERE note_id = ? ORDER BY {order_by}", [note_id])
     if rows.empty:

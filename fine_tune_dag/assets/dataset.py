@@ -1,6 +1,5 @@
 """dataset_splits: kept pairs of all current notes, split by note hash, exported as chat JSONL."""
 
-
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -56,7 +55,10 @@ def dataset_splits(
     splits["dataset_version"] = version
     db.replace_rows("dataset_splits", splits)
     export = paths.exports / version
-    files = {side: write_jsonl(export / f"{side}.jsonl", records_of(splits[splits["split"] == side])) for side in ("train", "test")}
+    files = {
+        side: write_jsonl(export / f"{side}.jsonl", records_of(splits[splits["split"] == side]))
+        for side in ("train", "test")
+    }
     tokens = (splits["prompt_tokens"] + splits["answer_tokens"]).groupby(splits["split"]).sum()
     side = {s: splits[splits["split"] == s] for s in ("train", "test")}
     summary = {

@@ -1,6 +1,5 @@
 """eval_report: base model against the newest adapter on the held-out notes."""
 
-
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,7 +77,9 @@ def eval_report(
         steps,
         facts,
     )
-    headline = {f"{name}_{metric}": round(value, 4) for name, values in summary.items() for metric, value in values.items()}
+    headline = {
+        f"{name}_{metric}": round(value, 4) for name, values in summary.items() for metric, value in values.items()
+    }
     db.insert_rows(
         "eval_reports",
         pd.DataFrame(

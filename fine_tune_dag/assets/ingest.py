@@ -1,6 +1,5 @@
 """raw_notes: one parsed note per partition."""
 
-
 import json
 from datetime import datetime, timezone
 
@@ -20,7 +19,9 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     kinds={"python", "duckdb"},
     code_version="ingest-1",
 )
-def raw_notes(context: dg.AssetExecutionContext, paths: ProjectPaths, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def raw_notes(
+    context: dg.AssetExecutionContext, paths: ProjectPaths, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     """The note file parsed to text (Markdown, text, PDF or DOCX) with its title, format and hash."""
     note_id = context.partition_key
     try:
@@ -54,7 +55,9 @@ def raw_notes(context: dg.AssetExecutionContext, paths: ProjectPaths, warehouse:
             "encoding": note.encoding or "n/a",
             "sha256": note.sha256,
             "front_matter": dg.MetadataValue.json(note.metadata),
-            "preview": dg.MetadataValue.md(f"**{note.title}**\n\n" + note.text[:600] + ("…" if len(note.text) > 600 else "")),
+            "preview": dg.MetadataValue.md(
+                f"**{note.title}**\n\n" + note.text[:600] + ("…" if len(note.text) > 600 else "")
+            ),
         },
         data_version=dg.DataVersion(note.sha256),
     )

@@ -1,6 +1,5 @@
 """base_model: the model to fine-tune, as a local Hugging Face folder."""
 
-
 import dagster as dg
 
 from fine_tune_dag.core.models import ModelResolutionError, count_parameters, load_causal_lm, load_tokenizer

@@ -1,6 +1,5 @@
 """qa_pairs: synthetic questions for each passage, filtered, with kept and rejected both stored."""
 
-
 from collections import Counter
 
 import dagster as dg
@@ -81,7 +80,11 @@ def qa_pairs(
         context.log.info(f"{note_id}: {done}/{len(jobs)} synthesis requests answered")
 
     answers = cached.complete([synthesis_request(p, mode, settings) for p, mode in jobs], on_progress=log_progress)
-    candidates = [(pair, p) for (p, mode), answer in zip(jobs, answers) for pair in candidate_pairs(p, mode, answer, settings.questions_per_passage)]
+    candidates = [
+        (pair, p)
+        for (p, mode), answer in zip(jobs, answers)
+        for pair in candidate_pairs(p, mode, answer, settings.questions_per_passage)
+    ]
     pairs = pd.DataFrame([vars(pair) for pair in filter_pairs(candidates, settings)])
     db.replace_rows("qa_pairs", pairs, {"note_id": note_id})
     kept = pairs[pairs["status"] == "kept"]

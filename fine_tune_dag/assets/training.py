@@ -1,6 +1,5 @@
 """lora_adapter: a new, versioned LoRA adapter trained on the current train split."""
 
-
 import json
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
@@ -30,7 +29,9 @@ class TrainingConfig(dg.Config):
     lora_r: int = _DEFAULTS.lora_r
     lora_alpha: int = _DEFAULTS.lora_alpha
     lora_dropout: float = _DEFAULTS.lora_dropout
-    target_modules: list[str] = Field(default=list(_DEFAULTS.target_modules), description="module names or 'all-linear'")
+    target_modules: list[str] = Field(
+        default=list(_DEFAULTS.target_modules), description="module names or 'all-linear'"
+    )
     batch_size: int = _DEFAULTS.batch_size
     gradient_accumulation_steps: int = _DEFAULTS.gradient_accumulation_steps
     max_seq_length: int = _DEFAULTS.max_seq_length
@@ -62,7 +63,9 @@ def lora_adapter(
     db = warehouse.get()
     train = db.query("SELECT * FROM dataset_splits WHERE split = 'train' ORDER BY pair_id")
     if train.empty:
-        raise dg.Failure(description="the train split is empty: materialize qa_pairs and dataset_splits first", allow_retries=False)
+        raise dg.Failure(
+            description="the train split is empty: materialize qa_pairs and dataset_splits first", allow_retries=False
+        )
     data_version = str(train["dataset_version"].iloc[0])
     resolved = models.resolve()
     settings = config.settings()
@@ -76,7 +79,11 @@ def lora_adapter(
 
     run = train_lora(resolved.path, [r["messages"] for r in records_of(train)], settings, on_log=log_step)
     version = next_adapter_version(paths.adapters, data_version)
-    provenance = {"base_model": resolved.reference, "base_model_path": str(resolved.path), "dataset_version": data_version}
+    provenance = {
+        "base_model": resolved.reference,
+        "base_model_path": str(resolved.path),
+        "dataset_version": data_version,
+    }
     folder = save_adapter(run, paths.adapters, version, provenance)
     db.insert_rows(
         "adapters",

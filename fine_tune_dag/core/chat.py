@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are the author of these notes. Answer in your own voice, from what you have written."
-)
+DEFAULT_SYSTEM_PROMPT = "You are the author of these notes. Answer in your own voice, from what you have written."
 
 Message = dict[str, str]
 

@@ -32,7 +32,9 @@ def answer_nll(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Mess
     examples = [render_training_example(tokenizer, messages) for messages in conversations]
     rows = []
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], tokenizer.pad_token_id).items()}
+        batch = {
+            k: v.to(device) for k, v in collate(examples[start : start + batch_size], tokenizer.pad_token_id).items()
+        }
         nll, count, _ = answer_token_losses(model, batch)
         rows += [{"nll_sum": float(a), "answer_tokens": int(b)} for a, b in zip(nll, count)]
     return pd.DataFrame(rows)

@@ -338,18 +338,14 @@ def _reflow_pdf_pages(pages: list[list[_PdfLine]]) -> str:
             if line.text:
                 current.append(line.text)
             if current and (
-                not line.text
-                or not following.text
-                or _ends_paragraph(line, following, typical_chars, typical_spacing)
+                not line.text or not following.text or _ends_paragraph(line, following, typical_chars, typical_spacing)
             ):
                 paragraphs.append(_join_wrapped_lines(current))
                 current = []
     return "\n\n".join(paragraphs)
 
 
-def _ends_paragraph(
-    line: _PdfLine, following: _PdfLine, typical_chars: int, typical_spacing: float | None
-) -> bool:
+def _ends_paragraph(line: _PdfLine, following: _PdfLine, typical_chars: int, typical_spacing: float | None) -> bool:
     """Geometry first (a paragraph gap); else whether the layout could have wrapped here."""
     if typical_spacing and line.baseline is not None and following.baseline is not None:
         if line.baseline - following.baseline > typical_spacing * _PARAGRAPH_SPACING_SHARE:
@@ -380,9 +376,7 @@ def _extract_docx(data: bytes, relative: str) -> _Extraction:
         blocks = list(_docx_blocks(document))
         properties = document.core_properties
         metadata = {
-            field: _jsonable(value)
-            for field in ("title", "author", "created")
-            if (value := getattr(properties, field))
+            field: _jsonable(value) for field in ("title", "author", "created") if (value := getattr(properties, field))
         }
     except Exception as error:
         raise NoteParseError(relative, f"cannot be parsed as DOCX: {_describe(error)}") from error

@@ -111,7 +111,7 @@ def write_report(
     metrics_chart = plot_metrics(summary, folder / "metrics.png")
     text = f"""# {title}
 
-**{verdict(summary['base'], summary['tuned'])}**
+**{verdict(summary["base"], summary["tuned"])}**
 
 ## Metrics on the test split
 

@@ -154,13 +154,17 @@ def candidate_pairs(passage: Passage, mode: str, output: str, limit: int) -> lis
     ]
 
 
-def rejection_reason(pair: QAPair, passage_text: str, kept_questions: list[str], settings: SynthesisSettings) -> str | None:
+def rejection_reason(
+    pair: QAPair, passage_text: str, kept_questions: list[str], settings: SynthesisSettings
+) -> str | None:
     """Why a pair must not reach the training set, or None when it may."""
     if not pair.question or not pair.answer:
         return "empty question or answer"
     question_words = len(words(pair.question))
     if not settings.min_question_words <= question_words <= settings.max_question_words:
-        return f"question has {question_words} words (allowed {settings.min_question_words}-{settings.max_question_words})"
+        return (
+            f"question has {question_words} words (allowed {settings.min_question_words}-{settings.max_question_words})"
+        )
     if len(words(pair.answer)) > settings.max_answer_words:
         return f"answer longer than {settings.max_answer_words} words"
     if rouge_l_f1(pair.question, pair.answer) > settings.duplicate_rouge_l:

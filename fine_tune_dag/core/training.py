@@ -175,7 +175,15 @@ def train_lora(
     scheduler = get_scheduler(
         settings.lr_scheduler, optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps
     )
-    run = TrainingRun(model, tokenizer, settings, device, str(dtype).removeprefix("torch."), examples=len(examples), dropped_too_long=dropped)
+    run = TrainingRun(
+        model,
+        tokenizer,
+        settings,
+        device,
+        str(dtype).removeprefix("torch."),
+        examples=len(examples),
+        dropped_too_long=dropped,
+    )
     lengths = [len(e.input_ids) for e in examples]
     micro_batches: list[list[int]] = []
     epoch = 0
@@ -185,7 +193,10 @@ def train_lora(
         while len(micro_batches) < settings.gradient_accumulation_steps:
             micro_batches += length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)
             epoch += 1
-        current, micro_batches = micro_batches[: settings.gradient_accumulation_steps], micro_batches[settings.gradient_accumulation_steps :]
+        current, micro_batches = (
+            micro_batches[: settings.gradient_accumulation_steps],
+            micro_batches[settings.gradient_accumulation_steps :],
+        )
         batches = [collate([examples[i] for i in rows], tokenizer.pad_token_id) for rows in current]
         answer_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         for batch in batches:

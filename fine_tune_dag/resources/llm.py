@@ -1,6 +1,5 @@
 """The LLM every asset talks to; which provider answers is configuration, not asset code."""
 
-
 from functools import lru_cache
 from pathlib import Path
 

@@ -1,4 +1,3 @@
-
 import dagster as dg
 
 from fine_tune_dag.core.models import BUNDLED_MODEL, ResolvedModel, resolve_model

@@ -1,6 +1,5 @@
 """Where notes are read from and where generated files go."""
 
-
 from pathlib import Path
 
 import dagster as dg

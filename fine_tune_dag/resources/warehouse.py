@@ -1,4 +1,3 @@
-
 import dagster as dg
 
 from fine_tune_dag.core.warehouse import Warehouse
