@@ -136,9 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="materialize the whole graph on the notes folder and print the report")
     commands.add_parser("report", help="print the latest evaluation report's path and headline numbers")
+    commands.add_parser("register", help="add a `notes` partition for every note file (for the web UI)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.notes_dir, args.data_dir)
+    if args.command == "register":
+        keys = register_note_partitions(_instance(), args.notes_dir)
+        print(f"{len(keys)} note partitions registered from {args.notes_dir}")
+        return 0
     return 0 if print_latest_report(args.data_dir) else 1
 
 

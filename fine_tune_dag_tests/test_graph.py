@@ -139,3 +139,16 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph):
 
 def _materialize(defs, instance, notes):
     return materialize_graph(defs, instance, notes, run_config=RUN_CONFIG)
+
+
+def test_register_command_adds_one_partition_per_note(tmp_path, monkeypatch):
+    from fine_tune_dag.cli import main
+
+    write_notes(tmp_path / "notes")
+    (tmp_path / "notes" / ".hidden.md").write_text("skipped")
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["--notes-dir", str(tmp_path / "notes"), "register"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        keys = instance.get_dynamic_partitions("notes")
+    assert sorted(keys) == sorted(discover_notes(tmp_path / "notes")) and len(keys) == len(TOPICS) + 1
