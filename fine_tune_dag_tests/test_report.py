@@ -9,6 +9,8 @@ def per_item(nll: float, rouge: float) -> pd.DataFrame:
         {
             "nll_sum": [nll * 10, nll * 5],
             "answer_tokens": [10, 5],
+            "question": ["q1?", "q2?"],
+            "reference": ["ref1", "ref2"],
             "generation": ["a | b", "c"],
             "rouge_l": [rouge] * 2,
             "token_f1": [rouge] * 2,
@@ -29,13 +31,12 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     results = {"base": per_item(3.0, 0.1), "tuned": per_item(2.0, 0.3)}
     summary = {k: summarize(v) for k, v in results.items()}
     steps = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.5, 2.0], "mean_token_accuracy": [0.1, 0.2, 0.3]})
-    files = write_report(
-        tmp_path / "r", "Evaluation", summary, results, ["q1?", "q2?"], ["ref1", "ref2"], steps, {"adapter": "v1"}
-    )
+    files = write_report(tmp_path / "r", "Evaluation", summary, results, steps, {"adapter": "v1"})
     text = files.markdown.read_text()
     assert "beats the base model" in text
     for section in ("## Metrics on the test split", "## Training", "## Side by side", "ROUGE-L", "| adapter | v1 |"):
         assert section in text
+    assert "| q1? | ref1 |" in text
     assert "a \\| b" in text  # pipes inside generations do not break the table
     assert files.loss_curve.stat().st_size > 1000 and files.metrics_chart.stat().st_size > 1000
     inline = files.with_inline_images()

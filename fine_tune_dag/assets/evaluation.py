@@ -51,7 +51,7 @@ def eval_report(
     base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(config.dtype, device))
     model = PeftModel.from_pretrained(base, adapter.path).eval()
     tokenizer = load_tokenizer(Path(adapter.path))
-    conversations = [r["messages"] for r in records_of(test)][: settings.max_examples]
+    conversations = [r["messages"] for r in records_of(test)]
 
     def log_progress(contender: str, count: int) -> None:
         context.log.info(f"{contender}: generated {count} more answers")
@@ -64,7 +64,7 @@ def eval_report(
         "base model": adapter.base_model,
         "dataset version": adapter.dataset_version,
         "trained on": f"{adapter.train_examples} examples, {adapter.train_tokens} tokens, {adapter.train_seconds:.0f} s on {adapter.device}",
-        "test items evaluated": len(conversations),
+        "test items evaluated": len(results["base"]),
         "evaluated on": f"{device}",
     }
     files = write_report(
@@ -72,8 +72,6 @@ def eval_report(
         f"Evaluation of adapter {adapter.version}",
         summary,
         results,
-        [m[1]["content"] for m in conversations],
-        [m[-1]["content"] for m in conversations],
         steps,
         facts,
     )
@@ -89,7 +87,7 @@ def eval_report(
                     "dataset_version": adapter.dataset_version,
                     "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
                     "report_path": str(files.markdown),
-                    "test_examples": len(conversations),
+                    "test_examples": len(results["base"]),
                     "base_nll": summary["base"]["nll"],
                     "tuned_nll": summary["tuned"]["nll"],
                     "base_perplexity": summary["base"]["perplexity"],
@@ -107,7 +105,7 @@ def eval_report(
             "report": dg.MetadataValue.path(str(files.markdown)),
             "loss_curve": dg.MetadataValue.path(str(files.loss_curve)),
             "adapter_version": adapter.version,
-            "test_examples": len(conversations),
+            "test_examples": len(results["base"]),
             "tuned_beats_base": summary["tuned"]["nll"] < summary["base"]["nll"],
             **headline,
             "report_markdown": dg.MetadataValue.md(files.with_inline_images()),

@@ -47,7 +47,7 @@ def evaluate_contender(
     settings: EvaluationSettings,
     on_progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Per-item NLL, generation and overlap with the reference answer."""
+    """Per-item question, reference, NLL, generation and overlap with the reference answer."""
     scores = answer_nll(model, tokenizer, conversations, settings.batch_size)
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
     generations = generate_batch(
@@ -55,6 +55,8 @@ def evaluate_contender(
     )
     references = [messages[-1]["content"] for messages in conversations]
     return scores.assign(
+        question=[messages[-2]["content"] for messages in conversations],
+        reference=references,
         generation=generations,
         rouge_l=[rouge_l_f1(g, r) for g, r in zip(generations, references)],
         token_f1=[token_f1(g, r) for g, r in zip(generations, references)],

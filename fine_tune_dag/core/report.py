@@ -86,11 +86,13 @@ def metrics_table(summary: dict[str, dict[str, float]]) -> str:
     return table(rows, ["metric", *summary])
 
 
-def examples_table(questions: list[str], references: list[str], results: dict[str, pd.DataFrame], count: int) -> str:
+def examples_table(results: dict[str, pd.DataFrame], count: int) -> str:
+    """Contenders side by side on the same items (every frame holds the same questions in order)."""
     names = list(results)
+    first = results[names[0]]
     rows = [
-        [questions[i], references[i], *(results[n]["generation"].iloc[i] for n in names)]
-        for i in range(min(count, len(questions)))
+        [first["question"].iloc[i], first["reference"].iloc[i], *(results[n]["generation"].iloc[i] for n in names)]
+        for i in range(min(count, len(first)))
     ]
     return table(rows, ["question", "reference", *names], limit=220)
 
@@ -100,8 +102,6 @@ def write_report(
     title: str,
     summary: dict[str, dict[str, float]],
     results: dict[str, pd.DataFrame],
-    questions: list[str],
-    references: list[str],
     training_steps: pd.DataFrame,
     facts: dict[str, Any],
     examples: int = 6,
@@ -127,7 +127,7 @@ def write_report(
 
 ## Side by side
 
-{examples_table(questions, references, results, examples)}
+{examples_table(results, examples)}
 """
     markdown = folder / "report.md"
     markdown.write_text(text, encoding="utf-8")
