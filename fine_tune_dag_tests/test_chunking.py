@@ -18,7 +18,7 @@ WORDS = "the chain wears slowly and the river rises while bees hum in the cold w
 
 def random_note(rng: random.Random, paragraphs: int) -> str:
     parts = []
-    for i in range(paragraphs):
+    for _ in range(paragraphs):
         if rng.random() < 0.2:
             parts.append("#" * rng.randint(1, 3) + " " + " ".join(rng.choices(WORDS, k=3)).title())
         sentences = [

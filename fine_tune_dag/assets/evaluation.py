@@ -8,6 +8,7 @@ import pandas as pd
 from peft import PeftModel
 
 from fine_tune_dag.assets.dataset import dataset_splits
+from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.evaluation import EvaluationSettings, compare_base_and_adapter, summarize
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
@@ -29,6 +30,7 @@ class EvaluationConfig(dg.Config):
     deps=[lora_adapter, dataset_splits],
     group_name="evaluation",
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "markdown"},
     code_version="evaluation-1",
 )

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
+from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.core.markdown import preview
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.core.training import TrainingSettings, next_adapter_version, save_adapter, train_lora
@@ -49,6 +50,7 @@ class TrainingConfig(dg.Config):
     deps=[dataset_splits, base_model],
     group_name="training",
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     kinds={"pytorch"},
     code_version="training-1",
 )

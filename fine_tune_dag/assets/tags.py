@@ -1,0 +1,13 @@
+"""Op tags for the steps that want an accelerator.
+
+`dagster-k8s` reads `dagster-k8s/config` to shape the step's pod (see deploy/); local executors ignore it.
+"""
+
+GPU_STEP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    },
+}
