@@ -15,8 +15,11 @@ import dagster as dg
 import transformers
 from tqdm import tqdm
 
+from fine_tune_dag.assets.champion import beats_champion
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.ingest import discover_notes
+from fine_tune_dag.core.registry import current_champion, evaluation_summary, latest_evaluation, lineage_text
+from fine_tune_dag.core.report import METRIC_LABELS
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions, notes_job, train_and_evaluate_job
 
@@ -57,24 +60,20 @@ def register_note_partitions(instance: dg.DagsterInstance, notes_dir: Path) -> l
 
 
 def print_latest_report(data_dir: Path) -> bool:
-    reports = Warehouse(data_dir / "warehouse.duckdb").query(
-        "SELECT * FROM eval_reports ORDER BY created_at DESC LIMIT 1"
-    )
-    if reports.empty:
+    db = Warehouse(data_dir / "warehouse.duckdb")
+    evaluation = latest_evaluation(db)
+    if evaluation is None:
         print("no evaluation report yet")
         return False
-    r = reports.iloc[0]
-    change = (r.tuned_nll - r.base_nll) / r.base_nll * 100
-    print(f"\nReport: {Path(r.report_path).resolve()}")
-    print(f"Adapter {r.adapter_version} on {r.test_examples} held-out items:")
-    print(f"  answer NLL   base {r.base_nll:.3f}  tuned {r.tuned_nll:.3f}  ({change:+.1f}%)")
-    print(f"  perplexity   base {r.base_perplexity:.2f}  tuned {r.tuned_perplexity:.2f}")
-    print(f"  ROUGE-L F1   base {r.base_rouge_l:.3f}  tuned {r.tuned_rouge_l:.3f}")
-    print(f"  token F1     base {r.base_token_f1:.3f}  tuned {r.tuned_token_f1:.3f}")
-    print(
-        "  verdict:",
-        "the adapter beats the base model" if r.tuned_nll < r.base_nll else "the adapter does not beat the base model",
-    )
+    summary = evaluation_summary(db, evaluation.adapter_version)
+    names = list(summary)
+    print(f"\nReport: {Path(evaluation.report_path).resolve()}")
+    print(f"Adapter {evaluation.adapter_version} on {evaluation.test_examples} held-out items:")
+    print("  " + f"{'':<12}" + "".join(f"{name:>12}" for name in names))
+    for metric, label in METRIC_LABELS.items():
+        print("  " + f"{label.split(' (')[0]:<12}" + "".join(f"{summary[n][metric]:>12.3f}" for n in names))
+    champion = current_champion(db)
+    print(f"  champion: {'none yet' if champion is None else champion.version}")
     return True
 
 
@@ -83,6 +82,7 @@ class GraphRun:
     notes: list[str]
     failed_notes: dict[str, str]
     model_failure: str | None
+    promoted: bool  # False when the promotion gate kept the previous champion: an outcome, not a failure
 
     @property
     def success(self) -> bool:
@@ -110,7 +110,10 @@ def materialize_graph(
     model_run = model_job.execute_in_process(
         instance=instance, run_config=_job_run_config(model_job, run_config, "INFO"), raise_on_error=False
     )
-    return GraphRun(keys, failed, None if model_run.success else _failure_reason(model_run))
+    failed_steps = {event.step_key for event in model_run.get_step_failure_events()}
+    held_by_gate = failed_steps == {beats_champion.node_def.name}
+    failure = None if model_run.success or held_by_gate else _failure_reason(model_run)
+    return GraphRun(keys, failed, failure, promoted=model_run.success)
 
 
 def run_demo(notes_dir: Path, data_dir: Path) -> int:
@@ -124,6 +127,8 @@ def run_demo(notes_dir: Path, data_dir: Path) -> int:
     if not run.success:
         print(f"training and evaluation failed: {run.model_failure}", file=sys.stderr)
         return 1
+    if not run.promoted:
+        print("the new adapter did not pass the promotion gate (see the report); the champion is unchanged")
     return 0 if print_latest_report(data_dir) else 1
 
 
@@ -137,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("demo", help="materialize the whole graph on the notes folder and print the report")
     commands.add_parser("report", help="print the latest evaluation report's path and headline numbers")
     commands.add_parser("register", help="add a `notes` partition for every note file (for the web UI)")
+    commands.add_parser("lineage", help="which notes and dataset version led to which adapter and report")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.notes_dir, args.data_dir)
     if args.command == "register":
         keys = register_note_partitions(_instance(), args.notes_dir)
         print(f"{len(keys)} note partitions registered from {args.notes_dir}")
+        return 0
+    if args.command == "lineage":
+        print(lineage_text(Warehouse(args.data_dir / "warehouse.duckdb")))
         return 0
     return 0 if print_latest_report(args.data_dir) else 1
 

@@ -1,7 +1,7 @@
-"""Dagster definitions: the asset graph, its resources and jobs.
+"""Dagster definitions: the asset graph, its checks, resources, jobs, sensor and schedule.
 
-`build_definitions` takes the folders and models so tests and other deployments can point the
-same graph elsewhere; the module-level `defs` reads them from the environment.
+`build_definitions` takes the folders, models and automation policy so tests and other
+deployments can point the same graph elsewhere; the module-level `defs` reads them from the environment.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 
 import dagster as dg
 
+from fine_tune_dag.assets.champion import beats_champion, champion_adapter
 from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.evaluation import eval_report
@@ -18,14 +19,18 @@ from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.training import lora_adapter
+from fine_tune_dag.automation.conditions import retrain_condition
+from fine_tune_dag.automation.schedules import build_retrain_schedule
+from fine_tune_dag.automation.sensors import build_new_notes_sensor
 from fine_tune_dag.core.models import BUNDLED_MODEL
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
 NOTE_ASSETS = [raw_notes, passages, qa_pairs]
-MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, eval_report]
+MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, eval_report, champion_adapter]
 
 notes_job = dg.define_asset_job(
     "notes_job",
@@ -33,10 +38,20 @@ notes_job = dg.define_asset_job(
     partitions_def=notes_partitions,
     description="Parse, chunk and synthesize Q&A for one note partition.",
 )
+dataset_job = dg.define_asset_job(
+    "dataset_job",
+    selection=dg.AssetSelection.assets(dataset_splits),
+    description="Rebuild the train/test splits from the notes that exist now.",
+)
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.assets(lora_adapter, eval_report, champion_adapter),
+    description="Train a new adapter on the current splits, evaluate it, promote it if it passes the gate.",
+)
 train_and_evaluate_job = dg.define_asset_job(
     "train_and_evaluate_job",
     selection=dg.AssetSelection.assets(*MODEL_ASSETS),
-    description="Build the dataset from every note, train a new adapter and evaluate it.",
+    description="Build the dataset from every note, train a new adapter, evaluate it and maybe promote it.",
 )
 
 
@@ -46,18 +61,48 @@ def build_definitions(
     base_model_ref: str = BUNDLED_MODEL,
     llm_model_ref: str = BUNDLED_MODEL,
     llm: LLMResource | None = None,
+    policy: AutomationPolicy | None = None,
 ) -> dg.Definitions:
     """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double)."""
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
+    policy = policy or AutomationPolicy()
+    training = lora_adapter.map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=retrain_condition(policy.retrain_min_new_examples))
+    )
     return dg.Definitions(
-        assets=[*NOTE_ASSETS, *MODEL_ASSETS],
-        jobs=[notes_job, train_and_evaluate_job],
+        assets=[*NOTE_ASSETS, dataset_splits, base_model, training, eval_report, champion_adapter],
+        asset_checks=[beats_champion],
+        jobs=[notes_job, dataset_job, retrain_job, train_and_evaluate_job],
+        sensors=[
+            build_new_notes_sensor(notes_job, dataset_job),
+            dg.AutomationConditionSensorDefinition(
+                "automation_sensor",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=15,
+                use_user_code_server=True,
+                description="Carries changes downstream: note partitions → dataset → (when grown enough) "
+                "training → evaluation → champion.",
+            ),
+        ],
+        schedules=[build_retrain_schedule(retrain_job, policy.retrain_cron, policy.retrain_timezone)],
         resources={
             "paths": paths,
             "warehouse": WarehouseResource(path=os.path.join(data_dir, "warehouse.duckdb")),
             "models": ModelsResource(base_model=base_model_ref, paths=paths),
             "llm": llm or LLMResource(model=llm_model_ref, paths=paths),
+            "policy": policy,
         },
+    )
+
+
+def _policy_from_environment() -> AutomationPolicy:
+    defaults = AutomationPolicy()
+    return AutomationPolicy(
+        retrain_min_new_examples=int(
+            os.environ.get("FINE_TUNE_DAG_RETRAIN_MIN_NEW_EXAMPLES", defaults.retrain_min_new_examples)
+        ),
+        retrain_cron=os.environ.get("FINE_TUNE_DAG_RETRAIN_CRON", defaults.retrain_cron),
     )
 
 
@@ -66,4 +111,5 @@ defs = build_definitions(
     data_dir=os.environ.get("FINE_TUNE_DAG_DATA_DIR", "data"),
     base_model_ref=os.environ.get("FINE_TUNE_DAG_BASE_MODEL", BUNDLED_MODEL),
     llm_model_ref=os.environ.get("FINE_TUNE_DAG_LLM_MODEL", BUNDLED_MODEL),
+    policy=_policy_from_environment(),
 )

@@ -55,7 +55,7 @@ def test_bundled_model_runs_the_whole_graph(bundled_run):
     assert set(splits["split"]) == {"train", "test"}
     adapter = db.query("SELECT * FROM adapters").iloc[0]
     assert adapter.device == "cpu" and Path(adapter.path, "adapter_model.safetensors").exists()
-    report = db.query("SELECT * FROM eval_reports").iloc[0]
+    report = db.query("SELECT * FROM evaluations").iloc[0]
     assert report.base_nll > 0 and report.tuned_nll > 0 and Path(report.report_path).exists()
 
 

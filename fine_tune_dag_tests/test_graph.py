@@ -117,7 +117,7 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph):
     assert {"adapter_config.json", "adapter_model.safetensors", "metrics.csv", "training_config.json"} <= {
         p.name for p in folder.iterdir()
     }
-    report = db.query("SELECT * FROM eval_reports").iloc[0]
+    report = db.query("SELECT * FROM evaluations").iloc[0]
     text = Path(report.report_path).read_text()
     assert "beat" in text and "loss_curve.png" in text
     assert (Path(report.report_path).parent / "loss_curve.png").stat().st_size > 1000

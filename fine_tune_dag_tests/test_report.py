@@ -31,7 +31,7 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     results = {"base": per_item(3.0, 0.1), "tuned": per_item(2.0, 0.3)}
     summary = {k: summarize(v) for k, v in results.items()}
     steps = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.5, 2.0], "mean_token_accuracy": [0.1, 0.2, 0.3]})
-    files = write_report(tmp_path / "r", "Evaluation", summary, results, steps, {"adapter": "v1"})
+    files = write_report(tmp_path / "r", "Evaluation", summary, results, steps, {"adapter": "v1"}, "passes — NLL lower")
     text = files.markdown.read_text()
     assert "beats the base model" in text
     for section in ("## Metrics on the test split", "## Training", "## Side by side", "ROUGE-L", "| adapter | v1 |"):

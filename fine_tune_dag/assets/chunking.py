@@ -37,6 +37,7 @@ class ChunkingConfig(dg.Config):
     pool="duckdb",
     kinds={"python", "duckdb"},
     code_version=f"chunking-1+{BOUNDARY_TEMPLATE.tag}",
+    automation_condition=dg.AutomationCondition.eager(),
 )
 def passages(
     context: dg.AssetExecutionContext, config: ChunkingConfig, warehouse: WarehouseResource, llm: LLMResource

@@ -9,11 +9,13 @@ from pydantic import Field
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.synthesis import qa_pairs
+from fine_tune_dag.automation.conditions import dataset_condition
 from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, render_training_example
 from fine_tune_dag.core.markdown import length_summary, preview
 from fine_tune_dag.core.models import load_tokenizer
 from fine_tune_dag.core.splits import assign_splits, dataset_version, records_of, write_jsonl
 from fine_tune_dag.core.training import TrainingSettings
+from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -24,12 +26,20 @@ class SplitConfig(dg.Config):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
 
+def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
+    """Which note (file and content hash) gave how many pairs to which side of this dataset version: lineage."""
+    counts = splits.groupby(["note_id", "split"]).size().rename("pairs").reset_index()
+    files = db.query("SELECT note_id, path, sha256 FROM raw_notes")
+    return counts.merge(files, on="note_id", how="left").assign(dataset_version=version)
+
+
 @dg.asset(
     deps=[qa_pairs, base_model],
     group_name="dataset",
     pool="duckdb",
     kinds={"python", "duckdb"},
-    code_version="splits-1",
+    code_version="splits-2",
+    automation_condition=dataset_condition(),
 )
 def dataset_splits(
     context: dg.AssetExecutionContext,
@@ -41,6 +51,10 @@ def dataset_splits(
     """Train/test pairs; token counts use the base model's tokenizer and the one chat template."""
     db = warehouse.get()
     note_ids = context.instance.get_dynamic_partitions(notes_partitions.name)
+    excluded = db.query(
+        "SELECT DISTINCT path FROM raw_notes WHERE note_id NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY path",
+        [note_ids],
+    )["path"].tolist()
     kept = db.query(
         "SELECT pair_id, note_id, mode, question, answer FROM qa_pairs "
         "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
@@ -74,12 +88,14 @@ def dataset_splits(
         "test_path": str(files["test"]),
     }
     db.insert_rows("dataset_versions", pd.DataFrame([summary]))
+    db.insert_rows("dataset_notes", notes_of(db, splits, version))
     if side["test"].empty:
         context.log.warning("the test split is empty: add notes or raise test_fraction to evaluate adapters")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(splits),
             **{k: v for k, v in summary.items() if k not in ("created_at", "train_path", "test_path")},
+            "notes_excluded": dg.MetadataValue.json(excluded),
             "estimated_training_tokens": dg.MetadataValue.int(int(summary["train_tokens"] * TrainingSettings.epochs)),
             "answer_tokens": dg.MetadataValue.json(length_summary(splits["answer_tokens"].tolist())),
             "train_jsonl": dg.MetadataValue.path(str(files["train"])),

@@ -1,4 +1,4 @@
-"""eval_report: base model against the newest adapter on the held-out notes."""
+"""eval_report: the newest adapter against the base model and the current champion, on the held-out notes."""
 
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,11 +10,14 @@ from peft import PeftModel
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
-from fine_tune_dag.core.evaluation import EvaluationSettings, compare_base_and_adapter, summarize
+from fine_tune_dag.core.champion import judge_challenger
+from fine_tune_dag.core.evaluation import EvaluationSettings, compare_contenders, summarize
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.registry import current_champion, latest_adapter, record_evaluation
 from fine_tune_dag.core.report import write_report
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
 
@@ -32,17 +35,24 @@ class EvaluationConfig(dg.Config):
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "markdown"},
-    code_version="evaluation-1",
+    code_version="evaluation-2",
+    automation_condition=dg.AutomationCondition.eager().replace(
+        "any_deps_updated",
+        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter)),
+    ),
 )
 def eval_report(
-    context: dg.AssetExecutionContext, config: EvaluationConfig, paths: ProjectPaths, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    paths: ProjectPaths,
+    warehouse: WarehouseResource,
+    policy: AutomationPolicy,
 ) -> dg.MaterializeResult:
-    """NLL, perplexity, ROUGE-L and token F1 for base and tuned, with plots and side-by-side answers."""
+    """NLL, perplexity, ROUGE-L and token F1 for base, champion and newcomer on the same items, with plots."""
     db = warehouse.get()
-    adapters = db.query("SELECT * FROM adapters ORDER BY created_at DESC, version DESC LIMIT 1")
-    if adapters.empty:
+    adapter = latest_adapter(db)
+    if adapter is None:
         raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
-    adapter = adapters.iloc[0]
     test = db.query("SELECT * FROM dataset_splits WHERE split = 'test' ORDER BY note_id, pair_id")
     if test.empty:
         raise dg.Failure(
@@ -51,23 +61,38 @@ def eval_report(
     settings = EvaluationSettings(config.max_examples, config.max_new_tokens, config.batch_size)
     device = select_device(config.device)
     base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(config.dtype, device))
-    model = PeftModel.from_pretrained(base, adapter.path).eval()
+    model = PeftModel.from_pretrained(base, adapter.path, adapter_name="tuned").eval()
+    contenders = ["tuned"]
+    versions = {"tuned": adapter.version}
+    champion = current_champion(db)
+    if champion is not None and champion.version != adapter.version:
+        if champion.base_model_path == adapter.base_model_path:
+            model.load_adapter(champion.path, adapter_name="champion")
+            contenders.insert(0, "champion")
+            versions["champion"] = champion.version
+        else:
+            context.log.warning(
+                f"champion {champion.version} was trained on {champion.base_model}, not {adapter.base_model}: "
+                "the newcomer is judged against the base model"
+            )
     tokenizer = load_tokenizer(Path(adapter.path))
     conversations = [r["messages"] for r in records_of(test)]
 
     def log_progress(contender: str, count: int) -> None:
         context.log.info(f"{contender}: generated {count} more answers")
 
-    results = compare_base_and_adapter(model, tokenizer, conversations, settings, log_progress)
+    results = compare_contenders(model, tokenizer, conversations, settings, contenders, log_progress)
     summary = {name: summarize(frame) for name, frame in results.items()}
+    gate = judge_challenger(summary, policy.promotion())
     steps = pd.read_csv(Path(adapter.path) / "metrics.csv")
     facts = {
         "adapter": adapter.version,
         "base model": adapter.base_model,
         "dataset version": adapter.dataset_version,
+        "champion": versions.get("champion", "none yet"),
         "trained on": f"{adapter.train_examples} examples, {adapter.train_tokens} tokens, {adapter.train_seconds:.0f} s on {adapter.device}",
         "test items evaluated": len(results["base"]),
-        "evaluated on": f"{device}",
+        "evaluated on": str(device),
     }
     files = write_report(
         paths.reports / adapter.version,
@@ -76,39 +101,31 @@ def eval_report(
         results,
         steps,
         facts,
+        promotion=("passes" if gate.passed else "does not pass") + f" — {gate.text}",
     )
+    evaluation = {
+        "adapter_version": adapter.version,
+        "dataset_version": str(test["dataset_version"].iloc[0]),
+        "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "report_path": str(files.markdown),
+        "test_examples": len(results["base"]),
+        "champion_version": versions.get("champion"),
+        "device": str(device),
+    }
+    record_evaluation(db, evaluation, summary, versions)
     headline = {
         f"{name}_{metric}": round(value, 4) for name, values in summary.items() for metric, value in values.items()
     }
-    db.insert_rows(
-        "eval_reports",
-        pd.DataFrame(
-            [
-                {
-                    "adapter_version": adapter.version,
-                    "dataset_version": adapter.dataset_version,
-                    "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
-                    "report_path": str(files.markdown),
-                    "test_examples": len(results["base"]),
-                    "base_nll": summary["base"]["nll"],
-                    "tuned_nll": summary["tuned"]["nll"],
-                    "base_perplexity": summary["base"]["perplexity"],
-                    "tuned_perplexity": summary["tuned"]["perplexity"],
-                    "base_rouge_l": summary["base"]["rouge_l"],
-                    "tuned_rouge_l": summary["tuned"]["rouge_l"],
-                    "base_token_f1": summary["base"]["token_f1"],
-                    "tuned_token_f1": summary["tuned"]["token_f1"],
-                }
-            ]
-        ),
-    )
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(str(files.markdown)),
             "loss_curve": dg.MetadataValue.path(str(files.loss_curve)),
             "adapter_version": adapter.version,
+            "champion_version": versions.get("champion", "none"),
+            "device": str(device),
             "test_examples": len(results["base"]),
             "tuned_beats_base": summary["tuned"]["nll"] < summary["base"]["nll"],
+            "promotion_gate": gate.text,
             **headline,
             "report_markdown": dg.MetadataValue.md(files.with_inline_images()),
         }

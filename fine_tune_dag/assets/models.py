@@ -6,7 +6,12 @@ from fine_tune_dag.core.models import ModelResolutionError, count_parameters, lo
 from fine_tune_dag.resources.models import ModelsResource
 
 
-@dg.asset(group_name="training", kinds={"pytorch"}, code_version="models-1")
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch"},
+    code_version="models-1",
+    automation_condition=dg.AutomationCondition.on_missing(),
+)
 def base_model(context: dg.AssetExecutionContext, models: ModelsResource) -> dg.MaterializeResult:
     """Converted (GGUF), downloaded (Hub) or found (local folder) once, then loaded from disk."""
     try:

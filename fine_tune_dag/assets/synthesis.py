@@ -57,6 +57,7 @@ def synthesis_request(passage: Passage, mode: str, settings: SynthesisSettings) 
     pool="duckdb",
     kinds={"python", "duckdb"},
     code_version="synthesis-1+" + "+".join(t.tag for t in TEMPLATES.values()),
+    automation_condition=dg.AutomationCondition.eager(),
 )
 def qa_pairs(
     context: dg.AssetExecutionContext, config: SynthesisConfig, warehouse: WarehouseResource, llm: LLMResource

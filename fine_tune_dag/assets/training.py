@@ -104,6 +104,8 @@ def lora_adapter(
                     "train_seconds": run.seconds,
                     "final_loss": run.final_loss,
                     "hyperparameters": json.dumps(asdict(settings)),
+                    "dataset_train_pairs": len(train),
+                    "run_id": context.run_id,
                 }
             ]
         ),
@@ -114,6 +116,7 @@ def lora_adapter(
             "version": version,
             "path": dg.MetadataValue.path(str(folder)),
             "dataset_version": data_version,
+            "dataset_train_pairs": len(train),
             "base_model": resolved.reference,
             "device": run.device,
             "dtype": run.dtype,

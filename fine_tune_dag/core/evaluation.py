@@ -1,11 +1,11 @@
 """Held-out evaluation: answer NLL and perplexity by teacher forcing, ROUGE-L and token F1 of
-greedy generations, for the base model and the adapter, on the same test items."""
+greedy generations, for the base model and each adapter, on the same test items."""
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -74,18 +74,23 @@ def summarize(per_item: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def compare_base_and_adapter(
+def compare_contenders(
     model: PeftModel,
     tokenizer: Any,
     conversations: Sequence[Sequence[Message]],
     settings: EvaluationSettings,
+    adapter_names: Sequence[str],
     on_progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Both contenders from one loaded model: the base is the adapter switched off."""
+    """Every contender from one loaded model: "base" is the adapters switched off, the rest are named adapters."""
     chosen = list(conversations)[: settings.max_examples]
     results = {}
-    for name, context in (("base", model.disable_adapter), ("tuned", nullcontext)):
-        with context():
-            report = (lambda n: on_progress(name, n)) if on_progress else None
+    for name in ("base", *adapter_names):
+        report = partial(on_progress, name) if on_progress else None
+        if name == "base":
+            with model.disable_adapter():
+                results[name] = evaluate_contender(model, tokenizer, chosen, settings, report)
+        else:
+            model.set_adapter(name)
             results[name] = evaluate_contender(model, tokenizer, chosen, settings, report)
     return results

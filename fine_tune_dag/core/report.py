@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 from fine_tune_dag.core.markdown import table  # noqa: E402
 
+CONTENDER_COLORS = {"base": "tab:gray", "champion": "tab:blue", "tuned": "tab:green"}
 METRIC_LABELS = {
     "nll": "answer NLL (lower is better)",
     "perplexity": "perplexity (lower is better)",
@@ -71,7 +72,7 @@ def plot_metrics(summary: dict[str, dict[str, float]], path: Path) -> Path:
     figure, axes = plt.subplots(1, len(names), figsize=(9, 3.2))
     for axis, name in zip(axes, names):
         values = [summary[c][name] for c in summary]
-        axis.bar(list(summary), values, color=["tab:gray", "tab:green"][: len(values)])
+        axis.bar(list(summary), values, color=[CONTENDER_COLORS.get(c, "tab:purple") for c in summary])
         axis.set_title(METRIC_LABELS[name], fontsize=9)
         for x, value in enumerate(values):
             axis.annotate(f"{value:.3f}", (x, value), ha="center", va="bottom", fontsize=8)
@@ -104,14 +105,18 @@ def write_report(
     results: dict[str, pd.DataFrame],
     training_steps: pd.DataFrame,
     facts: dict[str, Any],
+    promotion: str,
     examples: int = 6,
 ) -> ReportFiles:
+    """`promotion` is the gate's verdict in words: whether this adapter may replace the champion, and why."""
     folder.mkdir(parents=True, exist_ok=True)
     loss_curve = plot_loss_curve(training_steps, folder / "loss_curve.png")
     metrics_chart = plot_metrics(summary, folder / "metrics.png")
     text = f"""# {title}
 
 **{verdict(summary["base"], summary["tuned"])}**
+
+**Promotion gate:** {promotion}
 
 ## Metrics on the test split
 

@@ -32,6 +32,9 @@ SCHEMA: dict[str, str] = {
         dataset_version VARCHAR PRIMARY KEY, created_at TIMESTAMP, train_pairs INTEGER, test_pairs INTEGER,
         train_notes INTEGER, test_notes INTEGER, train_tokens INTEGER, test_tokens INTEGER,
         train_path VARCHAR, test_path VARCHAR""",
+    "dataset_notes": """
+        dataset_version VARCHAR, note_id VARCHAR, path VARCHAR, sha256 VARCHAR, split VARCHAR, pairs INTEGER,
+        PRIMARY KEY (dataset_version, note_id)""",
     "llm_cache": """
         cache_key VARCHAR PRIMARY KEY, provider VARCHAR, model VARCHAR, template VARCHAR,
         template_version VARCHAR, response VARCHAR, created_at TIMESTAMP""",
@@ -39,12 +42,26 @@ SCHEMA: dict[str, str] = {
         version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
         train_tokens BIGINT, train_seconds DOUBLE, final_loss DOUBLE, hyperparameters VARCHAR""",
-    "eval_reports": """
+    "evaluations": """
         adapter_version VARCHAR PRIMARY KEY, dataset_version VARCHAR, created_at TIMESTAMP, report_path VARCHAR,
-        test_examples INTEGER, base_nll DOUBLE, tuned_nll DOUBLE, base_perplexity DOUBLE,
-        tuned_perplexity DOUBLE, base_rouge_l DOUBLE, tuned_rouge_l DOUBLE, base_token_f1 DOUBLE,
-        tuned_token_f1 DOUBLE""",
+        test_examples INTEGER, champion_version VARCHAR, device VARCHAR""",
+    "evaluation_metrics": """
+        adapter_version VARCHAR, contender VARCHAR, contender_version VARCHAR, metric VARCHAR, value DOUBLE,
+        PRIMARY KEY (adapter_version, contender, metric)""",
+    "champion_history": """
+        promoted_at TIMESTAMP, version VARCHAR, previous_version VARCHAR, dataset_version VARCHAR,
+        test_nll DOUBLE, previous_nll DOUBLE, reason VARCHAR, run_id VARCHAR, PRIMARY KEY (version, promoted_at)""",
 }
+
+# Columns added after a table first shipped: applied to warehouses created by older versions.
+MIGRATIONS: tuple[str, ...] = (
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS dataset_train_pairs INTEGER DEFAULT 0",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS run_id VARCHAR",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_nll DOUBLE",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_perplexity DOUBLE",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_rouge_l DOUBLE",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_token_f1 DOUBLE",
+)
 
 _LOCK_MARKERS = ("lock", "Conflicting")
 
@@ -71,6 +88,8 @@ class Warehouse:
         try:
             for table, columns in SCHEMA.items():
                 con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+            for statement in MIGRATIONS:
+                con.execute(statement)
             yield con
         finally:
             con.close()

@@ -1,0 +1,89 @@
+"""champion_adapter: the adapter people use, moved only through the promotion gate on eval_report."""
+
+import dagster as dg
+
+from fine_tune_dag.assets.evaluation import eval_report
+from fine_tune_dag.core.champion import PromotionVerdict, judge_challenger
+from fine_tune_dag.core.registry import (
+    adapter_by_version,
+    current_champion,
+    evaluation_summary,
+    latest_evaluation,
+    promote,
+)
+from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.resources.policy import AutomationPolicy
+from fine_tune_dag.resources.warehouse import WarehouseResource
+
+
+def _latest_verdict(db: Warehouse, policy: AutomationPolicy) -> tuple[str, dict, PromotionVerdict]:
+    evaluation = latest_evaluation(db)
+    if evaluation is None:
+        raise dg.Failure(description="no evaluation yet: materialize eval_report first", allow_retries=False)
+    summary = evaluation_summary(db, evaluation.adapter_version)
+    return evaluation.adapter_version, summary, judge_challenger(summary, policy.promotion())
+
+
+@dg.asset_check(
+    asset=eval_report,
+    blocking=True,
+    description="The evaluated adapter beats the champion (or the base model) by the NLL margin, "
+    "and no generation metric regresses beyond the tolerance. Blocks champion_adapter when it fails.",
+)
+def beats_champion(warehouse: WarehouseResource, policy: AutomationPolicy) -> dg.AssetCheckResult:
+    version, summary, verdict = _latest_verdict(warehouse.get(), policy)
+    incumbent = "champion" if "champion" in summary else "base"
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict.text,
+        metadata={
+            "challenger": version,
+            "incumbent": incumbent,
+            "nll_improvement": round(verdict.nll_improvement, 4),
+            "challenger_nll": round(summary["tuned"]["nll"], 4),
+            "incumbent_nll": round(summary[incumbent]["nll"], 4),
+        },
+    )
+
+
+@dg.asset(
+    deps=[eval_report],
+    group_name="evaluation",
+    pool="duckdb",
+    kinds={"duckdb"},
+    code_version="champion-1",
+    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+)
+def champion_adapter(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: AutomationPolicy
+) -> dg.MaterializeResult:
+    """Points at the newest evaluated adapter once it passed the gate; refuses (and changes nothing) otherwise."""
+    db = warehouse.get()
+    version, summary, verdict = _latest_verdict(db, policy)
+    previous = current_champion(db)
+    if previous is not None and previous.version == version:
+        context.log.info(f"{version} is already the champion")
+    elif not verdict.passed:
+        keeping = "no champion yet" if previous is None else f"the champion stays {previous.version}"
+        raise dg.Failure(
+            description=f"adapter {version} did not pass the promotion gate ({verdict.text}); {keeping}",
+            allow_retries=False,
+        )
+    else:
+        incumbent_nll = summary["champion"]["nll"] if "champion" in summary else None
+        promote(db, version, summary["tuned"]["nll"], previous, incumbent_nll, verdict.text, context.run_id)
+    champion = adapter_by_version(db, version)
+    return dg.MaterializeResult(
+        metadata={
+            "version": champion.version,
+            "path": dg.MetadataValue.path(str(champion.path)),
+            "previous_version": "none" if previous is None else str(previous.version),
+            "dataset_version": champion.dataset_version,
+            "dataset_train_pairs": int(champion.dataset_train_pairs),
+            "base_model": champion.base_model,
+            "test_nll": round(float(champion.test_nll), 4),
+            "gate": verdict.text,
+        },
+        data_version=dg.DataVersion(champion.version),
+    )

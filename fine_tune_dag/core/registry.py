@@ -1,0 +1,160 @@
+"""The adapter registry in the warehouse: versions, their evaluations and the champion pointer.
+
+The champion is the newest row of `champion_history`; adapters are never deleted, so every
+version stays traceable to its dataset, hyperparameters and metrics.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from fine_tune_dag.core.warehouse import Warehouse
+
+METRIC_COLUMNS = ("nll", "perplexity", "rouge_l", "token_f1")
+
+
+def latest_adapter(db: Warehouse) -> pd.Series | None:
+    rows = db.query("SELECT * FROM adapters ORDER BY created_at DESC, version DESC LIMIT 1")
+    return None if rows.empty else rows.iloc[0]
+
+
+def current_champion(db: Warehouse) -> pd.Series | None:
+    rows = db.query(
+        "SELECT a.*, h.promoted_at FROM champion_history h JOIN adapters a ON a.version = h.version "
+        "ORDER BY h.promoted_at DESC LIMIT 1"
+    )
+    return None if rows.empty else rows.iloc[0]
+
+
+def latest_evaluation(db: Warehouse) -> pd.Series | None:
+    rows = db.query("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1")
+    return None if rows.empty else rows.iloc[0]
+
+
+def evaluation_summary(db: Warehouse, adapter_version: str) -> dict[str, dict[str, float]]:
+    """Contender → metric → value for the evaluation of one adapter, in evaluation order."""
+    rows = db.query(
+        "SELECT contender, metric, value FROM evaluation_metrics WHERE adapter_version = ? ORDER BY rowid",
+        [adapter_version],
+    )
+    summary: dict[str, dict[str, float]] = {}
+    for row in rows.itertuples(index=False):
+        summary.setdefault(row.contender, {})[row.metric] = float(row.value)
+    return summary
+
+
+def record_evaluation(
+    db: Warehouse,
+    evaluation: dict,
+    summary: dict[str, dict[str, float]],
+    contender_versions: dict[str, str],
+) -> None:
+    """The evaluation, its metrics in long form, and the new adapter's own test metrics on its registry row."""
+    version = evaluation["adapter_version"]
+    metrics = pd.DataFrame(
+        [
+            {
+                "adapter_version": version,
+                "contender": contender,
+                "contender_version": contender_versions.get(contender, ""),
+                "metric": metric,
+                "value": value,
+            }
+            for contender, values in summary.items()
+            for metric, value in values.items()
+        ]
+    )
+    db.insert_rows("evaluations", pd.DataFrame([evaluation]))
+    db.replace_rows("evaluation_metrics", metrics, {"adapter_version": version})
+    tuned = summary["tuned"]
+    db.execute(
+        "UPDATE adapters SET " + ", ".join(f"test_{m} = ?" for m in METRIC_COLUMNS) + " WHERE version = ?",
+        [tuned[m] for m in METRIC_COLUMNS] + [version],
+    )
+
+
+def adapter_by_version(db: Warehouse, version: str) -> pd.Series:
+    rows = db.query("SELECT * FROM adapters WHERE version = ?", [version])
+    if rows.empty:
+        raise KeyError(f"no adapter version {version} in the registry")
+    return rows.iloc[0]
+
+
+def promote(
+    db: Warehouse,
+    version: str,
+    test_nll: float,
+    previous: pd.Series | None,
+    previous_nll: float | None,
+    reason: str,
+    run_id: str,
+) -> None:
+    """A new champion row; `previous_nll` is the old champion's NLL on the same test items, when it was evaluated."""
+    adapter = adapter_by_version(db, version)
+    db.insert_rows(
+        "champion_history",
+        pd.DataFrame(
+            [
+                {
+                    "promoted_at": datetime.now(timezone.utc).replace(tzinfo=None),
+                    "version": version,
+                    "previous_version": None if previous is None else previous.version,
+                    "dataset_version": adapter.dataset_version,
+                    "test_nll": test_nll,
+                    "previous_nll": previous_nll,
+                    "reason": reason,
+                    "run_id": run_id,
+                }
+            ]
+        ),
+    )
+
+
+def lineage_text(db: Warehouse, limit: int = 10) -> str:
+    """Newest adapters first: the notes and dataset version behind each, its report and whether it leads."""
+    adapters = db.query("SELECT * FROM adapters ORDER BY created_at DESC, version DESC LIMIT ?", [limit])
+    if adapters.empty:
+        return "no adapter trained yet"
+    champion = current_champion(db)
+    evaluations = db.query("SELECT * FROM evaluations").set_index("adapter_version")
+    promoted = db.query("SELECT version, min(promoted_at) AS at FROM champion_history GROUP BY version")
+    promoted_at = dict(zip(promoted["version"], promoted["at"]))
+    lines = []
+    for adapter in adapters.itertuples(index=False):
+        mark = "  ★ champion" if champion is not None and champion.version == adapter.version else ""
+        lines.append(f"adapter {adapter.version}{mark}")
+        lines.append(
+            f"  trained {adapter.created_at:%Y-%m-%d %H:%M} on {adapter.device}: {adapter.train_examples} examples, "
+            f"base model {adapter.base_model}"
+        )
+        notes = db.query(
+            "SELECT * FROM dataset_notes WHERE dataset_version = ? ORDER BY split DESC, path",
+            [adapter.dataset_version],
+        )
+        lines.append(f"  dataset {adapter.dataset_version}: {_sides(notes)}")
+        for note in notes.itertuples(index=False):
+            lines.append(f"    {note.split:<5} {note.path}  ({note.pairs} pairs, sha256 {str(note.sha256)[:10]})")
+        if adapter.version in evaluations.index:
+            evaluation = evaluations.loc[adapter.version]
+            summary = evaluation_summary(db, adapter.version)
+            scores = ", ".join(f"{name} {values['nll']:.3f}" for name, values in summary.items())
+            lines.append(f"  report {evaluation.report_path}")
+            lines.append(f"    answer NLL on {evaluation.test_examples} test items: {scores}")
+        else:
+            lines.append("  not evaluated yet")
+        if adapter.version in promoted_at:
+            lines.append(f"  promoted to champion {promoted_at[adapter.version]:%Y-%m-%d %H:%M}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _sides(notes: pd.DataFrame) -> str:
+    if notes.empty:
+        return "no note lineage recorded"
+    parts = []
+    for side in ("train", "test"):
+        chosen = notes[notes["split"] == side]
+        parts.append(f"{int(chosen['pairs'].sum())} {side} pairs from {len(chosen)} notes")
+    return ", ".join(parts)

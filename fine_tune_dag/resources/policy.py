@@ -1,0 +1,29 @@
+"""When the graph acts on its own: how the sensor batches notes, when to retrain, when to promote."""
+
+import dagster as dg
+from pydantic import Field
+
+from fine_tune_dag.core.champion import PromotionPolicy
+
+
+class AutomationPolicy(dg.ConfigurableResource):
+    """Read when definitions are built (sensor, condition, schedule) and by the promotion gate at run time."""
+
+    notes_per_tick: int = Field(default=100, description="most note files the sensor hashes and requests per tick")
+    settle_seconds: float = Field(
+        default=10.0, description="a file untouched this long (or unchanged over two ticks) is complete"
+    )
+    retrain_min_new_examples: int = Field(
+        default=20, description="train-split growth since the champion's (and last adapter's) data that retrains"
+    )
+    retrain_cron: str = Field(default="0 3 * * *", description="retrain_schedule: when to catch smaller growth")
+    retrain_timezone: str = "UTC"
+    min_nll_improvement: float = Field(
+        default=PromotionPolicy.min_nll_improvement, description="relative NLL gain a challenger needs"
+    )
+    metric_tolerance: float = Field(
+        default=PromotionPolicy.metric_tolerance, description="largest drop in ROUGE-L or token F1 allowed"
+    )
+
+    def promotion(self) -> PromotionPolicy:
+        return PromotionPolicy(self.min_nll_improvement, self.metric_tolerance)
