@@ -7,6 +7,7 @@ deployments can point the same graph elsewhere; the module-level `defs` reads th
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 
@@ -23,11 +24,13 @@ from fine_tune_dag.automation.conditions import retrain_condition
 from fine_tune_dag.automation.schedules import build_retrain_schedule
 from fine_tune_dag.automation.sensors import build_new_notes_sensor
 from fine_tune_dag.core.models import BUNDLED_MODEL
+from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
+from fine_tune_dag.scale_out import executor_for
 
 NOTE_ASSETS = [raw_notes, passages, qa_pairs]
 MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, eval_report, champion_adapter]
@@ -55,6 +58,21 @@ train_and_evaluate_job = dg.define_asset_job(
 )
 
 
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """Evaluated in the code server (not the daemon) because the retraining condition reads metadata in Python."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # use_user_code_server is beta; we opt in knowingly
+        return dg.AutomationConditionSensorDefinition(
+            "automation_sensor",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=15,
+            use_user_code_server=True,
+            description="Carries changes downstream: note partitions → dataset → (when grown enough) "
+            "training → evaluation → champion.",
+        )
+
+
 def build_definitions(
     notes_dir: str = "data/notes",
     data_dir: str = "data",
@@ -62,8 +80,14 @@ def build_definitions(
     llm_model_ref: str = BUNDLED_MODEL,
     llm: LLMResource | None = None,
     policy: AutomationPolicy | None = None,
+    executor: str = "",
+    artifacts_url: str = "",
 ) -> dg.Definitions:
-    """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double)."""
+    """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double).
+
+    `executor` ("", "multiprocess", "in_process" or "k8s") and `artifacts_url` (an fsspec URL that
+    adapters and reports are mirrored to) are what changes on a cluster (deploy/README.md).
+    """
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
     policy = policy or AutomationPolicy()
     training = lora_adapter.map_asset_specs(
@@ -75,23 +99,17 @@ def build_definitions(
         jobs=[notes_job, dataset_job, retrain_job, train_and_evaluate_job],
         sensors=[
             build_new_notes_sensor(notes_job, dataset_job),
-            dg.AutomationConditionSensorDefinition(
-                "automation_sensor",
-                target=dg.AssetSelection.all(),
-                default_status=dg.DefaultSensorStatus.RUNNING,
-                minimum_interval_seconds=15,
-                use_user_code_server=True,
-                description="Carries changes downstream: note partitions → dataset → (when grown enough) "
-                "training → evaluation → champion.",
-            ),
+            automation_sensor(),
         ],
         schedules=[build_retrain_schedule(retrain_job, policy.retrain_cron, policy.retrain_timezone)],
+        executor=executor_for(executor),
         resources={
             "paths": paths,
             "warehouse": WarehouseResource(path=os.path.join(data_dir, "warehouse.duckdb")),
             "models": ModelsResource(base_model=base_model_ref, paths=paths),
             "llm": llm or LLMResource(model=llm_model_ref, paths=paths),
             "policy": policy,
+            "artifacts": ArtifactStoreResource(url=artifacts_url),
         },
     )
 
@@ -112,4 +130,6 @@ defs = build_definitions(
     base_model_ref=os.environ.get("FINE_TUNE_DAG_BASE_MODEL", BUNDLED_MODEL),
     llm_model_ref=os.environ.get("FINE_TUNE_DAG_LLM_MODEL", BUNDLED_MODEL),
     policy=_policy_from_environment(),
+    executor=os.environ.get("FINE_TUNE_DAG_EXECUTOR", ""),
+    artifacts_url=os.environ.get("FINE_TUNE_DAG_ARTIFACTS_URL", ""),
 )

@@ -82,3 +82,8 @@ def test_local_only_store_does_nothing(tmp_path: Path) -> None:
 def test_names_cannot_escape_the_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="relative path"):
         ArtifactStore(f"memory://store-{uuid.uuid4().hex}").publish(tmp_path, "../outside")
+
+
+def test_publishing_a_missing_folder_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no artifact folder"):
+        ArtifactStore(f"memory://store-{uuid.uuid4().hex}").publish(tmp_path / "missing", "adapters/v1")

@@ -16,6 +16,7 @@ from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_dev
 from fine_tune_dag.core.registry import current_champion, latest_adapter, record_evaluation
 from fine_tune_dag.core.report import write_report
 from fine_tune_dag.core.splits import records_of
+from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -47,6 +48,7 @@ def eval_report(
     paths: ProjectPaths,
     warehouse: WarehouseResource,
     policy: AutomationPolicy,
+    artifacts: ArtifactStoreResource,
 ) -> dg.MaterializeResult:
     """NLL, perplexity, ROUGE-L and token F1 for base, champion and newcomer on the same items, with plots."""
     db = warehouse.get()
@@ -59,6 +61,8 @@ def eval_report(
             description="the test split is empty: add notes or raise dataset_splits.test_fraction", allow_retries=False
         )
     settings = EvaluationSettings(config.max_examples, config.max_new_tokens, config.batch_size)
+    store = artifacts.get()
+    store.fetch(f"adapters/{adapter.version}", Path(adapter.path))  # trained in another pod: from object storage
     device = select_device(config.device)
     base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(config.dtype, device))
     model = PeftModel.from_pretrained(base, adapter.path, adapter_name="tuned").eval()
@@ -67,6 +71,7 @@ def eval_report(
     champion = current_champion(db)
     if champion is not None and champion.version != adapter.version:
         if champion.base_model_path == adapter.base_model_path:
+            store.fetch(f"adapters/{champion.version}", Path(champion.path))
             model.load_adapter(champion.path, adapter_name="champion")
             contenders.insert(0, "champion")
             versions["champion"] = champion.version
@@ -113,12 +118,14 @@ def eval_report(
         "device": str(device),
     }
     record_evaluation(db, evaluation, summary, versions)
+    published = store.publish(files.markdown.parent, f"reports/{adapter.version}")
     headline = {
         f"{name}_{metric}": round(value, 4) for name, values in summary.items() for metric, value in values.items()
     }
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(str(files.markdown)),
+            "published_to": published,
             "loss_curve": dg.MetadataValue.path(str(files.loss_curve)),
             "adapter_version": adapter.version,
             "champion_version": versions.get("champion", "none"),

@@ -14,6 +14,7 @@ from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.core.markdown import preview
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.core.training import TrainingSettings, next_adapter_version, save_adapter, train_lora
+from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -60,6 +61,7 @@ def lora_adapter(
     paths: ProjectPaths,
     warehouse: WarehouseResource,
     models: ModelsResource,
+    artifacts: ArtifactStoreResource,
 ) -> dg.MaterializeResult:
     """Answer-only loss, EOS learned, prompts from the one chat renderer; never overwrites a version."""
     db = warehouse.get()
@@ -87,6 +89,7 @@ def lora_adapter(
         "dataset_version": data_version,
     }
     folder = save_adapter(run, paths.adapters, version, provenance)
+    published = artifacts.get().publish(folder, f"adapters/{version}")
     db.insert_rows(
         "adapters",
         pd.DataFrame(
@@ -115,6 +118,7 @@ def lora_adapter(
         metadata={
             "version": version,
             "path": dg.MetadataValue.path(str(folder)),
+            "published_to": published,
             "dataset_version": data_version,
             "dataset_train_pairs": len(train),
             "base_model": resolved.reference,

@@ -57,13 +57,15 @@ class TrainingDataGrew(dg.AutomationCondition):
 
     @property
     def description(self) -> str:
-        return f"train split grew by at least {self.min_new_examples} pairs since the champion's and last adapter's data"
+        return (
+            f"train split grew by at least {self.min_new_examples} pairs since the champion's and last adapter's data"
+        )
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         growth = training_data_growth(context.asset_graph_view.instance)
         grew = growth.new_examples >= self.min_new_examples
         context.log.debug(growth.describe())
-        return dg.AutomationResult(context.candidate_subset if grew else context.get_empty_subset(), context=context)
+        return dg.AutomationResult(context, context.candidate_subset if grew else context.get_empty_subset())
 
 
 def retrain_condition(min_new_examples: int) -> dg.AutomationCondition:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
 COMPLETE_MARKER = "_COMPLETE"
@@ -34,8 +35,11 @@ class ArtifactStore:
 
     def __init__(self, url: str = "") -> None:
         self.url = url.rstrip("/")
-        self._fs, root = url_to_fs(self.url) if self.url else (None, "")
-        self._root = root.rstrip("/")
+        self._fs: AbstractFileSystem | None = None
+        self._root = ""
+        if self.url:
+            self._fs, root = url_to_fs(self.url)
+            self._root = root.rstrip("/")
 
     @property
     def enabled(self) -> bool:
@@ -51,6 +55,8 @@ class ArtifactStore:
         """
         if not self.enabled:
             return str(local_folder)
+        if not local_folder.is_dir():
+            raise FileNotFoundError(f"no artifact folder at {local_folder}")
         remote = self._remote_path(name)
         if self._fs.exists(f"{remote}/{COMPLETE_MARKER}"):
             return self.remote_url(name)
@@ -99,7 +105,9 @@ class ArtifactStore:
         try:
             marker = self._fs.cat_file(f"{self._remote_path(name)}/{COMPLETE_MARKER}")
         except FileNotFoundError:
-            raise ArtifactStoreError(f"{self.remote_url(name)} is not published (no {COMPLETE_MARKER} marker)") from None
+            raise ArtifactStoreError(
+                f"{self.remote_url(name)} is not published (no {COMPLETE_MARKER} marker)"
+            ) from None
         return [_checked_name(relative) for relative in json.loads(marker)["files"]]
 
     def _remote_path(self, name: str) -> str:
