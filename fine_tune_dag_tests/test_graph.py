@@ -3,7 +3,6 @@ synthesis (a random model writes no usable questions), real DuckDB, real files."
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import dagster as dg
@@ -13,56 +12,14 @@ from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.ingest import discover_notes
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.testing import SAMPLE_TOPICS, SCRIPTED_LLM, ScriptedLLMResource, write_sample_notes
 
-TOPICS = ["chains", "bees", "the river", "the workshop", "wind", "brakes", "saddles", "honey", "winter", "tools"]
-
-
-class ScriptedLLM:
-    """Deterministic answers shaped like a good model's, derived from the prompt itself."""
-
-    provider = "scripted"
-    model_name = "scripted-1"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def complete(self, requests):
-        self.calls += len(requests)
-        return [self._answer(r.template, r.messages[-1][1]) for r in requests]
-
-    @staticmethod
-    def _answer(template: str, prompt: str) -> str:
-        if template == "chunk_boundaries":
-            count = len(re.findall(r"^\[\d+\]", prompt, re.MULTILINE))
-            return "1 | opening\n" + (f"{count // 2 + 1} | later part" if count > 1 else "")
-        passage = prompt.split("\n", 1)[-1] if template == "grounded_qa" else prompt
-        first = re.split(r"(?<=[.!?])\s", passage.strip(), maxsplit=1)[0]
-        subject = " ".join(re.findall(r"[A-Za-z]+", first)[-3:])
-        if template == "grounded_qa":
-            return f"Sure!\nQ: What do you say about {subject}?\nA: {first}"
-        return f"What is your view on {subject} and why?"
-
-
-SCRIPTED = ScriptedLLM()
-
-
-class ScriptedLLMResource(LLMResource):
-    def client(self):
-        return SCRIPTED
+TOPICS = SAMPLE_TOPICS
 
 
 def write_notes(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, topic in enumerate(TOPICS):
-        body = "\n\n".join(
-            f"Here is the thing about {topic}: paragraph {p} says something true enough. "
-            + f"Small tools, small wins, and {topic} teach patience. " * 3
-            for p in range(1 + i % 4)
-        )
-        front = f"---\ntitle: On {topic}\ntags: [workshop]\n---\n" if i % 2 == 0 else ""
-        (folder / f"note-{i:02d}.md").write_text(front + f"# On {topic}\n\n{body}\n", encoding="utf-8")
+    write_sample_notes(folder)
     (folder / "broken.md").write_bytes(b"\x00\x01\x02\xff" * 50)
 
 
@@ -90,7 +47,7 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph):
     dg.Definitions.validate_loadable(defs)
     instance = dg.DagsterInstance.ephemeral()
     before = {p: p.read_bytes() for p in notes.iterdir()}
-    SCRIPTED.calls = 0
+    SCRIPTED_LLM.calls.clear()
     run = _materialize(defs, instance, notes)
     assert run.success, run.model_failure
     broken = [k for k in discover_notes(notes) if k.startswith("broken")]
@@ -128,11 +85,11 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph):
     qa = instance.get_latest_materialization_event(dg.AssetKey("qa_pairs")).asset_materialization
     assert {"kept", "rejected", "rejection_rate", "llm_calls", "llm_cache_hits"} <= set(qa.metadata)
 
-    calls_first = SCRIPTED.calls
+    calls_first = SCRIPTED_LLM.total_calls
     assert calls_first > 0
     rerun = _materialize(defs, instance, notes)
     assert rerun.success
-    assert SCRIPTED.calls == calls_first  # unchanged notes: every answer from the cache
+    assert SCRIPTED_LLM.total_calls == calls_first  # unchanged notes: every answer from the cache
     assert len(db.query("SELECT * FROM adapters")) == 2  # a new version, the old one kept
     assert folder.exists()
 

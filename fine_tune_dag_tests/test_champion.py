@@ -1,0 +1,100 @@
+"""The promotion gate on hand-made numbers, and the champion in the real graph: it moves on a better
+adapter and stays on a worse one, and `fine-tune-dag lineage` traces every version."""
+
+import dagster as dg
+
+from fine_tune_dag.cli import main, materialize_graph
+from fine_tune_dag.core.champion import PromotionPolicy, judge_challenger, promotion_verdict
+from fine_tune_dag.core.registry import current_champion
+from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.definitions import build_definitions
+from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.testing import ScriptedLLMResource, write_sample_notes
+
+POLICY = PromotionPolicy(min_nll_improvement=0.05, metric_tolerance=0.02)
+
+
+def metrics(nll: float, rouge_l: float = 0.3, token_f1: float = 0.3) -> dict[str, float]:
+    return {"nll": nll, "perplexity": 0.0, "rouge_l": rouge_l, "token_f1": token_f1}
+
+
+def test_gate_needs_the_nll_margin():
+    assert promotion_verdict(metrics(0.95), metrics(1.0), POLICY, "champion").passed  # exactly 5% better
+    assert not promotion_verdict(metrics(0.96), metrics(1.0), POLICY, "champion").passed
+    assert not promotion_verdict(metrics(1.2), metrics(1.0), POLICY, "champion").passed
+
+
+def test_gate_refuses_a_regression_beyond_the_tolerance():
+    verdict = promotion_verdict(metrics(0.5, rouge_l=0.27), metrics(1.0, rouge_l=0.3), POLICY, "champion")
+    assert not verdict.passed and "rouge_l fell 0.0300" in verdict.text
+    assert promotion_verdict(metrics(0.5, token_f1=0.29), metrics(1.0), POLICY, "champion").passed
+
+
+def test_without_a_champion_the_base_model_is_the_incumbent():
+    summary = {"base": metrics(1.0), "tuned": metrics(0.9)}
+    assert judge_challenger(summary, POLICY).passed
+    summary["champion"] = metrics(0.89)
+    verdict = judge_challenger(summary, POLICY)
+    assert not verdict.passed and "vs champion" in verdict.text
+
+
+def run_config(learning_rate: float, steps: int) -> dict:
+    return {
+        "ops": {
+            "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+            "dataset_splits": {"config": {"test_fraction": 0.5}},
+            "lora_adapter": {
+                "config": {
+                    "max_steps": steps,
+                    "batch_size": 4,
+                    "learning_rate": learning_rate,
+                    "warmup_ratio": 0.0,
+                    "dtype": "float32",
+                }
+            },
+            "eval_report": {"config": {"max_new_tokens": 4, "dtype": "float32"}},
+        }
+    }
+
+
+def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, tiny_model_dir, capsys):
+    notes, data = tmp_path / "notes", tmp_path / "data"
+    write_sample_notes(notes, 6)
+    paths = ProjectPaths(notes_dir=str(notes), data_dir=str(data))
+    defs = build_definitions(
+        notes_dir=str(notes),
+        data_dir=str(data),
+        base_model_ref=str(tiny_model_dir),
+        llm=ScriptedLLMResource(paths=paths),
+    )
+    db = Warehouse(data / "warehouse.duckdb")
+    with dg.instance_for_test() as instance:
+        untrained = materialize_graph(defs, instance, notes, run_config(1e-9, 1))
+        assert untrained.success and not untrained.promoted  # no better than the base model
+        assert current_champion(db) is None
+        check = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey("eval_report"), "beats_champion")
+        )
+        assert check is not None and not check.event.asset_check_evaluation.passed
+
+        trained = materialize_graph(defs, instance, notes, run_config(5e-2, 8))
+        assert trained.success and trained.promoted
+        champion = current_champion(db)
+        assert champion is not None
+
+        worse = materialize_graph(defs, instance, notes, run_config(1e-9, 1))
+        assert worse.success and not worse.promoted
+        assert current_champion(db).version == champion.version  # the champion stays
+        latest = db.query("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1").iloc[0]
+        assert latest.champion_version == champion.version  # judged against the champion on the same items
+
+        versions = db.query("SELECT version FROM adapters ORDER BY created_at")["version"].tolist()
+        assert len(versions) == 3 and len(db.query("SELECT * FROM champion_history")) == 1
+        event = instance.get_latest_materialization_event(dg.AssetKey("champion_adapter")).asset_materialization
+        assert event.metadata["version"].value == champion.version
+
+    assert main(["--notes-dir", str(notes), "--data-dir", str(data), "lineage"]) == 0
+    printed = capsys.readouterr().out
+    assert all(v in printed for v in versions)
+    assert f"adapter {champion.version}  ★ champion" in printed
+    assert "note-00.md" in printed and "report " in printed and champion.dataset_version in printed
