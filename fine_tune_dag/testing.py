@@ -150,6 +150,7 @@ class LocalDaemon:
     defs: dg.Definitions
     instance: dg.DagsterInstance
     run_config: dict = field(default_factory=dict)
+    log_level: str = "WARNING"
     runs: list[DaemonRun] = field(default_factory=list)
     _sensor_cursor: str | None = None
     _automation_cursor: object = None
@@ -210,7 +211,7 @@ class LocalDaemon:
     ) -> DaemonRun:
         config = {name: value for name, value in self.run_config.get("ops", {}).items() if name in assets}
         result = job.execute_in_process(
-            run_config={"ops": config},
+            run_config={"ops": config, "loggers": {"console": {"config": {"log_level": self.log_level}}}},
             instance=self.instance,
             partition_key=partition,
             asset_selection=selection,

@@ -123,3 +123,17 @@ def test_retrain_schedule_skips_unless_the_data_grew(setup):
     with dg.build_schedule_context(instance=instance) as context:
         in_flight = schedule.evaluate_tick(context)
     assert not in_flight.run_requests and "in flight" in in_flight.skip_message
+
+
+def test_prompt_templates_and_default_settings_are_part_of_code_versions():
+    from dataclasses import replace
+
+    from fine_tune_dag.assets.chunking import BOUNDARY_TEMPLATE, passages
+    from fine_tune_dag.assets.synthesis import TEMPLATES, qa_pairs
+    from fine_tune_dag.core.chunking import ChunkingSettings
+    from fine_tune_dag.core.fingerprint import fingerprint
+
+    assert BOUNDARY_TEMPLATE.tag in passages.code_versions_by_key[passages.key]
+    assert fingerprint(ChunkingSettings()) in passages.code_versions_by_key[passages.key]
+    assert all(t.tag in qa_pairs.code_versions_by_key[qa_pairs.key] for t in TEMPLATES.values())
+    assert fingerprint(replace(ChunkingSettings(), max_chars=999)) != fingerprint(ChunkingSettings())

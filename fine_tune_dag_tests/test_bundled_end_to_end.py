@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
+from fine_tune_dag.core.registry import evaluation_summary
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
 
@@ -56,7 +57,8 @@ def test_bundled_model_runs_the_whole_graph(bundled_run):
     adapter = db.query("SELECT * FROM adapters").iloc[0]
     assert adapter.device == "cpu" and Path(adapter.path, "adapter_model.safetensors").exists()
     report = db.query("SELECT * FROM evaluations").iloc[0]
-    assert report.base_nll > 0 and report.tuned_nll > 0 and Path(report.report_path).exists()
+    summary = evaluation_summary(db, report.adapter_version)
+    assert summary["base"]["nll"] > 0 and summary["tuned"]["nll"] > 0 and Path(report.report_path).exists()
 
 
 def test_back_translation_keeps_the_authors_words(bundled_run):

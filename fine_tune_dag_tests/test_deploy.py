@@ -12,7 +12,6 @@ import pytest
 import yaml
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.ref import InstanceRef
-from dagster._record import copy
 from dagster_k8s import k8s_job_executor
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 from dagster_postgres.utils import pg_url_from_config
@@ -153,11 +152,10 @@ def test_cpu_step_pods_request_no_gpu(defs: dg.Definitions, cluster_instance: di
     assert "nvidia.com/gpu" not in json.dumps(pod)
 
 
-def test_graph_resolves_with_the_k8s_executor(defs: dg.Definitions) -> None:
-    executor = executor_for("k8s")
-    k8s_defs = copy(defs, executor=executor)
+def test_graph_resolves_with_the_k8s_executor(tmp_path: Path) -> None:
+    k8s_defs = build_definitions(notes_dir=str(tmp_path / "notes"), data_dir=str(tmp_path / "data"), executor="k8s")
 
-    assert executor is k8s_job_executor
+    assert executor_for("k8s") is k8s_job_executor
     dg.Definitions.validate_loadable(k8s_defs)
     assert k8s_defs.resolve_job_def("train_and_evaluate_job").executor_def is k8s_job_executor
 

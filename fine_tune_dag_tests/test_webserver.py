@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = {"raw_notes", "passages", "qa_pairs", "dataset_splits", "base_model", "lora_adapter", "eval_report"}
+EXPECTED = {
+    "raw_notes",
+    "passages",
+    "qa_pairs",
+    "dataset_splits",
+    "base_model",
+    "lora_adapter",
+    "eval_report",
+    "champion_adapter",
+}
 
 
 def free_port() -> int:

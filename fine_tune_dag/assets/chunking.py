@@ -14,6 +14,7 @@ from fine_tune_dag.core.chunking import (
     needs_boundary_request,
     passages_from_boundary_answer,
 )
+from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.llm import LLMRequest
 from fine_tune_dag.core.markdown import length_summary, preview
 from fine_tune_dag.prompts import load_prompt
@@ -36,7 +37,7 @@ class ChunkingConfig(dg.Config):
     group_name="ingest",
     pool="duckdb",
     kinds={"python", "duckdb"},
-    code_version=f"chunking-1+{BOUNDARY_TEMPLATE.tag}",
+    code_version=f"chunking-1+{BOUNDARY_TEMPLATE.tag}+{fingerprint(ChunkingSettings())}",
     automation_condition=dg.AutomationCondition.eager(),
 )
 def passages(

@@ -12,6 +12,7 @@ from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.champion import judge_challenger
 from fine_tune_dag.core.evaluation import EvaluationSettings, compare_contenders, summarize
+from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
 from fine_tune_dag.core.registry import current_champion, latest_adapter, record_evaluation
 from fine_tune_dag.core.report import write_report
@@ -36,7 +37,7 @@ class EvaluationConfig(dg.Config):
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "markdown"},
-    code_version="evaluation-2",
+    code_version=f"evaluation-2+{fingerprint(EvaluationSettings())}",
     automation_condition=dg.AutomationCondition.eager().replace(
         "any_deps_updated",
         dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter)),

@@ -10,6 +10,7 @@ from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.chunking import Passage
+from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.llm import LLMRequest
 from fine_tune_dag.core.markdown import preview, table
 from fine_tune_dag.core.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs
@@ -56,7 +57,7 @@ def synthesis_request(passage: Passage, mode: str, settings: SynthesisSettings) 
     group_name="dataset",
     pool="duckdb",
     kinds={"python", "duckdb"},
-    code_version="synthesis-1+" + "+".join(t.tag for t in TEMPLATES.values()),
+    code_version="+".join(["synthesis-1", *(t.tag for t in TEMPLATES.values()), fingerprint(SynthesisSettings())]),
     automation_condition=dg.AutomationCondition.eager(),
 )
 def qa_pairs(

@@ -11,6 +11,7 @@ from pydantic import Field
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
+from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.markdown import preview
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.core.training import TrainingSettings, next_adapter_version, save_adapter, train_lora
@@ -53,7 +54,7 @@ class TrainingConfig(dg.Config):
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     kinds={"pytorch"},
-    code_version="training-1",
+    code_version=f"training-1+{fingerprint(_DEFAULTS)}",
 )
 def lora_adapter(
     context: dg.AssetExecutionContext,
