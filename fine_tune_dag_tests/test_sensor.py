@@ -136,6 +136,12 @@ def test_a_fresh_cursor_skips_notes_already_materialized_with_this_content(folde
     assert requested(watcher.tick()) == [key]
 
 
+def test_a_missing_notes_folder_skips_with_the_reason(folder):
+    notes, data = folder
+    result = Watcher(notes, data).tick()
+    assert result.run_requests == [] and "does not exist" in result.skip_reason.skip_message
+
+
 def test_cursor_round_trips_and_unreadable_files_are_handed_on(folder):
     notes, _ = folder
     write(notes / "locked.md", "secret")

@@ -35,6 +35,8 @@ def build_new_notes_sensor(notes_job: dg.JobDefinition, dataset_job: dg.JobDefin
     def new_notes_sensor(
         context: dg.SensorEvaluationContext, paths: ProjectPaths, policy: AutomationPolicy
     ) -> dg.SensorResult:
+        if not paths.notes.is_dir():
+            return dg.SensorResult(skip_reason=f"the notes folder {paths.notes} does not exist (or is not a folder)")
         scan = scan_notes(
             paths.notes,
             WatchCursor.from_json(context.cursor),
