@@ -1,0 +1,76 @@
+"""Client-side pacing for a hosted LLM: requests and tokens per minute, and retries with backoff.
+
+The server enforces its quota by answering 429; pacing below it avoids paying the round trip and
+the backoff, and honouring the server's retry hint avoids hammering it when it does answer 429.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+WINDOW_S = 60.0
+
+
+class RateLimiter:
+    """A sliding one-minute window over requests and tokens; `acquire` blocks until both fit."""
+
+    def __init__(
+        self,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if requests_per_minute < 1 or tokens_per_minute < 1:
+            raise ValueError("rate limits must be at least 1 per minute")
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._clock, self._sleep = clock, sleep
+        self._sent: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self, tokens: int) -> float:
+        """Reserve one request of `tokens` tokens (capped at the per-minute budget); returns seconds waited."""
+        tokens = min(max(tokens, 1), self.tokens_per_minute)
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._sent and now - self._sent[0][0] >= WINDOW_S:
+                    self._sent.popleft()
+                used = sum(t for _, t in self._sent)
+                if len(self._sent) < self.requests_per_minute and used + tokens <= self.tokens_per_minute:
+                    self._sent.append((now, tokens))
+                    return waited
+                wait = self._wait_until_fits(now, tokens, used)
+            self._sleep(wait)
+            waited += wait
+
+    def _wait_until_fits(self, now: float, tokens: int, used: int) -> float:
+        """Seconds until enough of the window's oldest entries expire for one more request of `tokens`."""
+        freed, need_requests = 0, len(self._sent) - self.requests_per_minute + 1
+        for count, (sent_at, sent_tokens) in enumerate(self._sent, start=1):
+            freed += sent_tokens
+            if count >= need_requests and used - freed + tokens <= self.tokens_per_minute:
+                return max(sent_at + WINDOW_S - now, 0.001)
+        return WINDOW_S
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; a server retry hint is a floor, never ignored."""
+
+    max_attempts: int = 6
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+    def delay(self, attempt: int, server_hint_s: float | None, rng: random.Random) -> float:
+        """Seconds to wait before attempt `attempt + 1` (attempts count from 1)."""
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
+        backoff = rng.uniform(ceiling / 2, ceiling)
+        return max(backoff, server_hint_s or 0.0)

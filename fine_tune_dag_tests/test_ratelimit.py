@@ -1,0 +1,50 @@
+"""The client-side limiter and the retry policy on a fake clock: exact waits, no real sleeping."""
+
+import random
+
+import pytest
+
+from fine_tune_dag.core.ratelimit import RateLimiter, RetryPolicy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def limiter(rpm: int, tpm: int) -> tuple[RateLimiter, FakeClock]:
+    clock = FakeClock()
+    return RateLimiter(rpm, tpm, clock=clock, sleep=clock.sleep), clock
+
+
+def test_requests_per_minute_are_paced_over_a_sliding_window():
+    limit, clock = limiter(rpm=3, tpm=10_000)
+    waits = []
+    for at in (0.0, 10.0, 20.0, 20.0, 20.0):
+        clock.now = max(clock.now, at)
+        waits.append(limit.acquire(1))
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3] == pytest.approx(40.0)  # the first request leaves the window at t=60
+    assert waits[4] == pytest.approx(10.0)  # the second at t=70
+
+
+def test_tokens_per_minute_are_paced_too():
+    limit, clock = limiter(rpm=100, tpm=250)
+    assert limit.acquire(100) == 0.0 and limit.acquire(100) == 0.0
+    assert limit.acquire(100) == pytest.approx(60.0)
+    assert limit.acquire(1000) == pytest.approx(60.0)  # larger than the budget: capped, waits for a clear window
+
+
+def test_backoff_grows_with_jitter_and_honours_the_server_hint():
+    policy = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, max_backoff_s=8.0)
+    rng = random.Random(0)
+    for attempt, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0)):
+        delays = [policy.delay(attempt, None, rng) for _ in range(50)]
+        assert ceiling / 2 <= min(delays) and max(delays) <= ceiling and len(set(delays)) > 1
+    assert policy.delay(1, 12.5, rng) == 12.5
