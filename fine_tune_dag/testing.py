@@ -19,7 +19,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from fine_tune_dag.core.llm import LLMClient, LLMRequest
+from fine_tune_dag.core.llm import LLMClient, LLMRequest, LLMResult
 from fine_tune_dag.resources.llm import LLMResource
 
 CHATML_TEMPLATE = (
@@ -108,9 +108,15 @@ class ScriptedLLM:
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
-    def complete(self, requests: list[LLMRequest]) -> list[str]:
+    def complete(self, requests: list[LLMRequest]) -> list[LLMResult]:
         self.calls.update(r.template for r in requests)
-        return [self._answer(r.template, r.messages[-1][1]) for r in requests]
+        answers = [self._answer(r.template, r.messages[-1][1]) for r in requests]
+        return [
+            LLMResult(
+                answer, input_tokens=sum(len(c.split()) for _, c in r.messages), output_tokens=len(answer.split())
+            )
+            for r, answer in zip(requests, answers)
+        ]
 
     @staticmethod
     def _answer(template: str, prompt: str) -> str:

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fine_tune_dag.core.llm import CachedLLM, LLMRequest, LocalLLM, cache_key
+from fine_tune_dag.core.llm import CachedLLM, LLMRequest, LLMResult, LocalLLM, cache_key
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.prompts import load_prompt
 
@@ -18,7 +18,7 @@ class CountingClient:
         if self.fail_after is not None and sum(self.batches) >= self.fail_after:
             raise RuntimeError("provider went away")
         self.batches.append(len(requests))
-        return [f"answer to {r.messages[-1][1]}" for r in requests]
+        return [LLMResult(f"answer to {r.messages[-1][1]}", input_tokens=10, output_tokens=3) for r in requests]
 
 
 def requests(n: int, temperature: float = 0.0) -> list[LLMRequest]:
@@ -75,3 +75,22 @@ def test_local_llm_answers_through_the_cache(tmp_path, tiny_model_dir):
     first = cached.complete(requests(3))
     assert len(first) == 3 and all(isinstance(a, str) for a in first)
     assert CachedLLM(local, warehouse).complete(requests(3)) == first
+
+
+def test_every_request_is_logged_with_template_tokens_cost_and_origin(tmp_path):
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    prices = {"echo-1": (1.0, 2.0)}
+    origin = {"run_id": "run-1", "asset": "qa_pairs", "partition": "note-a"}
+    first = CachedLLM(CountingClient(), warehouse, prices=prices, origin=origin)
+    first.complete(requests(3))
+    second = CachedLLM(CountingClient(), warehouse, prices=prices, origin=origin)
+    second.complete(requests(4))
+    log = warehouse.query("SELECT * FROM llm_requests ORDER BY created_at, cache_hit")
+    assert len(log) == 7 and log["cache_hit"].sum() == 3
+    assert set(log["template"]) == {"back_translation"} and set(log["partition"]) == {"note-a"}
+    assert '{"passage": "passage 0"}' in set(log["variables"])
+    paid = log[~log["cache_hit"]]
+    assert paid["cost_usd"].sum() == pytest.approx(4 * (10 * 1.0 + 3 * 2.0) / 1e6)
+    assert log[log["cache_hit"]]["cost_usd"].sum() == 0
+    assert first.usage.cost_usd == pytest.approx(3 * 16 / 1e6) and second.usage.cache_hits == 3
+    assert second.usage.input_tokens == 10  # only the one paid call counts tokens

@@ -48,7 +48,7 @@ def passages(
     db = warehouse.get()
     note = rows_for_note(db, "raw_notes", note_id, "raw_notes").iloc[0]
     settings = ChunkingSettings(config.strategy, config.min_chars, config.max_chars)
-    cached = llm.cached(db)
+    cached = llm.cached(db, context)
     if needs_boundary_request(note.text, settings):
         request = LLMRequest.from_template(
             BOUNDARY_TEMPLATE, config.boundary_max_new_tokens, **boundary_prompt_variables(note.text, settings)

@@ -21,9 +21,14 @@ def rows_for_note(
 
 
 def llm_usage_metadata(usage: LLMUsage) -> dict[str, int | float]:
+    """The request-log summary every LLM-calling asset shows: calls, tokens, cost, hit rate, rejections."""
     return {
         "llm_requests": usage.requests,
         "llm_calls": usage.calls,
         "llm_cache_hits": usage.cache_hits,
         "llm_cache_hit_rate": round(usage.cache_hits / usage.requests, 3) if usage.requests else 0.0,
+        "llm_input_tokens": usage.input_tokens,
+        "llm_output_tokens": usage.output_tokens,
+        "llm_cost_usd": round(usage.cost_usd, 6),
+        "llm_rejected_answers": usage.rejected,
     }

@@ -73,7 +73,7 @@ def qa_pairs(
         for r in rows.itertuples(index=False)
     ]
     jobs = [(p, mode) for p in note_passages for mode in settings.modes]
-    cached = llm.cached(db)
+    cached = llm.cached(db, context)
     done = 0
 
     def log_progress(count: int) -> None:

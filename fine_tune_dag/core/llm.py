@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,24 +31,46 @@ class LLMRequest:
     template_version: str
     max_new_tokens: int = 256
     temperature: float = 0.0
+    variables: tuple[tuple[str, str], ...] = ()  # what filled the template: logged, not part of the cache key
+    json_schema: str = ""  # JSON schema of the answer, for providers with structured output
 
     @classmethod
     def from_template(
         cls, template: PromptTemplate, max_new_tokens: int, temperature: float = 0.0, **variables: str
-    ) -> "LLMRequest":
+    ) -> LLMRequest:
         messages = tuple((m["role"], m["content"]) for m in template.render(**variables))
-        return cls(messages, template.name, template.version, max_new_tokens, temperature)
+        return cls(
+            messages,
+            template.name,
+            template.version,
+            max_new_tokens,
+            temperature,
+            tuple(sorted(variables.items())),
+            template.response_schema,
+        )
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    """One answer; `blocked` and `empty` answers are outcomes to record, not errors."""
+
+    text: str
+    status: str = "ok"  # ok | blocked | empty
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    detail: str = ""  # why blocked or empty, as the provider said it
 
 
 class LLMClient(Protocol):
     provider: str
     model_name: str
 
-    def complete(self, requests: Sequence[LLMRequest]) -> list[str]:
-        """One text answer per request, in order."""
+    def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
+        """One result per request, in order."""
 
 
 class LocalLLM:
@@ -70,19 +94,22 @@ class LocalLLM:
             self._loaded = (model, load_tokenizer(self.model_path))
         return self._loaded
 
-    def complete(self, requests: Sequence[LLMRequest]) -> list[str]:
+    def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
         model, tokenizer = self._model()
-        answers: list[str] = [""] * len(requests)
+        answers: list[LLMResult] = [LLMResult("")] * len(requests)
         groups: dict[tuple[int, float], list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault((request.max_new_tokens, request.temperature), []).append(index)
         for (max_new_tokens, temperature), indices in groups.items():
             prompts = [render_prompt_ids(tokenizer, requests[i].chat()) for i in indices]
+            started = time.perf_counter()
             outputs = generate_batch(
                 model, tokenizer, prompts, max_new_tokens, temperature, batch_size=self.batch_size, seed=self.seed
             )
-            for i, output in zip(indices, outputs):
-                answers[i] = output
+            latency = (time.perf_counter() - started) / len(indices)
+            for i, prompt, output in zip(indices, prompts, outputs):
+                produced = len(tokenizer(output, add_special_tokens=False)["input_ids"])
+                answers[i] = LLMResult(output, "ok" if output.strip() else "empty", len(prompt), produced, latency)
         return answers
 
 
@@ -96,16 +123,34 @@ def cache_key(provider: str, model: str, request: LLMRequest) -> str:
             "template_version": request.template_version,
             "max_new_tokens": request.max_new_tokens,
             "temperature": request.temperature,
+            **({"json_schema": request.json_schema} if request.json_schema else {}),
         },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+# USD per million input and output tokens; local models cost nothing. Override per resource.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gemini-2.5-flash": (0.30, 2.50),
+    "gemini-2.5-flash-lite": (0.10, 0.40),
+    "gemini-2.5-pro": (1.25, 10.00),
+}
+
+
+def request_cost(prices: dict[str, tuple[float, float]], model: str, input_tokens: int, output_tokens: int) -> float:
+    per_input, per_output = prices.get(model, (0.0, 0.0))
+    return (input_tokens * per_input + output_tokens * per_output) / 1e6
+
+
 @dataclass
 class LLMUsage:
     calls: int = 0
     cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    rejected: int = 0  # blocked or empty answers
 
     @property
     def requests(self) -> int:
@@ -117,42 +162,55 @@ class CachedLLM:
     """Answers from the DuckDB cache when the exact request was seen, else from the client.
 
     Misses are sent in chunks and each chunk is stored as soon as it returns, so an interrupted
-    run resumes without paying again for finished calls.
+    run resumes without paying again for finished calls. Every request, hit or miss, is a row of
+    `llm_requests` with its template, tokens, latency, cost and where it came from (`origin`).
     """
 
     client: LLMClient
     warehouse: Warehouse
     chunk_size: int = 8
+    prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    origin: dict[str, str] = field(default_factory=dict)  # run_id, asset, partition
     usage: LLMUsage = field(default_factory=LLMUsage)
 
     def complete(self, requests: Sequence[LLMRequest], on_progress: ProgressCallback | None = None) -> list[str]:
+        """Answer texts in order; blocked and empty answers come back as "" and are logged as such."""
         keys = [cache_key(self.client.provider, self.client.model_name, r) for r in requests]
         cached = self._lookup(sorted(set(keys)))
-        answers = [cached.get(k) for k in keys]
-        self.usage.cache_hits += sum(a is not None for a in answers)
+        answers: list[LLMResult | None] = [cached.get(k) for k in keys]
+        hits = [i for i, a in enumerate(answers) if a is not None]
+        self.usage.cache_hits += len(hits)
+        self._log([(keys[i], requests[i], answers[i]) for i in hits], cache_hit=True)
         missing = [i for i, a in enumerate(answers) if a is None]
-        if on_progress is not None and len(requests) > len(missing):
-            on_progress(len(requests) - len(missing))
+        if on_progress is not None and hits:
+            on_progress(len(hits))
         for start in range(0, len(missing), self.chunk_size):
             chunk = missing[start : start + self.chunk_size]
             outputs = self.client.complete([requests[i] for i in chunk])
             self.usage.calls += len(chunk)
             for i, output in zip(chunk, outputs):
                 answers[i] = output
-            self._store([(keys[i], requests[i], answers[i]) for i in chunk])
+            entries = [(keys[i], requests[i], answers[i]) for i in chunk]
+            self._store(entries)
+            self._log(entries, cache_hit=False)
             if on_progress is not None:
                 on_progress(len(chunk))
-        return [a or "" for a in answers]
+        return [a.text if a is not None else "" for a in answers]
 
-    def _lookup(self, keys: list[str]) -> dict[str, str]:
+    def _lookup(self, keys: list[str]) -> dict[str, LLMResult]:
         if not keys:
             return {}
         found = self.warehouse.query(
-            "SELECT cache_key, response FROM llm_cache WHERE cache_key IN (SELECT unnest(?::VARCHAR[]))", [keys]
+            "SELECT cache_key, response, status, input_tokens, output_tokens FROM llm_cache "
+            "WHERE cache_key IN (SELECT unnest(?::VARCHAR[]))",
+            [keys],
         )
-        return dict(zip(found["cache_key"], found["response"]))
+        return {
+            r.cache_key: LLMResult(r.response, r.status or "ok", int(r.input_tokens or 0), int(r.output_tokens or 0))
+            for r in found.itertuples(index=False)
+        }
 
-    def _store(self, entries: list[tuple[str, LLMRequest, str]]) -> None:
+    def _store(self, entries: list[tuple[str, LLMRequest, LLMResult]]) -> None:
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         rows = pd.DataFrame(
             [
@@ -162,10 +220,53 @@ class CachedLLM:
                     "model": self.client.model_name,
                     "template": request.template,
                     "template_version": request.template_version,
-                    "response": answer,
+                    "response": result.text,
+                    "status": result.status,
+                    "input_tokens": result.input_tokens,
+                    "output_tokens": result.output_tokens,
                     "created_at": now,
                 }
-                for key, request, answer in entries
+                for key, request, result in entries
             ]
         )
         self.warehouse.insert_rows("llm_cache", rows)
+
+    def _log(self, entries: list[tuple[str, LLMRequest, LLMResult]], cache_hit: bool) -> None:
+        if not entries:
+            return
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        rows = []
+        for key, request, result in entries:
+            cost = (
+                0.0
+                if cache_hit
+                else request_cost(self.prices, self.client.model_name, result.input_tokens, result.output_tokens)
+            )
+            if not cache_hit:
+                self.usage.input_tokens += result.input_tokens
+                self.usage.output_tokens += result.output_tokens
+                self.usage.cost_usd += cost
+            self.usage.rejected += result.status != "ok"
+            rows.append(
+                {
+                    "request_id": uuid.uuid4().hex,
+                    "created_at": now,
+                    "provider": self.client.provider,
+                    "model": self.client.model_name,
+                    "template": request.template,
+                    "template_version": request.template_version,
+                    "variables": json.dumps(dict(request.variables), ensure_ascii=False),
+                    "prompt_hash": key,
+                    "input_tokens": result.input_tokens,
+                    "output_tokens": result.output_tokens,
+                    "latency_s": 0.0 if cache_hit else result.latency_s,
+                    "cost_usd": cost,
+                    "cache_hit": cache_hit,
+                    "status": result.status,
+                    "detail": result.detail,
+                    "run_id": self.origin.get("run_id", ""),
+                    "asset": self.origin.get("asset", ""),
+                    "partition": self.origin.get("partition", ""),
+                }
+            )
+        self.warehouse.insert_rows("llm_requests", pd.DataFrame(rows))

@@ -38,6 +38,11 @@ SCHEMA: dict[str, str] = {
     "llm_cache": """
         cache_key VARCHAR PRIMARY KEY, provider VARCHAR, model VARCHAR, template VARCHAR,
         template_version VARCHAR, response VARCHAR, created_at TIMESTAMP""",
+    "llm_requests": """
+        request_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, provider VARCHAR, model VARCHAR, template VARCHAR,
+        template_version VARCHAR, variables VARCHAR, prompt_hash VARCHAR, input_tokens INTEGER,
+        output_tokens INTEGER, latency_s DOUBLE, cost_usd DOUBLE, cache_hit BOOLEAN, status VARCHAR,
+        detail VARCHAR, run_id VARCHAR, asset VARCHAR, partition VARCHAR""",
     "adapters": """
         version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
@@ -55,6 +60,9 @@ SCHEMA: dict[str, str] = {
 
 # Columns added after a table first shipped: applied to warehouses created by older versions.
 MIGRATIONS: tuple[str, ...] = (
+    "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS status VARCHAR DEFAULT 'ok'",
+    "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS input_tokens INTEGER DEFAULT 0",
+    "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS output_tokens INTEGER DEFAULT 0",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS dataset_train_pairs INTEGER DEFAULT 0",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS run_id VARCHAR",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_nll DOUBLE",

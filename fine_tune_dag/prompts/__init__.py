@@ -3,6 +3,7 @@ and the code version of the assets that use the template, so stale outputs are r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ class PromptTemplate:
     system: str
     user: str
     examples: tuple[tuple[str, str], ...] = ()  # few-shot (user, assistant) turns; small models follow them best
+    response_schema: str = ""  # JSON schema of the answer (as JSON), for providers with structured output
 
     def render(self, **variables: str) -> list[dict[str, str]]:
         """Chat messages with `$name` placeholders filled; a missing variable is an error, not a blank."""
@@ -46,4 +48,5 @@ def load_prompt(name: str) -> PromptTemplate:
         system=data["system"],
         user=data["user"],
         examples=tuple((turn["user"], turn["assistant"]) for turn in data.get("examples", [])),
+        response_schema=json.dumps(data["response_schema"], sort_keys=True) if data.get("response_schema") else "",
     )

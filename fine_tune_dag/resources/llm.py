@@ -34,6 +34,11 @@ class LLMResource(dg.ConfigurableResource):
         resolved = resolve_model(self.model, self.paths.models)
         return _local_client(resolved.path, self.device, self.dtype, self.batch_size, self.seed)
 
-    def cached(self, warehouse: Warehouse) -> CachedLLM:
-        """A fresh usage counter per asset materialization, over the shared client and cache."""
-        return CachedLLM(self.client(), warehouse, chunk_size=self.batch_size)
+    def cached(self, warehouse: Warehouse, context: dg.AssetExecutionContext) -> CachedLLM:
+        """A fresh usage counter per asset materialization, over the shared client, cache and request log."""
+        origin = {
+            "run_id": context.run.run_id,
+            "asset": context.asset_key.to_user_string(),
+            "partition": context.partition_key if context.has_partition_key else "",
+        }
+        return CachedLLM(self.client(), warehouse, chunk_size=self.batch_size, origin=origin)
