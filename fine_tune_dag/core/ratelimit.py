@@ -13,11 +13,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-WINDOW_S = 60.0
-
 
 class RateLimiter:
-    """A sliding one-minute window over requests and tokens; `acquire` blocks until both fit."""
+    """A sliding window (one minute unless told) over requests and tokens; `acquire` blocks until both fit."""
 
     def __init__(
         self,
@@ -25,12 +23,13 @@ class RateLimiter:
         tokens_per_minute: int,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        window_s: float = 60.0,
     ) -> None:
         if requests_per_minute < 1 or tokens_per_minute < 1:
             raise ValueError("rate limits must be at least 1 per minute")
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
-        self._clock, self._sleep = clock, sleep
+        self._clock, self._sleep, self.window_s = clock, sleep, window_s
         self._sent: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
@@ -41,7 +40,7 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                while self._sent and now - self._sent[0][0] >= WINDOW_S:
+                while self._sent and now - self._sent[0][0] >= self.window_s:
                     self._sent.popleft()
                 used = sum(t for _, t in self._sent)
                 if len(self._sent) < self.requests_per_minute and used + tokens <= self.tokens_per_minute:
@@ -57,8 +56,8 @@ class RateLimiter:
         for count, (sent_at, sent_tokens) in enumerate(self._sent, start=1):
             freed += sent_tokens
             if count >= need_requests and used - freed + tokens <= self.tokens_per_minute:
-                return max(sent_at + WINDOW_S - now, 0.001)
-        return WINDOW_S
+                return max(sent_at + self.window_s - now, 0.001)
+        return self.window_s
 
 
 @dataclass(frozen=True)
