@@ -25,7 +25,7 @@ from fine_tune_dag.automation.schedules import build_retrain_schedule
 from fine_tune_dag.automation.sensors import build_new_notes_sensor
 from fine_tune_dag.core.models import BUNDLED_MODEL
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
-from fine_tune_dag.resources.llm import LLMResource
+from fine_tune_dag.resources.llm import DEFAULT_GEMINI_MODEL, LLMResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
@@ -114,6 +114,23 @@ def build_definitions(
     )
 
 
+def _llm_from_environment(notes_dir: str, data_dir: str) -> LLMResource:
+    """`FINE_TUNE_DAG_LLM_PROVIDER=gemini` reads the key from GEMINI_API_KEY (or GOOGLE_API_KEY) at run time."""
+    paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
+    if os.environ.get("FINE_TUNE_DAG_LLM_PROVIDER", "local") != "gemini":
+        return LLMResource(model=os.environ.get("FINE_TUNE_DAG_LLM_MODEL", BUNDLED_MODEL), paths=paths)
+    key_variable = (
+        "GOOGLE_API_KEY" if "GOOGLE_API_KEY" in os.environ and "GEMINI_API_KEY" not in os.environ else "GEMINI_API_KEY"
+    )
+    return LLMResource(
+        provider="gemini",
+        model=os.environ.get("FINE_TUNE_DAG_LLM_MODEL", DEFAULT_GEMINI_MODEL),
+        api_key=dg.EnvVar(key_variable),
+        requests_per_minute=int(os.environ.get("FINE_TUNE_DAG_GEMINI_RPM", "10")),
+        paths=paths,
+    )
+
+
 def _policy_from_environment() -> AutomationPolicy:
     defaults = AutomationPolicy()
     return AutomationPolicy(
@@ -124,11 +141,13 @@ def _policy_from_environment() -> AutomationPolicy:
     )
 
 
+_NOTES_DIR = os.environ.get("FINE_TUNE_DAG_NOTES_DIR", "data/notes")
+_DATA_DIR = os.environ.get("FINE_TUNE_DAG_DATA_DIR", "data")
 defs = build_definitions(
-    notes_dir=os.environ.get("FINE_TUNE_DAG_NOTES_DIR", "data/notes"),
-    data_dir=os.environ.get("FINE_TUNE_DAG_DATA_DIR", "data"),
+    notes_dir=_NOTES_DIR,
+    data_dir=_DATA_DIR,
     base_model_ref=os.environ.get("FINE_TUNE_DAG_BASE_MODEL", BUNDLED_MODEL),
-    llm_model_ref=os.environ.get("FINE_TUNE_DAG_LLM_MODEL", BUNDLED_MODEL),
+    llm=_llm_from_environment(_NOTES_DIR, _DATA_DIR),
     policy=_policy_from_environment(),
     executor=os.environ.get("FINE_TUNE_DAG_EXECUTOR", ""),
     artifacts_url=os.environ.get("FINE_TUNE_DAG_ARTIFACTS_URL", ""),

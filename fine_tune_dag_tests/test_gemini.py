@@ -4,17 +4,31 @@ rate limit measured from the stub's own timestamps, and the key never leaking.""
 
 import time
 
+import dagster as dg
 import pytest
 
+from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.gemini import GeminiError, GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm import CachedLLM, LLMRequest
 from fine_tune_dag.core.ratelimit import RetryPolicy
 from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.gemini_stub import GeminiStub, StubReply, scripted
 from fine_tune_dag.prompts import load_prompt
+from fine_tune_dag.resources.llm import LLMResource
+from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.testing import ScriptedLLM, write_sample_notes
 
 KEY = "AIzaTEST-not-a-real-key-5f2c"
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
+GRAPH_CONFIG = {
+    "ops": {
+        "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+        "dataset_splits": {"config": {"test_fraction": 0.5}},
+        "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "dtype": "float32"}},
+        "eval_report": {"config": {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}},
+    }
+}
 
 
 def client(stub: GeminiStub, **settings) -> GeminiLLM:
@@ -110,3 +124,50 @@ def test_no_key_in_the_cache_or_request_log(tmp_path):
 def test_no_key_no_client():
     with pytest.raises(GeminiError, match="GEMINI_API_KEY"):
         GeminiLLM("", GeminiSettings())
+
+
+def scripted_gemini(request) -> StubReply:
+    """The scripted LLM's answers, served over the REST stub (the template told apart by its system text)."""
+    template = next(
+        name
+        for name in ("chunk_boundaries", "grounded_qa", "back_translation")
+        if load_prompt(name).system.strip()[:60] in request.system_text
+    )
+    last = request.body["contents"][-1]["parts"][0]["text"]
+    return StubReply(text=ScriptedLLM._answer(template, last))
+
+
+def test_the_whole_graph_on_gemini_logs_every_call_and_leaks_no_key(tmp_path, tiny_model_dir):
+    notes, data = tmp_path / "notes", tmp_path / "data"
+    write_sample_notes(notes, 4)
+    with GeminiStub(scripted_gemini) as stub, dg.instance_for_test() as instance:
+        llm = LLMResource(
+            provider="gemini",
+            model="gemini-2.5-flash",
+            api_key=KEY,
+            base_url=stub.base_url,
+            requests_per_minute=10_000,
+            paths=ProjectPaths(notes_dir=str(notes), data_dir=str(data)),
+        )
+        defs = build_definitions(str(notes), str(data), base_model_ref=str(tiny_model_dir), llm=llm)
+        run = materialize_graph(defs, instance, notes, run_config=GRAPH_CONFIG)
+        assert run.success and not run.failed_notes
+        calls = len(stub.requests)
+        assert materialize_graph(defs, instance, notes, run_config=GRAPH_CONFIG).success
+        assert len(stub.requests) == calls  # the rerun paid nothing
+        events = [
+            str(record.event_log_entry)
+            for record in instance.get_event_records(
+                dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            )
+        ]
+        logs = [str(entry) for run_record in instance.get_runs() for entry in instance.all_logs(run_record.run_id)]
+    db = Warehouse(data / "warehouse.duckdb")
+    log = db.query("SELECT * FROM llm_requests")
+    assert (log["provider"] == "gemini").all() and (~log["cache_hit"]).sum() == calls
+    assert log[log["cache_hit"]]["cost_usd"].sum() == 0 and log["cost_usd"].sum() > 0
+    assert set(log["asset"]) == {"passages", "qa_pairs"} and log["run_id"].str.len().min() > 0
+    qa = [e for e in events if "llm_cost_usd" in e]
+    assert qa and all(KEY not in text for text in events + logs)
+    for path in data.rglob("*"):
+        assert not path.is_file() or KEY.encode() not in path.read_bytes(), path

@@ -4,13 +4,16 @@ from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
-from fine_tune_dag.core.llm import CachedLLM, LLMClient, LocalLLM
+from fine_tune_dag.core.gemini import GeminiLLM, GeminiSettings
+from fine_tune_dag.core.llm import DEFAULT_PRICES, CachedLLM, LLMClient, LocalLLM
 from fine_tune_dag.core.models import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.paths import ProjectPaths
 
-PROVIDERS = ("local",)
+PROVIDERS = ("local", "gemini")
+DEFAULT_GEMINI_MODEL = GeminiSettings.model
 
 
 @lru_cache(maxsize=2)
@@ -19,17 +22,42 @@ def _local_client(model_path: Path, device: str, dtype: str, batch_size: int, se
     return LocalLLM(model_path, device=device, dtype=dtype, batch_size=batch_size, seed=seed)
 
 
+@lru_cache(maxsize=2)
+def _gemini_client(api_key: str, settings: GeminiSettings, seed: int) -> GeminiLLM:
+    """One client (and one rate limiter) per process, so parallel assets in a run share the quota."""
+    return GeminiLLM(api_key, settings, seed)
+
+
 class LLMResource(dg.ConfigurableResource):
-    provider: str = "local"
-    model: str = BUNDLED_MODEL
+    provider: str = Field(default="local", description="'local' (a Hugging Face model here) or 'gemini'")
+    model: str = Field(default=BUNDLED_MODEL, description="local: Hub id, folder or bundled:…; gemini: model name")
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    api_key: str = Field(default="", description="gemini: set through EnvVar('GEMINI_API_KEY'); never logged")
+    base_url: str = Field(default="", description="gemini: another endpoint (a proxy, a local stub)")
+    max_concurrency: int = 4
+    requests_per_minute: int = Field(default=10, description="gemini: client-side pacing (free-tier default)")
+    tokens_per_minute: int = 250_000
+    timeout_s: float = 60.0
+    prices: dict[str, list[float]] = Field(
+        default_factory=dict, description="model → [USD per 1M input tokens, per 1M output]; adds to the defaults"
+    )
     paths: dg.ResourceDependency[ProjectPaths]
 
     def client(self) -> LLMClient:
-        if self.provider not in PROVIDERS:
+        if self.provider == "gemini":
+            settings = GeminiSettings(
+                model=self.model,
+                max_concurrency=self.max_concurrency,
+                requests_per_minute=self.requests_per_minute,
+                tokens_per_minute=self.tokens_per_minute,
+                timeout_s=self.timeout_s,
+                base_url=self.base_url,
+            )
+            return _gemini_client(self.api_key, settings, self.seed)
+        if self.provider != "local":
             raise ValueError(f"unknown LLM provider '{self.provider}'; available: {', '.join(PROVIDERS)}")
         resolved = resolve_model(self.model, self.paths.models)
         return _local_client(resolved.path, self.device, self.dtype, self.batch_size, self.seed)
@@ -41,4 +69,6 @@ class LLMResource(dg.ConfigurableResource):
             "asset": context.asset_key.to_user_string(),
             "partition": context.partition_key if context.has_partition_key else "",
         }
-        return CachedLLM(self.client(), warehouse, chunk_size=self.batch_size, origin=origin)
+        prices = {**DEFAULT_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}
+        chunk = self.batch_size if self.provider == "local" else self.max_concurrency * 2
+        return CachedLLM(self.client(), warehouse, chunk_size=chunk, prices=prices, origin=origin)
