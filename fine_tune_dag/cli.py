@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +21,7 @@ from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.ingest import discover_notes
 from fine_tune_dag.core.registry import current_champion, evaluation_summary, latest_evaluation, lineage_text
 from fine_tune_dag.core.report import METRIC_LABELS
+from fine_tune_dag.core.request_log import LISTED_COLUMNS, read_requests, summarize_requests
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions, notes_job, train_and_evaluate_job
 
@@ -75,6 +77,18 @@ def print_latest_report(data_dir: Path) -> bool:
     champion = current_champion(db)
     print(f"  champion: {'none yet' if champion is None else champion.version}")
     return True
+
+
+def print_requests(db: Warehouse, args: argparse.Namespace) -> None:
+    log = read_requests(db, args.template, args.status, args.since, args.run_id)
+    summary = summarize_requests(log)
+    print(
+        f"{summary['requests']} requests: {summary['calls']} calls, {summary['cache_hits']} cache hits "
+        f"({summary['cache_hit_rate']:.0%}), {summary['input_tokens']} input and {summary['output_tokens']} output "
+        f"tokens, ${summary['cost_usd']:.4f}, {summary['rejected']} blocked or empty"
+    )
+    if len(log):
+        print(log[LISTED_COLUMNS].head(args.limit).to_string(index=False, max_colwidth=28))
 
 
 @dataclass
@@ -143,12 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("report", help="print the latest evaluation report's path and headline numbers")
     commands.add_parser("register", help="add a `notes` partition for every note file (for the web UI)")
     commands.add_parser("lineage", help="which notes and dataset version led to which adapter and report")
+    requests = commands.add_parser("requests", help="list and summarize the LLM request log")
+    requests.add_argument("--template", help="only this prompt template")
+    requests.add_argument("--status", choices=["ok", "blocked", "empty"], help="only answers with this status")
+    requests.add_argument("--since", type=datetime.fromisoformat, help="only requests at or after (ISO date, UTC)")
+    requests.add_argument("--run-id", help="only requests made by this Dagster run")
+    requests.add_argument("--limit", type=int, default=20, help="rows listed (the summary covers every match)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.notes_dir, args.data_dir)
     if args.command == "register":
         keys = register_note_partitions(_instance(), args.notes_dir)
         print(f"{len(keys)} note partitions registered from {args.notes_dir}")
+        return 0
+    if args.command == "requests":
+        print_requests(Warehouse(args.data_dir / "warehouse.duckdb"), args)
         return 0
     if args.command == "lineage":
         print(lineage_text(Warehouse(args.data_dir / "warehouse.duckdb")))

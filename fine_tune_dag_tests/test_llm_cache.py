@@ -94,3 +94,17 @@ def test_every_request_is_logged_with_template_tokens_cost_and_origin(tmp_path):
     assert log[log["cache_hit"]]["cost_usd"].sum() == 0
     assert first.usage.cost_usd == pytest.approx(3 * 16 / 1e6) and second.usage.cache_hits == 3
     assert second.usage.input_tokens == 10  # only the one paid call counts tokens
+
+
+def test_requests_command_filters_and_summarizes(tmp_path, capsys):
+    from fine_tune_dag.cli import main
+
+    warehouse = Warehouse(tmp_path / "data" / "warehouse.duckdb")
+    CachedLLM(CountingClient(), warehouse, prices={"echo-1": (1.0, 2.0)}).complete(requests(3))
+    CachedLLM(CountingClient(), warehouse).complete(requests(3))
+    assert main(["--data-dir", str(tmp_path / "data"), "requests", "--template", "back_translation"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("6 requests: 3 calls, 3 cache hits (50%), 30 input and 9 output tokens")
+    assert out.count("back_translation") == 6
+    assert main(["--data-dir", str(tmp_path / "data"), "requests", "--template", "grounded_qa"]) == 0
+    assert capsys.readouterr().out.startswith("0 requests")
