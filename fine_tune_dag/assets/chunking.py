@@ -8,20 +8,17 @@ from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.chunking import (
+    BOUNDARY_TEMPLATE,
     ChunkingSettings,
-    boundary_prompt_variables,
+    boundary_request,
     heuristic_passages,
     needs_boundary_request,
     passages_from_boundary_answer,
 )
 from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.llm import LLMRequest
 from fine_tune_dag.core.markdown import length_summary, preview
-from fine_tune_dag.prompts import load_prompt
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
-
-BOUNDARY_TEMPLATE = load_prompt("chunk_boundaries")
 
 
 class ChunkingConfig(dg.Config):
@@ -50,9 +47,7 @@ def passages(
     settings = ChunkingSettings(config.strategy, config.min_chars, config.max_chars)
     cached = llm.cached(db, context)
     if needs_boundary_request(note.text, settings):
-        request = LLMRequest.from_template(
-            BOUNDARY_TEMPLATE, config.boundary_max_new_tokens, **boundary_prompt_variables(note.text, settings)
-        )
+        request = boundary_request(note.text, settings, config.boundary_max_new_tokens)
         answer = cached.complete([request])[0]
         result = passages_from_boundary_answer(note_id, note.text, note.title, answer, settings)
     else:

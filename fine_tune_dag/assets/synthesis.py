@@ -11,15 +11,17 @@ from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.chunking import Passage
 from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.llm import LLMRequest
 from fine_tune_dag.core.markdown import preview, table
-from fine_tune_dag.core.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs
-from fine_tune_dag.prompts import load_prompt
+from fine_tune_dag.core.synthesis import (
+    MODES,
+    TEMPLATES,
+    SynthesisSettings,
+    candidate_pairs,
+    filter_pairs,
+    synthesis_request,
+)
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
-
-TEMPLATES = {"grounded": load_prompt("grounded_qa"), "back_translation": load_prompt("back_translation")}
-BACK_TRANSLATION_MAX_NEW_TOKENS = 48
 
 
 class SynthesisConfig(dg.Config):
@@ -41,14 +43,6 @@ class SynthesisConfig(dg.Config):
             max_answer_words=self.max_answer_words,
             max_new_tokens=self.max_new_tokens,
         )
-
-
-def synthesis_request(passage: Passage, mode: str, settings: SynthesisSettings) -> LLMRequest:
-    if mode == "grounded":
-        return LLMRequest.from_template(
-            TEMPLATES[mode], settings.max_new_tokens, passage=passage.text, count=str(settings.questions_per_passage)
-        )
-    return LLMRequest.from_template(TEMPLATES[mode], BACK_TRANSLATION_MAX_NEW_TOKENS, passage=passage.text)
 
 
 @dg.asset(

@@ -11,6 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from fine_tune_dag.core.llm import LLMRequest
+from fine_tune_dag.prompts import load_prompt
+
+BOUNDARY_TEMPLATE = load_prompt("chunk_boundaries")
+
 _BLOCK = re.compile(r"(?:[^\n]|\n(?![ \t]*\n))+")
 _SENTENCE = re.compile(r".+?(?:[.!?]+[\"')\]]*(?=\s)|$)", re.DOTALL)
 _BOUNDARY_LINE = re.compile(r"^\W*(?:paragraph\s*|passage\s*)?(\d+)\s*(?:[|:.)\-–—]\s*(.*))?$", re.IGNORECASE)
@@ -176,6 +181,11 @@ def _nearest_heading(text: str, unit: Unit, title: str) -> str:
 def needs_boundary_request(text: str, settings: ChunkingSettings) -> bool:
     """Short notes are kept whole and cost no LLM call."""
     return settings.strategy == "llm" and len(text.strip()) > settings.max_chars
+
+
+def boundary_request(text: str, settings: ChunkingSettings, max_new_tokens: int) -> LLMRequest:
+    """The one request that asks the LLM where this note's topics change."""
+    return LLMRequest.from_template(BOUNDARY_TEMPLATE, max_new_tokens, **boundary_prompt_variables(text, settings))
 
 
 def boundary_prompt_variables(text: str, settings: ChunkingSettings) -> dict[str, str]:

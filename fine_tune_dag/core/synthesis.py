@@ -14,7 +14,12 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from fine_tune_dag.core.chunking import Passage
+from fine_tune_dag.core.llm import LLMRequest
 from fine_tune_dag.core.text_metrics import content_words, repeated_trigram_share, rouge_l_f1, support, words
+from fine_tune_dag.prompts import load_prompt
+
+TEMPLATES = {"grounded": load_prompt("grounded_qa"), "back_translation": load_prompt("back_translation")}
+BACK_TRANSLATION_MAX_NEW_TOKENS = 48  # one instruction, never a paragraph
 
 MODES = ("grounded", "back_translation")
 
@@ -198,3 +203,11 @@ def filter_pairs(candidates: Iterable[tuple[QAPair, Passage]], settings: Synthes
         else:
             result.append(replace(pair, status="rejected", reason=reason, support=score))
     return result
+
+
+def synthesis_request(passage: Passage, mode: str, settings: SynthesisSettings) -> LLMRequest:
+    if mode == "grounded":
+        return LLMRequest.from_template(
+            TEMPLATES[mode], settings.max_new_tokens, passage=passage.text, count=str(settings.questions_per_passage)
+        )
+    return LLMRequest.from_template(TEMPLATES[mode], BACK_TRANSLATION_MAX_NEW_TOKENS, passage=passage.text)
