@@ -13,17 +13,21 @@ from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import transformers
 from tqdm import tqdm
 
 from fine_tune_dag.assets.champion import beats_champion
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.ingest import discover_notes
+from fine_tune_dag.core.estimate import CostEstimate, History, estimate_note, expected_training_tokens
+from fine_tune_dag.core.ingest import NoteParseError, discover_notes, parse_note
 from fine_tune_dag.core.registry import current_champion, evaluation_summary, latest_evaluation, lineage_text
 from fine_tune_dag.core.report import METRIC_LABELS
 from fine_tune_dag.core.request_log import LISTED_COLUMNS, read_requests, summarize_requests
+from fine_tune_dag.core.splits import DEFAULT_TEST_FRACTION
+from fine_tune_dag.core.training import TrainingSettings
 from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.definitions import build_definitions, notes_job, train_and_evaluate_job
+from fine_tune_dag.definitions import build_definitions, llm_from_environment, notes_job, train_and_evaluate_job
 
 
 def _instance() -> dg.DagsterInstance:
@@ -89,6 +93,39 @@ def print_requests(db: Warehouse, args: argparse.Namespace) -> None:
     )
     if len(log):
         print(log[LISTED_COLUMNS].head(args.limit).to_string(index=False, max_colwidth=28))
+
+
+def print_estimate(notes_dir: Path, data_dir: Path) -> None:
+    """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
+    db = Warehouse(data_dir / "warehouse.duckdb")
+    llm = llm_from_environment(str(notes_dir), str(data_dir))
+    history = History.from_warehouse(db, llm.provider)
+    done = db.query("SELECT note_id, sha256 FROM raw_notes WHERE note_id IN (SELECT note_id FROM qa_pairs)")
+    synthesized = dict(zip(done["note_id"], done["sha256"]))
+    total, rows = CostEstimate(), []
+    for note_id, path in discover_notes(notes_dir).items():
+        try:
+            note = parse_note(path, notes_dir)
+        except NoteParseError as error:
+            print(f"skipped {error.path}: {error.reason}", file=sys.stderr)
+            continue
+        if synthesized.get(note_id) == note.sha256:
+            continue
+        expected = estimate_note(note_id, note.text, note.title, history, llm.model, llm.price_table())
+        total.add(expected)
+        rows.append([note.path, expected.requests, expected.input_tokens, expected.output_tokens, expected.cost_usd])
+    training = expected_training_tokens(
+        total.candidate_pairs, history, 1 - DEFAULT_TEST_FRACTION, TrainingSettings.epochs
+    )
+    print(f"{len(rows)} notes to synthesize with {llm.provider} model {llm.model}:")
+    if rows:
+        frame = pd.DataFrame(rows, columns=["note", "requests", "input tokens", "output tokens", "cost USD"])
+        print(frame.to_string(index=False, max_colwidth=48))
+    print(
+        f"total: {total.requests} requests, {total.input_tokens} input + {total.output_tokens} output tokens, "
+        f"${total.cost_usd:.4f}; then about {training} training tokens "
+        f"(keep rate {history.keep_rate:.0%}, {history.pair_tokens:.0f} tokens a pair, {TrainingSettings.epochs:g} epochs)"
+    )
 
 
 @dataclass
@@ -157,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("report", help="print the latest evaluation report's path and headline numbers")
     commands.add_parser("register", help="add a `notes` partition for every note file (for the web UI)")
     commands.add_parser("lineage", help="which notes and dataset version led to which adapter and report")
+    commands.add_parser("estimate", help="expected LLM calls, tokens and cost of the notes not yet synthesized")
     requests = commands.add_parser("requests", help="list and summarize the LLM request log")
     requests.add_argument("--template", help="only this prompt template")
     requests.add_argument("--status", choices=["ok", "blocked", "empty"], help="only answers with this status")
@@ -169,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "register":
         keys = register_note_partitions(_instance(), args.notes_dir)
         print(f"{len(keys)} note partitions registered from {args.notes_dir}")
+        return 0
+    if args.command == "estimate":
+        print_estimate(args.notes_dir, args.data_dir)
         return 0
     if args.command == "requests":
         print_requests(Warehouse(args.data_dir / "warehouse.duckdb"), args)

@@ -114,7 +114,7 @@ def build_definitions(
     )
 
 
-def _llm_from_environment(notes_dir: str, data_dir: str) -> LLMResource:
+def llm_from_environment(notes_dir: str, data_dir: str) -> LLMResource:
     """`FINE_TUNE_DAG_LLM_PROVIDER=gemini` reads the key from GEMINI_API_KEY (or GOOGLE_API_KEY) at run time."""
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
     if os.environ.get("FINE_TUNE_DAG_LLM_PROVIDER", "local") != "gemini":
@@ -147,7 +147,7 @@ defs = build_definitions(
     notes_dir=_NOTES_DIR,
     data_dir=_DATA_DIR,
     base_model_ref=os.environ.get("FINE_TUNE_DAG_BASE_MODEL", BUNDLED_MODEL),
-    llm=_llm_from_environment(_NOTES_DIR, _DATA_DIR),
+    llm=llm_from_environment(_NOTES_DIR, _DATA_DIR),
     policy=_policy_from_environment(),
     executor=os.environ.get("FINE_TUNE_DAG_EXECUTOR", ""),
     artifacts_url=os.environ.get("FINE_TUNE_DAG_ARTIFACTS_URL", ""),

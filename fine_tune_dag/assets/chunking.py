@@ -8,6 +8,7 @@ from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.chunking import (
+    BOUNDARY_MAX_NEW_TOKENS,
     BOUNDARY_TEMPLATE,
     ChunkingSettings,
     boundary_request,
@@ -25,7 +26,7 @@ class ChunkingConfig(dg.Config):
     strategy: str = Field(default="llm", description="'llm' (the model proposes boundaries) or 'heuristic'")
     min_chars: int = ChunkingSettings.min_chars
     max_chars: int = ChunkingSettings.max_chars
-    boundary_max_new_tokens: int = 128
+    boundary_max_new_tokens: int = BOUNDARY_MAX_NEW_TOKENS
 
 
 @dg.asset(

@@ -13,7 +13,7 @@ from fine_tune_dag.automation.conditions import dataset_condition
 from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, render_training_example
 from fine_tune_dag.core.markdown import length_summary, preview
 from fine_tune_dag.core.models import load_tokenizer
-from fine_tune_dag.core.splits import assign_splits, dataset_version, records_of, write_jsonl
+from fine_tune_dag.core.splits import DEFAULT_TEST_FRACTION, assign_splits, dataset_version, records_of, write_jsonl
 from fine_tune_dag.core.training import TrainingSettings
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.models import ModelsResource
@@ -22,7 +22,9 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 
 
 class SplitConfig(dg.Config):
-    test_fraction: float = Field(default=0.2, description="share of notes held out; assigned by a hash of the note id")
+    test_fraction: float = Field(
+        default=DEFAULT_TEST_FRACTION, description="share of notes held out; assigned by a hash of the note id"
+    )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
 

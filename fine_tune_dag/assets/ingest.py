@@ -7,7 +7,9 @@ import dagster as dg
 import pandas as pd
 
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.core.estimate import History, estimate_note
 from fine_tune_dag.core.ingest import NoteParseError, find_note, parse_note
+from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
@@ -20,7 +22,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     code_version="ingest-1",
 )
 def raw_notes(
-    context: dg.AssetExecutionContext, paths: ProjectPaths, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, paths: ProjectPaths, warehouse: WarehouseResource, llm: LLMResource
 ) -> dg.MaterializeResult:
     """The note file parsed to text (Markdown, text, PDF or DOCX) with its title, format and hash."""
     note_id = context.partition_key
@@ -44,7 +46,10 @@ def raw_notes(
         "char_count": note.char_count,
         "parsed_at": datetime.now(timezone.utc).replace(tzinfo=None),
     }
-    warehouse.get().replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note_id})
+    db = warehouse.get()
+    db.replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note_id})
+    history = History.from_warehouse(db, llm.provider)
+    expected = estimate_note(note_id, note.text, note.title, history, llm.model, llm.price_table())
     return dg.MaterializeResult(
         metadata={
             "file": dg.MetadataValue.path(str(paths.notes / note.path)),
@@ -54,6 +59,9 @@ def raw_notes(
             "words": len(note.text.split()),
             "encoding": note.encoding or "n/a",
             "sha256": note.sha256,
+            "expected_llm_requests": expected.requests,
+            "expected_llm_tokens": expected.input_tokens + expected.output_tokens,
+            "expected_llm_cost_usd": round(expected.cost_usd, 6),
             "front_matter": dg.MetadataValue.json(note.metadata),
             "preview": dg.MetadataValue.md(
                 f"**{note.title}**\n\n" + note.text[:600] + ("…" if len(note.text) > 600 else "")

@@ -15,6 +15,7 @@ from fine_tune_dag.core.llm import LLMRequest
 from fine_tune_dag.prompts import load_prompt
 
 BOUNDARY_TEMPLATE = load_prompt("chunk_boundaries")
+BOUNDARY_MAX_NEW_TOKENS = 128
 
 _BLOCK = re.compile(r"(?:[^\n]|\n(?![ \t]*\n))+")
 _SENTENCE = re.compile(r".+?(?:[.!?]+[\"')\]]*(?=\s)|$)", re.DOTALL)

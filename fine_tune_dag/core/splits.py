@@ -18,6 +18,9 @@ from fine_tune_dag.core.chat import chat_messages
 SPLIT_SALT = "fine_tune_dag/split/v1"
 
 
+DEFAULT_TEST_FRACTION = 0.2
+
+
 def split_by_note_hash(note_id: str, test_fraction: float, salt: str = SPLIT_SALT) -> str:
     """'test' for a stable `test_fraction` share of notes, else 'train'."""
     if not 0.0 <= test_fraction < 1.0:

@@ -69,6 +69,8 @@ class LLMResource(dg.ConfigurableResource):
             "asset": context.asset_key.to_user_string(),
             "partition": context.partition_key if context.has_partition_key else "",
         }
-        prices = {**DEFAULT_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}
         chunk = self.batch_size if self.provider == "local" else self.max_concurrency * 2
-        return CachedLLM(self.client(), warehouse, chunk_size=chunk, prices=prices, origin=origin)
+        return CachedLLM(self.client(), warehouse, chunk_size=chunk, prices=self.price_table(), origin=origin)
+
+    def price_table(self) -> dict[str, tuple[float, float]]:
+        return {**DEFAULT_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}
