@@ -169,7 +169,9 @@ def materialize_graph(
 
 def run_demo(notes_dir: Path, data_dir: Path) -> int:
     started = time.perf_counter()
-    defs = build_definitions(notes_dir=str(notes_dir), data_dir=str(data_dir))
+    defs = build_definitions(
+        notes_dir=str(notes_dir), data_dir=str(data_dir), llm=llm_from_environment(str(notes_dir), str(data_dir))
+    )
     print(f"notes: {notes_dir.resolve()}  data: {data_dir.resolve()}")
     run = materialize_graph(defs, _instance(), notes_dir)
     print(
