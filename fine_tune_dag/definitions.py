@@ -19,6 +19,7 @@ from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.synthesis import qa_pairs
+from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.automation.conditions import retrain_condition
 from fine_tune_dag.automation.schedules import build_retrain_schedule
@@ -33,6 +34,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 from fine_tune_dag.scale_out import executor_for
 
 NOTE_ASSETS = [raw_notes, passages, qa_pairs]
+TEACHER_ASSETS = [request_log_pairs, prompt_completion_pairs]
 MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, eval_report, champion_adapter]
 
 notes_job = dg.define_asset_job(
@@ -94,7 +96,7 @@ def build_definitions(
         lambda spec: spec.replace_attributes(automation_condition=retrain_condition(policy.retrain_min_new_examples))
     )
     return dg.Definitions(
-        assets=[*NOTE_ASSETS, dataset_splits, base_model, training, eval_report, champion_adapter],
+        assets=[*NOTE_ASSETS, *TEACHER_ASSETS, dataset_splits, base_model, training, eval_report, champion_adapter],
         asset_checks=[beats_champion],
         jobs=[notes_job, dataset_job, retrain_job, train_and_evaluate_job],
         sensors=[

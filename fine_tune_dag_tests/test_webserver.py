@@ -21,6 +21,8 @@ EXPECTED = {
     "lora_adapter",
     "eval_report",
     "champion_adapter",
+    "request_log_pairs",
+    "prompt_completion_pairs",
 }
 
 

@@ -9,11 +9,13 @@ from pydantic import Field
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.synthesis import qa_pairs
+from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.automation.conditions import dataset_condition
 from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, render_training_example
 from fine_tune_dag.core.markdown import length_summary, preview
 from fine_tune_dag.core.models import load_tokenizer
 from fine_tune_dag.core.splits import DEFAULT_TEST_FRACTION, assign_splits, dataset_version, records_of, write_jsonl
+from fine_tune_dag.core.synthesis import MODES
 from fine_tune_dag.core.training import TrainingSettings
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.models import ModelsResource
@@ -26,17 +28,40 @@ class SplitConfig(dg.Config):
         default=DEFAULT_TEST_FRACTION, description="share of notes held out; assigned by a hash of the note id"
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    sources: list[str] = Field(
+        default=["notes"],
+        description="where pairs come from: 'notes', 'request_log' (request_log_pairs), "
+        "'prompt_completion' (prompt_completion_pairs), or a mix",
+    )
+
+
+SOURCES = ("notes", "request_log", "prompt_completion")
+
+
+def kept_pairs(db: Warehouse, source: str, note_ids: list[str]) -> pd.DataFrame:
+    """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note."""
+    if source == "notes":
+        return db.query(
+            "SELECT pair_id, note_id, mode, NULL AS system, question, answer FROM qa_pairs "
+            "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
+            [note_ids],
+        )
+    return db.query(
+        f"SELECT pair_id, '{source}:' || pair_id AS note_id, '{source}' AS mode, system, question, answer "
+        f"FROM {source}_pairs"
+    )
 
 
 def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
     """Which note (file and content hash) gave how many pairs to which side of this dataset version: lineage."""
-    counts = splits.groupby(["note_id", "split"]).size().rename("pairs").reset_index()
+    from_notes = splits[splits["mode"].isin(MODES)]
+    counts = from_notes.groupby(["note_id", "split"]).size().rename("pairs").reset_index()
     files = db.query("SELECT note_id, path, sha256 FROM raw_notes")
     return counts.merge(files, on="note_id", how="left").assign(dataset_version=version)
 
 
 @dg.asset(
-    deps=[qa_pairs, base_model],
+    deps=[qa_pairs, request_log_pairs, prompt_completion_pairs, base_model],
     group_name="dataset",
     pool="duckdb",
     kinds={"python", "duckdb"},
@@ -57,11 +82,10 @@ def dataset_splits(
         "SELECT DISTINCT path FROM raw_notes WHERE note_id NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY path",
         [note_ids],
     )["path"].tolist()
-    kept = db.query(
-        "SELECT pair_id, note_id, mode, question, answer FROM qa_pairs "
-        "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
-        [note_ids],
-    )
+    unknown = set(config.sources) - set(SOURCES)
+    if unknown:
+        raise dg.Failure(description=f"unknown sources {sorted(unknown)}; choose from {SOURCES}", allow_retries=False)
+    kept = pd.concat([kept_pairs(db, source, note_ids) for source in config.sources], ignore_index=True)
     splits = assign_splits(kept, config.test_fraction, config.system_prompt)
     tokenizer = load_tokenizer(models.resolve().path)
     rendered = [render_training_example(tokenizer, r["messages"]) for r in records_of(splits)]

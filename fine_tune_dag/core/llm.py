@@ -221,6 +221,7 @@ class CachedLLM:
                     "template": request.template,
                     "template_version": request.template_version,
                     "response": result.text,
+                    "messages": json.dumps(request.messages, ensure_ascii=False),
                     "status": result.status,
                     "input_tokens": result.input_tokens,
                     "output_tokens": result.output_tokens,

@@ -30,13 +30,17 @@ def split_by_note_hash(note_id: str, test_fraction: float, salt: str = SPLIT_SAL
 
 
 def assign_splits(kept_pairs: pd.DataFrame, test_fraction: float, system_prompt: str) -> pd.DataFrame:
-    """One row per kept pair with its split and the system prompt it is trained and evaluated with."""
+    """One row per kept pair with its split and the system prompt it is trained and evaluated with.
+
+    Pairs that bring their own `system` (a teacher's task) keep it; the others get `system_prompt`.
+    """
     columns = ["pair_id", "note_id", "split", "mode", "system", "question", "answer"]
     if kept_pairs.empty:
         return pd.DataFrame(columns=columns)
+    own_system = kept_pairs["system"].fillna(system_prompt) if "system" in kept_pairs else system_prompt
     rows = kept_pairs.assign(
         split=[split_by_note_hash(n, test_fraction) for n in kept_pairs["note_id"]],
-        system=system_prompt,
+        system=own_system,
     )
     return rows.sort_values(["split", "note_id", "pair_id"]).reset_index(drop=True)[columns]
 

@@ -43,6 +43,12 @@ SCHEMA: dict[str, str] = {
         template_version VARCHAR, variables VARCHAR, prompt_hash VARCHAR, input_tokens INTEGER,
         output_tokens INTEGER, latency_s DOUBLE, cost_usd DOUBLE, cache_hit BOOLEAN, status VARCHAR,
         detail VARCHAR, run_id VARCHAR, asset VARCHAR, partition VARCHAR""",
+    "request_log_pairs": """
+        pair_id VARCHAR PRIMARY KEY, source VARCHAR, template VARCHAR, system VARCHAR, question VARCHAR,
+        answer VARCHAR, created_at TIMESTAMP""",
+    "prompt_completion_pairs": """
+        pair_id VARCHAR PRIMARY KEY, source VARCHAR, template VARCHAR, system VARCHAR, question VARCHAR,
+        answer VARCHAR, created_at TIMESTAMP""",
     "adapters": """
         version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
@@ -61,6 +67,7 @@ SCHEMA: dict[str, str] = {
 # Columns added after a table first shipped: applied to warehouses created by older versions.
 MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS status VARCHAR DEFAULT 'ok'",
+    "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS messages VARCHAR",
     "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS input_tokens INTEGER DEFAULT 0",
     "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS output_tokens INTEGER DEFAULT 0",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS dataset_train_pairs INTEGER DEFAULT 0",
