@@ -171,3 +171,17 @@ def test_the_whole_graph_on_gemini_logs_every_call_and_leaks_no_key(tmp_path, ti
     assert qa and all(KEY not in text for text in events + logs)
     for path in data.rglob("*"):
         assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
+
+
+def test_an_interrupted_run_resumes_without_paying_again(tmp_path):
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    ten = requests(10)
+    with GeminiStub(lambda r: StubReply(status=403) if r.index >= 6 else StubReply()) as stub:
+        with pytest.raises(GeminiError, match="HTTP 403"):
+            CachedLLM(client(stub, max_concurrency=2), warehouse, chunk_size=2).complete(ten)
+        paid_before = len(stub.requests)
+    with GeminiStub() as stub:
+        CachedLLM(client(stub, max_concurrency=2), warehouse, chunk_size=2).complete(ten)
+    assert len(warehouse.query("SELECT * FROM llm_cache")) == 10
+    assert paid_before == 8  # three chunks answered and stored, the fourth refused
+    assert len(stub.requests) == 10 - 6  # the six stored answers were not bought again
