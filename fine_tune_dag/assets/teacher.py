@@ -85,7 +85,10 @@ def request_log_pairs(config: RequestLogConfig, warehouse: WarehouseResource) ->
 
 
 @dg.asset(
-    group_name="dataset", pool="duckdb", kinds={"duckdb"}, code_version=f"prompt-completion-1+{ANSWER_TEMPLATE.tag}"
+    group_name="dataset",
+    pool="duckdb",
+    kinds={"duckdb"},
+    code_version=f"prompt-completion-1+{ANSWER_TEMPLATE.tag}+{GENERATOR_TEMPLATE.tag}",
 )
 def prompt_completion_pairs(
     context: dg.AssetExecutionContext,
