@@ -18,10 +18,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import SCRIPTED_LLM, LocalDaemon, ScriptedLLMResource, build_tiny_model, write_sample_notes
+from fine_tune_dag.testing import (
+    SCRIPTED_LLM,
+    LocalDaemon,
+    build_tiny_model,
+    scripted_definitions,
+    write_sample_notes,
+)
 
 RUN_CONFIG = {"ops": {"passages": {"config": {"min_chars": 80, "max_chars": 400}}}}
 
@@ -34,14 +38,9 @@ class Measured:
 
 
 def graph_over(notes: Path, data: Path, model: Path, instance: dg.DagsterInstance) -> LocalDaemon:
-    defs = build_definitions(
-        notes_dir=str(notes),
-        data_dir=str(data),
-        base_model_ref=str(model),
-        llm=ScriptedLLMResource(paths=ProjectPaths(notes_dir=str(notes), data_dir=str(data))),
-        # training is the same work either way: keep it out of both measurements
-        policy=AutomationPolicy(settle_seconds=0, retrain_min_new_examples=1_000_000, notes_per_tick=1000),
-    )
+    # training is the same work either way: keep it out of both measurements
+    policy = AutomationPolicy(settle_seconds=0, retrain_min_new_examples=1_000_000, notes_per_tick=1000)
+    defs = scripted_definitions(notes, data, model, policy)
     return LocalDaemon(defs, instance, RUN_CONFIG, log_level="ERROR")
 
 

@@ -20,7 +20,10 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fine_tune_dag.core.llm import LLMClient, LLMRequest, LLMResult
+from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.llm import LLMResource
+from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.policy import AutomationPolicy
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -139,6 +142,16 @@ class ScriptedLLMResource(LLMResource):
 
     def client(self) -> LLMClient:
         return SCRIPTED_LLM
+
+
+def scripted_definitions(
+    notes: Path, data: Path, base_model: Path, policy: AutomationPolicy | None = None
+) -> dg.Definitions:
+    """The project's graph over these folders, with the scripted LLM and a local base model."""
+    paths = ProjectPaths(notes_dir=str(notes), data_dir=str(data))
+    return build_definitions(
+        str(notes), str(data), base_model_ref=str(base_model), llm=ScriptedLLMResource(paths=paths), policy=policy
+    )
 
 
 @dataclass

@@ -7,9 +7,7 @@ from fine_tune_dag.cli import main, materialize_graph
 from fine_tune_dag.core.champion import PromotionPolicy, judge_challenger, promotion_verdict
 from fine_tune_dag.core.registry import current_champion
 from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.resources.paths import ProjectPaths
-from fine_tune_dag.testing import ScriptedLLMResource, write_sample_notes
+from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 POLICY = PromotionPolicy(min_nll_improvement=0.05, metric_tolerance=0.02)
 
@@ -60,13 +58,7 @@ def run_config(learning_rate: float, steps: int) -> dict:
 def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, tiny_model_dir, capsys):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 6)
-    paths = ProjectPaths(notes_dir=str(notes), data_dir=str(data))
-    defs = build_definitions(
-        notes_dir=str(notes),
-        data_dir=str(data),
-        base_model_ref=str(tiny_model_dir),
-        llm=ScriptedLLMResource(paths=paths),
-    )
+    defs = scripted_definitions(notes, data, tiny_model_dir)
     db = Warehouse(data / "warehouse.duckdb")
     with dg.instance_for_test() as instance:
         untrained = materialize_graph(defs, instance, notes, run_config(1e-9, 1))

@@ -8,9 +8,8 @@ import pytest
 
 from fine_tune_dag.cli import main
 from fine_tune_dag.core.estimate import CostEstimate, History, estimate_note, expected_training_tokens
-from fine_tune_dag.definitions import build_definitions, notes_job
-from fine_tune_dag.resources.paths import ProjectPaths
-from fine_tune_dag.testing import SCRIPTED_LLM, ScriptedLLMResource, write_sample_notes
+from fine_tune_dag.definitions import notes_job
+from fine_tune_dag.testing import SCRIPTED_LLM, scripted_definitions, write_sample_notes
 
 LONG_NOTE = "\n\n".join(f"# Part {i}\n\n" + f"Sentence {i} about the workshop and its tools. " * 12 for i in range(6))
 
@@ -35,10 +34,7 @@ def test_estimate_matches_the_calls_the_graph_makes(tmp_path, tiny_model_dir, ca
     expected = int(re.search(r"total: (\d+) requests", before).group(1))
     assert before.startswith("4 notes to synthesize")
 
-    paths = ProjectPaths(notes_dir=str(notes), data_dir=str(data))
-    defs = build_definitions(
-        str(notes), str(data), base_model_ref=str(tiny_model_dir), llm=ScriptedLLMResource(paths=paths)
-    )
+    defs = scripted_definitions(notes, data, tiny_model_dir)
     calls = SCRIPTED_LLM.total_calls
     with dg.instance_for_test() as instance:
         from fine_tune_dag.cli import register_note_partitions

@@ -11,9 +11,12 @@ import pytest
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.ingest import discover_notes
 from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.resources.paths import ProjectPaths
-from fine_tune_dag.testing import SAMPLE_TOPICS, SCRIPTED_LLM, ScriptedLLMResource, write_sample_notes
+from fine_tune_dag.testing import (
+    SAMPLE_TOPICS,
+    SCRIPTED_LLM,
+    scripted_definitions,
+    write_sample_notes,
+)
 
 TOPICS = SAMPLE_TOPICS
 
@@ -27,9 +30,7 @@ def write_notes(folder: Path) -> None:
 def graph(tmp_path, tiny_model_dir):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_notes(notes)
-    llm = ScriptedLLMResource(paths=ProjectPaths(notes_dir=str(notes), data_dir=str(data)))
-    defs = build_definitions(notes_dir=str(notes), data_dir=str(data), base_model_ref=str(tiny_model_dir), llm=llm)
-    return defs, notes, data
+    return scripted_definitions(notes, data, tiny_model_dir), notes, data
 
 
 RUN_CONFIG = {

@@ -7,10 +7,13 @@ import pytest
 
 from fine_tune_dag.core.ingest import note_partition_key
 from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import SCRIPTED_LLM, LocalDaemon, ScriptedLLMResource, write_sample_notes
+from fine_tune_dag.testing import (
+    SCRIPTED_LLM,
+    LocalDaemon,
+    scripted_definitions,
+    write_sample_notes,
+)
 
 THRESHOLD = 4
 RUN_CONFIG = {
@@ -27,17 +30,11 @@ RUN_CONFIG = {
 def daemon(tmp_path, tiny_model_dir):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 6)
-    paths = ProjectPaths(notes_dir=str(notes), data_dir=str(data))
-    defs = build_definitions(
-        notes_dir=str(notes),
-        data_dir=str(data),
-        base_model_ref=str(tiny_model_dir),
-        llm=ScriptedLLMResource(paths=paths),
-        # every challenger passes the gate here: promotion has its own tests (test_champion.py)
-        policy=AutomationPolicy(
-            retrain_min_new_examples=THRESHOLD, settle_seconds=0, min_nll_improvement=-1.0, metric_tolerance=1.0
-        ),
+    # every challenger passes the gate here: promotion has its own tests (test_champion.py)
+    policy = AutomationPolicy(
+        retrain_min_new_examples=THRESHOLD, settle_seconds=0, min_nll_improvement=-1.0, metric_tolerance=1.0
     )
+    defs = scripted_definitions(notes, data, tiny_model_dir, policy)
     with dg.instance_for_test() as instance:
         yield LocalDaemon(defs, instance, RUN_CONFIG), notes, Warehouse(data / "warehouse.duckdb")
 

@@ -9,9 +9,7 @@ import pytest
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.teacher import PromptFileError, parse_generated_inputs, read_prompt_file
 from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.resources.paths import ProjectPaths
-from fine_tune_dag.testing import ScriptedLLMResource, write_sample_notes
+from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 
 def test_prompt_files_read_csv_and_jsonl_and_name_bad_lines(tmp_path):
@@ -54,10 +52,7 @@ def test_student_datasets_from_the_request_log_and_prompts(tmp_path, tiny_model_
             ]
         )
     )
-    paths = ProjectPaths(notes_dir=str(notes), data_dir=str(data))
-    defs = build_definitions(
-        str(notes), str(data), base_model_ref=str(tiny_model_dir), llm=ScriptedLLMResource(paths=paths)
-    )
+    defs = scripted_definitions(notes, data, tiny_model_dir)
     db = Warehouse(data / "warehouse.duckdb")
     with dg.instance_for_test() as instance:
         assert materialize_graph(defs, instance, notes, run_config=_config(["notes"], prompts)).success
