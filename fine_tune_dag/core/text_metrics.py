@@ -74,3 +74,40 @@ def support(answer: str, source: str) -> float:
         return 0.0
     vocabulary = set(words(source))
     return sum(w in vocabulary for w in answer_words) / len(answer_words)
+
+
+def unsupported_share(answer: str, source: str) -> float:
+    """Share of the answer's content words absent from its source passage: invented material."""
+    answer_words = content_words(answer)
+    if not answer_words:
+        return 0.0
+    vocabulary = set(words(source))
+    return sum(w not in vocabulary for w in answer_words) / len(answer_words)
+
+
+def _cosine(a: Counter, b: Counter) -> float:
+    dot = sum(a[key] * b[key] for key in a.keys() & b.keys())
+    norm = (sum(v * v for v in a.values()) * sum(v * v for v in b.values())) ** 0.5
+    return dot / norm if norm else 0.0
+
+
+def style_profile(texts: list[str]) -> tuple[Counter, Counter]:
+    """Function-word counts and character 3-gram counts: habits of an author that survive topic changes."""
+    function_words: Counter = Counter()
+    trigrams: Counter = Counter()
+    for text in texts:
+        function_words.update(w for w in words(text) if w in STOPWORDS)
+        squeezed = " ".join(text.lower().split())
+        trigrams.update(squeezed[i : i + 3] for i in range(len(squeezed) - 2))
+    return function_words, trigrams
+
+
+def style_distance(texts: list[str], reference_texts: list[str]) -> float:
+    """0 when the two bodies of text use function words and character 3-grams alike, 1 when they share none.
+
+    The mean of the two cosine distances between the profiles; computed over whole bodies of text,
+    since single short answers are too small to have a style.
+    """
+    own_words, own_trigrams = style_profile(texts)
+    ref_words, ref_trigrams = style_profile(reference_texts)
+    return 1.0 - (_cosine(own_words, ref_words) + _cosine(own_trigrams, ref_trigrams)) / 2
