@@ -5,7 +5,7 @@ import dagster as dg
 
 from fine_tune_dag.cli import main, materialize_graph
 from fine_tune_dag.core.champion import PromotionPolicy, judge_challenger, promotion_verdict
-from fine_tune_dag.core.registry import current_champion
+from fine_tune_dag.core.registry import current_champion, evaluation_summary
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
@@ -79,6 +79,9 @@ def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, t
         assert current_champion(db).version == champion.version  # the champion stays
         latest = db.query("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1").iloc[0]
         assert latest.champion_version == champion.version  # judged against the champion on the same items
+        contenders = evaluation_summary(db, latest.adapter_version)
+        assert list(contenders) == ["base", "prompted", "champion", "tuned"]
+        assert "## Head to head" in open(latest.report_path).read()
 
         versions = db.query("SELECT version FROM adapters ORDER BY created_at")["version"].tolist()
         assert len(versions) == 3 and len(db.query("SELECT * FROM champion_history")) == 1

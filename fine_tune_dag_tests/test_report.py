@@ -1,6 +1,6 @@
 import pandas as pd
 
-from fine_tune_dag.core.evaluation import summarize
+from fine_tune_dag.core.evaluation import summarize, win_rates
 from fine_tune_dag.core.report import verdict, write_report
 
 
@@ -14,27 +14,39 @@ def per_item(nll: float, rouge: float) -> pd.DataFrame:
             "generation": ["a | b", "c"],
             "rouge_l": [rouge] * 2,
             "token_f1": [rouge] * 2,
+            "unsupported": [0.5, 0.0],
+            "words": [3, 1],
+            "source": ["I wrote ref1.", "I wrote ref2."],
         }
     )
 
 
 def test_summary_is_token_weighted():
-    frame = pd.DataFrame(
-        {"nll_sum": [10.0, 2.0], "answer_tokens": [10, 1], "rouge_l": [0.2, 0.4], "token_f1": [0.1, 0.3]}
-    )
+    frame = per_item(1.0, 0.2).assign(nll_sum=[10.0, 2.0], answer_tokens=[10, 1], rouge_l=[0.2, 0.4])
     summary = summarize(frame)
     assert summary["nll"] == 12 / 11
     assert abs(summary["rouge_l"] - 0.3) < 1e-9
+    assert summary["unsupported"] == 0.25 and summary["words"] == 2.0 and summary["style_distance"] == 1.0  # nothing in common with the sources
 
 
 def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     results = {"base": per_item(3.0, 0.1), "tuned": per_item(2.0, 0.3)}
     summary = {k: summarize(v) for k, v in results.items()}
     steps = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.5, 2.0], "mean_token_accuracy": [0.1, 0.2, 0.3]})
-    files = write_report(tmp_path / "r", "Evaluation", summary, results, steps, {"adapter": "v1"}, "passes — NLL lower")
+    head_to_head = win_rates(results, "tuned", seed=0)
+    files = write_report(
+        tmp_path / "r", "Evaluation", summary, results, steps, {"adapter": "v1"}, "passes — NLL lower", head_to_head
+    )
     text = files.markdown.read_text()
     assert "beats the base model" in text
-    for section in ("## Metrics on the test split", "## Training", "## Side by side", "ROUGE-L", "| adapter | v1 |"):
+    assert "| tuned vs base | answer likelihood | 1.000 [1.000, 1.000] |" in text
+    for section in (
+        "## Metrics on the test split",
+        "## Head to head",
+        "## Training",
+        "## Side by side",
+        "| adapter | v1 |",
+    ):
         assert section in text
     assert "| q1? | ref1 |" in text
     assert "a \\| b" in text  # pipes inside generations do not break the table

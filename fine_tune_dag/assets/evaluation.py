@@ -6,13 +6,23 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 from peft import PeftModel
+from pydantic import Field
 
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.champion import judge_challenger
-from fine_tune_dag.core.evaluation import EvaluationSettings, compare_contenders, summarize
+from fine_tune_dag.core.evaluation import (
+    Contender,
+    EvaluationSettings,
+    best_prompt_conversations,
+    compare_contenders,
+    pick_examples,
+    summarize,
+    win_rates,
+)
 from fine_tune_dag.core.fingerprint import fingerprint
+from fine_tune_dag.core.markdown import table
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
 from fine_tune_dag.core.registry import current_champion, latest_adapter, record_evaluation
 from fine_tune_dag.core.report import write_report
@@ -22,6 +32,17 @@ from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
+# Test items with the passage each answer was drawn from (teacher pairs have none: their question and
+# answer stand in), for the unsupported-content share and the style comparison.
+TEST_ITEMS_SQL = """
+    SELECT s.*, coalesce(p.text, s.question || ' ' || s.answer) AS source
+    FROM dataset_splits s
+    LEFT JOIN qa_pairs q USING (pair_id)
+    LEFT JOIN passages p ON p.note_id = q.note_id AND p.passage_index = q.passage_index
+    WHERE s.split = 'test'
+    ORDER BY s.note_id, s.pair_id
+"""
+
 
 class EvaluationConfig(dg.Config):
     max_examples: int = EvaluationSettings.max_examples
@@ -29,6 +50,7 @@ class EvaluationConfig(dg.Config):
     batch_size: int = EvaluationSettings.batch_size
     device: str = "auto"
     dtype: str = "auto"
+    seed: int = Field(default=0, description="few-shot examples and bootstrap resampling")
 
 
 @dg.asset(
@@ -56,7 +78,7 @@ def eval_report(
     adapter = latest_adapter(db)
     if adapter is None:
         raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
-    test = db.query("SELECT * FROM dataset_splits WHERE split = 'test' ORDER BY note_id, pair_id")
+    test = db.query(TEST_ITEMS_SQL)
     if test.empty:
         raise dg.Failure(
             description="the test split is empty: add notes or raise dataset_splits.test_fraction", allow_retries=False
@@ -67,28 +89,35 @@ def eval_report(
     device = select_device(config.device)
     base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(config.dtype, device))
     model = PeftModel.from_pretrained(base, adapter.path, adapter_name="tuned").eval()
-    contenders = ["tuned"]
+    conversations = [r["messages"] for r in records_of(test)]
+    train = db.query("SELECT question, answer FROM dataset_splits WHERE split = 'train'")
+    examples = pick_examples(list(zip(train["question"], train["answer"])), seed=config.seed)
+    contenders = [
+        Contender("base", None, conversations),
+        Contender("prompted", None, best_prompt_conversations(conversations, examples)),
+    ]
     versions = {"tuned": adapter.version}
     champion = current_champion(db)
     if champion is not None and champion.version != adapter.version:
         if champion.base_model_path == adapter.base_model_path:
             store.fetch(f"adapters/{champion.version}", Path(champion.path))
             model.load_adapter(champion.path, adapter_name="champion")
-            contenders.insert(0, "champion")
+            contenders.append(Contender("champion", "champion", conversations))
             versions["champion"] = champion.version
         else:
             context.log.warning(
                 f"champion {champion.version} was trained on {champion.base_model}, not {adapter.base_model}: "
                 "the newcomer is judged against the base model"
             )
+    contenders.append(Contender("tuned", "tuned", conversations))
     tokenizer = load_tokenizer(Path(adapter.path))
-    conversations = [r["messages"] for r in records_of(test)]
 
     def log_progress(contender: str, count: int) -> None:
         context.log.info(f"{contender}: generated {count} more answers")
 
-    results = compare_contenders(model, tokenizer, conversations, settings, contenders, log_progress)
+    results = compare_contenders(model, tokenizer, contenders, test["source"].tolist(), settings, log_progress)
     summary = {name: summarize(frame) for name, frame in results.items()}
+    head_to_head = win_rates(results, "tuned", seed=config.seed)
     gate = judge_challenger(summary, policy.promotion())
     steps = pd.read_csv(Path(adapter.path) / "metrics.csv")
     facts = {
@@ -108,6 +137,7 @@ def eval_report(
         steps,
         facts,
         promotion=("passes" if gate.passed else "does not pass") + f" — {gate.text}",
+        head_to_head=head_to_head,
     )
     evaluation = {
         "adapter_version": adapter.version,
@@ -134,6 +164,9 @@ def eval_report(
             "test_examples": len(results["base"]),
             "tuned_beats_base": summary["tuned"]["nll"] < summary["base"]["nll"],
             "promotion_gate": gate.text,
+            "win_rates": dg.MetadataValue.md(
+                table([[f"tuned vs {n}", basis, str(rate)] for n, basis, rate in head_to_head], ["", "on", "win rate"])
+            ),
             **headline,
             "report_markdown": dg.MetadataValue.md(files.with_inline_images()),
         }

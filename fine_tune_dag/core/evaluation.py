@@ -1,9 +1,15 @@
-"""Held-out evaluation: answer NLL and perplexity by teacher forcing, ROUGE-L and token F1 of
-greedy generations, for the base model and each adapter, on the same test items."""
+"""Held-out evaluation of several contenders on the same test items: answer NLL and perplexity by
+teacher forcing; ROUGE-L, token F1, unsupported-content share and length of greedy generations; the
+style distance of the generations to the author's own held-out writing; paired win rates with
+bootstrap intervals.
+
+A contender is the one loaded model asked in one way: the base model zero-shot or with a long
+few-shot prompt (adapters off), or a named adapter (the champion, the newcomer)."""
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -14,7 +20,8 @@ from peft import PeftModel
 
 from fine_tune_dag.core.chat import Message, render_prompt_ids, render_training_example
 from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.text_metrics import rouge_l_f1, token_f1
+from fine_tune_dag.core.statistics import Interval, win_rate
+from fine_tune_dag.core.text_metrics import rouge_l_f1, style_distance, token_f1, unsupported_share, words
 from fine_tune_dag.core.training import answer_token_losses, collate
 
 
@@ -40,14 +47,49 @@ def answer_nll(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Mess
     return pd.DataFrame(rows)
 
 
+BEST_PROMPT_INSTRUCTION = (
+    "You are the author of these notes. Answer the question in your own voice, from what you have written: "
+    "first person, plain words, the same short sentences as in the examples. Say only what your notes say; "
+    "answer in one to three sentences."
+)
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    adapter: str | None  # a named adapter of the PeftModel; None switches adapters off (the base model)
+    conversations: Sequence[Sequence[Message]]  # system, user, assistant — how this contender is asked
+
+
+def pick_examples(
+    pairs: Sequence[tuple[str, str]], count: int = 4, seed: int = 0, max_words: int = 60
+) -> list[tuple[str, str]]:
+    """A seeded handful of short train pairs to show the base model what an answer looks like."""
+    short = sorted(p for p in pairs if len(words(p[1])) <= max_words)
+    return [short[i] for i in sorted(random.Random(seed).sample(range(len(short)), min(count, len(short))))]
+
+
+def best_prompt_conversations(
+    conversations: Sequence[Sequence[Message]], examples: Sequence[tuple[str, str]]
+) -> list[list[Message]]:
+    """The base model's strongest fair shot: a long instruction and worked examples from the train split."""
+    shots = [
+        turn
+        for question, answer in examples
+        for turn in ({"role": "user", "content": question}, {"role": "assistant", "content": answer})
+    ]
+    return [[{"role": "system", "content": BEST_PROMPT_INSTRUCTION}, *shots, *c[1:]] for c in conversations]
+
+
 def evaluate_contender(
     model: Any,
     tokenizer: Any,
     conversations: Sequence[Sequence[Message]],
     settings: EvaluationSettings,
+    sources: Sequence[str],
     on_progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Per-item question, reference, NLL, generation and overlap with the reference answer."""
+    """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share."""
     scores = answer_nll(model, tokenizer, conversations, settings.batch_size)
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
     generations = generate_batch(
@@ -60,37 +102,72 @@ def evaluate_contender(
         generation=generations,
         rouge_l=[rouge_l_f1(g, r) for g, r in zip(generations, references)],
         token_f1=[token_f1(g, r) for g, r in zip(generations, references)],
+        unsupported=[unsupported_share(g, source) for g, source in zip(generations, sources)],
+        words=[len(words(g)) for g in generations],
+        source=list(sources),
     )
 
 
 def summarize(per_item: pd.DataFrame) -> dict[str, float]:
-    """Token-weighted mean NLL (so long answers count per token), its perplexity, mean overlaps."""
+    """Token-weighted mean NLL (so long answers count per token), its perplexity, mean overlaps, and
+    the style distance of all generations to the author's held-out passages."""
     mean_nll = per_item["nll_sum"].sum() / max(per_item["answer_tokens"].sum(), 1)
     return {
         "nll": float(mean_nll),
         "perplexity": float(math.exp(min(mean_nll, 50.0))),
         "rouge_l": float(per_item["rouge_l"].mean()),
         "token_f1": float(per_item["token_f1"].mean()),
+        "unsupported": float(per_item["unsupported"].mean()),
+        "style_distance": style_distance(per_item["generation"].tolist(), sorted(set(per_item["source"]))),
+        "words": float(per_item["words"].mean()),
     }
+
+
+def win_rates(results: dict[str, pd.DataFrame], challenger: str, seed: int = 0) -> list[tuple[str, str, Interval]]:
+    """The challenger against every other contender, item by item: on answer likelihood (per-token NLL,
+    lower wins) and on overlap with the reference (mean of ROUGE-L and token F1, higher wins)."""
+    mine = results[challenger]
+    rows = []
+    for name, other in results.items():
+        if name == challenger:
+            continue
+        rows.append(
+            (
+                name,
+                "answer likelihood",
+                win_rate(_per_token(mine), _per_token(other), higher_is_better=False, seed=seed),
+            )
+        )
+        rows.append((name, "overlap", win_rate(_overlap(mine), _overlap(other), seed=seed)))
+    return rows
+
+
+def _per_token(frame: pd.DataFrame) -> list[float]:
+    return (frame["nll_sum"] / frame["answer_tokens"].clip(lower=1)).tolist()
+
+
+def _overlap(frame: pd.DataFrame) -> list[float]:
+    return ((frame["rouge_l"] + frame["token_f1"]) / 2).tolist()
 
 
 def compare_contenders(
     model: PeftModel,
     tokenizer: Any,
-    conversations: Sequence[Sequence[Message]],
+    contenders: Sequence[Contender],
+    sources: Sequence[str],
     settings: EvaluationSettings,
-    adapter_names: Sequence[str],
     on_progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Every contender from one loaded model: "base" is the adapters switched off, the rest are named adapters."""
-    chosen = list(conversations)[: settings.max_examples]
+    """Every contender from one loaded model, on the same first `max_examples` items."""
+    chosen_sources = list(sources)[: settings.max_examples]
     results = {}
-    for name in ("base", *adapter_names):
-        report = partial(on_progress, name) if on_progress else None
-        if name == "base":
+    for contender in contenders:
+        chosen = list(contender.conversations)[: settings.max_examples]
+        report = partial(on_progress, contender.name) if on_progress else None
+        if contender.adapter is None:
             with model.disable_adapter():
-                results[name] = evaluate_contender(model, tokenizer, chosen, settings, report)
+                results[contender.name] = evaluate_contender(model, tokenizer, chosen, settings, chosen_sources, report)
         else:
-            model.set_adapter(name)
-            results[name] = evaluate_contender(model, tokenizer, chosen, settings, report)
+            model.set_adapter(contender.adapter)
+            results[contender.name] = evaluate_contender(model, tokenizer, chosen, settings, chosen_sources, report)
     return results

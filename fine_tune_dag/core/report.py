@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fine_tune_dag.core.markdown import table  # noqa: E402
+from fine_tune_dag.core.statistics import Interval
 
-CONTENDER_COLORS = {"base": "tab:gray", "champion": "tab:blue", "tuned": "tab:green"}
+CONTENDER_COLORS = {"base": "tab:gray", "prompted": "tab:olive", "champion": "tab:blue", "tuned": "tab:green"}
 METRIC_LABELS = {
     "nll": "answer NLL (lower is better)",
     "perplexity": "perplexity (lower is better)",
     "rouge_l": "ROUGE-L F1 (higher is better)",
     "token_f1": "token F1 (higher is better)",
+    "unsupported": "unsupported content (lower is better)",
+    "style_distance": "style distance to the author (lower is better)",
+    "words": "words per answer",
 }
 
 
@@ -68,8 +73,8 @@ def plot_loss_curve(steps: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_metrics(summary: dict[str, dict[str, float]], path: Path) -> Path:
-    names = ["nll", "rouge_l", "token_f1"]
-    figure, axes = plt.subplots(1, len(names), figsize=(9, 3.2))
+    names = ["nll", "rouge_l", "token_f1", "unsupported", "style_distance"]
+    figure, axes = plt.subplots(1, len(names), figsize=(14, 3.4))
     for axis, name in zip(axes, names):
         values = [summary[c][name] for c in summary]
         axis.bar(list(summary), values, color=[CONTENDER_COLORS.get(c, "tab:purple") for c in summary])
@@ -106,9 +111,11 @@ def write_report(
     training_steps: pd.DataFrame,
     facts: dict[str, Any],
     promotion: str,
+    head_to_head: Sequence[tuple[str, str, Interval]] = (),
     examples: int = 6,
 ) -> ReportFiles:
-    """`promotion` is the gate's verdict in words: whether this adapter may replace the champion, and why."""
+    """`promotion` is the gate's verdict in words: whether this adapter may replace the champion, and why.
+    `head_to_head` holds the new adapter's win rates against each other contender, with intervals."""
     folder.mkdir(parents=True, exist_ok=True)
     loss_curve = plot_loss_curve(training_steps, folder / "loss_curve.png")
     metrics_chart = plot_metrics(summary, folder / "metrics.png")
@@ -123,6 +130,13 @@ def write_report(
 {metrics_table(summary)}
 
 ![metrics](metrics.png)
+
+## Head to head: the new adapter against each contender
+
+Share of test items the new adapter wins (ties count half), with a 95% bootstrap interval; above
+0.5 with the whole interval above 0.5 is a win beyond noise.
+
+{table([[f"tuned vs {name}", basis, str(rate)] for name, basis, rate in head_to_head], ["comparison", "judged on", "win rate [95% CI]"])}
 
 ## Training
 
