@@ -73,7 +73,8 @@ def print_latest_report(data_dir: Path) -> bool:
         return False
     summary = evaluation_summary(db, evaluation.adapter_version)
     names = list(summary)
-    print(f"\nReport: {Path(evaluation.report_path).resolve()}")
+    report = Path(evaluation.report_path).resolve()
+    print(f"\nReport: {report} (and {report.with_suffix('.html').name}, self-contained)")
     print(f"Adapter {evaluation.adapter_version} on {evaluation.test_examples} held-out items:")
     print("  " + f"{'':<12}" + "".join(f"{name:>12}" for name in names))
     for metric, label in METRIC_LABELS.items():

@@ -47,8 +47,13 @@ def test_load_adapter_model_is_the_peft_model_in_eval_mode(loaded):
 def test_stream_joins_to_generate_batch_greedy_answer_from_the_training_prompt(loaded, monkeypatch):
     model, tokenizer = loaded
     sent: list[list[int]] = []
-    handle = model.get_base_model().get_decoder().register_forward_pre_hook(
-        lambda _m, args, kwargs: sent.append(kwargs["input_ids"][0].tolist()) if not sent else None, with_kwargs=True
+    handle = (
+        model.get_base_model()
+        .get_decoder()
+        .register_forward_pre_hook(
+            lambda _m, args, kwargs: sent.append(kwargs["input_ids"][0].tolist()) if not sent else None,
+            with_kwargs=True,
+        )
     )
     pieces = list(stream_answer(model, tokenizer, QUESTION, max_new_tokens=24))
     handle.remove()

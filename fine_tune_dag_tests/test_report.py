@@ -26,7 +26,9 @@ def test_summary_is_token_weighted():
     summary = summarize(frame)
     assert summary["nll"] == 12 / 11
     assert abs(summary["rouge_l"] - 0.3) < 1e-9
-    assert summary["unsupported"] == 0.25 and summary["words"] == 2.0 and summary["style_distance"] == 1.0  # nothing in common with the sources
+    assert (
+        summary["unsupported"] == 0.25 and summary["words"] == 2.0 and summary["style_distance"] == 1.0
+    )  # nothing in common with the sources
 
 
 def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
@@ -51,6 +53,9 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     assert "| q1? | ref1 |" in text
     assert "a \\| b" in text  # pipes inside generations do not break the table
     assert files.loss_curve.stat().st_size > 1000 and files.metrics_chart.stat().st_size > 1000
+    page = files.html.read_text()
+    assert page.startswith("<!doctype html>") and "<table>" in page and "<h2>Head to head" in page
+    assert page.count("data:image/png;base64,") == 2 and 'src="loss_curve.png"' not in page
     inline = files.with_inline_images()
     assert inline.count("data:image/png;base64,") == 2 and "](loss_curve.png)" not in inline
 

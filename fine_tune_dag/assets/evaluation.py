@@ -156,6 +156,7 @@ def eval_report(
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(str(files.markdown)),
+            "report_html": dg.MetadataValue.path(str(files.html)),
             "published_to": published,
             "loss_curve": dg.MetadataValue.path(str(files.loss_curve)),
             "adapter_version": adapter.version,

@@ -207,7 +207,8 @@ A LoRA adapter for `{base_model}`, fine-tuned by fine_tune_dag on question-answe
 person's notes, so that the model answers in their voice, from what they have written.
 
 - Dataset version: `{dataset_version}`
-- Training: {provenance.get("examples", "?")} examples; {hyperparameters}
+- Training examples: {provenance.get("examples", "not recorded")}
+- Hyperparameters: {hyperparameters}
 
 ## Evaluation
 
@@ -245,11 +246,16 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_t
 
 def _hub_offline() -> bool:
     """huggingface_hub reads HF_HUB_OFFLINE once, at import; a variable set later counts too."""
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    }
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
-    """"Cannot connect" as each HTTP client of huggingface_hub spells it: requests (<1.0), httpx (1.x), httpx2."""
+    """ "Cannot connect" as each HTTP client of huggingface_hub spells it: requests (<1.0), httpx (1.x), httpx2."""
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]  # includes OfflineModeIsEnabled
     for module_name, names in (
         ("requests.exceptions", ("ConnectionError", "Timeout")),

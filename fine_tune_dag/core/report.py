@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
 
 from fine_tune_dag.core.markdown import table  # noqa: E402
 from fine_tune_dag.core.statistics import Interval
@@ -45,6 +47,33 @@ class ReportFiles:
             return f"![{match.group(1)}](data:image/png;base64,{data})"
 
         return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, self.text)
+
+    @property
+    def html(self) -> Path:
+        return self.markdown.with_suffix(".html")
+
+    def write_html(self) -> Path:
+        """One self-contained page (styles and images inline) to open in any browser or attach anywhere."""
+        body = MarkdownIt("commonmark").enable("table").render(self.with_inline_images())
+        title = html.escape(self.text.splitlines()[0].lstrip("# ").strip())
+        page = _HTML_PAGE.format(title=title, body=body)
+        self.html.write_text(page, encoding="utf-8")
+        return self.html
+
+
+_HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
 
 
 def verdict(base: dict[str, float], tuned: dict[str, float]) -> str:
@@ -150,4 +179,6 @@ Share of test items the new adapter wins (ties count half), with a 95% bootstrap
 """
     markdown = folder / "report.md"
     markdown.write_text(text, encoding="utf-8")
-    return ReportFiles(markdown, loss_curve, metrics_chart, text)
+    files = ReportFiles(markdown, loss_curve, metrics_chart, text)
+    files.write_html()
+    return files
