@@ -14,9 +14,11 @@ from fine_tune_dag.core.models import load_causal_lm
 from fine_tune_dag.core.training import (
     TrainingSettings,
     collate,
+    held_out_loss,
     length_grouped_batches,
     next_adapter_version,
     save_adapter,
+    split_held_out,
     tokenize_conversations,
     train_lora,
 )
@@ -81,7 +83,7 @@ def test_prompt_tokens_identical_in_training_evaluation_and_generation(tiny_mode
         return hook
 
     handle = model.get_decoder().register_forward_pre_hook(capture("evaluation"), with_kwargs=True)
-    evaluate_contender(model, tiny_tokenizer, [messages], EvaluationSettings(max_new_tokens=2))
+    evaluate_contender(model, tiny_tokenizer, [messages], EvaluationSettings(max_new_tokens=2), ["source"])
     handle.remove()
 
     generation_model = load_causal_lm(tiny_model_dir)
@@ -141,3 +143,36 @@ def test_batched_generation_matches_one_at_a_time(tiny_model_dir, tiny_tokenizer
     batched = generate_batch(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=4)
     single = [generate_batch(model, tiny_tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert batched == single
+
+
+def test_held_out_loss_is_measured_during_training(tiny_model_dir):
+    settings = TrainingSettings(
+        max_steps=4, batch_size=4, learning_rate=1e-2, eval_fraction=0.25, eval_steps=2, dtype="float32"
+    )
+    run = train_lora(tiny_model_dir, CONVERSATIONS, settings)
+    assert (
+        run.eval_examples == round(len(CONVERSATIONS) * 0.25) and run.examples == len(CONVERSATIONS) - run.eval_examples
+    )
+    measured = [s["step"] for s in run.steps if "eval_loss" in s]
+    assert measured == [2, 4]
+    assert run.best_eval_loss == min(s["eval_loss"] for s in run.steps if "eval_loss" in s)
+    assert all(0 <= s["eval_token_accuracy"] <= 1 for s in run.steps if "eval_loss" in s)
+
+
+def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model_dir, tiny_tokenizer):
+    settings = TrainingSettings(
+        max_steps=8,
+        batch_size=4,
+        learning_rate=0.2,  # too high: the held-out loss rises after the second step
+        warmup_ratio=0.0,
+        eval_fraction=0.25,
+        eval_steps=1,
+        early_stopping_patience=2,
+        dtype="float32",
+    )
+    run = train_lora(tiny_model_dir, CONVERSATIONS, settings)
+    assert 0 < run.stopped_early_at < 8 and len(run.steps) == run.stopped_early_at
+    _, held_ids = split_held_out(len(CONVERSATIONS), 0.25, settings.seed)
+    held_out = [render_training_example(tiny_tokenizer, CONVERSATIONS[i]) for i in held_ids]
+    restored, _ = held_out_loss(run.model, held_out, 4, tiny_tokenizer.pad_token_id)
+    assert restored == pytest.approx(run.best_eval_loss, rel=1e-4)  # the weights of the best evaluation

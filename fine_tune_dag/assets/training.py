@@ -42,6 +42,11 @@ class TrainingConfig(dg.Config):
     device: str = Field(default=_DEFAULTS.device, description="auto, cuda, mps or cpu")
     dtype: str = Field(default=_DEFAULTS.dtype, description="base weights: auto, bfloat16 or float32")
     logging_steps: int = _DEFAULTS.logging_steps
+    eval_fraction: float = Field(default=_DEFAULTS.eval_fraction, description="share of train held out; 0: none")
+    eval_steps: int = Field(default=_DEFAULTS.eval_steps, description="evaluate every n steps; 0: every epoch")
+    early_stopping_patience: int = Field(
+        default=_DEFAULTS.early_stopping_patience, description="evaluations without gain before stopping; 0: off"
+    )
 
     def settings(self) -> TrainingSettings:
         values = {f.name: getattr(self, f.name) for f in fields(TrainingSettings) if hasattr(self, f.name)}
@@ -126,6 +131,9 @@ def lora_adapter(
             "device": run.device,
             "dtype": run.dtype,
             "train_examples": run.examples,
+            "held_out_examples": run.eval_examples,
+            "best_eval_loss": run.best_eval_loss if run.eval_examples else "n/a",
+            "stopped_early_at_step": run.stopped_early_at or "no",
             "dropped_too_long": run.dropped_too_long,
             "optimizer_steps": int(steps["step"].iloc[-1]),
             "first_loss": float(steps["loss"].iloc[0]),

@@ -26,9 +26,10 @@ from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
 
 TRAINING_CONFIG = "training_config.json"
+_TRUTHY = {"1", "ON", "YES", "TRUE"}
 
 
-def read_provenance(adapter_dir: Path) -> dict[str, Any]:
+def _read_provenance(adapter_dir: Path) -> dict[str, Any]:
     """The adapter's `training_config.json`; its absence means the folder is not one `save_adapter` wrote."""
     adapter_dir = Path(adapter_dir)
     config_file = adapter_dir / TRAINING_CONFIG
@@ -46,7 +47,7 @@ def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "au
     The tokenizer comes from the adapter folder: it is the one training rendered prompts with.
     """
     adapter_dir = Path(adapter_dir)
-    provenance = read_provenance(adapter_dir)
+    provenance = _read_provenance(adapter_dir)
     base_path = provenance.get("base_model_path")
     if not base_path or not (Path(base_path) / "config.json").is_file():
         raise FileNotFoundError(
@@ -177,7 +178,7 @@ def model_card(adapter_dir: Path, metrics: dict[str, float], dataset_version: st
     `base_model` is a local path or a `bundled:` reference.
     """
     adapter_dir = Path(adapter_dir)
-    provenance = read_provenance(adapter_dir)
+    provenance = _read_provenance(adapter_dir)
     settings = provenance.get("settings", {})
     on_hub = _is_hub_model_id(base_model)
     metadata = ModelCardData(
@@ -246,16 +247,12 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_t
 
 def _hub_offline() -> bool:
     """huggingface_hub reads HF_HUB_OFFLINE once, at import; a variable set later counts too."""
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    }
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUTHY
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
-    """ "Cannot connect" as each HTTP client of huggingface_hub spells it: requests (<1.0), httpx (1.x), httpx2."""
+    """The "cannot connect" errors of each HTTP client huggingface_hub has used: requests (<1.0), httpx (1.x),
+    httpx2 (2.x); imported only when an upload fails."""
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]  # includes OfflineModeIsEnabled
     for module_name, names in (
         ("requests.exceptions", ("ConnectionError", "Timeout")),
@@ -279,7 +276,7 @@ def push_adapter(
     Private by default: the folder's provenance names local paths.
     """
     adapter_dir = Path(adapter_dir)
-    read_provenance(adapter_dir)
+    _read_provenance(adapter_dir)
     not_pushed = f"adapter not pushed; it stays at {adapter_dir}"
     if _hub_offline():
         raise RuntimeError(f"cannot reach the Hugging Face Hub (HF_HUB_OFFLINE is set): {not_pushed}")

@@ -84,16 +84,28 @@ def verdict(base: dict[str, float], tuned: dict[str, float]) -> str:
 
 
 def plot_loss_curve(steps: pd.DataFrame, path: Path) -> Path:
+    """Train loss and token accuracy every step; held-out loss and accuracy where they were measured."""
     figure, loss_axis = plt.subplots(figsize=(7, 3.6))
-    loss_line = loss_axis.plot(steps["step"], steps["loss"], marker="o", color="tab:blue", label="train loss")
+    lines = loss_axis.plot(steps["step"], steps["loss"], marker="o", color="tab:blue", label="train loss")
+    accuracy_axis = loss_axis.twinx()
+    lines += accuracy_axis.plot(
+        steps["step"], steps["mean_token_accuracy"], color="tab:orange", linestyle="--", label="train token accuracy"
+    )
+    if "eval_loss" in steps:
+        held = steps.dropna(subset=["eval_loss"])
+        lines += loss_axis.plot(held["step"], held["eval_loss"], marker="s", color="tab:red", label="held-out loss")
+        lines += accuracy_axis.plot(
+            held["step"],
+            held["eval_token_accuracy"],
+            marker="s",
+            linestyle=":",
+            color="tab:brown",
+            label="held-out token accuracy",
+        )
     loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel("answer-token loss")
-    accuracy_axis = loss_axis.twinx()
-    accuracy_line = accuracy_axis.plot(
-        steps["step"], steps["mean_token_accuracy"], color="tab:orange", linestyle="--", label="token accuracy"
-    )
     accuracy_axis.set_ylabel("token accuracy")
-    loss_axis.legend(handles=loss_line + accuracy_line, loc="best")
+    loss_axis.legend(handles=lines, loc="best", fontsize=8)
     loss_axis.set_title("Training")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -46,6 +46,9 @@ class TrainingSettings:
     device: str = "auto"
     dtype: str = "auto"  # base weights; the adapter always trains in float32
     logging_steps: int = 5  # how often progress is reported; metrics are recorded every step
+    eval_fraction: float = 0.1  # share of the train split held out to watch overfitting (0: none)
+    eval_steps: int = 0  # evaluate every n optimizer steps; 0: once an epoch (and always at the end)
+    early_stopping_patience: int = 0  # stop after n evaluations without a better eval loss; 0: never
 
 
 @dataclass
@@ -58,8 +61,11 @@ class TrainingRun:
     steps: list[dict[str, float]] = field(default_factory=list)
     examples: int = 0
     dropped_too_long: int = 0
+    eval_examples: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    stopped_early_at: int = 0  # the step early stopping ended training at; 0 when it ran to the end
+    best_eval_loss: float = float("inf")
 
     @property
     def tokens_per_second(self) -> float:
@@ -136,6 +142,30 @@ def answer_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[tor
     return nll, count, correct
 
 
+@torch.inference_mode()
+def held_out_loss(
+    model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
+) -> tuple[float, float]:
+    """Answer-token loss and token accuracy on examples the optimizer never sees."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nll_total, tokens, correct = 0.0, 0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        nll, count, right = answer_token_losses(model, batch)
+        nll_total, tokens, correct = nll_total + float(nll.sum()), tokens + int(count.sum()), correct + int(right.sum())
+    model.train(was_training)
+    return nll_total / max(tokens, 1), correct / max(tokens, 1)
+
+
+def split_held_out(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices to train on and to hold out; nothing is held out from fewer than 4 examples."""
+    held = round(count * fraction) if count >= 4 else 0
+    chosen = set(random.Random(seed).sample(range(count), held))
+    return [i for i in range(count) if i not in chosen], sorted(chosen)
+
+
 def _lora_config(settings: TrainingSettings) -> LoraConfig:
     modules = list(settings.target_modules)
     return LoraConfig(
@@ -165,6 +195,9 @@ def train_lora(
             f"nothing to train on: {len(conversations)} conversations, {dropped} longer than "
             f"max_seq_length={settings.max_seq_length}"
         )
+    train_ids, eval_ids = split_held_out(len(examples), settings.eval_fraction, settings.seed)
+    held_out = [examples[i] for i in eval_ids]
+    examples = [examples[i] for i in train_ids]
     model = get_peft_model(load_causal_lm(model_path, device, dtype), _lora_config(settings))
     model.train()
     per_step = settings.batch_size * settings.gradient_accumulation_steps
@@ -183,7 +216,11 @@ def train_lora(
         str(dtype).removeprefix("torch."),
         examples=len(examples),
         dropped_too_long=dropped,
+        eval_examples=len(held_out),
     )
+    eval_every = settings.eval_steps if settings.eval_steps > 0 else steps_per_epoch
+    best_state: dict[str, torch.Tensor] | None = None
+    evaluations_without_gain = 0
     lengths = [len(e.input_ids) for e in examples]
     micro_batches: list[list[int]] = []
     epoch = 0
@@ -221,9 +258,24 @@ def train_lora(
             "tokens_seen": run.tokens,
             "elapsed_s": round(time.perf_counter() - started, 2),
         }
+        if held_out and (step % eval_every == 0 or step == total_steps):
+            metrics["eval_loss"], metrics["eval_token_accuracy"] = held_out_loss(
+                model, held_out, settings.batch_size, tokenizer.pad_token_id
+            )
+            if metrics["eval_loss"] < run.best_eval_loss:  # a NaN loss (diverged) never counts as better
+                run.best_eval_loss, evaluations_without_gain = metrics["eval_loss"], 0
+                if settings.early_stopping_patience:
+                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            else:
+                evaluations_without_gain += 1
         run.steps.append(metrics)
         if on_log is not None and (step % settings.logging_steps == 0 or step == total_steps):
             on_log(metrics, total_steps)
+        if settings.early_stopping_patience and evaluations_without_gain >= settings.early_stopping_patience:
+            run.stopped_early_at = step
+            break
+    if best_state is not None and run.stopped_early_at:
+        model.load_state_dict(best_state, strict=False)  # the adapter as it was at its best eval loss
     run.seconds = time.perf_counter() - started
     model.eval()
     return run
@@ -261,7 +313,8 @@ def save_adapter(run: TrainingRun, adapters_dir: Path, version: str, provenance:
     }
     (tmp / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
     with (tmp / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(run.steps[0]) if run.steps else ["step"])
+        columns = list(dict.fromkeys(key for step in run.steps for key in step)) or ["step"]  # eval columns join late
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(run.steps)
     tmp.rename(final)
