@@ -19,9 +19,18 @@ from tqdm import tqdm
 
 from fine_tune_dag.assets.champion import beats_champion
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT
 from fine_tune_dag.core.estimate import CostEstimate, History, estimate_note, expected_training_tokens
+from fine_tune_dag.core.inference import export_merged, load_adapter_model, model_card, push_adapter, stream_answer
 from fine_tune_dag.core.ingest import NoteParseError, discover_notes, parse_note
-from fine_tune_dag.core.registry import current_champion, evaluation_summary, latest_evaluation, lineage_text
+from fine_tune_dag.core.registry import (
+    METRIC_COLUMNS,
+    current_champion,
+    evaluation_summary,
+    latest_evaluation,
+    lineage_text,
+    resolve_adapter,
+)
 from fine_tune_dag.core.report import METRIC_LABELS
 from fine_tune_dag.core.request_log import LISTED_COLUMNS, read_requests, summarize_requests
 from fine_tune_dag.core.splits import DEFAULT_TEST_FRACTION
@@ -129,6 +138,40 @@ def print_estimate(notes_dir: Path, data_dir: Path) -> None:
     )
 
 
+def use_adapter(args: argparse.Namespace) -> int:
+    """generate, export and push: the registry's adapter by name, or an adapter folder."""
+    try:
+        folder = Path(args.adapter) if Path(args.adapter).is_dir() else None
+        row = None if folder else resolve_adapter(Warehouse(args.data_dir / "warehouse.duckdb"), args.adapter)
+        folder = folder or Path(row.path)
+        if args.command == "generate":
+            model, tokenizer = load_adapter_model(folder)
+            for piece in stream_answer(
+                model, tokenizer, args.prompt, args.system, args.max_new_tokens, args.temperature
+            ):
+                print(piece, end="", flush=True)
+            print()
+        elif args.command == "export":
+            print(f"merged model written to {export_merged(folder, args.merged)}")
+        else:
+            token = os.environ.get("HF_TOKEN", "")
+            if not token:
+                raise RuntimeError("set HF_TOKEN to push to the Hugging Face Hub")
+            metrics = (
+                {}
+                if row is None
+                else {m: float(row[f"test_{m}"]) for m in METRIC_COLUMNS if pd.notna(row[f"test_{m}"])}
+            )
+            card = model_card(
+                folder, metrics, "" if row is None else row.dataset_version, "" if row is None else row.base_model
+            )
+            print(f"pushed to {push_adapter(folder, args.repo_id, token, card, private=not args.public)}")
+    except (KeyError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        print(f"fine-tune-dag {args.command}: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 @dataclass
 class GraphRun:
     notes: list[str]
@@ -197,6 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("report", help="print the latest evaluation report's path and headline numbers")
     commands.add_parser("register", help="add a `notes` partition for every note file (for the web UI)")
     commands.add_parser("lineage", help="which notes and dataset version led to which adapter and report")
+    adapter_help = "champion (default), latest, a version, or an adapter folder"
+    generate = commands.add_parser("generate", help="answer a prompt with an adapter, streaming tokens")
+    generate.add_argument("prompt")
+    generate.add_argument("--adapter", default="champion", help=adapter_help)
+    generate.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt (the one training used)")
+    generate.add_argument("--max-new-tokens", type=int, default=256)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    export = commands.add_parser("export", help="write an adapter merged into its base model (plain transformers)")
+    export.add_argument("--merged", type=Path, required=True, help="folder to write (must not exist or be empty)")
+    export.add_argument("--adapter", default="champion", help=adapter_help)
+    push = commands.add_parser("push", help="push an adapter with a model card to the Hugging Face Hub (HF_TOKEN)")
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--adapter", default="champion", help=adapter_help)
+    push.add_argument("--public", action="store_true", help="public repository (default: private)")
     commands.add_parser("estimate", help="expected LLM calls, tokens and cost of the notes not yet synthesized")
     requests = commands.add_parser("requests", help="list and summarize the LLM request log")
     requests.add_argument("--template", help="only this prompt template")
@@ -211,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = register_note_partitions(_instance(), args.notes_dir)
         print(f"{len(keys)} note partitions registered from {args.notes_dir}")
         return 0
+    if args.command in ("generate", "export", "push"):
+        return use_adapter(args)
     if args.command == "estimate":
         print_estimate(args.notes_dir, args.data_dir)
         return 0

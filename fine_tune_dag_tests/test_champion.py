@@ -2,6 +2,7 @@
 adapter and stays on a worse one, and `fine-tune-dag lineage` traces every version."""
 
 import dagster as dg
+from transformers import AutoModelForCausalLM
 
 from fine_tune_dag.cli import main, materialize_graph
 from fine_tune_dag.core.champion import PromotionPolicy, judge_challenger, promotion_verdict
@@ -55,7 +56,7 @@ def run_config(learning_rate: float, steps: int) -> dict:
     }
 
 
-def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, tiny_model_dir, capsys):
+def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, tiny_model_dir, capsys, monkeypatch):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 6)
     defs = scripted_definitions(notes, data, tiny_model_dir)
@@ -93,3 +94,18 @@ def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, t
     assert all(v in printed for v in versions)
     assert f"adapter {champion.version}  ★ champion" in printed
     assert "note-00.md" in printed and "report " in printed and champion.dataset_version in printed
+
+    # use the champion: stream an answer, export it merged, and fail clearly when the Hub is unreachable
+    base = ["--notes-dir", str(notes), "--data-dir", str(data)]
+    assert main([*base, "generate", "--adapter", "champion", "--max-new-tokens", "8", "Why oil the chain?"]) == 0
+    capsys.readouterr()
+    merged = tmp_path / "merged"
+    assert main([*base, "export", "--merged", str(merged), "--adapter", "champion"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(merged) is not None
+    assert main([*base, "export", "--merged", str(merged)]) == 1  # never overwrites
+    assert "already exists and is not empty" in capsys.readouterr().err
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([*base, "push", "--repo-id", "someone/notes-adapter"]) == 1
+    error = capsys.readouterr().err
+    assert "adapter not pushed" in error and "hf_secret_token_123" not in error

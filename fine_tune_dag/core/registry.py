@@ -82,6 +82,19 @@ def adapter_by_version(db: Warehouse, version: str) -> pd.Series:
     return rows.iloc[0]
 
 
+def resolve_adapter(db: Warehouse, reference: str) -> pd.Series:
+    """An adapter row by "champion", "latest", or a version; a clear error when there is none."""
+    if reference == "champion":
+        found = current_champion(db)
+    elif reference == "latest":
+        found = latest_adapter(db)
+    else:
+        return adapter_by_version(db, reference)
+    if found is None:
+        raise KeyError(f"no {reference} adapter yet: train one first (make demo, or lora_adapter in the UI)")
+    return found
+
+
 def promote(
     db: Warehouse,
     version: str,
