@@ -14,6 +14,7 @@ import dagster as dg
 from fine_tune_dag.assets.champion import beats_champion, champion_adapter
 from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.dataset import dataset_splits
+from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.evaluation import eval_report
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.models import base_model
@@ -35,7 +36,7 @@ from fine_tune_dag.scale_out import executor_for
 
 NOTE_ASSETS = [raw_notes, passages, qa_pairs]
 TEACHER_ASSETS = [request_log_pairs, prompt_completion_pairs]
-MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, eval_report, champion_adapter]
+MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, edge_cases, eval_report, champion_adapter]
 
 notes_job = dg.define_asset_job(
     "notes_job",
@@ -50,7 +51,7 @@ dataset_job = dg.define_asset_job(
 )
 retrain_job = dg.define_asset_job(
     "retrain_job",
-    selection=dg.AssetSelection.assets(lora_adapter, eval_report, champion_adapter),
+    selection=dg.AssetSelection.assets(lora_adapter, edge_cases, eval_report, champion_adapter),
     description="Train a new adapter on the current splits, evaluate it, promote it if it passes the gate.",
 )
 train_and_evaluate_job = dg.define_asset_job(
@@ -96,7 +97,16 @@ def build_definitions(
         lambda spec: spec.replace_attributes(automation_condition=retrain_condition(policy.retrain_min_new_examples))
     )
     return dg.Definitions(
-        assets=[*NOTE_ASSETS, *TEACHER_ASSETS, dataset_splits, base_model, training, eval_report, champion_adapter],
+        assets=[
+            *NOTE_ASSETS,
+            *TEACHER_ASSETS,
+            dataset_splits,
+            base_model,
+            training,
+            edge_cases,
+            eval_report,
+            champion_adapter,
+        ],
         asset_checks=[beats_champion],
         jobs=[notes_job, dataset_job, retrain_job, train_and_evaluate_job],
         sensors=[

@@ -60,6 +60,10 @@ def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, t
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 6)
     defs = scripted_definitions(notes, data, tiny_model_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "edge_cases.jsonl").write_text(
+        '{"question": "What do you do when a hive goes quiet?"}\n{"reference": "no question"}\n'
+    )
     db = Warehouse(data / "warehouse.duckdb")
     with dg.instance_for_test() as instance:
         untrained = materialize_graph(defs, instance, notes, run_config(1e-9, 1))
@@ -85,6 +89,13 @@ def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, t
         assert "## Head to head" in open(latest.report_path).read()
 
         versions = db.query("SELECT version FROM adapters ORDER BY created_at")["version"].tolist()
+        answers = db.query("SELECT model, count(*) AS n FROM edge_case_answers GROUP BY model")
+        cases = db.query("SELECT * FROM edge_cases")
+        assert "user file" in set(cases["origin"]) and "hardest for the base model" in set(cases["origin"])
+        assert dict(zip(answers["model"], answers["n"])) == {m: len(cases) for m in ["base", *versions]}
+        assert "## Edge cases across adapter versions" in open(latest.report_path).read()
+        edge = instance.get_latest_materialization_event(dg.AssetKey("edge_cases")).asset_materialization
+        assert edge.metadata["user_file_problems"].value == ['edge_cases.jsonl line 2: no "question" text']
         assert len(versions) == 3 and len(db.query("SELECT * FROM champion_history")) == 1
         event = instance.get_latest_materialization_event(dg.AssetKey("champion_adapter")).asset_materialization
         assert event.metadata["version"].value == champion.version

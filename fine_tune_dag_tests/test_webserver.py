@@ -21,6 +21,7 @@ EXPECTED = {
     "lora_adapter",
     "eval_report",
     "champion_adapter",
+    "edge_cases",
     "request_log_pairs",
     "prompt_completion_pairs",
 }

@@ -9,9 +9,11 @@ from peft import PeftModel
 from pydantic import Field
 
 from fine_tune_dag.assets.dataset import dataset_splits
+from fine_tune_dag.assets.edge_cases import SHOWN_VERSIONS, edge_cases
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.champion import judge_challenger
+from fine_tune_dag.core.edge_cases import side_by_side
 from fine_tune_dag.core.evaluation import (
     Contender,
     EvaluationSettings,
@@ -27,6 +29,7 @@ from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_dev
 from fine_tune_dag.core.registry import current_champion, latest_adapter, record_evaluation
 from fine_tune_dag.core.report import write_report
 from fine_tune_dag.core.splits import records_of
+from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
@@ -53,8 +56,21 @@ class EvaluationConfig(dg.Config):
     seed: int = Field(default=0, description="few-shot examples and bootstrap resampling")
 
 
+def tracked_edge_cases(db: Warehouse, version: str) -> str:
+    """The edge cases side by side: the base model and the newest versions up to this one."""
+    cases = db.query("SELECT * FROM edge_cases ORDER BY added_at, case_id")
+    if cases.empty:
+        return ""
+    created = db.query("SELECT created_at FROM adapters WHERE version = ?", [version])["created_at"].iloc[0]
+    versions = db.query("SELECT version FROM adapters WHERE created_at <= ? ORDER BY created_at, version", [created])[
+        "version"
+    ].tolist()
+    answers = db.query("SELECT case_id, model, answer FROM edge_case_answers")
+    return side_by_side(cases, answers, ["base", *versions[-SHOWN_VERSIONS:]])
+
+
 @dg.asset(
-    deps=[lora_adapter, dataset_splits],
+    deps=[lora_adapter, edge_cases, dataset_splits],
     group_name="evaluation",
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
@@ -62,7 +78,7 @@ class EvaluationConfig(dg.Config):
     code_version=f"evaluation-2+{fingerprint(EvaluationSettings())}",
     automation_condition=dg.AutomationCondition.eager().replace(
         "any_deps_updated",
-        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter)),
+        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter, edge_cases)),
     ),
 )
 def eval_report(
@@ -138,6 +154,7 @@ def eval_report(
         facts,
         promotion=("passes" if gate.passed else "does not pass") + f" — {gate.text}",
         head_to_head=head_to_head,
+        edge_cases=tracked_edge_cases(db, adapter.version),
     )
     evaluation = {
         "adapter_version": adapter.version,

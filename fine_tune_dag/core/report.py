@@ -153,6 +153,7 @@ def write_report(
     facts: dict[str, Any],
     promotion: str,
     head_to_head: Sequence[tuple[str, str, Interval]] = (),
+    edge_cases: str = "",
     examples: int = 6,
 ) -> ReportFiles:
     """`promotion` is the gate's verdict in words: whether this adapter may replace the champion, and why.
@@ -188,6 +189,15 @@ Share of test items the new adapter wins (ties count half), with a 95% bootstrap
 ## Side by side
 
 {examples_table(results, examples)}
+"""
+    if edge_cases:
+        text += f"""
+## Edge cases across adapter versions
+
+The held-out questions the base model found hardest, and your own (`edge_cases.jsonl`), answered by
+the base model and each adapter version.
+
+{edge_cases}
 """
     markdown = folder / "report.md"
     markdown.write_text(text, encoding="utf-8")

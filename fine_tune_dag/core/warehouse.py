@@ -49,6 +49,10 @@ SCHEMA: dict[str, str] = {
     "prompt_completion_pairs": """
         pair_id VARCHAR PRIMARY KEY, source VARCHAR, template VARCHAR, system VARCHAR, question VARCHAR,
         answer VARCHAR, created_at TIMESTAMP""",
+    "edge_cases": """
+        case_id VARCHAR PRIMARY KEY, question VARCHAR, reference VARCHAR, origin VARCHAR, added_at TIMESTAMP""",
+    "edge_case_answers": """
+        case_id VARCHAR, model VARCHAR, answer VARCHAR, created_at TIMESTAMP, PRIMARY KEY (case_id, model)""",
     "adapters": """
         version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,

@@ -16,6 +16,10 @@ class ProjectPaths(dg.ConfigurableResource):
         return Path(self.notes_dir)
 
     @property
+    def data(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
     def models(self) -> Path:
         return Path(self.data_dir) / "models"
 

@@ -1,0 +1,116 @@
+"""edge_cases: the hardest held-out questions and the user's own, answered by every adapter version."""
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from peft import PeftModel
+from pydantic import Field
+
+from fine_tune_dag.assets.dataset import dataset_splits
+from fine_tune_dag.assets.tags import GPU_STEP_TAGS
+from fine_tune_dag.assets.training import lora_adapter
+from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
+from fine_tune_dag.core.edge_cases import hardest_for_base, read_user_cases, side_by_side
+from fine_tune_dag.core.evaluation import answer_nll
+from fine_tune_dag.core.generation import generate_batch
+from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.registry import latest_adapter
+from fine_tune_dag.core.splits import records_of
+from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.warehouse import WarehouseResource
+
+USER_CASES_FILE = "edge_cases.jsonl"
+SHOWN_VERSIONS = 4  # newest adapter versions side by side with the base model
+
+
+class EdgeCaseConfig(dg.Config):
+    hardest: int = Field(default=5, description="held-out items the base model found hardest, added per run")
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dg.asset(
+    deps=[lora_adapter, dataset_splits],
+    group_name="evaluation",
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    kinds={"pytorch", "duckdb"},
+    code_version="edge-cases-1",
+    automation_condition=dg.AutomationCondition.eager().replace(
+        "any_deps_updated",
+        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter)),
+    ),
+)
+def edge_cases(
+    context: dg.AssetExecutionContext, config: EdgeCaseConfig, paths: ProjectPaths, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Cases are kept once chosen; each model answers each case once, so every version is compared on them."""
+    db = warehouse.get()
+    newest = latest_adapter(db)
+    if newest is None:
+        raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
+    adapters = db.query(
+        "SELECT version, path FROM adapters WHERE base_model_path = ? ORDER BY created_at, version",
+        [newest.base_model_path],
+    )
+    device = select_device(config.device)
+    base = load_causal_lm(Path(newest.base_model_path), device, select_dtype(config.dtype, device))
+    model = PeftModel.from_pretrained(base, adapters.path.iloc[0], adapter_name=adapters.version.iloc[0]).eval()
+    for row in adapters.iloc[1:].itertuples(index=False):
+        model.load_adapter(row.path, adapter_name=row.version)
+    tokenizer = load_tokenizer(Path(newest.path))
+
+    test = db.query("SELECT * FROM dataset_splits WHERE split = 'test' ORDER BY note_id, pair_id")
+    with model.disable_adapter():
+        scores = answer_nll(model, tokenizer, [r["messages"] for r in records_of(test)], config.batch_size)
+    test["nll_per_token"] = scores["nll_sum"] / scores["answer_tokens"].clip(lower=1)
+    user_cases, problems = read_user_cases(paths.data / USER_CASES_FILE)
+    for problem in problems:
+        context.log.warning(f"edge case skipped: {problem}")
+    chosen = hardest_for_base(test, config.hardest) + user_cases
+    known = set(db.query("SELECT case_id FROM edge_cases")["case_id"])
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    new_cases = pd.DataFrame([vars(c) | {"added_at": now} for c in chosen if c.case_id not in known])
+    db.insert_rows("edge_cases", new_cases.drop_duplicates("case_id") if len(new_cases) else new_cases)
+    cases = db.query("SELECT * FROM edge_cases ORDER BY added_at, case_id")
+
+    system = str(test["system"].iloc[0]) if len(test) else DEFAULT_SYSTEM_PROMPT
+    answered = db.query("SELECT case_id, model FROM edge_case_answers")
+    done = set(zip(answered["case_id"], answered["model"]))
+    written = 0
+    for name in ["base", *adapters["version"]]:
+        todo = cases[[(c, name) not in done for c in cases["case_id"]]]
+        if todo.empty:
+            continue
+        prompts = [render_prompt_ids(tokenizer, chat_messages(system, q)) for q in todo["question"]]
+        if name == "base":
+            with model.disable_adapter():
+                outputs = generate_batch(model, tokenizer, prompts, config.max_new_tokens, batch_size=config.batch_size)
+        else:
+            model.set_adapter(name)
+            outputs = generate_batch(model, tokenizer, prompts, config.max_new_tokens, batch_size=config.batch_size)
+        answers = pd.DataFrame({"case_id": todo["case_id"], "model": name, "answer": outputs, "created_at": now})
+        db.insert_rows("edge_case_answers", answers)
+        written += len(answers)
+        context.log.info(f"{name}: answered {len(answers)} edge cases")
+    shown = ["base", *adapters["version"].tolist()[-SHOWN_VERSIONS:]]
+    answers = db.query("SELECT case_id, model, answer FROM edge_case_answers")
+    markdown = side_by_side(cases, answers, shown)
+    folder = paths.reports / newest.version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "edge_cases.md").write_text(f"# Edge cases\n\n{markdown}\n", encoding="utf-8")
+    return dg.MaterializeResult(
+        metadata={
+            "cases": len(cases),
+            "new_cases": len(new_cases),
+            "from_user_file": len(user_cases),
+            "user_file_problems": dg.MetadataValue.json(problems),
+            "answers_generated": written,
+            "versions_tracked": len(adapters),
+            "side_by_side": dg.MetadataValue.md(markdown),
+        }
+    )
