@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
@@ -19,6 +20,7 @@ from fine_tune_dag.assets.evaluation import eval_report
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.sweep import build_sweep_assets
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.assets.training import lora_adapter
@@ -85,11 +87,13 @@ def build_definitions(
     policy: AutomationPolicy | None = None,
     executor: str = "",
     artifacts_url: str = "",
+    sweep_file: str = "sweeps.yaml",
 ) -> dg.Definitions:
     """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double).
 
     `executor` ("", "multiprocess", "in_process" or "k8s") and `artifacts_url` (an fsspec URL that
-    adapters and reports are mirrored to) are what changes on a cluster (deploy/README.md).
+    adapters and reports are mirrored to) are what changes on a cluster (deploy/README.md). The sweep
+    assets exist when `sweep_file` does.
     """
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
     policy = policy or AutomationPolicy()
@@ -106,6 +110,7 @@ def build_definitions(
             edge_cases,
             eval_report,
             champion_adapter,
+            *(build_sweep_assets(Path(sweep_file)) if Path(sweep_file).is_file() else []),
         ],
         asset_checks=[beats_champion],
         jobs=[notes_job, dataset_job, retrain_job, train_and_evaluate_job],
@@ -163,4 +168,5 @@ defs = build_definitions(
     policy=_policy_from_environment(),
     executor=os.environ.get("FINE_TUNE_DAG_EXECUTOR", ""),
     artifacts_url=os.environ.get("FINE_TUNE_DAG_ARTIFACTS_URL", ""),
+    sweep_file=os.environ.get("FINE_TUNE_DAG_SWEEP_FILE", "sweeps.yaml"),
 )

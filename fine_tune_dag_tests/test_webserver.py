@@ -22,6 +22,8 @@ EXPECTED = {
     "eval_report",
     "champion_adapter",
     "edge_cases",
+    "sweep_adapters",
+    "sweep_leaderboard",
     "request_log_pairs",
     "prompt_completion_pairs",
 }

@@ -16,7 +16,7 @@ from fine_tune_dag.core.edge_cases import hardest_for_base, read_user_cases, sid
 from fine_tune_dag.core.evaluation import answer_nll
 from fine_tune_dag.core.generation import generate_batch
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
-from fine_tune_dag.core.registry import latest_adapter
+from fine_tune_dag.core.registry import MAIN_LINE, latest_adapter
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -54,7 +54,7 @@ def edge_cases(
     if newest is None:
         raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
     adapters = db.query(
-        "SELECT version, path FROM adapters WHERE base_model_path = ? ORDER BY created_at, version",
+        f"SELECT version, path FROM adapters WHERE base_model_path = ? AND {MAIN_LINE} ORDER BY created_at, version",
         [newest.base_model_path],
     )
     device = select_device(config.device)

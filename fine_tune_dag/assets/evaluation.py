@@ -69,31 +69,17 @@ def tracked_edge_cases(db: Warehouse, version: str) -> str:
     return side_by_side(cases, answers, ["base", *versions[-SHOWN_VERSIONS:]])
 
 
-@dg.asset(
-    deps=[lora_adapter, edge_cases, dataset_splits],
-    group_name="evaluation",
-    pool="gpu",
-    op_tags=GPU_STEP_TAGS,
-    kinds={"pytorch", "markdown"},
-    code_version=f"evaluation-2+{fingerprint(EvaluationSettings())}",
-    automation_condition=dg.AutomationCondition.eager().replace(
-        "any_deps_updated",
-        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter, edge_cases)),
-    ),
-)
-def eval_report(
+def evaluate_adapter(
     context: dg.AssetExecutionContext,
+    db: Warehouse,
+    adapter: pd.Series,
     config: EvaluationConfig,
     paths: ProjectPaths,
-    warehouse: WarehouseResource,
     policy: AutomationPolicy,
     artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
-    """NLL, perplexity, ROUGE-L and token F1 for base, champion and newcomer on the same items, with plots."""
-    db = warehouse.get()
-    adapter = latest_adapter(db)
-    if adapter is None:
-        raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
+) -> tuple[dict[str, dict[str, float]], dict]:
+    """Evaluate one registered adapter against base, best-prompted base and champion; write and record
+    its report. Returns the summary and the materialization metadata."""
     test = db.query(TEST_ITEMS_SQL)
     if test.empty:
         raise dg.Failure(
@@ -170,22 +156,50 @@ def eval_report(
     headline = {
         f"{name}_{metric}": round(value, 4) for name, values in summary.items() for metric, value in values.items()
     }
-    return dg.MaterializeResult(
-        metadata={
-            "report": dg.MetadataValue.path(str(files.markdown)),
-            "report_html": dg.MetadataValue.path(str(files.html)),
-            "published_to": published,
-            "loss_curve": dg.MetadataValue.path(str(files.loss_curve)),
-            "adapter_version": adapter.version,
-            "champion_version": versions.get("champion", "none"),
-            "device": str(device),
-            "test_examples": len(results["base"]),
-            "tuned_beats_base": summary["tuned"]["nll"] < summary["base"]["nll"],
-            "promotion_gate": gate.text,
-            "win_rates": dg.MetadataValue.md(
-                table([[f"tuned vs {n}", basis, str(rate)] for n, basis, rate in head_to_head], ["", "on", "win rate"])
-            ),
-            **headline,
-            "report_markdown": dg.MetadataValue.md(files.with_inline_images()),
-        }
-    )
+    return summary, {
+        "report": dg.MetadataValue.path(str(files.markdown)),
+        "report_html": dg.MetadataValue.path(str(files.html)),
+        "published_to": published,
+        "loss_curve": dg.MetadataValue.path(str(files.loss_curve)),
+        "adapter_version": adapter.version,
+        "champion_version": versions.get("champion", "none"),
+        "device": str(device),
+        "test_examples": len(results["base"]),
+        "tuned_beats_base": summary["tuned"]["nll"] < summary["base"]["nll"],
+        "promotion_gate": gate.text,
+        "win_rates": dg.MetadataValue.md(
+            table([[f"tuned vs {n}", basis, str(rate)] for n, basis, rate in head_to_head], ["", "on", "win rate"])
+        ),
+        **headline,
+        "report_markdown": dg.MetadataValue.md(files.with_inline_images()),
+    }
+
+
+@dg.asset(
+    deps=[lora_adapter, edge_cases, dataset_splits],
+    group_name="evaluation",
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    kinds={"pytorch", "markdown"},
+    code_version=f"evaluation-2+{fingerprint(EvaluationSettings())}",
+    automation_condition=dg.AutomationCondition.eager().replace(
+        "any_deps_updated",
+        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter, edge_cases)),
+    ),
+)
+def eval_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    paths: ProjectPaths,
+    warehouse: WarehouseResource,
+    policy: AutomationPolicy,
+    artifacts: ArtifactStoreResource,
+) -> dg.MaterializeResult:
+    """NLL, perplexity, ROUGE-L, token F1, grounding and style for base, best-prompted base, champion and
+    newcomer on the same items, with plots, win rates and edge cases."""
+    db = warehouse.get()
+    adapter = latest_adapter(db)
+    if adapter is None:
+        raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
+    _, metadata = evaluate_adapter(context, db, adapter, config, paths, policy, artifacts)
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,5 +1,6 @@
 """lora_adapter: a new, versioned LoRA adapter trained on the current train split."""
 
+import base64
 import json
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
@@ -13,8 +14,10 @@ from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.markdown import preview
+from fine_tune_dag.core.report import plot_loss_curve
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.core.training import TrainingSettings, next_adapter_version, save_adapter, train_lora
+from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -53,24 +56,19 @@ class TrainingConfig(dg.Config):
         return TrainingSettings(**{**values, "target_modules": tuple(self.target_modules)})
 
 
-@dg.asset(
-    deps=[dataset_splits, base_model],
-    group_name="training",
-    pool="gpu",
-    op_tags=GPU_STEP_TAGS,
-    kinds={"pytorch"},
-    code_version=f"training-1+{fingerprint(_DEFAULTS)}",
-)
-def lora_adapter(
+def train_and_register(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
+    settings: TrainingSettings,
     paths: ProjectPaths,
-    warehouse: WarehouseResource,
+    db: Warehouse,
     models: ModelsResource,
     artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
-    """Answer-only loss, EOS learned, prompts from the one chat renderer; never overwrites a version."""
-    db = warehouse.get()
+    sweep_configuration: str = "",
+) -> dict:
+    """Train on the current train split, save a new version, register it; returns the metadata.
+
+    Answer-only loss, EOS learned, prompts from the one chat renderer; never overwrites a version.
+    """
     train = db.query("SELECT * FROM dataset_splits WHERE split = 'train' ORDER BY pair_id")
     if train.empty:
         raise dg.Failure(
@@ -78,7 +76,6 @@ def lora_adapter(
         )
     data_version = str(train["dataset_version"].iloc[0])
     resolved = models.resolve()
-    settings = config.settings()
 
     def log_step(metrics: dict[str, float], total: int) -> None:
         context.log.info(
@@ -95,6 +92,8 @@ def lora_adapter(
         "dataset_version": data_version,
     }
     folder = save_adapter(run, paths.adapters, version, provenance)
+    steps = pd.DataFrame(run.steps)
+    loss_curve = plot_loss_curve(steps, folder / "loss_curve.png")
     published = artifacts.get().publish(folder, f"adapters/{version}")
     db.insert_rows(
         "adapters",
@@ -115,33 +114,54 @@ def lora_adapter(
                     "hyperparameters": json.dumps(asdict(settings)),
                     "dataset_train_pairs": len(train),
                     "run_id": context.run_id,
+                    "sweep_configuration": sweep_configuration,
                 }
             ]
         ),
     )
-    steps = pd.DataFrame(run.steps)
-    return dg.MaterializeResult(
-        metadata={
-            "version": version,
-            "path": dg.MetadataValue.path(str(folder)),
-            "published_to": published,
-            "dataset_version": data_version,
-            "dataset_train_pairs": len(train),
-            "base_model": resolved.reference,
-            "device": run.device,
-            "dtype": run.dtype,
-            "train_examples": run.examples,
-            "held_out_examples": run.eval_examples,
-            "best_eval_loss": run.best_eval_loss if run.eval_examples else "n/a",
-            "stopped_early_at_step": run.stopped_early_at or "no",
-            "dropped_too_long": run.dropped_too_long,
-            "optimizer_steps": int(steps["step"].iloc[-1]),
-            "first_loss": float(steps["loss"].iloc[0]),
-            "final_loss": run.final_loss,
-            "tokens": run.tokens,
-            "train_seconds": round(run.seconds, 1),
-            "tokens_per_second": round(run.tokens_per_second, 1),
-            "hyperparameters": dg.MetadataValue.json(asdict(settings)),
-            "steps": dg.MetadataValue.md(preview(steps.round(4), list(steps.columns), rows=len(steps))),
-        }
-    )
+    inline_curve = base64.b64encode(loss_curve.read_bytes()).decode("ascii")
+    return {
+        "version": version,
+        "path": dg.MetadataValue.path(str(folder)),
+        "published_to": published,
+        "dataset_version": data_version,
+        "dataset_train_pairs": len(train),
+        "base_model": resolved.reference,
+        "device": run.device,
+        "dtype": run.dtype,
+        "train_examples": run.examples,
+        "held_out_examples": run.eval_examples,
+        "best_eval_loss": run.best_eval_loss if run.eval_examples else "n/a",
+        "stopped_early_at_step": run.stopped_early_at or "no",
+        "dropped_too_long": run.dropped_too_long,
+        "optimizer_steps": int(steps["step"].iloc[-1]),
+        "first_loss": float(steps["loss"].iloc[0]),
+        "final_loss": run.final_loss,
+        "tokens": run.tokens,
+        "train_seconds": round(run.seconds, 1),
+        "tokens_per_second": round(run.tokens_per_second, 1),
+        "hyperparameters": dg.MetadataValue.json(asdict(settings)),
+        "loss_curve": dg.MetadataValue.md(f"![training curves](data:image/png;base64,{inline_curve})"),
+        "steps": dg.MetadataValue.md(preview(steps.round(4), list(steps.columns), rows=len(steps))),
+    }
+
+
+@dg.asset(
+    deps=[dataset_splits, base_model],
+    group_name="training",
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    kinds={"pytorch"},
+    code_version=f"training-1+{fingerprint(_DEFAULTS)}",
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    paths: ProjectPaths,
+    warehouse: WarehouseResource,
+    models: ModelsResource,
+    artifacts: ArtifactStoreResource,
+) -> dg.MaterializeResult:
+    """A new adapter version trained on the current train split with the configured settings."""
+    metadata = train_and_register(context, config.settings(), paths, warehouse.get(), models, artifacts)
+    return dg.MaterializeResult(metadata=metadata)

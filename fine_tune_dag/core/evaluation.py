@@ -44,7 +44,7 @@ def answer_nll(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Mess
         }
         nll, count, _ = answer_token_losses(model, batch)
         rows += [{"nll_sum": float(a), "answer_tokens": int(b)} for a, b in zip(nll, count)]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["nll_sum", "answer_tokens"])
 
 
 BEST_PROMPT_INSTRUCTION = (

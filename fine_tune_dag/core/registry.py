@@ -15,8 +15,12 @@ from fine_tune_dag.core.warehouse import Warehouse
 METRIC_COLUMNS = ("nll", "perplexity", "rouge_l", "token_f1")
 
 
+# Sweep adapters compete on the sweep leaderboard; the main line (training, evaluation, champion) skips them.
+MAIN_LINE = "coalesce(sweep_configuration, '') = ''"
+
+
 def latest_adapter(db: Warehouse) -> pd.Series | None:
-    rows = db.query("SELECT * FROM adapters ORDER BY created_at DESC, version DESC LIMIT 1")
+    rows = db.query(f"SELECT * FROM adapters WHERE {MAIN_LINE} ORDER BY created_at DESC, version DESC LIMIT 1")
     return None if rows.empty else rows.iloc[0]
 
 
@@ -29,7 +33,10 @@ def current_champion(db: Warehouse) -> pd.Series | None:
 
 
 def latest_evaluation(db: Warehouse) -> pd.Series | None:
-    rows = db.query("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1")
+    rows = db.query(
+        "SELECT e.* FROM evaluations e JOIN adapters a ON a.version = e.adapter_version "
+        f"WHERE {MAIN_LINE} ORDER BY e.created_at DESC LIMIT 1"
+    )
     return None if rows.empty else rows.iloc[0]
 
 

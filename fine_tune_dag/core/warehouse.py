@@ -53,6 +53,9 @@ SCHEMA: dict[str, str] = {
         case_id VARCHAR PRIMARY KEY, question VARCHAR, reference VARCHAR, origin VARCHAR, added_at TIMESTAMP""",
     "edge_case_answers": """
         case_id VARCHAR, model VARCHAR, answer VARCHAR, created_at TIMESTAMP, PRIMARY KEY (case_id, model)""",
+    "sweep_results": """
+        configuration VARCHAR, adapter_version VARCHAR PRIMARY KEY, dataset_version VARCHAR, created_at TIMESTAMP,
+        nll DOUBLE, rouge_l DOUBLE, token_f1 DOUBLE, train_seconds DOUBLE, train_tokens BIGINT, cost_usd DOUBLE""",
     "adapters": """
         version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
@@ -76,6 +79,7 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS output_tokens INTEGER DEFAULT 0",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS dataset_train_pairs INTEGER DEFAULT 0",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS run_id VARCHAR",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS sweep_configuration VARCHAR DEFAULT ''",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_nll DOUBLE",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_perplexity DOUBLE",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_rouge_l DOUBLE",
