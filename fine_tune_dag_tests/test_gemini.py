@@ -104,8 +104,7 @@ def test_the_rate_limit_holds_on_the_servers_clock():
     with GeminiStub() as stub:
         started = time.monotonic()
         client(stub, max_concurrency=8, requests_per_minute=4, rate_window_s=1.0).complete(requests(12))
-    # 10% of the window allowed for the network between the client's clock and the server's
-    assert stub.requests_per_window(0.9) <= 4
+    assert stub.requests_per_window(1.0) <= 4  # counted where it matters: on the server's clock
     assert time.monotonic() - started >= 2.0  # 12 requests at 4 per second need three windows
 
 

@@ -28,7 +28,7 @@ def test_requests_per_minute_are_paced_over_a_sliding_window():
     waits = []
     for at in (0.0, 10.0, 20.0, 20.0, 20.0):
         clock.now = max(clock.now, at)
-        waits.append(limit.acquire(1))
+        waits.append(limit.acquire(1).waited)
     assert waits[:3] == [0.0, 0.0, 0.0]
     assert waits[3] == pytest.approx(40.0)  # the first request leaves the window at t=60
     assert waits[4] == pytest.approx(10.0)  # the second at t=70
@@ -36,9 +36,17 @@ def test_requests_per_minute_are_paced_over_a_sliding_window():
 
 def test_tokens_per_minute_are_paced_too():
     limit, clock = limiter(rpm=100, tpm=250)
-    assert limit.acquire(100) == 0.0 and limit.acquire(100) == 0.0
-    assert limit.acquire(100) == pytest.approx(60.0)
-    assert limit.acquire(1000) == pytest.approx(60.0)  # larger than the budget: capped, waits for a clear window
+    assert limit.acquire(100).waited == 0.0 and limit.acquire(100).waited == 0.0
+    assert limit.acquire(100).waited == pytest.approx(60.0)
+    assert limit.acquire(1000).waited == pytest.approx(60.0)  # larger than the budget: capped, waits for a clear window
+
+
+def test_a_settled_slot_counts_from_its_answer():
+    limit, clock = limiter(rpm=1, tpm=10_000)
+    slot = limit.acquire(1)
+    clock.now = 5.0  # the answer took five seconds: the server may have seen the request at any point
+    limit.settle(slot)
+    assert limit.acquire(1).waited == pytest.approx(60.0)  # until t=65, not t=60
 
 
 def test_backoff_grows_with_jitter_and_honours_the_server_hint():

@@ -119,11 +119,12 @@ class GeminiLLM:
         policy = self.settings.retry
         failure = ""
         for attempt in range(1, policy.max_attempts + 1):
-            self._limiter.acquire(estimate)
+            slot = self._limiter.acquire(estimate)
             started = time.perf_counter()
             try:
                 response = self._client.models.generate_content(model=self.model_name, contents=contents, config=config)
             except Exception as error:  # noqa: BLE001 — classified just below; anything else is re-raised
+                self._limiter.settle(slot)
                 retryable, hint, reason = self._classify(error)
                 if not retryable:
                     failure = reason
@@ -134,6 +135,7 @@ class GeminiLLM:
                         delay = policy.delay(attempt, hint, self._rng)
                     time.sleep(delay)
                 continue
+            self._limiter.settle(slot)
             return _result(response, time.perf_counter() - started)
         # raised outside the handler: the SDK's exception (its request holds the key) is not chained
         raise GeminiError(f"Gemini {self.model_name} ({request.template}): {failure}")

@@ -9,13 +9,26 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 
+@dataclass
+class Slot:
+    """One request's place in the window; `settle` moves it to when the answer came back."""
+
+    sent_at: float
+    tokens: int
+    waited: float = 0.0
+
+
 class RateLimiter:
-    """A sliding window (one minute unless told) over requests and tokens; `acquire` blocks until both fit."""
+    """A sliding window (one minute unless told) over requests and tokens; `acquire` blocks until both fit.
+
+    A slot counts from the moment its answer arrives once settled: the server saw the request at some
+    point before that, so the server's own count over any window never exceeds the limit, whatever
+    the network delayed.
+    """
 
     def __init__(
         self,
@@ -30,34 +43,43 @@ class RateLimiter:
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self._clock, self._sleep, self.window_s = clock, sleep, window_s
-        self._sent: deque[tuple[float, int]] = deque()
+        self._slots: list[Slot] = []
         self._lock = threading.Lock()
 
-    def acquire(self, tokens: int) -> float:
-        """Reserve one request of `tokens` tokens (capped at the per-minute budget); returns seconds waited."""
+    def acquire(self, tokens: int) -> Slot:
+        """Reserve one request of `tokens` tokens (capped at the per-minute budget), waiting as needed."""
         tokens = min(max(tokens, 1), self.tokens_per_minute)
         waited = 0.0
         while True:
             with self._lock:
                 now = self._clock()
-                while self._sent and now - self._sent[0][0] >= self.window_s:
-                    self._sent.popleft()
-                used = sum(t for _, t in self._sent)
-                if len(self._sent) < self.requests_per_minute and used + tokens <= self.tokens_per_minute:
-                    self._sent.append((now, tokens))
-                    return waited
+                self._slots = sorted((s for s in self._slots if now - s.sent_at < self.window_s), key=_sent_at)
+                used = sum(s.tokens for s in self._slots)
+                if len(self._slots) < self.requests_per_minute and used + tokens <= self.tokens_per_minute:
+                    slot = Slot(now, tokens, waited)
+                    self._slots.append(slot)
+                    return slot
                 wait = self._wait_until_fits(now, tokens, used)
             self._sleep(wait)
             waited += wait
 
+    def settle(self, slot: Slot) -> None:
+        """The request behind `slot` is answered: count it from now."""
+        with self._lock:
+            slot.sent_at = self._clock()
+
     def _wait_until_fits(self, now: float, tokens: int, used: int) -> float:
         """Seconds until enough of the window's oldest entries expire for one more request of `tokens`."""
-        freed, need_requests = 0, len(self._sent) - self.requests_per_minute + 1
-        for count, (sent_at, sent_tokens) in enumerate(self._sent, start=1):
-            freed += sent_tokens
+        freed, need_requests = 0, len(self._slots) - self.requests_per_minute + 1
+        for count, slot in enumerate(self._slots, start=1):
+            freed += slot.tokens
             if count >= need_requests and used - freed + tokens <= self.tokens_per_minute:
-                return max(sent_at + self.window_s - now, 0.001)
+                return max(slot.sent_at + self.window_s - now, 0.001)
         return self.window_s
+
+
+def _sent_at(slot: Slot) -> float:
+    return slot.sent_at
 
 
 @dataclass(frozen=True)
