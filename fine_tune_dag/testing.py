@@ -123,6 +123,8 @@ class ScriptedLLM:
 
     @staticmethod
     def _answer(template: str, prompt: str) -> str:
+        if template == "pairwise_judge":
+            return "A"
         if template == "chunk_boundaries":
             count = len(re.findall(r"^\[\d+\]", prompt, re.MULTILINE))
             return "1 | opening\n" + (f"{count // 2 + 1} | later part" if count > 1 else "")

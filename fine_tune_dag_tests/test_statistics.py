@@ -38,3 +38,19 @@ def test_bootstrap_is_reproducible_by_seed_and_narrows_with_more_items():
     wide, narrow = bootstrap_mean(values, seed=1), bootstrap_mean(values * 25, seed=1)
     assert narrow.high - narrow.low < wide.high - wide.low
     assert bootstrap_mean([2.0, 2.0, 2.0]).low == bootstrap_mean([2.0, 2.0, 2.0]).high == 2.0
+
+
+def test_the_judge_sees_answers_in_seeded_random_order_and_verdicts_map_back():
+    import pandas as pd
+
+    from fine_tune_dag.core.evaluation import judge_requests, judged_outcomes
+
+    mine = pd.DataFrame({"question": ["q1", "q2", "q3", "q4"], "reference": ["r"] * 4, "generation": ["MINE"] * 4})
+    other = mine.assign(generation=["THEIRS"] * 4)
+    requests, flipped = judge_requests(mine, other, seed=1)
+    assert (requests, flipped) == judge_requests(mine, other, seed=1)
+    for request, flip in zip(requests, flipped):
+        prompt = request.messages[-1][1]
+        assert prompt.index("THEIRS" if flip else "MINE") < prompt.index("MINE" if flip else "THEIRS")
+    assert judged_outcomes(["A", "B", "Tie.", "no idea"], [False, False, True, True]) == [1.0, 0.0, 0.5]
+    assert judged_outcomes(["A", "B"], [True, True]) == [0.0, 1.0]

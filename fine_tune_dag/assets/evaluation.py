@@ -19,6 +19,7 @@ from fine_tune_dag.core.evaluation import (
     EvaluationSettings,
     best_prompt_conversations,
     compare_contenders,
+    judged_win_rates,
     pick_examples,
     summarize,
     win_rates,
@@ -31,6 +32,7 @@ from fine_tune_dag.core.report import write_report
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
+from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -54,6 +56,9 @@ class EvaluationConfig(dg.Config):
     device: str = "auto"
     dtype: str = "auto"
     seed: int = Field(default=0, description="few-shot examples and bootstrap resampling")
+    judge: str = Field(
+        default="auto", description="pairwise LLM judge: 'auto' (when the LLM is Gemini), 'llm', or 'metrics' only"
+    )
 
 
 def tracked_edge_cases(db: Warehouse, version: str) -> str:
@@ -77,6 +82,7 @@ def evaluate_adapter(
     paths: ProjectPaths,
     policy: AutomationPolicy,
     artifacts: ArtifactStoreResource,
+    llm: LLMResource,
 ) -> tuple[dict[str, dict[str, float]], dict]:
     """Evaluate one registered adapter against base, best-prompted base and champion; write and record
     its report. Returns the summary and the materialization metadata."""
@@ -120,6 +126,10 @@ def evaluate_adapter(
     results = compare_contenders(model, tokenizer, contenders, test["source"].tolist(), settings, log_progress)
     summary = {name: summarize(frame) for name, frame in results.items()}
     head_to_head = win_rates(results, "tuned", seed=config.seed)
+    if config.judge == "llm" or (config.judge == "auto" and llm.provider == "gemini"):
+        judge = llm.cached(db, context)
+        head_to_head += judged_win_rates(results, "tuned", judge.complete, seed=config.seed)
+        context.log.info(f"LLM judge: {judge.usage.calls} calls, {judge.usage.cache_hits} from cache")
     gate = judge_challenger(summary, policy.promotion())
     steps = pd.read_csv(Path(adapter.path) / "metrics.csv")
     facts = {
@@ -194,6 +204,7 @@ def eval_report(
     warehouse: WarehouseResource,
     policy: AutomationPolicy,
     artifacts: ArtifactStoreResource,
+    llm: LLMResource,
 ) -> dg.MaterializeResult:
     """NLL, perplexity, ROUGE-L, token F1, grounding and style for base, best-prompted base, champion and
     newcomer on the same items, with plots, win rates and edge cases."""
@@ -201,5 +212,5 @@ def eval_report(
     adapter = latest_adapter(db)
     if adapter is None:
         raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
-    _, metadata = evaluate_adapter(context, db, adapter, config, paths, policy, artifacts)
+    _, metadata = evaluate_adapter(context, db, adapter, config, paths, policy, artifacts, llm)
     return dg.MaterializeResult(metadata=metadata)

@@ -17,6 +17,7 @@ from fine_tune_dag.core.champion import judge_challenger
 from fine_tune_dag.core.registry import adapter_by_version, current_champion, evaluation_summary, promote
 from fine_tune_dag.core.sweep import leaderboard, leaderboard_markdown, load_sweep, sweep_settings
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
+from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
@@ -56,13 +57,14 @@ def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
         models: ModelsResource,
         artifacts: ArtifactStoreResource,
         policy: AutomationPolicy,
+        llm: LLMResource,
     ) -> dg.MaterializeResult:
         name = context.partition_key
         db = warehouse.get()
         settings = sweep_settings(configurations[name], config.base.settings())
         trained = train_and_register(context, settings, paths, db, models, artifacts, sweep_configuration=name)
         adapter = adapter_by_version(db, trained["version"])
-        summary, evaluated = evaluate_adapter(context, db, adapter, config.evaluation, paths, policy, artifacts)
+        summary, evaluated = evaluate_adapter(context, db, adapter, config.evaluation, paths, policy, artifacts, llm)
         tuned = summary["tuned"]
         row = {
             "configuration": name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -20,9 +21,11 @@ from peft import PeftModel
 
 from fine_tune_dag.core.chat import Message, render_prompt_ids, render_training_example
 from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.statistics import Interval, win_rate
+from fine_tune_dag.core.llm import LLMRequest
+from fine_tune_dag.core.statistics import Interval, bootstrap_mean, win_rate
 from fine_tune_dag.core.text_metrics import rouge_l_f1, style_distance, token_f1, unsupported_share, words
 from fine_tune_dag.core.training import answer_token_losses, collate
+from fine_tune_dag.prompts import load_prompt
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,61 @@ def win_rates(results: dict[str, pd.DataFrame], challenger: str, seed: int = 0) 
             )
         )
         rows.append((name, "overlap", win_rate(_overlap(mine), _overlap(other), seed=seed)))
+    return rows
+
+
+JUDGE_TEMPLATE = load_prompt("pairwise_judge")
+_VERDICT = re.compile(r"\b(A|B|tie)\b", re.IGNORECASE)
+
+
+def judge_requests(
+    mine: pd.DataFrame, other: pd.DataFrame, seed: int, max_new_tokens: int = 4
+) -> tuple[list[LLMRequest], list[bool]]:
+    """One pairwise question per item; the challenger's answer is A or B at random (seeded), so the
+    judge's preference for a position cannot pass for a preference for a model."""
+    rng = random.Random(seed)
+    flipped = [rng.random() < 0.5 for _ in range(len(mine))]
+    requests = [
+        LLMRequest.from_template(
+            JUDGE_TEMPLATE,
+            max_new_tokens,
+            question=question,
+            reference=reference,
+            answer_a=theirs if flip else own,
+            answer_b=own if flip else theirs,
+        )
+        for question, reference, own, theirs, flip in zip(
+            mine["question"], mine["reference"], mine["generation"], other["generation"], flipped
+        )
+    ]
+    return requests, flipped
+
+
+def judged_outcomes(verdicts: Sequence[str], flipped: Sequence[bool]) -> list[float]:
+    """1 when the challenger's answer was preferred, 0.5 for a tie; unreadable verdicts are left out."""
+    outcomes = []
+    for verdict, flip in zip(verdicts, flipped):
+        match = _VERDICT.search(verdict)
+        if match is None:
+            continue
+        choice = match.group(1).upper()
+        outcomes.append(0.5 if choice == "TIE" else float((choice == "A") != flip))
+    return outcomes
+
+
+def judged_win_rates(
+    results: dict[str, pd.DataFrame],
+    challenger: str,
+    complete: Callable[[list[LLMRequest]], list[str]],
+    seed: int = 0,
+) -> list[tuple[str, str, Interval]]:
+    """The challenger against every other contender as an LLM judge sees it, with bootstrap intervals."""
+    rows = []
+    for name, other in results.items():
+        if name == challenger:
+            continue
+        requests, flipped = judge_requests(results[challenger], other, seed)
+        rows.append((name, "LLM judge", bootstrap_mean(judged_outcomes(complete(requests), flipped), seed=seed)))
     return rows
 
 
