@@ -85,9 +85,11 @@ def print_latest_report(data_dir: Path) -> bool:
     report = Path(evaluation.report_path).resolve()
     print(f"\nReport: {report} (and {report.with_suffix('.html').name}, self-contained)")
     print(f"Adapter {evaluation.adapter_version} on {evaluation.test_examples} held-out items:")
-    print("  " + f"{'':<12}" + "".join(f"{name:>12}" for name in names))
-    for metric, label in METRIC_LABELS.items():
-        print("  " + f"{label.split(' (')[0]:<12}" + "".join(f"{summary[n][metric]:>12.3f}" for n in names))
+    labels = {metric: label.split(" (")[0] for metric, label in METRIC_LABELS.items()}
+    width = max(map(len, labels.values())) + 2
+    print("  " + " " * width + "".join(f"{name:>12}" for name in names))
+    for metric, label in labels.items():
+        print("  " + f"{label:<{width}}" + "".join(f"{summary[n][metric]:>12.3f}" for n in names))
     champion = current_champion(db)
     print(f"  champion: {'none yet' if champion is None else champion.version}")
     return True
