@@ -147,12 +147,18 @@ class ScriptedLLMResource(LLMResource):
 
 
 def scripted_definitions(
-    notes: Path, data: Path, base_model: Path, policy: AutomationPolicy | None = None
+    notes: Path, data: Path, base_model: Path, policy: AutomationPolicy | None = None, **options: str
 ) -> dg.Definitions:
-    """The project's graph over these folders, with the scripted LLM and a local base model."""
+    """The project's graph over these folders, with the scripted LLM and a local base model;
+    `options` go to `build_definitions` (sweep_file, executor, artifacts_url)."""
     paths = ProjectPaths(notes_dir=str(notes), data_dir=str(data))
     return build_definitions(
-        str(notes), str(data), base_model_ref=str(base_model), llm=ScriptedLLMResource(paths=paths), policy=policy
+        str(notes),
+        str(data),
+        base_model_ref=str(base_model),
+        llm=ScriptedLLMResource(paths=paths),
+        policy=policy,
+        **options,
     )
 
 

@@ -1,6 +1,8 @@
 """Sweeps: the YAML file is validated up front; two tiny configurations are trained and evaluated
 in-process, ranked on the leaderboard, and the winner promoted through the champion gate."""
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -9,14 +11,12 @@ from fine_tune_dag.core.registry import current_champion
 from fine_tune_dag.core.sweep import SweepFileError, load_sweep, sweep_settings
 from fine_tune_dag.core.training import TrainingSettings
 from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import ScriptedLLMResource, write_sample_notes
+from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 
 def test_the_shipped_sweep_file_is_valid_and_typos_are_named(tmp_path):
-    assert len(load_sweep(__import__("pathlib").Path("sweeps.yaml"))) >= 8
+    assert len(load_sweep(Path("sweeps.yaml"))) >= 8
     bad = tmp_path / "s.yaml"
     bad.write_text("configurations:\n  fast: {learning_rate: 1.0e-3, lora_rank: 4}\n")
     with pytest.raises(SweepFileError, match=r"s.yaml: configuration 'fast': unknown setting 'lora_rank'"):
@@ -36,14 +36,8 @@ def test_two_configurations_trained_ranked_and_the_winner_promoted(tmp_path, tin
     write_sample_notes(notes, 6)
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("configurations:\n  still: {learning_rate: 1.0e-9}\n  moving: {learning_rate: 5.0e-2}\n")
-    defs = build_definitions(
-        str(notes),
-        str(data),
-        base_model_ref=str(tiny_model_dir),
-        llm=ScriptedLLMResource(paths=ProjectPaths(notes_dir=str(notes), data_dir=str(data))),
-        policy=AutomationPolicy(min_nll_improvement=0.0, metric_tolerance=1.0),
-        sweep_file=str(sweep),
-    )
+    policy = AutomationPolicy(min_nll_improvement=0.0, metric_tolerance=1.0)
+    defs = scripted_definitions(notes, data, tiny_model_dir, policy, sweep_file=str(sweep))
     base = {"max_steps": 8, "batch_size": 4, "warmup_ratio": 0.0, "eval_fraction": 0.0, "dtype": "float32"}
     evaluation = {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}
     config = {

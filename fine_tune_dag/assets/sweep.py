@@ -103,10 +103,11 @@ def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
         winner = board.iloc[0]
         promotion = "not asked (promote_winner: false)"
         if config.promote_winner:
-            verdict = judge_challenger(evaluation_summary(db, winner.adapter_version), policy.promotion())
+            summary = evaluation_summary(db, winner.adapter_version)
+            verdict = judge_challenger(summary, policy.promotion())
             champion = current_champion(db)
             if verdict.passed:
-                previous_nll = evaluation_summary(db, winner.adapter_version).get("champion", {}).get("nll")
+                previous_nll = summary.get("champion", {}).get("nll")
                 promote(
                     db, winner.adapter_version, float(winner.nll), champion, previous_nll, verdict.text, context.run_id
                 )
