@@ -87,6 +87,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 _LOCK_MARKERS = ("lock", "Conflicting")
+_SCHEMA_READY: set[tuple[str, int]] = set()  # (database file, inode): a recreated file is set up again
 
 
 class Warehouse:
@@ -109,13 +110,21 @@ class Warehouse:
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
         try:
-            for table, columns in SCHEMA.items():
-                con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-            for statement in MIGRATIONS:
-                con.execute(statement)
+            self._ensure_schema(con)
             yield con
         finally:
             con.close()
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Tables and migrations once per database file and process, not on every short connection."""
+        key = (str(self.path.resolve()), self.path.stat().st_ino)
+        if key in _SCHEMA_READY:
+            return
+        for table, columns in SCHEMA.items():
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+        for statement in MIGRATIONS:
+            con.execute(statement)
+        _SCHEMA_READY.add(key)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         with self.connect() as con:
