@@ -174,6 +174,13 @@ def use_adapter(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_rejected(db: Warehouse) -> None:
+    rows = db.query("SELECT coalesce(path, note_id) AS file, reason, rejected_at FROM rejected_notes ORDER BY file")
+    for row in rows.itertuples():
+        print(f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)")
+    print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
+
+
 @dataclass
 class GraphRun:
     notes: list[str]
@@ -256,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--repo-id", required=True)
     push.add_argument("--adapter", default="champion", help=adapter_help)
     push.add_argument("--public", action="store_true", help="public repository (default: private)")
+    commands.add_parser("rejected", help="notes that could not be used, each with the reason")
     commands.add_parser("estimate", help="expected LLM calls, tokens and cost of the notes not yet synthesized")
     requests = commands.add_parser("requests", help="list and summarize the LLM request log")
     requests.add_argument("--template", help="only this prompt template")
@@ -277,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "requests":
         print_requests(Warehouse(args.data_dir / "warehouse.duckdb"), args)
+        return 0
+    if args.command == "rejected":
+        print_rejected(Warehouse(args.data_dir / "warehouse.duckdb"))
         return 0
     if args.command == "lineage":
         print(lineage_text(Warehouse(args.data_dir / "warehouse.duckdb")))

@@ -24,6 +24,7 @@ from fine_tune_dag.core.ingest import (
     discover_notes,
     find_note,
     is_ignored_note_file,
+    key_of_note,
     note_partition_key,
     parse_note,
 )
@@ -126,8 +127,20 @@ def test_partition_keys_are_unique_when_slugs_collide() -> None:
     assert {k.rsplit("-", 1)[0] for k in keys} == {"a-b-md"}
 
 
-def test_partition_key_ignores_unicode_normalisation_form() -> None:
-    assert note_partition_key("Cafe\u0301.md") == note_partition_key("Caf\u00e9.md")
+def test_names_in_two_normalisation_forms_are_two_notes(tmp_path: Path) -> None:
+    decomposed, composed = "Cafe\u0301.md", "Caf\u00e9.md"
+    assert note_partition_key(decomposed) != note_partition_key(composed)
+    (tmp_path / decomposed).write_text("decomposed", encoding="utf-8")
+    (tmp_path / composed).write_text("composed", encoding="utf-8")
+    found = discover_notes(tmp_path)
+    assert {p.read_text() for p in found.values()} == {"decomposed", "composed"}
+
+
+def test_a_taken_key_gives_the_second_file_a_twin_key() -> None:
+    key = note_partition_key("a.md")
+    twin = key_of_note("a.md", {key})
+    assert twin != key and twin.startswith("a-md-") and KEY_PATTERN.match(twin)
+    assert key_of_note("a.md", set()) == key
 
 
 # --- discovery ------------------------------------------------------------------------------
@@ -423,3 +436,10 @@ def test_note_parse_error_survives_pickling() -> None:
         "cannot be parsed as PDF: boom",
         "essays/x.pdf: cannot be parsed as PDF: boom",
     )
+
+
+def test_latin1_mistaken_for_baltic_by_charset_detection_is_read_as_western(tmp_path: Path) -> None:
+    path = tmp_path / "dessert.txt"
+    path.write_bytes("Crème brûlée at the café, déjà vu in the rain.\n".encode("latin-1") * 4)
+    note = parse_untouched(path, tmp_path)
+    assert note.encoding == "cp1252" and note.text.startswith("Crème brûlée at the café, déjà vu")

@@ -52,6 +52,27 @@ def kept_pairs(db: Warehouse, source: str, note_ids: list[str]) -> pd.DataFrame:
     )
 
 
+def trainable_notes(db: Warehouse, note_ids: list[str]) -> tuple[list[str], pd.DataFrame, dict[str, str]]:
+    """Registered notes that parse now, one per distinct content; plus the rejected and the copies.
+
+    A rejected note's rows from an earlier good version stay in the warehouse but out of training,
+    and a copy of another note would put the same pairs on both sides of the split.
+    """
+    rejected = db.query(
+        "SELECT note_id, path, reason FROM rejected_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY path",
+        [note_ids],
+    )
+    parsed = db.query(
+        "SELECT note_id, path, sha256 FROM raw_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[])) "
+        "AND note_id NOT IN (SELECT note_id FROM rejected_notes) ORDER BY path",
+        [note_ids],
+    )
+    first_path = parsed.drop_duplicates("sha256").set_index("sha256")["path"]
+    copies = parsed[parsed.duplicated("sha256")]
+    duplicates = {row.path: first_path[row.sha256] for row in copies.itertuples()}
+    return parsed[~parsed.duplicated("sha256")]["note_id"].tolist(), rejected, duplicates
+
+
 def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
     """Which note (file and content hash) gave how many pairs to which side of this dataset version: lineage."""
     from_notes = splits[splits["mode"].isin(MODES)]
@@ -85,7 +106,8 @@ def dataset_splits(
     unknown = set(config.sources) - set(SOURCES)
     if unknown:
         raise dg.Failure(description=f"unknown sources {sorted(unknown)}; choose from {SOURCES}", allow_retries=False)
-    kept = pd.concat([kept_pairs(db, source, note_ids) for source in config.sources], ignore_index=True)
+    trainable, rejected, duplicates = trainable_notes(db, note_ids)
+    kept = pd.concat([kept_pairs(db, source, trainable) for source in config.sources], ignore_index=True)
     splits = assign_splits(kept, config.test_fraction, config.system_prompt)
     tokenizer = load_tokenizer(models.resolve().path)
     rendered = [render_training_example(tokenizer, r["messages"]) for r in records_of(splits)]
@@ -122,6 +144,10 @@ def dataset_splits(
             "dagster/row_count": len(splits),
             **{k: v for k, v in summary.items() if k not in ("created_at", "train_path", "test_path")},
             "notes_excluded": dg.MetadataValue.json(excluded),
+            "notes_rejected": dg.MetadataValue.json(
+                dict(zip(rejected["path"].fillna(rejected["note_id"]), rejected["reason"]))
+            ),
+            "duplicate_notes": dg.MetadataValue.json(duplicates),
             "estimated_training_tokens": dg.MetadataValue.int(int(summary["train_tokens"] * TrainingSettings.epochs)),
             "answer_tokens": dg.MetadataValue.json(length_summary(splits["answer_tokens"].tolist())),
             "train_jsonl": dg.MetadataValue.path(str(files["train"])),

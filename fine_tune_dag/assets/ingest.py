@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -9,9 +10,36 @@ import pandas as pd
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.estimate import History, estimate_note
 from fine_tune_dag.core.ingest import NoteParseError, find_note, parse_note
+from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.watch import file_sha256
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
+
+
+def reject_note(
+    db: Warehouse, note_id: str, relative: str | None, reason: str, run_id: str, path: Path | None = None
+) -> None:
+    """One row per rejected note, replaced on each attempt and removed once the note parses.
+
+    Links are not followed for the size and hash: they may lead out of the notes folder.
+    """
+    try:
+        size, digest = (
+            (path.lstat().st_size, None if path.is_symlink() else file_sha256(path)) if path else (None, None)
+        )
+    except OSError:
+        size, digest = None, None
+    row = {
+        "note_id": note_id,
+        "path": relative,
+        "reason": reason,
+        "size_bytes": size,
+        "sha256": digest,
+        "rejected_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "run_id": run_id,
+    }
+    db.insert_rows("rejected_notes", pd.DataFrame([row]))
 
 
 @dg.asset(
@@ -26,13 +54,18 @@ def raw_notes(
 ) -> dg.MaterializeResult:
     """The note file parsed to text (Markdown, text, PDF or DOCX) with its title, format and hash."""
     note_id = context.partition_key
+    db = warehouse.get()
+    path: Path | None = None
     try:
-        note = parse_note(find_note(paths.notes, note_id), paths.notes)
+        path = find_note(paths.notes, note_id)
+        note = parse_note(path, paths.notes)
     except NoteParseError as error:
+        reject_note(db, note_id, error.path, error.reason, context.run_id, path)
         raise dg.Failure(
             description=str(error), metadata={"file": error.path, "reason": error.reason}, allow_retries=False
         ) from error
-    except (KeyError, FileNotFoundError) as error:
+    except FileNotFoundError as error:
+        reject_note(db, note_id, None, str(error), context.run_id)
         raise dg.Failure(description=str(error), allow_retries=False) from error
     row = {
         "note_id": note.note_id,
@@ -46,8 +79,8 @@ def raw_notes(
         "char_count": note.char_count,
         "parsed_at": datetime.now(timezone.utc).replace(tzinfo=None),
     }
-    db = warehouse.get()
     db.replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note_id})
+    db.execute("DELETE FROM rejected_notes WHERE note_id = ?", [note_id])
     history = History.from_warehouse(db, llm.provider)
     expected = estimate_note(note_id, note.text, note.title, history, llm.model, llm.price_table())
     return dg.MaterializeResult(

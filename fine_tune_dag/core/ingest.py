@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import date, time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import docx
 import yaml
@@ -34,6 +34,10 @@ NOTE_FORMATS: dict[str, str] = {
 }
 
 _KEY_SLUG_CHARS = 48
+# A note is one document, not a corpus: bigger files are refused with a reason instead of costing
+# thousands of LLM calls (characters) or the worker's memory (bytes).
+MAX_NOTE_BYTES = 256 * 1024 * 1024
+MAX_NOTE_CHARS = 2_000_000
 _TITLE_MAX_CHARS = 80
 _IGNORED_SUFFIXES = (".swp", ".tmp", "~")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*(?:\n|\Z)", re.DOTALL | re.MULTILINE)
@@ -43,9 +47,10 @@ _DOCX_HEADING_STYLE = re.compile(r"Heading ([1-9])")
 _SENTENCE_END = re.compile(r"[.!?:;…][\"'”’)\]]*$")
 _HYPHENATED = re.compile(r"[^\W\d_]-$")
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
-# Short notes are ambiguous to charset detection; among equally good guesses prefer the
-# legacy encoding Western notes are overwhelmingly written in.
+# Short notes are ambiguous to charset detection; among nearly as good guesses prefer the
+# legacy encodings Western notes are overwhelmingly written in.
 _PREFERRED_LEGACY_ENCODINGS = ("cp1252", "latin_1")
+_PREFERRED_ENCODING_CHAOS_MARGIN = 0.15
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # Unicode Cc, less whitespace
 _CONTROL_CHAR_SHARE = 0.02
 # Reflow thresholds, as fractions of the typical (90th percentile) PDF line length in characters
@@ -92,13 +97,24 @@ class _Extraction:
     encoding: str | None = None
 
 
-def note_partition_key(relative_path: str) -> str:
-    """A readable slug plus a path hash: valid as a Dagster key, stable, and unique per file."""
-    normalized = unicodedata.normalize("NFC", relative_path)  # macOS reports decomposed names
-    ascii_path = unicodedata.normalize("NFKD", normalized).encode("ascii", "ignore").decode("ascii")
+def note_partition_key(relative_path: str, twin: bool = False) -> str:
+    """A readable slug plus a hash of the exact path: valid as a Dagster key, stable, unique per file.
+
+    Two names that differ only in Unicode normalization form are two files on Linux, so the exact
+    name is hashed. `twin` is for the rare file whose key is already taken by another path (same
+    slug, same 32-bit hash): it hashes a salted name instead, so both keep a partition of their own.
+    """
+    ascii_path = unicodedata.normalize("NFKD", relative_path).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_path.lower()).strip("-")[:_KEY_SLUG_CHARS].strip("-")
-    digest = hashlib.sha1(normalized.encode("utf-8")).hexdigest()[:8]
+    hashed = f"twin:{relative_path}" if twin else relative_path
+    digest = hashlib.sha1(hashed.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{slug or 'note'}-{digest}"
+
+
+def key_of_note(relative_path: str, taken: Collection[str]) -> str:
+    """The key `discover_notes` gives this file when the keys in `taken` belong to other files."""
+    key = note_partition_key(relative_path)
+    return note_partition_key(relative_path, twin=True) if key in taken else key
 
 
 def is_ignored_note_file(name: str) -> bool:
@@ -120,11 +136,7 @@ def discover_notes(notes_dir: Path) -> dict[str, Path]:
             path = Path(dirpath) / name
             if is_ignored_note_file(name) or path.suffix.lower() not in NOTE_FORMATS:
                 continue
-            relative = path.relative_to(root).as_posix()
-            key = note_partition_key(relative)
-            if key in notes:
-                raise ValueError(f"partition key {key} is shared by {notes[key]} and {path}: rename one")
-            notes[key] = path
+            notes[key_of_note(path.relative_to(root).as_posix(), notes)] = path
     return notes
 
 
@@ -145,11 +157,17 @@ def parse_note(path: Path, notes_dir: Path) -> ParsedNote:
     if note_format is None:
         supported = ", ".join(NOTE_FORMATS)
         raise NoteParseError(relative, f"unsupported file type '{path.suffix}' (supported: {supported})")
-    data = path.read_bytes()
+    data = _read_inside(path, notes_dir, relative)
     extraction = _EXTRACTORS[note_format](data, relative)
     text = _LEADING_BLANK_LINES.sub("", extraction.text).rstrip()
     if not text:
         raise NoteParseError(relative, "empty note (no text after parsing)")
+    if len(text) > MAX_NOTE_CHARS:
+        reason = (
+            f"too long: {len(text):,} characters after parsing, the limit for one note is {MAX_NOTE_CHARS:,} "
+            "(split it into smaller notes)"
+        )
+        raise NoteParseError(relative, reason)
     title = extraction.title
     if title is None and note_format in ("text", "pdf"):
         title = _first_line_title(text)
@@ -163,6 +181,25 @@ def parse_note(path: Path, notes_dir: Path) -> ParsedNote:
         sha256=hashlib.sha256(data).hexdigest(),
         encoding=extraction.encoding,
     )
+
+
+def _read_inside(path: Path, notes_dir: Path, relative: str) -> bytes:
+    """The file's bytes, if it is a readable file of sane size that lives in the notes folder.
+
+    A link may point elsewhere inside the folder, never outside it: the folder is what the author
+    chose to train on.
+    """
+    try:
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(os.path.realpath(notes_dir)):
+            raise NoteParseError(relative, f"is a link to a file outside the notes folder ({real}); not read")
+        size = path.stat().st_size
+        if size > MAX_NOTE_BYTES:
+            limit = MAX_NOTE_BYTES // (1024 * 1024)
+            raise NoteParseError(relative, f"too large: {size / 1024**2:,.0f} MiB, the limit is {limit} MiB; not read")
+        return path.read_bytes()
+    except OSError as error:
+        raise NoteParseError(relative, f"cannot be read: {error.strerror or _describe(error)}") from error
 
 
 def _describe(error: Exception) -> str:
@@ -221,13 +258,17 @@ def _decode(data: bytes, relative: str) -> tuple[str, str]:
 
 
 def _detect_legacy_encoding(data: bytes, relative: str) -> tuple[str, str]:
+    """Charset detection is unreliable on short notes; a Western guess close to the best one wins."""
     matches = list(from_bytes(data))
     if not matches:
         raise NoteParseError(relative, "looks like binary data, not text (no plausible encoding)")
     best = min(matches, key=lambda m: (m.chaos, -m.coherence))
-    tied = [m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
-    preferred = [m for m in tied if m.encoding in _PREFERRED_LEGACY_ENCODINGS]
-    chosen = preferred[0] if preferred else best
+    preferred = [
+        m
+        for m in matches
+        if m.encoding in _PREFERRED_LEGACY_ENCODINGS and m.chaos <= best.chaos + _PREFERRED_ENCODING_CHAOS_MARGIN
+    ]
+    chosen = min(preferred, key=lambda m: _PREFERRED_LEGACY_ENCODINGS.index(m.encoding)) if preferred else best
     return str(chosen), chosen.encoding
 
 

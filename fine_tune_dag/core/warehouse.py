@@ -19,6 +19,9 @@ SCHEMA: dict[str, str] = {
     "raw_notes": """
         note_id VARCHAR PRIMARY KEY, path VARCHAR, title VARCHAR, format VARCHAR, text VARCHAR,
         metadata VARCHAR, sha256 VARCHAR, encoding VARCHAR, char_count INTEGER, parsed_at TIMESTAMP""",
+    "rejected_notes": """
+        note_id VARCHAR PRIMARY KEY, path VARCHAR, reason VARCHAR, size_bytes BIGINT, sha256 VARCHAR,
+        rejected_at TIMESTAMP, run_id VARCHAR""",
     "passages": """
         note_id VARCHAR, passage_index INTEGER, start_char INTEGER, end_char INTEGER, text VARCHAR,
         topic VARCHAR, strategy VARCHAR, char_count INTEGER, PRIMARY KEY (note_id, passage_index)""",

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fine_tune_dag.core.ingest import discover_notes, note_partition_key
+from fine_tune_dag.core.ingest import discover_notes, key_of_note
 
 _HASH_CHUNK = 1 << 20
 
@@ -97,12 +97,16 @@ def scan_notes(
     deferred = hashed = 0
     present: set[str] = set()
     root = notes_dir.absolute()
-    for note_id, path in discover_notes(notes_dir).items():
+    notes = discover_notes(notes_dir)
+    for note_id, path in notes.items():
         relative = path.relative_to(root).as_posix()
         try:
             stat = path.stat()
-        except OSError:  # vanished or a dangling link since the listing: gone for this tick
-            continue
+        except OSError:
+            try:
+                stat = path.lstat()  # a link that leads nowhere readable (loop, dangling): raw_notes says why
+            except OSError:  # vanished since the listing: gone for this tick
+                continue
         present.add(relative)
         seen = FileState(stat.st_size, stat.st_mtime_ns)
         before = previous.known.get(relative)
@@ -129,7 +133,7 @@ def scan_notes(
         elif before.sha256 != digest:
             changed.append(NoteChange(note_id, relative, digest))
     deleted = [
-        NoteChange(note_partition_key(relative), relative, state.sha256)
+        NoteChange(key_of_note(relative, notes), relative, state.sha256)
         for relative, state in previous.known.items()
         if relative not in present
     ]
