@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui clean
+.PHONY: install browser demo test ui clean
 
 install: $(STAMP)
 
@@ -25,7 +25,19 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/fine-tune-dag demo
 
-test: install
+# Headless Chromium for the browser tests, from Debian packages (no browser downloads by Python tools).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		true; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "WARNING: no apt-get: install Chromium and ChromeDriver at /usr/bin; the browser tests will be skipped" >&2; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "WARNING: not root: run 'sudo make browser' (apt: chromium chromium-driver); the browser tests will be skipped" >&2; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: install browser
 	$(BIN)/python -m pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import shutil
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
 
@@ -50,6 +51,9 @@ class TrainingConfig(dg.Config):
     early_stopping_patience: int = Field(
         default=_DEFAULTS.early_stopping_patience, description="evaluations without gain before stopping; 0: off"
     )
+    checkpoint_steps: int = Field(
+        default=_DEFAULTS.checkpoint_steps, description="save resumable state every n steps; 0: never"
+    )
 
     def settings(self) -> TrainingSettings:
         values = {f.name: getattr(self, f.name) for f in fields(TrainingSettings) if hasattr(self, f.name)}
@@ -84,7 +88,16 @@ def train_and_register(
             f"({metrics['elapsed_s']:.0f}s)"
         )
 
-    run = train_lora(resolved.path, [r["messages"] for r in records_of(train)], settings, on_log=log_step)
+    # keyed by everything that shapes the run, so only the same training is ever resumed
+    checkpoints = (
+        paths.adapters
+        / ".checkpoints"
+        / fingerprint({"dataset_version": data_version, "base_model": resolved.reference, "settings": asdict(settings)})
+    )
+    if checkpoints.exists():
+        context.log.info(f"resuming an interrupted training from its checkpoint in {checkpoints}")
+    conversations = [r["messages"] for r in records_of(train)]
+    run = train_lora(resolved.path, conversations, settings, on_log=log_step, checkpoint_dir=checkpoints)
     version = next_adapter_version(paths.adapters, data_version)
     provenance = {
         "base_model": resolved.reference,
@@ -92,6 +105,7 @@ def train_and_register(
         "dataset_version": data_version,
     }
     folder = save_adapter(run, paths.adapters, version, provenance)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     steps = pd.DataFrame(run.steps)
     loss_curve = plot_loss_curve(steps, folder / "loss_curve.png")
     published = artifacts.get().publish(folder, f"adapters/{version}")
@@ -133,6 +147,7 @@ def train_and_register(
         "held_out_examples": run.eval_examples,
         "best_eval_loss": run.best_eval_loss if run.eval_examples else "n/a",
         "stopped_early_at_step": run.stopped_early_at or "no",
+        "resumed_from_step": run.resumed_from_step,
         "dropped_too_long": run.dropped_too_long,
         "optimizer_steps": int(steps["step"].iloc[-1]),
         "first_loss": float(steps["loss"].iloc[0]),

@@ -181,20 +181,29 @@ class CachedLLM:
         hits = [i for i, a in enumerate(answers) if a is not None]
         self.usage.cache_hits += len(hits)
         self._log([(keys[i], requests[i], answers[i]) for i in hits], cache_hit=True)
-        missing = [i for i, a in enumerate(answers) if a is None]
+        # the same request twice in one batch is bought once; its copies are logged as hits
+        repeats: dict[str, list[int]] = {}
+        for i, answer in enumerate(answers):
+            if answer is None:
+                repeats.setdefault(keys[i], []).append(i)
+        missing = [indexes[0] for indexes in repeats.values()]
         if on_progress is not None and hits:
             on_progress(len(hits))
         for start in range(0, len(missing), self.chunk_size):
             chunk = missing[start : start + self.chunk_size]
             outputs = self.client.complete([requests[i] for i in chunk])
             self.usage.calls += len(chunk)
+            copies = [j for i in chunk for j in repeats[keys[i]][1:]]
             for i, output in zip(chunk, outputs):
-                answers[i] = output
+                for j in repeats[keys[i]]:
+                    answers[j] = output
             entries = [(keys[i], requests[i], answers[i]) for i in chunk]
             self._store(entries)
             self._log(entries, cache_hit=False)
+            self.usage.cache_hits += len(copies)
+            self._log([(keys[j], requests[j], answers[j]) for j in copies], cache_hit=True)
             if on_progress is not None:
-                on_progress(len(chunk))
+                on_progress(len(chunk) + len(copies))
         return [a.text if a is not None else "" for a in answers]
 
     def _lookup(self, keys: list[str]) -> dict[str, LLMResult]:

@@ -49,6 +49,7 @@ class TrainingSettings:
     eval_fraction: float = 0.1  # share of the train split held out to watch overfitting (0: none)
     eval_steps: int = 0  # evaluate every n optimizer steps; 0: once an epoch (and always at the end)
     early_stopping_patience: int = 0  # stop after n evaluations without a better eval loss; 0: never
+    checkpoint_steps: int = 25  # save resumable state every n optimizer steps (when given a folder); 0: never
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrainingRun:
     seconds: float = 0.0
     stopped_early_at: int = 0  # the step early stopping ended training at; 0 when it ran to the end
     best_eval_loss: float = float("inf")
+    resumed_from_step: int = 0  # the checkpoint's step when an interrupted run was picked up; 0: fresh start
 
     @property
     def tokens_per_second(self) -> float:
@@ -182,8 +184,13 @@ def train_lora(
     conversations: Sequence[Sequence[Message]],
     settings: TrainingSettings,
     on_log: Callable[[dict[str, float], int], None] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainingRun:
-    """Train a LoRA adapter on chat conversations; `on_log(metrics, total_steps)` reports progress."""
+    """Train a LoRA adapter on chat conversations; `on_log(metrics, total_steps)` reports progress.
+
+    With `checkpoint_dir`, the whole loop state is saved every `checkpoint_steps` steps and a killed
+    run (a preempted GPU, an out-of-memory kill) continues from the last one on the same inputs.
+    """
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     device = select_device(settings.device)
@@ -219,20 +226,19 @@ def train_lora(
         eval_examples=len(held_out),
     )
     eval_every = settings.eval_steps if settings.eval_steps > 0 else steps_per_epoch
-    best_state: dict[str, torch.Tensor] | None = None
-    evaluations_without_gain = 0
+    loop = _LoopState()
+    if checkpoint_dir is not None and (checkpoint_dir / _CHECKPOINT_FILE).exists():
+        loop = _resume(checkpoint_dir / _CHECKPOINT_FILE, model, optimizer, scheduler, run)
     lengths = [len(e.input_ids) for e in examples]
-    micro_batches: list[list[int]] = []
-    epoch = 0
-    started = time.perf_counter()
-    for step in range(1, total_steps + 1):
+    started = time.perf_counter() - loop.elapsed_s
+    for step in range(loop.step + 1, total_steps + 1):
         window = {"nll": 0.0, "tokens": 0, "correct": 0}
-        while len(micro_batches) < settings.gradient_accumulation_steps:
-            micro_batches += length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)
-            epoch += 1
-        current, micro_batches = (
-            micro_batches[: settings.gradient_accumulation_steps],
-            micro_batches[settings.gradient_accumulation_steps :],
+        while len(loop.micro_batches) < settings.gradient_accumulation_steps:
+            loop.micro_batches += length_grouped_batches(lengths, settings.batch_size, settings.seed + loop.epoch)
+            loop.epoch += 1
+        current, loop.micro_batches = (
+            loop.micro_batches[: settings.gradient_accumulation_steps],
+            loop.micro_batches[settings.gradient_accumulation_steps :],
         )
         batches = [collate([examples[i] for i in rows], tokenizer.pad_token_id) for rows in current]
         answer_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
@@ -263,22 +269,73 @@ def train_lora(
                 model, held_out, settings.batch_size, tokenizer.pad_token_id
             )
             if metrics["eval_loss"] < run.best_eval_loss:  # a NaN loss (diverged) never counts as better
-                run.best_eval_loss, evaluations_without_gain = metrics["eval_loss"], 0
+                run.best_eval_loss, loop.evaluations_without_gain = metrics["eval_loss"], 0
                 if settings.early_stopping_patience:
-                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                    loop.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             else:
-                evaluations_without_gain += 1
+                loop.evaluations_without_gain += 1
         run.steps.append(metrics)
         if on_log is not None and (step % settings.logging_steps == 0 or step == total_steps):
             on_log(metrics, total_steps)
-        if settings.early_stopping_patience and evaluations_without_gain >= settings.early_stopping_patience:
+        if settings.early_stopping_patience and loop.evaluations_without_gain >= settings.early_stopping_patience:
             run.stopped_early_at = step
             break
-    if best_state is not None and run.stopped_early_at:
-        model.load_state_dict(best_state, strict=False)  # the adapter as it was at its best eval loss
+        if checkpoint_dir is not None and settings.checkpoint_steps and step % settings.checkpoint_steps == 0:
+            loop.step, loop.elapsed_s = step, time.perf_counter() - started
+            _save_checkpoint(checkpoint_dir / _CHECKPOINT_FILE, loop, model, optimizer, scheduler, run)
+    if loop.best_state is not None and run.stopped_early_at:
+        model.load_state_dict(loop.best_state, strict=False)  # the adapter as it was at its best eval loss
     run.seconds = time.perf_counter() - started
     model.eval()
     return run
+
+
+_CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class _LoopState:
+    """What the loop carries from step to step, beyond the model, optimizer and scheduler."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_batches: list[list[int]] = field(default_factory=list)
+    evaluations_without_gain: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    elapsed_s: float = 0.0
+
+
+def _save_checkpoint(
+    path: Path, loop: _LoopState, model: PeftModel, optimizer: Any, scheduler: Any, run: TrainingRun
+) -> None:
+    """Written beside and renamed over the last one, so a kill mid-write leaves the previous intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "loop": asdict(loop),
+        "adapter": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "steps": run.steps,
+        "tokens": run.tokens,
+        "best_eval_loss": run.best_eval_loss,
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+    }
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _resume(path: Path, model: PeftModel, optimizer: Any, scheduler: Any, run: TrainingRun) -> _LoopState:
+    state = torch.load(path, weights_only=False)  # our own file, written by `_save_checkpoint`
+    model.load_state_dict(state["adapter"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    run.steps, run.tokens, run.best_eval_loss = state["steps"], state["tokens"], state["best_eval_loss"]
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    loop = _LoopState(**state["loop"])
+    run.resumed_from_step = loop.step
+    return loop
 
 
 def next_adapter_version(adapters_dir: Path, dataset_version: str) -> str:
@@ -298,24 +355,28 @@ def save_adapter(run: TrainingRun, adapters_dir: Path, version: str, provenance:
     tmp = adapters_dir / f"{version}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    run.model.save_pretrained(tmp)
-    run.tokenizer.save_pretrained(tmp)
-    config = {
-        "version": version,
-        "settings": asdict(run.settings),
-        "device": run.device,
-        "dtype": run.dtype,
-        "examples": run.examples,
-        "dropped_too_long": run.dropped_too_long,
-        "tokens": run.tokens,
-        "seconds": round(run.seconds, 2),
-        **provenance,
-    }
-    (tmp / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
-    with (tmp / "metrics.csv").open("w", newline="") as handle:
-        columns = list(dict.fromkeys(key for step in run.steps for key in step)) or ["step"]  # eval columns join late
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(run.steps)
+    try:
+        run.model.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
+        config = {
+            "version": version,
+            "settings": asdict(run.settings),
+            "device": run.device,
+            "dtype": run.dtype,
+            "examples": run.examples,
+            "dropped_too_long": run.dropped_too_long,
+            "tokens": run.tokens,
+            "seconds": round(run.seconds, 2),
+            **provenance,
+        }
+        (tmp / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
+        with (tmp / "metrics.csv").open("w", newline="") as handle:
+            columns = list(dict.fromkeys(key for step in run.steps for key in step)) or ["step"]  # eval columns join late
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(run.steps)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     tmp.rename(final)
     return final
