@@ -371,7 +371,8 @@ def save_adapter(run: TrainingRun, adapters_dir: Path, version: str, provenance:
         }
         (tmp / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
         with (tmp / "metrics.csv").open("w", newline="") as handle:
-            columns = list(dict.fromkeys(key for step in run.steps for key in step)) or ["step"]  # eval columns join late
+            # eval columns join late, so the header is the union of every step's keys
+            columns = list(dict.fromkeys(key for step in run.steps for key in step)) or ["step"]
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(run.steps)
