@@ -212,3 +212,16 @@ def test_a_note_deleted_between_tick_and_run_fails_alone_and_is_listed(settled):
     assert "no note file for partition key" in failure.step_failure_data.error.message
     row = db.query("SELECT reason FROM rejected_notes WHERE note_id = ?", [key])
     assert "was it deleted or renamed" in row["reason"].iloc[0]
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "/etc/hostname", "..", "note-00-md-00000000"])
+def test_a_partition_key_that_names_no_note_file_reads_nothing(settled, key):
+    """Keys only ever name files the folder walk found: a crafted key cannot reach outside it."""
+    daemon = settled.daemon
+    daemon.instance.add_dynamic_partitions("notes", [key])
+    job = daemon.defs.resolve_job_def("notes_job")
+    result = job.execute_in_process(instance=daemon.instance, partition_key=key, raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert f"no note file for partition key '{key}'" in failure.step_failure_data.error.message
+    assert settled.db.query("SELECT count(*) AS n FROM raw_notes WHERE note_id = ?", [key])["n"].iloc[0] == 0

@@ -3,6 +3,7 @@ with retry hints, 5xx, timeouts, malformed/blocked/empty answers, the concurrenc
 rate limit measured from the stub's own timestamps, and the key never leaking."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -161,6 +162,9 @@ def test_the_whole_graph_on_gemini_logs_every_call_and_leaks_no_key(tmp_path, ti
             )
         ]
         logs = [str(entry) for run_record in instance.get_runs() for entry in instance.all_logs(run_record.run_id)]
+        # the instance's own storage too: run and event databases, compute logs
+        stored = [path for path in Path(instance.root_directory).rglob("*") if path.is_file()]
+        assert stored and not [path for path in stored if KEY.encode() in path.read_bytes()]
     db = Warehouse(data / "warehouse.duckdb")
     log = db.query("SELECT * FROM llm_requests")
     assert (log["provider"] == "gemini").all() and (~log["cache_hit"]).sum() == calls

@@ -85,3 +85,9 @@ def test_ui_shows_every_asset_with_its_group(webserver):
     assert set(groups) == EXPECTED
     assert groups["raw_notes"] == "ingest" and groups["qa_pairs"] == "dataset"
     assert groups["lora_adapter"] == "training" and groups["eval_report"] == "evaluation"
+
+
+def test_make_ui_listens_on_loopback_only():
+    recipe = subprocess.run(["make", "-n", "ui"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    command = next(line for line in recipe.splitlines() if "dagster dev" in line)
+    assert "-h 127.0.0.1" in command and "0.0.0.0" not in recipe
