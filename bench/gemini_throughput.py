@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from results import Row, add_json_argument, report
+
 from fine_tune_dag.core.gemini import GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm import LLMRequest
 from fine_tune_dag.core.ratelimit import RetryPolicy
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3, help="server latency per call, seconds")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--fail-share", type=float, default=0.2, help="share of calls answered 429")
+    add_json_argument(parser)
     args = parser.parse_args()
     ideal = args.calls * args.latency / args.concurrency
     clean, clean_requests = run(args.calls, args.latency, args.concurrency)
@@ -58,6 +61,7 @@ def main() -> None:
         f"concurrency {args.concurrency}; ideal {ideal:.2f} s\n"
     )
     print(f"{'':<28}{'wall (s)':>10}{'requests':>10}{'wall / ideal':>14}{'wall / floor':>14}")
+    rows = []
     for label, wall, made in (
         ("all answered", clean, clean_requests),
         (f"{args.fail_share:.0%} answered 429 first", stormy, stormy_requests),
@@ -65,6 +69,9 @@ def main() -> None:
         # the floor: every request made, plus the server's retry hint before each retry, spread over the workers
         floor = (made * args.latency + (made - args.calls) * args.latency) / args.concurrency
         print(f"{label:<28}{wall:>10.2f}{made:>10}{wall / ideal:>13.2f}×{wall / floor:>13.2f}×")
+        rows.append(Row("gemini", f"wall, {label} (floor vs ours)", wall, floor, floor / wall, "s"))
+    print()
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from results import Row, add_json_argument, report
 
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.testing import (
@@ -56,6 +57,7 @@ def measure(daemon: LocalDaemon) -> Measured:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notes", type=int, default=50, help="notes materialized before one is added")
+    add_json_argument(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -70,10 +72,12 @@ def main() -> None:
             write_sample_notes(root / "rebuild-notes", args.notes + 1)
             full = measure(graph_over(root / "rebuild-notes", root / "rebuild-data", model, instance))
     print(f"incremental update: {args.notes} notes materialized ({initial.seconds:.1f} s), then one added\n")
-    print(f"{'':<16}{'full rebuild':>14}{'incremental':>14}{'ratio':>10}")
-    for label, attribute in (("LLM calls", "llm_calls"), ("runs", "runs"), ("wall time (s)", "seconds")):
-        a, b = getattr(full, attribute), getattr(incremental, attribute)
-        print(f"{label:<16}{a:>14.1f}{b:>14.1f}{a / max(b, 1e-9):>9.1f}×")
+    rows = [
+        Row("incremental", f"{label}, one note added (ours vs full rebuild)", b, a, a / max(b, 1e-9))
+        for label, attribute in (("LLM calls", "llm_calls"), ("runs", "runs"), ("wall time (s)", "seconds"))
+        for a, b in [(getattr(full, attribute), getattr(incremental, attribute))]
+    ]
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""The one shape every benchmark reports in, so `make bench` can put them all in one table.
+
+A benchmark measures the project against the obvious alternative side by side in one run and
+reports rows: what was measured, both figures, their ratio (higher is better for the project),
+and the target when the issue set one. `--json PATH` writes the rows for `bench/run_all.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class Row:
+    benchmark: str  # the script's subject, e.g. "training"
+    metric: str  # e.g. "tokens/s (ours vs TRL SFTTrainer)"
+    project: float
+    baseline: float | None  # None: a figure with nothing to compare against (wall time of the demo)
+    ratio: float | None  # > 1: the project is ahead
+    unit: str = ""
+    target: float | None = None  # the ratio the project must reach, when there is one
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None or self.ratio is None else self.ratio >= self.target
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", type=Path, help="also write the result rows here (for bench/run_all.py)")
+
+
+def report(rows: list[Row], json_path: Path | None) -> None:
+    """Print the rows as a table and, when asked, write them as JSON."""
+    print(format_table(rows))
+    if json_path is not None:
+        json_path.write_text(json.dumps([{**asdict(r), "met": r.met} for r in rows], indent=2))
+
+
+def format_table(rows: list[Row]) -> str:
+    header = f"{'benchmark':<14}{'metric':<52}{'project':>12}{'baseline':>12}{'ratio':>9}  target"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        target = "" if r.target is None else f"≥{r.target:g}× {'met' if r.met else 'MISSED'}"
+        baseline = "—" if r.baseline is None else f"{r.baseline:.4g}"
+        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}×"
+        lines.append(
+            f"{r.benchmark:<14}{(r.metric + (f' [{r.unit}]' if r.unit else '')):<52}"
+            f"{r.project:>12.4g}{baseline:>12}{ratio:>9}  {target}"
+        )
+    return "\n".join(lines)
+
+
+def peak_rss_mib(children: bool = False) -> float:
+    """Peak resident memory of this process (or of its finished children) so far, in MiB."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
+
+
+def machine() -> str:
+    """Where the figures came from, for RESULTS.md."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
