@@ -29,7 +29,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "evaluation": (["--items", "200"], ["--items", "32"]),
     "incremental": (["--notes", "50"], ["--notes", "10"]),
     "gemini_throughput": (["--calls", "200", "--latency", "0.3"], ["--calls", "40", "--latency", "0.1"]),
-    "load": (["--notes", "200"], ["--notes", "20"]),
+    "load": (["--notes", "200"], ["--notes", "30"]),  # under 25 notes no note lands in the test split
     "demo": ([], []),
 }
 
