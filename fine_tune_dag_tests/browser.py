@@ -6,7 +6,6 @@ browser; `make browser` installs both from Debian packages.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
+
+from fine_tune_dag_tests.test_webserver import graphql
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -85,13 +86,7 @@ class DagsterUI:
         return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else "(no log)"
 
     def graphql(self, query: str) -> dict:
-        request = urllib.request.Request(
-            f"{self.url}/graphql",
-            data=json.dumps({"query": query}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+        return graphql(self.port, query)
 
 
 def _stop_group(process: subprocess.Popen) -> None:
