@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install browser demo test ui clean
+.PHONY: install browser demo test ui bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ test: install browser
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The benchmarks' extra dependencies (TRL) are installed only when missing, then every benchmark runs.
+bench: install
+	$(BIN)/python -c "import trl" 2>/dev/null || $(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/adapters data/reports data/exports $(DAGSTER_HOME)

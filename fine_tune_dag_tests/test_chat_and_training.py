@@ -1,5 +1,6 @@
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -176,3 +177,40 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model_dir, tiny_to
     held_out = [render_training_example(tiny_tokenizer, CONVERSATIONS[i]) for i in held_ids]
     restored, _ = held_out_loss(run.model, held_out, 4, tiny_tokenizer.pad_token_id)
     assert restored == pytest.approx(run.best_eval_loss, rel=1e-4)  # the weights of the best evaluation
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_losses(tiny_model_dir, monkeypatch):
+    """Checkpointing trades memory for compute only: same dropout masks, same gradients, same losses."""
+    settings = TrainingSettings(max_steps=4, batch_size=4, learning_rate=1e-2, eval_fraction=0.0, dtype="float32")
+    layer_calls = {False: 0, True: 0}
+    losses = {}
+    for checkpointed in (False, True):
+        model = load_causal_lm(tiny_model_dir)
+        activation = model.get_decoder().layers[0].mlp.act_fn  # module hooks do not fire in the recompute
+
+        def counted(*args, forward=activation.forward, checkpointed=checkpointed):
+            layer_calls[checkpointed] += 1
+            return forward(*args)
+
+        activation.forward = counted
+        monkeypatch.setattr(training, "load_causal_lm", lambda *a, model=model, **k: model)
+        run = train_lora(tiny_model_dir, CONVERSATIONS, replace(settings, gradient_checkpointing=checkpointed))
+        losses[checkpointed] = [s["loss"] for s in run.steps]
+    assert layer_calls[True] == 2 * layer_calls[False]  # each layer ran again in the backward pass
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_bf16_base_weights_train_a_float32_adapter_like_float32(tiny_model_dir):
+    """Autocast computes the adapter in bf16 beside bf16 base weights; its weights stay float32 and learn the same,
+    with gradient checkpointing too (its recompute in backward must see the same dtypes as the forward)."""
+    settings = TrainingSettings(max_steps=4, batch_size=4, learning_rate=1e-2, dtype="float32")
+    full = train_lora(tiny_model_dir, CONVERSATIONS, settings)
+    mixed = train_lora(tiny_model_dir, CONVERSATIONS, replace(settings, dtype="bfloat16"))
+    checkpointed = train_lora(
+        tiny_model_dir, CONVERSATIONS, replace(settings, dtype="bfloat16", gradient_checkpointing=True)
+    )
+    assert mixed.dtype == "bfloat16"
+    adapter = [p for name, p in mixed.model.named_parameters() if "lora_" in name]
+    assert adapter and all(p.dtype == torch.float32 for p in adapter)
+    assert [s["loss"] for s in mixed.steps] == pytest.approx([s["loss"] for s in full.steps], rel=2e-2)
+    assert [s["loss"] for s in checkpointed.steps] == pytest.approx([s["loss"] for s in mixed.steps], rel=1e-3)

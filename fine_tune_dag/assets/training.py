@@ -54,6 +54,10 @@ class TrainingConfig(dg.Config):
     checkpoint_steps: int = Field(
         default=_DEFAULTS.checkpoint_steps, description="save resumable state every n steps; 0: never"
     )
+    gradient_checkpointing: bool = Field(
+        default=_DEFAULTS.gradient_checkpointing,
+        description="recompute activations in backward: less memory for longer sequences, slower steps",
+    )
 
     def settings(self) -> TrainingSettings:
         values = {f.name: getattr(self, f.name) for f in fields(TrainingSettings) if hasattr(self, f.name)}

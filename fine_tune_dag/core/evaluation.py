@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -37,16 +38,20 @@ class EvaluationSettings:
 
 @torch.inference_mode()
 def answer_nll(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Message]], batch_size: int) -> pd.DataFrame:
-    """Summed NLL and token count of each reference answer (with its EOS) given its prompt."""
+    """Summed NLL and token count of each reference answer (with its EOS) given its prompt.
+
+    Batches are cut from the items sorted by length: in input order, padding to each batch's longest item
+    about doubles the positions computed on test sets whose answers run from a sentence to a passage."""
     device = next(model.parameters()).device
     examples = [render_training_example(tokenizer, messages) for messages in conversations]
-    rows = []
-    for start in range(0, len(examples), batch_size):
-        batch = {
-            k: v.to(device) for k, v in collate(examples[start : start + batch_size], tokenizer.pad_token_id).items()
-        }
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    rows: list[dict[str, float]] = [{}] * len(examples)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in chosen], tokenizer.pad_token_id).items()}
         nll, count, _ = answer_token_losses(model, batch)
-        rows += [{"nll_sum": float(a), "answer_tokens": int(b)} for a, b in zip(nll, count)]
+        for i, a, b in zip(chosen, nll, count):
+            rows[i] = {"nll_sum": float(a), "answer_tokens": int(b)}
     return pd.DataFrame(rows, columns=["nll_sum", "answer_tokens"])
 
 
@@ -92,14 +97,20 @@ def evaluate_contender(
     sources: Sequence[str],
     on_progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share."""
+    """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share.
+
+    `attrs["seconds"]` says where the time went ({"nll": …, "generation": …}), so a slow evaluation can be
+    traced to a contender and a stage."""
+    started = time.perf_counter()
     scores = answer_nll(model, tokenizer, conversations, settings.batch_size)
+    scored = time.perf_counter()
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
     generations = generate_batch(
         model, tokenizer, prompts, settings.max_new_tokens, batch_size=settings.batch_size, on_batch=on_progress
     )
+    seconds = {"nll": scored - started, "generation": time.perf_counter() - scored}
     references = [messages[-1]["content"] for messages in conversations]
-    return scores.assign(
+    per_item = scores.assign(
         question=[messages[-2]["content"] for messages in conversations],
         reference=references,
         generation=generations,
@@ -109,6 +120,8 @@ def evaluate_contender(
         words=[len(words(g)) for g in generations],
         source=list(sources),
     )
+    per_item.attrs["seconds"] = seconds
+    return per_item
 
 
 def summarize(per_item: pd.DataFrame) -> dict[str, float]:

@@ -1,10 +1,12 @@
-"""Batched generation for decoder-only models: left padding, KV cache, stop at EOS per sequence."""
+"""Batched generation for decoder-only models: left padding, KV cache, stop at EOS or a stop string per sequence."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
 import torch
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+from transformers.cache_utils import DynamicLayer
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,6 +20,95 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return input_ids, attention
 
 
+class _InContinuation(StoppingCriteria):
+    """A stop string must lie wholly in the generated text: transformers' own criterion also matches one that
+    starts in the prompt (the chat template's trailing newline and a generated "\\n" would end on "\\n\\n" at
+    once), and then the text cut at the stop string would not contain it."""
+
+    def __init__(self, inner: StopStringCriteria, prompt_width: int) -> None:
+        self.inner, self.prompt_width = inner, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return self.inner(input_ids[:, self.prompt_width :], scores, **kwargs)
+
+
+class StopStrings:
+    """Per-row stopping at any of `stop_strings` for `model.generate`. Built once per call site: matching
+    the strings against the vocabulary takes a good fraction of a second even when transformers has cached it."""
+
+    def __init__(self, tokenizer: Any, stop_strings: Sequence[str]) -> None:
+        self.strings = tuple(s for s in stop_strings if s)
+        self._inner = StopStringCriteria(tokenizer, list(self.strings)) if self.strings else None
+
+    def after(self, prompt_width: int) -> StoppingCriteriaList:
+        """Criteria for rows whose (padded) prompt takes the first `prompt_width` positions."""
+        if self._inner is None:
+            return StoppingCriteriaList()
+        return StoppingCriteriaList([_InContinuation(self._inner, prompt_width)])
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the first stop string (a stop string's last token may carry characters past it)."""
+    cut = min((i for i in (text.find(s) for s in stop_strings if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def continuation_text(tokenizer: Any, tokens: Sequence[int] | torch.Tensor, stop_strings: Sequence[str]) -> str:
+    """What the caller sees of one row's generated ids: nothing from its first EOS on (the padding after it
+    included, and whether or not the tokenizer flags EOS as special), no special tokens, cut at the first
+    stop string, outer whitespace stripped."""
+    ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings).strip()
+
+
+def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of ascending `lengths` in runs that pad little when computed together: a run ends where a
+    length passes its first by more than an eighth and 32 tokens (short prompts stay in one batched pass)."""
+    groups: list[list[int]] = []
+    for index, length in enumerate(lengths):
+        if groups and length <= lengths[groups[-1][0]] * 9 // 8 + 32:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def prefilled_cache(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> DynamicCache | None:
+    """The KV cache of every prompt but its last token, left-padded as `left_pad` pads the prompts, but
+    computed group by group of similar lengths: in one padded pass each prompt costs as much as the longest.
+
+    The positions are those `generate` gives left-padded rows (counted from each row's first real token),
+    so it goes on from here as if it had computed the prompts itself. None (let `generate` compute them in
+    one pass) when the lengths form a single group or the model's cache is not a plain one per layer
+    (sliding windows and the like)."""
+    width = max(len(p) for p in prompts)
+    rows = sorted((i for i, p in enumerate(prompts) if len(p) > 1), key=lambda i: len(prompts[i]))
+    groups = [[rows[j] for j in group] for group in length_groups([len(prompts[i]) for i in rows])]
+    if len(groups) < 2 or not all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers):
+        return None
+    device = next(model.parameters()).device
+    decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for group in groups:
+        input_ids, attention = left_pad([prompts[i][:-1] for i in group], pad_id)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = decoder(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+        ).past_key_values
+        for layer, (keys, values, *_) in enumerate(cache):
+            if len(layers) == layer:
+                shape = (len(prompts), keys.shape[1], width - 1, keys.shape[3])
+                layers.append((keys.new_zeros(shape), values.new_zeros(shape)))
+            layers[layer][0][group, :, width - 1 - keys.shape[2] :] = keys
+            layers[layer][1][group, :, width - 1 - values.shape[2] :] = values
+    return DynamicCache(layers)
+
+
 @torch.inference_mode()
 def generate_batch(
     model: Any,
@@ -29,10 +120,14 @@ def generate_batch(
     batch_size: int = 8,
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    stop_strings: Sequence[str] = (),
 ) -> list[str]:
-    """Decode continuations of token-id prompts, batched by similar length to waste little padding.
+    """Decode continuations of token-id prompts, batched by similar length to waste little padding (and
+    prompts of quite different lengths in one batch are read in groups, see `prefilled_cache`).
 
-    Sampling is seeded per call so a cached request and a fresh one agree.
+    A row that reaches EOS or one of `stop_strings` is finished: from then on `generate` feeds it padding,
+    and its text ends before the stop string. Sampling is seeded per call so a cached request and a fresh
+    one agree.
     """
     if not prompts:
         return []
@@ -40,13 +135,16 @@ def generate_batch(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     sampling = temperature > 0
+    stops = StopStrings(tokenizer, stop_strings)
     torch.manual_seed(seed)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        input_ids, attention = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
+        batch = [prompts[i] for i in rows]
+        input_ids, attention = left_pad(batch, tokenizer.pad_token_id)
         generated = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
+            past_key_values=prefilled_cache(model, batch, tokenizer.pad_token_id),
             max_new_tokens=max_new_tokens,
             do_sample=sampling,
             temperature=temperature if sampling else None,
@@ -54,10 +152,11 @@ def generate_batch(
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            stopping_criteria=stops.after(input_ids.shape[1]),
         )
         continuations = generated[:, input_ids.shape[1] :]
         for row, tokens in zip(rows, continuations):
-            outputs[row] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            outputs[row] = continuation_text(tokenizer, tokens, stops.strings)
         if on_batch is not None:
             on_batch(len(rows))
     return outputs

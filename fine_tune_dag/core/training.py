@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.helpers import disable_input_dtype_casting
 from transformers import get_scheduler
 
 from fine_tune_dag.core.chat import Message, TokenizedExample, render_training_example
@@ -50,6 +51,7 @@ class TrainingSettings:
     eval_steps: int = 0  # evaluate every n optimizer steps; 0: once an epoch (and always at the end)
     early_stopping_patience: int = 0  # stop after n evaluations without a better eval loss; 0: never
     checkpoint_steps: int = 25  # save resumable state every n optimizer steps (when given a folder); 0: never
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, about a third slower
 
 
 @dataclass
@@ -131,7 +133,9 @@ def answer_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[tor
     prompt, and the vocabulary projection is a large share of the compute.
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]
     positions = (targets != -100).nonzero(as_tuple=True)
     logits = base.get_output_embeddings()(hidden[:, :-1][positions]).float()
@@ -168,7 +172,8 @@ def split_held_out(count: int, fraction: float, seed: int) -> tuple[list[int], l
     return [i for i in range(count) if i not in chosen], sorted(chosen)
 
 
-def _lora_config(settings: TrainingSettings) -> LoraConfig:
+def lora_config(settings: TrainingSettings) -> LoraConfig:
+    """The adapter's peft config; shared with the benchmark so TRL trains the very same adapter."""
     modules = list(settings.target_modules)
     return LoraConfig(
         r=settings.lora_r,
@@ -177,6 +182,17 @@ def _lora_config(settings: TrainingSettings) -> LoraConfig:
         target_modules="all-linear" if modules == ["all-linear"] else modules,
         task_type="CAUSAL_LM",
     )
+
+
+def enable_gradient_checkpointing(model: PeftModel) -> None:
+    """Non-reentrant checkpointing of every decoder layer: it replays the same dropout masks and reaches the
+    adapter's gradients without the frozen embeddings' output requiring grad (transformers also sets that
+    hook for input-id models, which reentrant checkpointing would need)."""
+    base = model.get_base_model()
+    if hasattr(base, "activation_checkpointing_enable"):  # the name since transformers 5.x; the old one warns
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def train_lora(
@@ -205,7 +221,9 @@ def train_lora(
     train_ids, eval_ids = split_held_out(len(examples), settings.eval_fraction, settings.seed)
     held_out = [examples[i] for i in eval_ids]
     examples = [examples[i] for i in train_ids]
-    model = get_peft_model(load_causal_lm(model_path, device, dtype), _lora_config(settings))
+    model = get_peft_model(load_causal_lm(model_path, device, dtype), lora_config(settings))
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     per_step = settings.batch_size * settings.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(examples) / per_step)
@@ -230,9 +248,9 @@ def train_lora(
     if checkpoint_dir is not None and (checkpoint_dir / _CHECKPOINT_FILE).exists():
         loop = _resume(checkpoint_dir / _CHECKPOINT_FILE, model, optimizer, scheduler, run)
     lengths = [len(e.input_ids) for e in examples]
+    low_precision = dtype != torch.float32
     started = time.perf_counter() - loop.elapsed_s
     for step in range(loop.step + 1, total_steps + 1):
-        window = {"nll": 0.0, "tokens": 0, "correct": 0}
         while len(loop.micro_batches) < settings.gradient_accumulation_steps:
             loop.micro_batches += length_grouped_batches(lengths, settings.batch_size, settings.seed + loop.epoch)
             loop.epoch += 1
@@ -241,15 +259,22 @@ def train_lora(
             loop.micro_batches[settings.gradient_accumulation_steps :],
         )
         batches = [collate([examples[i] for i in rows], tokenizer.pad_token_id) for rows in current]
+        # counted on the host before the batches move, so the device is read once a step, not per micro-batch
         answer_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        run.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+        nll_and_correct = torch.zeros(2, device=device)
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            nll, count, correct = answer_token_losses(model, batch)
-            (nll.sum() / answer_tokens).backward()
-            window["nll"] += float(nll.detach().sum())
-            window["tokens"] += int(count.sum())
-            window["correct"] += int(correct.sum())
-            run.tokens += int(batch["attention_mask"].sum())
+            # beside low-precision base weights the adapter computes in that precision too (autocast) while its
+            # weights, gradients and optimizer state stay float32; otherwise peft casts every adapted layer's input
+            # to float32 and its output back, copies of whole activations that hold about a quarter of the peak
+            # memory of a small model. The casts stay off through backward, where checkpointing reruns the layers.
+            with disable_input_dtype_casting(model, active=low_precision):
+                with torch.autocast(device_type=device, dtype=dtype, enabled=low_precision):
+                    nll, _, correct = answer_token_losses(model, batch)
+                (nll.sum() / answer_tokens).backward()
+            nll_and_correct += torch.stack([nll.detach().sum(), correct.sum().float()])
+        window_nll, window_correct = nll_and_correct.tolist()
         torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
         learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
         optimizer.step()
@@ -258,8 +283,8 @@ def train_lora(
         metrics = {
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),
-            "loss": window["nll"] / max(window["tokens"], 1),
-            "mean_token_accuracy": window["correct"] / max(window["tokens"], 1),
+            "loss": window_nll / max(answer_tokens, 1),
+            "mean_token_accuracy": window_correct / max(answer_tokens, 1),
             "learning_rate": learning_rate,
             "tokens_seen": run.tokens,
             "elapsed_s": round(time.perf_counter() - started, 2),
