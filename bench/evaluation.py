@@ -41,6 +41,7 @@ from fine_tune_dag.core.evaluation import (
     summarize,
     win_rates,
 )
+from fine_tune_dag.core.models import with_adapters
 from fine_tune_dag.core.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs, synthesis_request
 from fine_tune_dag.core.training import TrainingSettings, save_adapter, train_lora
 from fine_tune_dag.testing import SCRIPTED_LLM
@@ -139,8 +140,7 @@ def main() -> None:
     base, tokenizer = loaded.model, loaded.tokenizer
     with tempfile.TemporaryDirectory() as folder:
         adapters = trained_adapters(loaded.path, tokenizer, conversations, Path(folder))
-        model = PeftModel.from_pretrained(base, str(adapters["tuned"]), adapter_name="tuned").eval()
-        model.load_adapter(str(adapters["champion"]), adapter_name="champion")
+        model = with_adapters(base, {"tuned": adapters["tuned"], "champion": adapters["champion"]})
 
         answer_nll(model, tokenizer, conversations[:2], 2)  # first-call kernel set-up, on neither side
         with model.disable_adapter():

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from peft import PeftModel
 from pydantic import Field
 
 from fine_tune_dag.assets.dataset import dataset_splits
@@ -15,7 +14,7 @@ from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render
 from fine_tune_dag.core.edge_cases import hardest_for_base, read_user_cases, side_by_side
 from fine_tune_dag.core.evaluation import answer_nll
 from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
 from fine_tune_dag.core.registry import MAIN_LINE, latest_adapter
 from fine_tune_dag.core.splits import records_of
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -59,9 +58,7 @@ def edge_cases(
     )
     device = select_device(config.device)
     base = load_causal_lm(Path(newest.base_model_path), device, select_dtype(config.dtype, device))
-    model = PeftModel.from_pretrained(base, adapters.path.iloc[0], adapter_name=adapters.version.iloc[0]).eval()
-    for row in adapters.iloc[1:].itertuples(index=False):
-        model.load_adapter(row.path, adapter_name=row.version)
+    model = with_adapters(base, dict(zip(adapters.version, adapters.path)))
     tokenizer = load_tokenizer(Path(newest.path))
 
     test = db.query("SELECT * FROM dataset_splits WHERE split = 'test' ORDER BY note_id, pair_id")

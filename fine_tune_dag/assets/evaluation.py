@@ -5,7 +5,6 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from peft import PeftModel
 from pydantic import Field
 
 from fine_tune_dag.assets.dataset import dataset_splits
@@ -26,7 +25,7 @@ from fine_tune_dag.core.evaluation import (
 )
 from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.markdown import table
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
 from fine_tune_dag.core.registry import current_champion, latest_adapter, record_evaluation
 from fine_tune_dag.core.report import write_report
 from fine_tune_dag.core.splits import records_of
@@ -96,7 +95,7 @@ def evaluate_adapter(
     store.fetch(f"adapters/{adapter.version}", Path(adapter.path))  # trained in another pod: from object storage
     device = select_device(config.device)
     base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(config.dtype, device))
-    model = PeftModel.from_pretrained(base, adapter.path, adapter_name="tuned").eval()
+    adapter_paths = {"tuned": adapter.path}
     conversations = [r["messages"] for r in records_of(test)]
     train = db.query("SELECT question, answer FROM dataset_splits WHERE split = 'train'")
     examples = pick_examples(list(zip(train["question"], train["answer"])), seed=config.seed)
@@ -109,7 +108,7 @@ def evaluate_adapter(
     if champion is not None and champion.version != adapter.version:
         if champion.base_model_path == adapter.base_model_path:
             store.fetch(f"adapters/{champion.version}", Path(champion.path))
-            model.load_adapter(champion.path, adapter_name="champion")
+            adapter_paths["champion"] = champion.path
             contenders.append(Contender("champion", "champion", conversations))
             versions["champion"] = champion.version
         else:
@@ -118,6 +117,7 @@ def evaluate_adapter(
                 "the newcomer is judged against the base model"
             )
     contenders.append(Contender("tuned", "tuned", conversations))
+    model = with_adapters(base, adapter_paths)
     tokenizer = load_tokenizer(Path(adapter.path))
 
     def log_progress(contender: str, count: int) -> None:

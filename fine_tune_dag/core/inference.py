@@ -23,7 +23,7 @@ from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
 
 TRAINING_CONFIG = "training_config.json"
 _TRUTHY = {"1", "ON", "YES", "TRUE"}
@@ -56,7 +56,7 @@ def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "au
         )
     device = select_device(device)
     base = load_causal_lm(Path(base_path), device, select_dtype(dtype, device))
-    return PeftModel.from_pretrained(base, adapter_dir).eval(), load_tokenizer(adapter_dir)
+    return with_adapters(base, {"default": adapter_dir}), load_tokenizer(adapter_dir)
 
 
 class _StopWhenSet(StoppingCriteria):
