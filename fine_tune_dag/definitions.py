@@ -15,11 +15,13 @@ import dagster as dg
 from fine_tune_dag.assets.champion import beats_champion, champion_adapter
 from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.dataset import dataset_splits
+from fine_tune_dag.assets.dpo import dpo_adapter
 from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.evaluation import eval_report
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.preferences import preference_candidates, preference_pairs
 from fine_tune_dag.assets.sweep import build_sweep_assets
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
@@ -39,6 +41,7 @@ from fine_tune_dag.scale_out import executor_for
 NOTE_ASSETS = [raw_notes, passages, qa_pairs]
 TEACHER_ASSETS = [request_log_pairs, prompt_completion_pairs]
 MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, edge_cases, eval_report, champion_adapter]
+PREFERENCE_ASSETS = [preference_candidates, preference_pairs, dpo_adapter]
 
 notes_job = dg.define_asset_job(
     "notes_job",
@@ -60,6 +63,18 @@ train_and_evaluate_job = dg.define_asset_job(
     "train_and_evaluate_job",
     selection=dg.AssetSelection.assets(*MODEL_ASSETS),
     description="Build the dataset from every note, train a new adapter, evaluate it and maybe promote it.",
+)
+
+comparisons_job = dg.define_asset_job(
+    "comparisons_job",
+    selection=dg.AssetSelection.assets(preference_candidates),
+    description="New answer pairs for people to compare (fine-tune-dag annotate), from the champion and other sources.",
+)
+preference_job = dg.define_asset_job(
+    "preference_job",
+    selection=dg.AssetSelection.assets(preference_pairs, dpo_adapter, eval_report, champion_adapter),
+    description="Learn from people's choices: preference pairs, a DPO adapter from the champion, its evaluation "
+    "and promotion if it passes the gate.",
 )
 
 
@@ -110,10 +125,11 @@ def build_definitions(
             edge_cases,
             eval_report,
             champion_adapter,
+            *PREFERENCE_ASSETS,
             *(build_sweep_assets(Path(sweep_file)) if Path(sweep_file).is_file() else []),
         ],
         asset_checks=[beats_champion],
-        jobs=[notes_job, dataset_job, retrain_job, train_and_evaluate_job],
+        jobs=[notes_job, dataset_job, retrain_job, train_and_evaluate_job, comparisons_job, preference_job],
         sensors=[
             build_new_notes_sensor(notes_job, dataset_job),
             automation_sensor(),

@@ -36,16 +36,20 @@ from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
-# Test items with the passage each answer was drawn from (teacher pairs have none: their question and
-# answer stand in), for the unsupported-content share and the style comparison.
-TEST_ITEMS_SQL = """
-    SELECT s.*, coalesce(p.text, s.question || ' ' || s.answer) AS source
+# The items of one split with the passage each answer was drawn from (teacher pairs have none: their question
+# and answer stand in as `source`), for the unsupported-content share, the style comparison and the author's
+# side of preference comparisons.
+SPLIT_ITEMS_SQL = """
+    SELECT s.*, p.text AS passage, coalesce(p.text, s.question || ' ' || s.answer) AS source
     FROM dataset_splits s
     LEFT JOIN qa_pairs q USING (pair_id)
     LEFT JOIN passages p ON p.note_id = q.note_id AND p.passage_index = q.passage_index
-    WHERE s.split = 'test'
+    WHERE s.split = ?
     ORDER BY s.note_id, s.pair_id
 """
+
+
+DPO_ADAPTER = dg.AssetKey("dpo_adapter")  # by key: the preference stage imports this module
 
 
 class EvaluationConfig(dg.Config):
@@ -73,6 +77,13 @@ def tracked_edge_cases(db: Warehouse, version: str) -> str:
     return side_by_side(cases, answers, ["base", *versions[-SHOWN_VERSIONS:]])
 
 
+def method_text(adapter: pd.Series) -> str:
+    """How the contender "tuned" was made, for the report."""
+    if adapter.method == "dpo":
+        return f"DPO (preference optimization) of champion {adapter.parent_version} on people's choices"
+    return "supervised fine-tuning (LoRA) on the train split"
+
+
 def evaluate_adapter(
     context: dg.AssetExecutionContext,
     db: Warehouse,
@@ -85,7 +96,7 @@ def evaluate_adapter(
 ) -> tuple[dict[str, dict[str, float]], dict]:
     """Evaluate one registered adapter against base, best-prompted base and champion; write and record
     its report. Returns the summary and the materialization metadata."""
-    test = db.query(TEST_ITEMS_SQL)
+    test = db.query(SPLIT_ITEMS_SQL, ["test"])
     if test.empty:
         raise dg.Failure(
             description="the test split is empty: add notes or raise dataset_splits.test_fraction", allow_retries=False
@@ -137,13 +148,15 @@ def evaluate_adapter(
         "base model": adapter.base_model,
         "dataset version": adapter.dataset_version,
         "champion": versions.get("champion", "none yet"),
-        "trained on": f"{adapter.train_examples} examples, {adapter.train_tokens} tokens, {adapter.train_seconds:.0f} s on {adapter.device}",
+        "method": method_text(adapter),
+        "trained on": f"{adapter.train_examples} {'preference pairs' if adapter.method == 'dpo' else 'examples'}, "
+        f"{adapter.train_tokens} tokens, {adapter.train_seconds:.0f} s on {adapter.device}",
         "test items evaluated": len(results["base"]),
         "evaluated on": str(device),
     }
     files = write_report(
         paths.reports / adapter.version,
-        f"Evaluation of adapter {adapter.version}",
+        f"Evaluation of {'DPO ' if adapter.method == 'dpo' else ''}adapter {adapter.version}",
         summary,
         results,
         steps,
@@ -172,6 +185,7 @@ def evaluate_adapter(
         "published_to": published,
         "loss_curve": dg.MetadataValue.path(str(files.loss_curve)),
         "adapter_version": adapter.version,
+        "method": adapter.method,
         "champion_version": versions.get("champion", "none"),
         "device": str(device),
         "test_examples": len(results["base"]),
@@ -186,15 +200,22 @@ def evaluate_adapter(
 
 
 @dg.asset(
-    deps=[lora_adapter, edge_cases, dataset_splits],
+    deps=[lora_adapter, DPO_ADAPTER, edge_cases, dataset_splits],
     group_name="evaluation",
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "markdown"},
     code_version=f"evaluation-2+{fingerprint(EvaluationSettings())}",
-    automation_condition=dg.AutomationCondition.eager().replace(
+    automation_condition=dg.AutomationCondition.eager()
+    .replace(
         "any_deps_updated",
-        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter, edge_cases)),
+        dg.AutomationCondition.any_deps_updated().allow(
+            dg.AssetSelection.assets(lora_adapter, DPO_ADAPTER, edge_cases)
+        ),
+    )
+    .replace(  # most people never train a DPO adapter; its absence must not hold evaluation back
+        "any_deps_missing",
+        dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(DPO_ADAPTER)),
     ),
 )
 def eval_report(

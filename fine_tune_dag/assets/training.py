@@ -5,6 +5,7 @@ import json
 import shutil
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -17,7 +18,7 @@ from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.markdown import preview
 from fine_tune_dag.core.report import plot_loss_curve
 from fine_tune_dag.core.splits import records_of
-from fine_tune_dag.core.training import TrainingSettings, next_adapter_version, save_adapter, train_lora
+from fine_tune_dag.core.training import TrainingRun, TrainingSettings, next_adapter_version, save_adapter, train_lora
 from fine_tune_dag.core.warehouse import Warehouse
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.models import ModelsResource
@@ -110,56 +111,74 @@ def train_and_register(
     }
     folder = save_adapter(run, paths.adapters, version, provenance)
     shutil.rmtree(checkpoints, ignore_errors=True)
+    registered = {
+        **provenance,
+        "dataset_train_pairs": len(train),
+        "sweep_configuration": sweep_configuration,
+        "method": "sft",
+    }
+    return {
+        **register_adapter(context, db, artifacts, run, folder, registered),
+        "held_out_examples": run.eval_examples,
+        "best_eval_loss": run.best_eval_loss if run.eval_examples else "n/a",
+        "stopped_early_at_step": run.stopped_early_at or "no",
+        "resumed_from_step": run.resumed_from_step,
+        "dropped_too_long": run.dropped_too_long,
+    }
+
+
+def register_adapter(
+    context: dg.AssetExecutionContext,
+    db: Warehouse,
+    artifacts: ArtifactStoreResource,
+    run: TrainingRun,
+    folder: Path,
+    registered: dict,
+) -> dict:
+    """Loss curve, object-storage copy and registry row of a saved adapter (supervised or DPO); returns the
+    metadata every adapter asset shows. `registered` holds the registry columns that depend on how it was
+    trained (base model, dataset version, method, parent)."""
     steps = pd.DataFrame(run.steps)
     loss_curve = plot_loss_curve(steps, folder / "loss_curve.png")
-    published = artifacts.get().publish(folder, f"adapters/{version}")
+    published = artifacts.get().publish(folder, f"adapters/{folder.name}")
     db.insert_rows(
         "adapters",
         pd.DataFrame(
             [
                 {
-                    "version": version,
+                    "version": folder.name,
                     "path": str(folder),
-                    "base_model": resolved.reference,
-                    "base_model_path": str(resolved.path),
-                    "dataset_version": data_version,
                     "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
                     "device": run.device,
                     "train_examples": run.examples,
                     "train_tokens": run.tokens,
                     "train_seconds": run.seconds,
                     "final_loss": run.final_loss,
-                    "hyperparameters": json.dumps(asdict(settings)),
-                    "dataset_train_pairs": len(train),
+                    "hyperparameters": json.dumps(asdict(run.settings)),
                     "run_id": context.run_id,
-                    "sweep_configuration": sweep_configuration,
+                    **registered,
                 }
             ]
         ),
     )
     inline_curve = base64.b64encode(loss_curve.read_bytes()).decode("ascii")
     return {
-        "version": version,
+        "version": folder.name,
         "path": dg.MetadataValue.path(str(folder)),
         "published_to": published,
-        "dataset_version": data_version,
-        "dataset_train_pairs": len(train),
-        "base_model": resolved.reference,
+        "dataset_version": registered["dataset_version"],
+        "dataset_train_pairs": registered["dataset_train_pairs"],
+        "base_model": registered["base_model"],
         "device": run.device,
         "dtype": run.dtype,
         "train_examples": run.examples,
-        "held_out_examples": run.eval_examples,
-        "best_eval_loss": run.best_eval_loss if run.eval_examples else "n/a",
-        "stopped_early_at_step": run.stopped_early_at or "no",
-        "resumed_from_step": run.resumed_from_step,
-        "dropped_too_long": run.dropped_too_long,
         "optimizer_steps": int(steps["step"].iloc[-1]),
         "first_loss": float(steps["loss"].iloc[0]),
         "final_loss": run.final_loss,
         "tokens": run.tokens,
         "train_seconds": round(run.seconds, 1),
         "tokens_per_second": round(run.tokens_per_second, 1),
-        "hyperparameters": dg.MetadataValue.json(asdict(settings)),
+        "hyperparameters": dg.MetadataValue.json(asdict(run.settings)),
         "loss_curve": dg.MetadataValue.md(f"![training curves](data:image/png;base64,{inline_curve})"),
         "steps": dg.MetadataValue.md(preview(steps.round(4), list(steps.columns), rows=len(steps))),
     }

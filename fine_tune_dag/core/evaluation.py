@@ -185,16 +185,20 @@ def judge_requests(
     return requests, flipped
 
 
+def verdict_choice(verdict: str, flipped: bool) -> float | None:
+    """1 when the judge preferred the first side of a `judge_requests` pair, 0 the other, 0.5 a tie;
+    None when the verdict cannot be read."""
+    match = _VERDICT.search(verdict)
+    if match is None:
+        return None
+    choice = match.group(1).upper()
+    return 0.5 if choice == "TIE" else float((choice == "A") != flipped)
+
+
 def judged_outcomes(verdicts: Sequence[str], flipped: Sequence[bool]) -> list[float]:
     """1 when the challenger's answer was preferred, 0.5 for a tie; unreadable verdicts are left out."""
-    outcomes = []
-    for verdict, flip in zip(verdicts, flipped):
-        match = _VERDICT.search(verdict)
-        if match is None:
-            continue
-        choice = match.group(1).upper()
-        outcomes.append(0.5 if choice == "TIE" else float((choice == "A") != flip))
-    return outcomes
+    outcomes = [verdict_choice(verdict, flip) for verdict, flip in zip(verdicts, flipped)]
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def judged_win_rates(

@@ -84,12 +84,19 @@ def verdict(base: dict[str, float], tuned: dict[str, float]) -> str:
 
 
 def plot_loss_curve(steps: pd.DataFrame, path: Path) -> Path:
-    """Train loss and token accuracy every step; held-out loss and accuracy where they were measured."""
+    """Train loss and token accuracy every step; held-out loss and accuracy where they were measured. A DPO
+    run (its steps carry `rewards/accuracies`) shows its loss and how often the chosen answer wins."""
+    preference = "rewards/accuracies" in steps
+    accuracy, accuracy_label = (
+        ("rewards/accuracies", "chosen answer preferred")
+        if preference
+        else ("mean_token_accuracy", "train token accuracy")
+    )
     figure, loss_axis = plt.subplots(figsize=(7, 3.6))
     lines = loss_axis.plot(steps["step"], steps["loss"], marker="o", color="tab:blue", label="train loss")
     accuracy_axis = loss_axis.twinx()
     lines += accuracy_axis.plot(
-        steps["step"], steps["mean_token_accuracy"], color="tab:orange", linestyle="--", label="train token accuracy"
+        steps["step"], steps[accuracy], color="tab:orange", linestyle="--", label=accuracy_label
     )
     if "eval_loss" in steps:
         held = steps.dropna(subset=["eval_loss"])
@@ -103,10 +110,10 @@ def plot_loss_curve(steps: pd.DataFrame, path: Path) -> Path:
             label="held-out token accuracy",
         )
     loss_axis.set_xlabel("optimizer step")
-    loss_axis.set_ylabel("answer-token loss")
-    accuracy_axis.set_ylabel("token accuracy")
+    loss_axis.set_ylabel("DPO loss" if preference else "answer-token loss")
+    accuracy_axis.set_ylabel("share of pairs" if preference else "token accuracy")
     loss_axis.legend(handles=lines, loc="best", fontsize=8)
-    loss_axis.set_title("Training")
+    loss_axis.set_title("Preference training (DPO)" if preference else "Training")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -25,6 +25,9 @@ from transformers import get_scheduler
 
 from fine_tune_dag.core.chat import Message, TokenizedExample, render_training_example
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+
+if TYPE_CHECKING:
+    from fine_tune_dag.core.dpo import DpoSettings
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class TrainingSettings:
 class TrainingRun:
     model: PeftModel
     tokenizer: Any
-    settings: TrainingSettings
+    settings: TrainingSettings | DpoSettings
     device: str
     dtype: str
     steps: list[dict[str, float]] = field(default_factory=list)
@@ -363,13 +366,15 @@ def _resume(path: Path, model: PeftModel, optimizer: Any, scheduler: Any, run: T
     return loop
 
 
-def next_adapter_version(adapters_dir: Path, dataset_version: str) -> str:
-    """Time-ordered, never reused: an existing folder is never overwritten."""
+def next_adapter_version(adapters_dir: Path, dataset_version: str, kind: str = "") -> str:
+    """Time-ordered, never reused: an existing folder is never overwritten. `kind` ("dpo") marks adapters
+    not trained by supervised fine-tuning."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    version, n = f"{stamp}-{dataset_version[:8]}", 1
+    stem = "-".join(filter(None, [stamp, dataset_version[:8], kind]))
+    version, n = stem, 1
     while (adapters_dir / version).exists() or (adapters_dir / f"{version}.tmp").exists():
         n += 1
-        version = f"{stamp}-{dataset_version[:8]}-{n}"
+        version = f"{stem}-{n}"
     return version
 
 

@@ -59,6 +59,17 @@ SCHEMA: dict[str, str] = {
     "sweep_results": """
         configuration VARCHAR, adapter_version VARCHAR PRIMARY KEY, dataset_version VARCHAR, created_at TIMESTAMP,
         nll DOUBLE, rouge_l DOUBLE, token_f1 DOUBLE, train_seconds DOUBLE, train_tokens BIGINT, cost_usd DOUBLE""",
+    "preference_candidates": """
+        candidate_id VARCHAR PRIMARY KEY, prompt_id VARCHAR, system VARCHAR, question VARCHAR, reference VARCHAR,
+        pairing VARCHAR, answer_a VARCHAR, origin_a VARCHAR, answer_b VARCHAR, origin_b VARCHAR,
+        champion_version VARCHAR, created_at TIMESTAMP""",
+    "preference_labels": """
+        label_id VARCHAR PRIMARY KEY, candidate_id VARCHAR, labeler VARCHAR, source VARCHAR, choice VARCHAR,
+        shown_left VARCHAR, labeled_at TIMESTAMP""",
+    "preference_pairs": """
+        candidate_id VARCHAR PRIMARY KEY, system VARCHAR, question VARCHAR, chosen VARCHAR, rejected VARCHAR,
+        chosen_origin VARCHAR, rejected_origin VARCHAR, label_source VARCHAR, labeler VARCHAR,
+        labeled_at TIMESTAMP""",
     "adapters": """
         version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
@@ -87,6 +98,8 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_perplexity DOUBLE",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_rouge_l DOUBLE",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_token_f1 DOUBLE",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS method VARCHAR DEFAULT 'sft'",
+    "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS parent_version VARCHAR",
 )
 
 _LOCK_MARKERS = ("lock", "Conflicting")
