@@ -25,6 +25,9 @@ EXPECTED = {
     "sweep_adapters",
     "sweep_leaderboard",
     "request_log_pairs",
+    "preference_candidates",
+    "preference_pairs",
+    "dpo_adapter",
     "prompt_completion_pairs",
 }
 
@@ -85,6 +88,7 @@ def test_ui_shows_every_asset_with_its_group(webserver):
     assert set(groups) == EXPECTED
     assert groups["raw_notes"] == "ingest" and groups["qa_pairs"] == "dataset"
     assert groups["lora_adapter"] == "training" and groups["eval_report"] == "evaluation"
+    assert groups["dpo_adapter"] == "preferences"
 
 
 def test_make_ui_listens_on_loopback_only():

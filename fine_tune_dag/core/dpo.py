@@ -22,11 +22,10 @@ from typing import Callable, Sequence
 import torch
 from peft import PeftModel
 from peft.helpers import disable_input_dtype_casting
-from transformers import get_scheduler
 
 from fine_tune_dag.core.chat import Message, TokenizedExample, render_training_example
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
-from fine_tune_dag.core.training import TrainingRun, answer_token_losses, collate
+from fine_tune_dag.core.models import load_causal_lm, load_tokenizer
+from fine_tune_dag.core.training import TrainingRun, answer_token_losses, collate, optimizer_and_schedule, seeded_device
 
 
 @dataclass(frozen=True)
@@ -104,10 +103,7 @@ def train_dpo(
 ) -> TrainingRun:
     """Train the adapter in `adapter_dir` (the supervised champion) further on (chosen, rejected)
     conversations; `on_log(metrics, total_steps)` reports progress."""
-    random.seed(settings.seed)
-    torch.manual_seed(settings.seed)
-    device = select_device(settings.device)
-    dtype = select_dtype(settings.dtype, device)
+    device, dtype = seeded_device(settings)
     tokenizer = load_tokenizer(adapter_dir)
     examples, dropped = tokenize_pairs(tokenizer, pairs, settings.max_seq_length)
     if not examples:
@@ -122,9 +118,9 @@ def train_dpo(
     model.train()
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
-    scheduler = get_scheduler("linear", optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps)
+    trainable, optimizer, scheduler = optimizer_and_schedule(
+        model, settings.learning_rate, 0.0, "linear", settings.warmup_ratio, total_steps
+    )
     run = TrainingRun(
         model,
         tokenizer,

@@ -198,6 +198,24 @@ def enable_gradient_checkpointing(model: PeftModel) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def seeded_device(settings: TrainingSettings | DpoSettings) -> tuple[str, torch.dtype]:
+    """Seeds every generator the run draws from, and picks the device and the base weights' dtype."""
+    random.seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    device = select_device(settings.device)
+    return device, select_dtype(settings.dtype, device)
+
+
+def optimizer_and_schedule(
+    model: PeftModel, learning_rate: float, weight_decay: float, schedule: str, warmup_ratio: float, total_steps: int
+) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
+    """AdamW over the adapter's trainable weights and the learning-rate schedule with warmup."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
+    scheduler = get_scheduler(schedule, optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
+    return trainable, optimizer, scheduler
+
+
 def train_lora(
     model_path: Path,
     conversations: Sequence[Sequence[Message]],
@@ -210,10 +228,7 @@ def train_lora(
     With `checkpoint_dir`, the whole loop state is saved every `checkpoint_steps` steps and a killed
     run (a preempted GPU, an out-of-memory kill) continues from the last one on the same inputs.
     """
-    random.seed(settings.seed)
-    torch.manual_seed(settings.seed)
-    device = select_device(settings.device)
-    dtype = select_dtype(settings.dtype, device)
+    device, dtype = seeded_device(settings)
     tokenizer = load_tokenizer(model_path)
     examples, dropped = tokenize_conversations(tokenizer, conversations, settings.max_seq_length)
     if not examples:
@@ -231,10 +246,8 @@ def train_lora(
     per_step = settings.batch_size * settings.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(examples) / per_step)
     total_steps = settings.max_steps if settings.max_steps > 0 else max(1, math.ceil(settings.epochs * steps_per_epoch))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = get_scheduler(
-        settings.lr_scheduler, optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps
+    trainable, optimizer, scheduler = optimizer_and_schedule(
+        model, settings.learning_rate, settings.weight_decay, settings.lr_scheduler, settings.warmup_ratio, total_steps
     )
     run = TrainingRun(
         model,
