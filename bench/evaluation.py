@@ -206,6 +206,17 @@ def main() -> None:
             estimate / total,
             "s",
         ),
+        *(
+            Row(
+                "evaluation",
+                f"  of which {row['contender']} (NLL {row['NLL s']:.0f} s + generation {row['generation s']:.0f} s)",
+                row["total s"],
+                row["unbatched est. s"],
+                row["unbatched est. s"] / row["total s"],
+                "s",
+            )
+            for _, row in table.iterrows()
+        ),
     ]
     report(rows, args.json)
 
