@@ -4,6 +4,7 @@ the web UI reads, so every run shows up there too."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 import time
@@ -17,12 +18,14 @@ import pandas as pd
 import transformers
 from tqdm import tqdm
 
+from fine_tune_dag.annotate import serve
 from fine_tune_dag.assets.champion import beats_champion
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT
 from fine_tune_dag.core.estimate import CostEstimate, History, estimate_note, expected_training_tokens
 from fine_tune_dag.core.inference import export_merged, load_adapter_model, model_card, push_adapter, stream_answer
 from fine_tune_dag.core.ingest import NoteParseError, discover_notes, parse_note
+from fine_tune_dag.core.preferences import progress
 from fine_tune_dag.core.registry import (
     METRIC_COLUMNS,
     current_champion,
@@ -181,6 +184,23 @@ def print_rejected(db: Warehouse) -> None:
     print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
 
 
+def annotate(data_dir: Path, who: str | None, port: int) -> int:
+    """Serve the preference page until Ctrl-C; it starts even with nothing to label, so the page can say why."""
+    who = (who or "").strip() or os.environ.get("USER") or getpass.getuser()
+    db = Warehouse(data_dir / "warehouse.duckdb")
+    done, total = progress(db, who)
+    print(
+        f"Annotating as {who}: http://127.0.0.1:{port}  "
+        "(left/right arrows: better answer, down: tie, s: skip; Ctrl-C to stop)"
+    )
+    if total:
+        print(f"{done} of {total} comparisons answered", flush=True)
+    else:
+        print("no comparisons yet: preference_candidates must be materialized first", flush=True)
+    serve(db, who, port)
+    return 0
+
+
 @dataclass
 class GraphRun:
     notes: list[str]
@@ -271,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     requests.add_argument("--since", type=datetime.fromisoformat, help="only requests at or after (ISO date, UTC)")
     requests.add_argument("--run-id", help="only requests made by this Dagster run")
     requests.add_argument("--limit", type=int, default=20, help="rows listed (the summary covers every match)")
+    annotate_parser = commands.add_parser("annotate", help="a local page to pick the better of two answers")
+    annotate_parser.add_argument("--port", type=int, default=8765)
+    annotate_parser.add_argument("--who", help="who is labelling (default: your user name)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.notes_dir, args.data_dir)
@@ -289,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rejected":
         print_rejected(Warehouse(args.data_dir / "warehouse.duckdb"))
         return 0
+    if args.command == "annotate":
+        return annotate(args.data_dir, args.who, args.port)
     if args.command == "lineage":
         print(lineage_text(Warehouse(args.data_dir / "warehouse.duckdb")))
         return 0

@@ -89,7 +89,7 @@ class DagsterUI:
         return graphql(self.port, query)
 
 
-def _stop_group(process: subprocess.Popen) -> None:
+def stop_group(process: subprocess.Popen) -> None:
     """`dagster dev` starts a webserver, a daemon, code servers and runs: end its whole session, by force if need be."""
     if process.poll() is None:
         try:
@@ -151,4 +151,4 @@ def dagster_dev(workspace: Path, home: Path, port: int, env: dict[str, str] | No
         _wait_until(ui, process, loaded, "loaded code location", deadline)
         yield ui
     finally:
-        _stop_group(process)
+        stop_group(process)
