@@ -31,6 +31,7 @@ from fine_tune_dag.core.preferences import (
     label_row,
     pair_conversations,
     pairs_from_labels,
+    passage_as_answer,
     record_choice,
 )
 from fine_tune_dag.core.registry import current_champion
@@ -78,7 +79,7 @@ def test_candidates_come_from_two_sources_with_their_origin(tiny_model_dir: Path
     for (prompt, pairing), row in zip(dealt, rows):
         assert row["prompt_id"] == prompt.prompt_id and row["question"] == prompt.question
         if pairing == AUTHOR_VS_CHAMPION:
-            assert row["answer_a"] == prompt.passage  # the author's own words, verbatim
+            assert row["answer_a"] == passage_as_answer(prompt.passage)  # the author's own words, verbatim
     assert len({row["candidate_id"] for row in rows}) == len(rows)
     again = generate_candidates(model, tokenizer, dealt, "champion", [(QUESTIONS[0], "Bees first.")], settings)
     assert [row["candidate_id"] for row in again] == [row["candidate_id"] for row in rows]  # seeded sampling
@@ -100,6 +101,11 @@ def _candidates(count: int) -> pd.DataFrame:
             for i in range(count)
         ]
     )
+
+
+def test_the_authors_passage_answers_without_its_headings() -> None:
+    passage = "## Watching the river\n\nIn February the river rises.\n#hashtag stays\n### Later\nIt stops at the steps."
+    assert passage_as_answer(passage) == "In February the river rises.\n#hashtag stays\nIt stops at the steps."
 
 
 def test_human_choices_win_over_the_judge_and_ties_teach_nothing() -> None:

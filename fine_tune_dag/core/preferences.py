@@ -11,6 +11,7 @@ over a judge's.
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -104,7 +105,7 @@ def generate_candidates(
             jobs.setdefault(("champion", settings.low_temperature), []).append((i, "a"))
             jobs.setdefault(("champion", settings.high_temperature), []).append((i, "b"))
         else:
-            answers[i]["a"], answers[i]["origin_a"] = prompt.passage or "", "author"
+            answers[i]["a"], answers[i]["origin_a"] = passage_as_answer(prompt.passage or ""), "author"
             jobs.setdefault(("champion", 0.0), []).append((i, "b"))
     for (source, temperature), slots in jobs.items():
         conversations = [chat_messages(dealt[i][0].system, dealt[i][0].question) for i, _ in slots]
@@ -138,6 +139,13 @@ def generate_candidates(
             }
         )
     return rows
+
+
+def passage_as_answer(passage: str) -> str:
+    """The author's passage without its Markdown heading lines: an answer does not open with a title. The
+    words are the author's, unchanged."""
+    kept = [line for line in passage.splitlines() if not re.match(r"\s{0,3}#{1,6}\s", line)]
+    return "\n".join(kept).strip()
 
 
 def _generate(
