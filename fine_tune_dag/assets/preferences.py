@@ -21,6 +21,7 @@ from fine_tune_dag.core.fingerprint import fingerprint
 from fine_tune_dag.core.markdown import preview
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
 from fine_tune_dag.core.preferences import (
+    AUTHOR_VS_CHAMPION,
     PreferenceSettings,
     assign_pairings,
     generate_candidates,
@@ -102,7 +103,7 @@ def preference_candidates(
         base = load_causal_lm(Path(champion.base_model_path), device, select_dtype(config.dtype, device))
         model = with_adapters(base, {"champion": champion.path})
         examples = pick_examples(list(zip(train["question"], train["answer"])), seed=settings.seed)
-        total = sum(2 if pairing != "author_vs_champion" else 1 for _, pairing in dealt)
+        total = sum(1 if pairing == AUTHOR_VS_CHAMPION else 2 for _, pairing in dealt)
         done = 0
 
         def log_progress(count: int) -> None:
