@@ -38,6 +38,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "gemini_throughput": (["--calls", "200", "--latency", "0.3"], ["--calls", "40", "--latency", "0.1"]),
     "load": (["--notes", "200"], ["--notes", "30"]),  # under 25 notes no note lands in the test split
     "demo": ([], []),
+    "dpo": (["--pairs", "32", "--steps", "8"], ["--pairs", "8", "--steps", "3"]),
     "training_mfu": (["--steps", "4"], ["--steps", "2", "--batch-size", "4"]),  # on a GPU also the 1.2B model
 }
 
