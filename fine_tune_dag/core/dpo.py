@@ -21,11 +21,17 @@ from typing import Callable, Sequence
 
 import torch
 from peft import PeftModel
-from peft.helpers import disable_input_dtype_casting
 
 from fine_tune_dag.core.chat import Message, TokenizedExample, render_training_example
 from fine_tune_dag.core.models import load_causal_lm, load_tokenizer
-from fine_tune_dag.core.training import TrainingRun, answer_token_losses, collate, optimizer_and_schedule, seeded_device
+from fine_tune_dag.core.training import (
+    TrainingRun,
+    answer_token_losses,
+    base_precision,
+    collate,
+    optimizer_and_schedule,
+    seeded_device,
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,6 @@ def train_dpo(
         examples=len(examples),
         dropped_too_long=dropped,
     )
-    low_precision = dtype != torch.float32
     rng = random.Random(settings.seed)
     order: list[int] = []
     started = time.perf_counter()
@@ -142,9 +147,8 @@ def train_dpo(
         rows, order = order[: settings.batch_size], order[settings.batch_size :]
         batch = [examples[i] for i in rows]
         run.tokens += sum(len(side.input_ids) for pair in batch for side in pair)
-        # the same precision arrangement as the supervised loop (see train_lora)
-        with disable_input_dtype_casting(model, active=low_precision):
-            with torch.autocast(device_type=device, dtype=dtype, enabled=low_precision):
+        with base_precision(model, device, dtype) as autocast:
+            with autocast:
                 chosen, rejected = answer_logps(model, batch, pad_id)
             loss, chosen_rewards, rejected_rewards = dpo_loss(
                 chosen.float(),

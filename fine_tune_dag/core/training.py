@@ -13,10 +13,11 @@ import math
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -216,6 +217,18 @@ def optimizer_and_schedule(
     return trainable, optimizer, scheduler
 
 
+@contextmanager
+def base_precision(model: PeftModel, device: str, dtype: torch.dtype) -> Iterator[torch.autocast]:
+    """Beside low-precision base weights the adapter computes in that precision too (the yielded autocast, for
+    the forward pass) while its weights, gradients and optimizer state stay float32; otherwise peft casts every
+    adapted layer's input to float32 and its output back, copies of whole activations that hold about a quarter
+    of the peak memory of a small model. The casts stay off for the whole block, backward included, where
+    checkpointing reruns the layers."""
+    low_precision = dtype != torch.float32
+    with disable_input_dtype_casting(model, active=low_precision):
+        yield torch.autocast(device_type=device, dtype=dtype, enabled=low_precision)
+
+
 def train_lora(
     model_path: Path,
     conversations: Sequence[Sequence[Message]],
@@ -264,7 +277,6 @@ def train_lora(
     if checkpoint_dir is not None and (checkpoint_dir / _CHECKPOINT_FILE).exists():
         loop = _resume(checkpoint_dir / _CHECKPOINT_FILE, model, optimizer, scheduler, run)
     lengths = [len(e.input_ids) for e in examples]
-    low_precision = dtype != torch.float32
     started = time.perf_counter() - loop.elapsed_s
     for step in range(loop.step + 1, total_steps + 1):
         while len(loop.micro_batches) < settings.gradient_accumulation_steps:
@@ -281,12 +293,8 @@ def train_lora(
         nll_and_correct = torch.zeros(2, device=device)
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            # beside low-precision base weights the adapter computes in that precision too (autocast) while its
-            # weights, gradients and optimizer state stay float32; otherwise peft casts every adapted layer's input
-            # to float32 and its output back, copies of whole activations that hold about a quarter of the peak
-            # memory of a small model. The casts stay off through backward, where checkpointing reruns the layers.
-            with disable_input_dtype_casting(model, active=low_precision):
-                with torch.autocast(device_type=device, dtype=dtype, enabled=low_precision):
+            with base_precision(model, device, dtype) as autocast:
+                with autocast:
                     nll, _, correct = answer_token_losses(model, batch)
                 (nll.sum() / answer_tokens).backward()
             nll_and_correct += torch.stack([nll.detach().sum(), correct.sum().float()])
