@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from fine_tune_dag.core.ratelimit import RateLimiter, RetryPolicy
+from fine_tune_dag.core.ratelimit import RateLimiter, RetryPolicy, Slot
 
 
 class FakeClock:
@@ -18,9 +18,18 @@ class FakeClock:
         self.now += seconds
 
 
+class AnsweredAtOnce(RateLimiter):
+    """Every request answered the moment it is sent, so the window counts from the send."""
+
+    def acquire(self, tokens: int) -> Slot:
+        slot = super().acquire(tokens)
+        self.settle(slot)
+        return slot
+
+
 def limiter(rpm: int, tpm: int) -> tuple[RateLimiter, FakeClock]:
     clock = FakeClock()
-    return RateLimiter(rpm, tpm, clock=clock, sleep=clock.sleep), clock
+    return AnsweredAtOnce(rpm, tpm, clock=clock, sleep=clock.sleep), clock
 
 
 def test_requests_per_minute_are_paced_over_a_sliding_window():
@@ -42,11 +51,27 @@ def test_tokens_per_minute_are_paced_too():
 
 
 def test_a_settled_slot_counts_from_its_answer():
-    limit, clock = limiter(rpm=1, tpm=10_000)
+    clock = FakeClock()
+    limit = RateLimiter(1, 10_000, clock=clock, sleep=clock.sleep)
     slot = limit.acquire(1)
     clock.now = 5.0  # the answer took five seconds: the server may have seen the request at any point
     limit.settle(slot)
     assert limit.acquire(1).waited == pytest.approx(60.0)  # until t=65, not t=60
+
+
+def test_a_request_in_flight_never_leaves_the_window():
+    clock = FakeClock()
+    limit = RateLimiter(1, 10_000, clock=clock, sleep=clock.sleep)
+    slot = limit.acquire(1)
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.now >= 90.0 and not slot.settled:
+            limit.settle(slot)
+
+    limit._sleep = sleep
+    # unanswered until t=90: however late it reached the server, the next request waits a window after that
+    assert limit.acquire(1).waited == pytest.approx(150.0, abs=1.0)
 
 
 def test_backoff_grows_with_jitter_and_honours_the_server_hint():

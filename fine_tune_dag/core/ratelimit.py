@@ -20,6 +20,7 @@ class Slot:
     sent_at: float
     tokens: int
     waited: float = 0.0
+    settled: bool = False  # answered; until then the request may still be on its way to the server
 
 
 class RateLimiter:
@@ -27,7 +28,8 @@ class RateLimiter:
 
     A slot counts from the moment its answer arrives once settled: the server saw the request at some
     point before that, so the server's own count over any window never exceeds the limit, whatever
-    the network delayed.
+    the network delayed. A slot still in flight never leaves the window: a request held up on its way (a
+    busy machine, a slow connection) may reach the server late, beside the ones sent after it.
     """
 
     def __init__(
@@ -53,7 +55,9 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                self._slots = sorted((s for s in self._slots if now - s.sent_at < self.window_s), key=_sent_at)
+                self._slots = sorted(
+                    (s for s in self._slots if not s.settled or now - s.sent_at < self.window_s), key=_sent_at
+                )
                 used = sum(s.tokens for s in self._slots)
                 if len(self._slots) < self.requests_per_minute and used + tokens <= self.tokens_per_minute:
                     slot = Slot(now, tokens, waited)
@@ -66,7 +70,7 @@ class RateLimiter:
     def settle(self, slot: Slot) -> None:
         """The request behind `slot` is answered: count it from now."""
         with self._lock:
-            slot.sent_at = self._clock()
+            slot.sent_at, slot.settled = self._clock(), True
 
     def _wait_until_fits(self, now: float, tokens: int, used: int) -> float:
         """Seconds until enough of the window's oldest entries expire for one more request of `tokens`."""
@@ -74,7 +78,8 @@ class RateLimiter:
         for count, slot in enumerate(self._slots, start=1):
             freed += slot.tokens
             if count >= need_requests and used - freed + tokens <= self.tokens_per_minute:
-                return max(slot.sent_at + self.window_s - now, 0.001)
+                # a slot in flight frees the window only a window after its answer: look again shortly
+                return max(slot.sent_at + self.window_s - now, 0.001 if slot.settled else self.window_s / 100)
         return self.window_s
 
 
