@@ -27,10 +27,17 @@ from results import Row, add_json_argument, machine, peak_rss_mib, report
 from training import conversations
 from transformers import TrainerCallback
 
-from fine_tune_dag.core.chat import Message
-from fine_tune_dag.core.dpo import DpoSettings, dpo_loss, reference_logps, tokenize_pairs, train_dpo
-from fine_tune_dag.core.models import BUNDLED_MODEL, load_causal_lm, load_tokenizer, resolve_model, with_adapters
-from fine_tune_dag.core.training import TrainingSettings, save_adapter, train_lora
+from fine_tune_dag.core.modeling.chat import Message
+from fine_tune_dag.core.modeling.dpo import DpoSettings, dpo_loss, reference_logps, tokenize_pairs, train_dpo
+from fine_tune_dag.core.modeling.loop import save_adapter
+from fine_tune_dag.core.modeling.models import (
+    BUNDLED_MODEL,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+    with_adapters,
+)
+from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 
 Pair = tuple[list[Message], list[Message]]
 

@@ -30,8 +30,8 @@ from generation import add_model_arguments, load_model, sample_passages
 from peft import PeftModel
 from results import Row, add_json_argument, machine, peak_rss_mib, report
 
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, Message, chat_messages, render_training_example
-from fine_tune_dag.core.evaluation import (
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, Message, chat_messages, render_training_example
+from fine_tune_dag.core.modeling.evaluation import (
     Contender,
     EvaluationSettings,
     answer_nll,
@@ -41,9 +41,10 @@ from fine_tune_dag.core.evaluation import (
     summarize,
     win_rates,
 )
-from fine_tune_dag.core.models import with_adapters
-from fine_tune_dag.core.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs, synthesis_request
-from fine_tune_dag.core.training import TrainingSettings, save_adapter, train_lora
+from fine_tune_dag.core.modeling.loop import save_adapter
+from fine_tune_dag.core.modeling.models import with_adapters
+from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.text.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs, synthesis_request
 from fine_tune_dag.testing import SCRIPTED_LLM
 
 

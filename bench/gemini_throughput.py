@@ -16,9 +16,9 @@ import time
 
 from results import Row, add_json_argument, report
 
-from fine_tune_dag.core.gemini import GeminiLLM, GeminiSettings
-from fine_tune_dag.core.llm import LLMRequest
-from fine_tune_dag.core.ratelimit import RetryPolicy
+from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
+from fine_tune_dag.core.llm.ratelimit import RetryPolicy
+from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.gemini_stub import GeminiStub, StubReply, failing_share
 
 KEY = "bench-key-not-real"

@@ -25,11 +25,9 @@ from typing import Any, Callable, Sequence
 import torch
 from results import Row, add_json_argument, machine, peak_rss_mib, report
 
-from fine_tune_dag.core.chat import render_prompt_ids
-from fine_tune_dag.core.chunking import ChunkingSettings, Passage, heuristic_passages
-from fine_tune_dag.core.generation import StopStrings, continuation_text, generate_batch
-from fine_tune_dag.core.ingest import discover_notes, parse_note
-from fine_tune_dag.core.models import (
+from fine_tune_dag.core.modeling.chat import render_prompt_ids
+from fine_tune_dag.core.modeling.generation import StopStrings, continuation_text, generate_batch
+from fine_tune_dag.core.modeling.models import (
     BUNDLED_MODEL,
     load_causal_lm,
     load_tokenizer,
@@ -37,7 +35,9 @@ from fine_tune_dag.core.models import (
     select_device,
     select_dtype,
 )
-from fine_tune_dag.core.synthesis import MODES, SynthesisSettings, synthesis_request
+from fine_tune_dag.core.text.chunking import ChunkingSettings, Passage, heuristic_passages
+from fine_tune_dag.core.text.ingest import discover_notes, parse_note
+from fine_tune_dag.core.text.synthesis import MODES, SynthesisSettings, synthesis_request
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 NOTES = DATA / "notes"

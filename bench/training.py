@@ -33,15 +33,16 @@ from peft import PeftModel
 from results import Row, add_json_argument, machine, peak_rss_mib, report
 from transformers import TrainerCallback, TrainerState
 
-from fine_tune_dag.core.chat import (
+from fine_tune_dag.core.modeling.chat import (
     DEFAULT_SYSTEM_PROMPT,
     Message,
     TokenizedExample,
     chat_messages,
     render_training_example,
 )
-from fine_tune_dag.core.models import BUNDLED_MODEL, load_causal_lm, load_tokenizer, resolve_model
-from fine_tune_dag.core.training import TrainingSettings, held_out_loss, lora_config, train_lora
+from fine_tune_dag.core.modeling.loop import held_out_loss
+from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, load_causal_lm, load_tokenizer, resolve_model
+from fine_tune_dag.core.modeling.sft import TrainingSettings, lora_config, train_lora
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.testing import SAMPLE_TOPICS
 

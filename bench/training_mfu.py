@@ -27,8 +27,14 @@ from results import Row, add_json_argument, machine, peak_rss_mib, report
 from training import conversations
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from fine_tune_dag.core.models import BUNDLED_MODEL, count_parameters, load_tokenizer, resolve_model, select_device
-from fine_tune_dag.core.training import TrainingSettings, train_lora
+from fine_tune_dag.core.modeling.models import (
+    BUNDLED_MODEL,
+    count_parameters,
+    load_tokenizer,
+    resolve_model,
+    select_device,
+)
+from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 
 # dense bf16 tensor-core peaks from the datasheets, TFLOP/s, by a part of torch's device name
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}

@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from fine_tune_dag.core.preferences import next_comparison, progress, record_choice
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.modeling.preferences import next_comparison, progress, record_choice
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 PAGE = Path(__file__).with_name("annotate.html")
 HOST = "127.0.0.1"  # the page writes labels without asking who is calling: never reachable from other machines

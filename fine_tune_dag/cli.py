@@ -21,12 +21,18 @@ from tqdm import tqdm
 from fine_tune_dag.annotate import serve
 from fine_tune_dag.assets.champion import beats_champion
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.estimate import CostEstimate, History, estimate_note, expected_training_tokens
-from fine_tune_dag.core.inference import export_merged, load_adapter_model, model_card, push_adapter, stream_answer
-from fine_tune_dag.core.ingest import NoteParseError, discover_notes, parse_note
-from fine_tune_dag.core.preferences import progress
-from fine_tune_dag.core.registry import (
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.modeling.inference import (
+    export_merged,
+    load_adapter_model,
+    model_card,
+    push_adapter,
+    stream_answer,
+)
+from fine_tune_dag.core.modeling.preferences import progress
+from fine_tune_dag.core.modeling.report import METRIC_LABELS
+from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.store.registry import (
     METRIC_COLUMNS,
     current_champion,
     evaluation_summary,
@@ -34,11 +40,11 @@ from fine_tune_dag.core.registry import (
     lineage_text,
     resolve_adapter,
 )
-from fine_tune_dag.core.report import METRIC_LABELS
-from fine_tune_dag.core.request_log import LISTED_COLUMNS, read_requests, summarize_requests
-from fine_tune_dag.core.splits import DEFAULT_TEST_FRACTION
-from fine_tune_dag.core.training import TrainingSettings
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.request_log import LISTED_COLUMNS, read_requests, summarize_requests
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
+from fine_tune_dag.core.text.ingest import NoteParseError, discover_notes, parse_note
+from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
 from fine_tune_dag.definitions import build_definitions, llm_from_environment, notes_job, train_and_evaluate_job
 
 

@@ -29,7 +29,7 @@ from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.automation.conditions import retrain_condition
 from fine_tune_dag.automation.schedules import build_retrain_schedule
 from fine_tune_dag.automation.sensors import build_new_notes_sensor
-from fine_tune_dag.core.models import BUNDLED_MODEL
+from fine_tune_dag.core.modeling.models import BUNDLED_MODEL
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import DEFAULT_GEMINI_MODEL, LLMResource
 from fine_tune_dag.resources.models import ModelsResource

@@ -19,7 +19,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from fine_tune_dag.core.llm import LLMClient, LLMRequest, LLMResult
+from fine_tune_dag.core.llm.types import LLMClient, LLMRequest, LLMResult
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths

@@ -16,6 +16,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: Path):
-    from fine_tune_dag.core.models import load_tokenizer
+    from fine_tune_dag.core.modeling.models import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)

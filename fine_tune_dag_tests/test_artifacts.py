@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from fsspec.core import url_to_fs
 
-from fine_tune_dag.core.artifacts import COMPLETE_MARKER, ArtifactStore, ArtifactStoreError
+from fine_tune_dag.core.store.artifacts import COMPLETE_MARKER, ArtifactStore, ArtifactStoreError
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 
 ADAPTER_FILES = {

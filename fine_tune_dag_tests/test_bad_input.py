@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import main
-from fine_tune_dag.core.ingest import discover_notes, note_partition_key
-from fine_tune_dag.core.synthesis import SynthesisSettings
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.ingest import discover_notes, note_partition_key
+from fine_tune_dag.core.text.synthesis import SynthesisSettings
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.testing import SCRIPTED_LLM, DaemonRun, LocalDaemon, scripted_definitions, write_sample_notes
 from fine_tune_dag_tests.test_incremental import RUN_CONFIG

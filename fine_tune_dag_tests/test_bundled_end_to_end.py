@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.registry import evaluation_summary
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.registry import evaluation_summary
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
 
 NOTES = {

@@ -5,9 +5,9 @@ import dagster as dg
 from transformers import AutoModelForCausalLM
 
 from fine_tune_dag.cli import main, materialize_graph
-from fine_tune_dag.core.champion import PromotionPolicy, judge_challenger, promotion_verdict
-from fine_tune_dag.core.registry import current_champion, evaluation_summary
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.promotion import PromotionPolicy, judge_challenger, promotion_verdict
+from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 POLICY = PromotionPolicy(min_nll_improvement=0.05, metric_tolerance=0.02)

@@ -6,23 +6,21 @@ import pytest
 import torch
 from peft import PeftModel
 
-import fine_tune_dag.core.training as training
-from fine_tune_dag.core.chat import chat_messages, render_prompt_ids, render_training_example
-from fine_tune_dag.core.evaluation import EvaluationSettings, evaluate_contender
-from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.llm import LLMRequest, LocalLLM
-from fine_tune_dag.core.models import load_causal_lm
-from fine_tune_dag.core.training import (
-    TrainingSettings,
+import fine_tune_dag.core.modeling.sft as training
+from fine_tune_dag.core.llm.local import LocalLLM
+from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids, render_training_example
+from fine_tune_dag.core.modeling.evaluation import EvaluationSettings, evaluate_contender
+from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.loop import (
     collate,
     held_out_loss,
     length_grouped_batches,
     next_adapter_version,
     save_adapter,
-    split_held_out,
-    tokenize_conversations,
-    train_lora,
 )
+from fine_tune_dag.core.modeling.models import load_causal_lm
+from fine_tune_dag.core.modeling.sft import TrainingSettings, split_held_out, tokenize_conversations, train_lora
 
 CONVERSATIONS = [
     chat_messages(

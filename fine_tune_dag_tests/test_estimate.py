@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import main
-from fine_tune_dag.core.estimate import CostEstimate, History, estimate_note, expected_training_tokens
+from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
 from fine_tune_dag.definitions import notes_job
 from fine_tune_dag.testing import SCRIPTED_LLM, scripted_definitions, write_sample_notes
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 import yaml
 
-from fine_tune_dag.core.chat import chat_messages
-from fine_tune_dag.core.ingest import note_partition_key
-from fine_tune_dag.core.registry import current_champion
-from fine_tune_dag.core.training import TrainingSettings, train_lora
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.modeling.chat import chat_messages
+from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.store.registry import current_champion
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.ingest import note_partition_key
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.testing import SCRIPTED_LLM, LocalDaemon, scripted_definitions, write_sample_notes
 from fine_tune_dag_tests.test_incremental import RUN_CONFIG
@@ -95,7 +95,7 @@ KILLED_TRAINING = """
 import json, sys, time
 from pathlib import Path
 import dagster as dg
-import fine_tune_dag.core.training as training
+import fine_tune_dag.core.modeling.sft as training
 from fine_tune_dag.testing import scripted_definitions
 from fine_tune_dag_tests.test_faults import train_adapter
 
@@ -209,7 +209,7 @@ def test_llm_failing_halfway_through_a_note_resumes_from_the_cache_without_dupli
 WRITER = """
 import sys
 import pandas as pd
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
 db, name, rows, hold = Warehouse(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 for i in range(rows):
     frame = pd.DataFrame([{"cache_key": f"{name}-{i}", "provider": name, "model": "m", "template": "t",

@@ -9,10 +9,11 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.gemini import GeminiError, GeminiLLM, GeminiSettings
-from fine_tune_dag.core.llm import CachedLLM, LLMRequest
-from fine_tune_dag.core.ratelimit import RetryPolicy
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.llm.cache import CachedLLM
+from fine_tune_dag.core.llm.gemini import GeminiError, GeminiLLM, GeminiSettings
+from fine_tune_dag.core.llm.ratelimit import RetryPolicy
+from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.gemini_stub import GeminiStub, StubReply, scripted
 from fine_tune_dag.prompts import load_prompt

@@ -10,9 +10,15 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from fine_tune_dag.core.chat import chat_messages, render_prompt_ids
-from fine_tune_dag.core.generation import continuation_text, cut_at_stop, generate_batch, length_groups, prefilled_cache
-from fine_tune_dag.core.models import load_causal_lm
+from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids
+from fine_tune_dag.core.modeling.generation import (
+    continuation_text,
+    cut_at_stop,
+    generate_batch,
+    length_groups,
+    prefilled_cache,
+)
+from fine_tune_dag.core.modeling.models import load_causal_lm
 
 QUESTIONS = [
     "Why?",

@@ -9,8 +9,8 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.ingest import discover_notes
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.ingest import discover_notes
 from fine_tune_dag.testing import (
     SAMPLE_TOPICS,
     SCRIPTED_LLM,

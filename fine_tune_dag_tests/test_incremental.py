@@ -5,8 +5,8 @@ dataset follows; training waits until the train split grew by the threshold."""
 import dagster as dg
 import pytest
 
-from fine_tune_dag.core.ingest import note_partition_key
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.ingest import note_partition_key
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.testing import (
     SCRIPTED_LLM,

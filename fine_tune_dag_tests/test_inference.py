@@ -11,11 +11,23 @@ from huggingface_hub import HfApi
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids, render_training_example
-from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.inference import export_merged, load_adapter_model, model_card, push_adapter, stream_answer
-from fine_tune_dag.core.models import load_causal_lm
-from fine_tune_dag.core.training import TrainingSettings, save_adapter, train_lora
+from fine_tune_dag.core.modeling.chat import (
+    DEFAULT_SYSTEM_PROMPT,
+    chat_messages,
+    render_prompt_ids,
+    render_training_example,
+)
+from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.inference import (
+    export_merged,
+    load_adapter_model,
+    model_card,
+    push_adapter,
+    stream_answer,
+)
+from fine_tune_dag.core.modeling.loop import save_adapter
+from fine_tune_dag.core.modeling.models import load_causal_lm
+from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 
 QUESTION = "Why do you oil the chain?"
 ANSWER = "Here is the thing: the chain wears slowly, then all at once."

@@ -16,7 +16,7 @@ import pytest
 from fpdf import FPDF
 from pypdf import PdfWriter
 
-from fine_tune_dag.core.ingest import (
+from fine_tune_dag.core.text.ingest import (
     NoteParseError,
     ParsedNote,
     _PdfLine,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fine_tune_dag.core.models import (
+from fine_tune_dag.core.modeling.models import (
     BUNDLED_MODEL,
     ModelResolutionError,
     bundled_gguf_file,

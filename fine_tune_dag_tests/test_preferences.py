@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
-from fine_tune_dag.core.dpo import DpoSettings, dpo_loss, reference_logps, tokenize_pairs, train_dpo
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, with_adapters
-from fine_tune_dag.core.preferences import (
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
+from fine_tune_dag.core.modeling.dpo import DpoSettings, dpo_loss, reference_logps, tokenize_pairs, train_dpo
+from fine_tune_dag.core.modeling.loop import save_adapter
+from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer, with_adapters
+from fine_tune_dag.core.modeling.preferences import (
     AUTHOR_VS_CHAMPION,
     CHAMPION_TEMPERATURES,
     CHAMPION_VS_PROMPTED_BASE,
@@ -34,9 +35,9 @@ from fine_tune_dag.core.preferences import (
     passage_as_answer,
     record_choice,
 )
-from fine_tune_dag.core.registry import current_champion
-from fine_tune_dag.core.training import TrainingSettings, save_adapter, train_lora
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.store.registry import current_champion
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 

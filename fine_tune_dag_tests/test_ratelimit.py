@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from fine_tune_dag.core.ratelimit import RateLimiter, RetryPolicy, Slot
+from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy, Slot
 
 
 class FakeClock:

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from fine_tune_dag.core.evaluation import summarize, win_rates
-from fine_tune_dag.core.report import verdict, write_report
+from fine_tune_dag.core.modeling.evaluation import summarize, win_rates
+from fine_tune_dag.core.modeling.report import verdict, write_report
 
 
 def per_item(nll: float, rouge: float) -> pd.DataFrame:

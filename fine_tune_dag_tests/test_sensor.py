@@ -7,8 +7,8 @@ import time
 import dagster as dg
 import pytest
 
-from fine_tune_dag.core.ingest import note_partition_key
-from fine_tune_dag.core.watch import WatchCursor, scan_notes
+from fine_tune_dag.core.text.ingest import note_partition_key
+from fine_tune_dag.core.text.watch import WatchCursor, scan_notes
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.policy import AutomationPolicy
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fine_tune_dag.core.statistics import bootstrap_mean, paired_outcomes, win_rate
-from fine_tune_dag.core.text_metrics import style_distance, unsupported_share
+from fine_tune_dag.core.modeling.statistics import bootstrap_mean, paired_outcomes, win_rate
+from fine_tune_dag.core.text.metrics import style_distance, unsupported_share
 
 
 def test_unsupported_share_counts_content_words_missing_from_the_source():
@@ -43,7 +43,7 @@ def test_bootstrap_is_reproducible_by_seed_and_narrows_with_more_items():
 def test_the_judge_sees_answers_in_seeded_random_order_and_verdicts_map_back():
     import pandas as pd
 
-    from fine_tune_dag.core.evaluation import judge_requests, judged_outcomes
+    from fine_tune_dag.core.modeling.evaluation import judge_requests, judged_outcomes
 
     mine = pd.DataFrame({"question": ["q1", "q2", "q3", "q4"], "reference": ["r"] * 4, "generation": ["MINE"] * 4})
     other = mine.assign(generation=["THEIRS"] * 4)

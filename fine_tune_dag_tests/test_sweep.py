@@ -7,10 +7,10 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.registry import current_champion
-from fine_tune_dag.core.sweep import SweepFileError, load_sweep, sweep_settings
-from fine_tune_dag.core.training import TrainingSettings
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.modeling.sweep import SweepFileError, load_sweep, sweep_settings
+from fine_tune_dag.core.store.registry import current_champion
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 

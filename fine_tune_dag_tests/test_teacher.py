@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.teacher import PromptFileError, parse_generated_inputs, read_prompt_file
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.teacher import PromptFileError, parse_generated_inputs, read_prompt_file
 from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 

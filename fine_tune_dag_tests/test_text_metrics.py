@@ -1,6 +1,6 @@
 import pytest
 
-from fine_tune_dag.core.text_metrics import lcs_length, rouge_l_f1, support, token_f1, words
+from fine_tune_dag.core.text.metrics import lcs_length, rouge_l_f1, support, token_f1, words
 
 
 def test_words_lowercase_and_drop_punctuation():
@@ -28,7 +28,7 @@ def test_support_is_share_of_answer_words_in_source():
 
 
 def test_repetition_and_content_words():
-    from fine_tune_dag.core.text_metrics import content_words, repeated_trigram_share
+    from fine_tune_dag.core.text.metrics import content_words, repeated_trigram_share
 
     assert repeated_trigram_share("a b c a b c a b c") == 1.0
     assert repeated_trigram_share("one two three four five") == 0.0

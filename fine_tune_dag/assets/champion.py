@@ -3,15 +3,15 @@
 import dagster as dg
 
 from fine_tune_dag.assets.evaluation import eval_report
-from fine_tune_dag.core.champion import PromotionVerdict, judge_challenger
-from fine_tune_dag.core.registry import (
+from fine_tune_dag.core.store.promotion import PromotionVerdict, judge_challenger
+from fine_tune_dag.core.store.registry import (
     adapter_by_version,
     current_champion,
     evaluation_summary,
     latest_evaluation,
     promote,
 )
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
 

@@ -7,7 +7,8 @@ from pydantic import Field
 from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.chunking import (
+from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.text.chunking import (
     BOUNDARY_MAX_NEW_TOKENS,
     BOUNDARY_TEMPLATE,
     ChunkingSettings,
@@ -16,8 +17,7 @@ from fine_tune_dag.core.chunking import (
     needs_boundary_request,
     passages_from_boundary_answer,
 )
-from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.markdown import length_summary, preview
+from fine_tune_dag.core.text.markdown import length_summary, preview
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
 

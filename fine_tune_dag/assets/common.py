@@ -3,8 +3,8 @@
 import dagster as dg
 import pandas as pd
 
-from fine_tune_dag.core.llm import LLMUsage
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.llm.types import LLMUsage
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 
 def rows_for_note(

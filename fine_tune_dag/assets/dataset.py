@@ -11,13 +11,19 @@ from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.automation.conditions import dataset_condition
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, render_training_example
-from fine_tune_dag.core.markdown import length_summary, preview
-from fine_tune_dag.core.models import load_tokenizer
-from fine_tune_dag.core.splits import DEFAULT_TEST_FRACTION, assign_splits, dataset_version, records_of, write_jsonl
-from fine_tune_dag.core.synthesis import MODES
-from fine_tune_dag.core.training import TrainingSettings
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, render_training_example
+from fine_tune_dag.core.modeling.models import load_tokenizer
+from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.markdown import length_summary, preview
+from fine_tune_dag.core.text.splits import (
+    DEFAULT_TEST_FRACTION,
+    assign_splits,
+    dataset_version,
+    records_of,
+    write_jsonl,
+)
+from fine_tune_dag.core.text.synthesis import MODES
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource

@@ -9,11 +9,11 @@ from pydantic import Field
 from fine_tune_dag.assets.preferences import preference_pairs
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import register_adapter
-from fine_tune_dag.core.dpo import DpoSettings, train_dpo
-from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.preferences import pair_conversations
-from fine_tune_dag.core.registry import current_champion
-from fine_tune_dag.core.training import next_adapter_version, save_adapter
+from fine_tune_dag.core.modeling.dpo import DpoSettings, train_dpo
+from fine_tune_dag.core.modeling.loop import next_adapter_version, save_adapter
+from fine_tune_dag.core.modeling.preferences import pair_conversations
+from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource

@@ -10,13 +10,19 @@ from pydantic import Field
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.edge_cases import hardest_for_base, read_user_cases, side_by_side
-from fine_tune_dag.core.evaluation import answer_nll
-from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
-from fine_tune_dag.core.registry import MAIN_LINE, latest_adapter
-from fine_tune_dag.core.splits import records_of
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
+from fine_tune_dag.core.modeling.edge_cases import hardest_for_base, read_user_cases, side_by_side
+from fine_tune_dag.core.modeling.evaluation import answer_nll
+from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.models import (
+    load_causal_lm,
+    load_tokenizer,
+    select_device,
+    select_dtype,
+    with_adapters,
+)
+from fine_tune_dag.core.store.registry import MAIN_LINE, latest_adapter
+from fine_tune_dag.core.text.splits import records_of
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
 

@@ -11,9 +11,8 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.edge_cases import SHOWN_VERSIONS, edge_cases
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
-from fine_tune_dag.core.champion import judge_challenger
-from fine_tune_dag.core.edge_cases import side_by_side
-from fine_tune_dag.core.evaluation import (
+from fine_tune_dag.core.modeling.edge_cases import side_by_side
+from fine_tune_dag.core.modeling.evaluation import (
     Contender,
     EvaluationSettings,
     best_prompt_conversations,
@@ -23,13 +22,20 @@ from fine_tune_dag.core.evaluation import (
     summarize,
     win_rates,
 )
-from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.markdown import table
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
-from fine_tune_dag.core.registry import current_champion, latest_adapter, record_evaluation
-from fine_tune_dag.core.report import write_report
-from fine_tune_dag.core.splits import records_of
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.modeling.models import (
+    load_causal_lm,
+    load_tokenizer,
+    select_device,
+    select_dtype,
+    with_adapters,
+)
+from fine_tune_dag.core.modeling.report import write_report
+from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.store.promotion import judge_challenger
+from fine_tune_dag.core.store.registry import current_champion, latest_adapter, record_evaluation
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.markdown import table
+from fine_tune_dag.core.text.splits import records_of
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths

@@ -8,10 +8,10 @@ import dagster as dg
 import pandas as pd
 
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.estimate import History, estimate_note
-from fine_tune_dag.core.ingest import NoteParseError, find_note, parse_note
-from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.core.watch import file_sha256
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.estimate import History, estimate_note
+from fine_tune_dag.core.text.ingest import NoteParseError, find_note, parse_note
+from fine_tune_dag.core.text.watch import file_sha256
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource

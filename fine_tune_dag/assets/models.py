@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from fine_tune_dag.core.models import ModelResolutionError, count_parameters, load_causal_lm, load_tokenizer
+from fine_tune_dag.core.modeling.models import ModelResolutionError, count_parameters, load_causal_lm, load_tokenizer
 from fine_tune_dag.resources.models import ModelsResource
 
 

@@ -16,11 +16,15 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.evaluation import SPLIT_ITEMS_SQL
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.evaluation import pick_examples
-from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.markdown import preview
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
-from fine_tune_dag.core.preferences import (
+from fine_tune_dag.core.modeling.evaluation import pick_examples
+from fine_tune_dag.core.modeling.models import (
+    load_causal_lm,
+    load_tokenizer,
+    select_device,
+    select_dtype,
+    with_adapters,
+)
+from fine_tune_dag.core.modeling.preferences import (
     AUTHOR_VS_CHAMPION,
     PreferenceSettings,
     assign_pairings,
@@ -29,7 +33,9 @@ from fine_tune_dag.core.preferences import (
     pairs_from_labels,
     prompts_from_splits,
 )
-from fine_tune_dag.core.registry import current_champion
+from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.store.registry import current_champion
+from fine_tune_dag.core.text.markdown import preview
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource

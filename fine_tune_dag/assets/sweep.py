@@ -13,9 +13,9 @@ from fine_tune_dag.assets.evaluation import EvaluationConfig, evaluate_adapter
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import TrainingConfig, train_and_register
-from fine_tune_dag.core.champion import judge_challenger
-from fine_tune_dag.core.registry import adapter_by_version, current_champion, evaluation_summary, promote
-from fine_tune_dag.core.sweep import leaderboard, leaderboard_markdown, load_sweep, sweep_settings
+from fine_tune_dag.core.modeling.sweep import leaderboard, leaderboard_markdown, load_sweep, sweep_settings
+from fine_tune_dag.core.store.promotion import judge_challenger
+from fine_tune_dag.core.store.registry import adapter_by_version, current_champion, evaluation_summary, promote
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource

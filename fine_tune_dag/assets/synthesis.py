@@ -9,10 +9,10 @@ from pydantic import Field
 from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.chunking import Passage
-from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.markdown import preview, table
-from fine_tune_dag.core.synthesis import (
+from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.text.chunking import Passage
+from fine_tune_dag.core.text.markdown import preview, table
+from fine_tune_dag.core.text.synthesis import (
     MODES,
     TEMPLATES,
     SynthesisSettings,

@@ -11,9 +11,9 @@ from pydantic import Field
 from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import llm_usage_metadata
 from fine_tune_dag.assets.synthesis import qa_pairs
-from fine_tune_dag.core.llm import LLMRequest
-from fine_tune_dag.core.markdown import length_summary, preview
-from fine_tune_dag.core.teacher import (
+from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.text.markdown import length_summary, preview
+from fine_tune_dag.core.text.teacher import (
     PAIR_COLUMNS,
     PromptFileError,
     PromptRow,

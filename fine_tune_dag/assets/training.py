@@ -14,12 +14,13 @@ from pydantic import Field
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.markdown import preview
-from fine_tune_dag.core.report import plot_loss_curve
-from fine_tune_dag.core.splits import records_of
-from fine_tune_dag.core.training import TrainingRun, TrainingSettings, next_adapter_version, save_adapter, train_lora
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.modeling.loop import TrainingRun, next_adapter_version, save_adapter
+from fine_tune_dag.core.modeling.report import plot_loss_curve
+from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.markdown import preview
+from fine_tune_dag.core.text.splits import records_of
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths

@@ -4,7 +4,7 @@ import dagster as dg
 
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.watch import NoteChange, WatchCursor, scan_notes
+from fine_tune_dag.core.text.watch import NoteChange, WatchCursor, scan_notes
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 

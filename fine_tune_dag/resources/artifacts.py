@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from fine_tune_dag.core.artifacts import ArtifactStore
+from fine_tune_dag.core.store.artifacts import ArtifactStore
 
 
 class ArtifactStoreResource(dg.ConfigurableResource):

@@ -6,10 +6,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from fine_tune_dag.core.gemini import GeminiLLM, GeminiSettings
-from fine_tune_dag.core.llm import DEFAULT_PRICES, CachedLLM, LLMClient, LocalLLM
-from fine_tune_dag.core.models import BUNDLED_MODEL, resolve_model
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.llm.cache import CachedLLM
+from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
+from fine_tune_dag.core.llm.local import LocalLLM
+from fine_tune_dag.core.llm.types import DEFAULT_PRICES, LLMClient
+from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.paths import ProjectPaths
 
 PROVIDERS = ("local", "gemini")

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from fine_tune_dag.core.models import BUNDLED_MODEL, ResolvedModel, resolve_model
+from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, ResolvedModel, resolve_model
 from fine_tune_dag.resources.paths import ProjectPaths
 
 

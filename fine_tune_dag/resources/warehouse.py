@@ -1,6 +1,6 @@
 import dagster as dg
 
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):

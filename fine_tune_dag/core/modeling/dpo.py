@@ -22,9 +22,8 @@ from typing import Callable, Sequence
 import torch
 from peft import PeftModel
 
-from fine_tune_dag.core.chat import Message, TokenizedExample, render_training_example
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer
-from fine_tune_dag.core.training import (
+from fine_tune_dag.core.modeling.chat import Message, TokenizedExample, render_training_example
+from fine_tune_dag.core.modeling.loop import (
     TrainingRun,
     answer_token_losses,
     base_precision,
@@ -32,6 +31,7 @@ from fine_tune_dag.core.training import (
     optimizer_and_schedule,
     seeded_device,
 )
+from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fine_tune_dag.core.chunking import (
+from fine_tune_dag.core.llm.types import LLMRequest, request_cost
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.chunking import (
     BOUNDARY_MAX_NEW_TOKENS,
     ChunkingSettings,
     boundary_request,
     heuristic_passages,
     needs_boundary_request,
 )
-from fine_tune_dag.core.llm import LLMRequest, request_cost
-from fine_tune_dag.core.synthesis import SynthesisSettings, synthesis_request
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.text.synthesis import SynthesisSettings, synthesis_request
 
 CHARS_PER_TOKEN = 4
 DEFAULT_KEEP_RATE = 0.3  # share of candidate pairs the filters keep, before any history

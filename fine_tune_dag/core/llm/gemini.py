@@ -22,8 +22,8 @@ import httpx2
 from google import genai
 from google.genai import errors, types
 
-from fine_tune_dag.core.llm import LLMRequest, LLMResult
-from fine_tune_dag.core.ratelimit import RateLimiter, RetryPolicy
+from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
+from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _RETRY_DELAY = re.compile(r"^\s*([\d.]+)s\s*$")

@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
-from fine_tune_dag.core.markdown import table  # noqa: E402
-from fine_tune_dag.core.statistics import Interval
+from fine_tune_dag.core.modeling.statistics import Interval
+from fine_tune_dag.core.text.markdown import table  # noqa: E402
 
 CONTENDER_COLORS = {"base": "tab:gray", "prompted": "tab:olive", "champion": "tab:blue", "tuned": "tab:green"}
 METRIC_LABELS = {

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 METRIC_COLUMNS = ("nll", "perplexity", "rouge_l", "token_f1")
 

@@ -1,4 +1,4 @@
-"""LLM clients behind one small interface, and the content-hash cache every call goes through.
+"""The content-hash cache and request log every LLM call goes through, whichever provider answers.
 
 Assets only see `CachedLLM.complete(requests)`; which provider answers is a resource setting.
 """
@@ -7,110 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Sequence
 
 import pandas as pd
 
-from fine_tune_dag.core.chat import render_prompt_ids
-from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.warehouse import Warehouse
-from fine_tune_dag.prompts import PromptTemplate
-
-ProgressCallback = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class LLMRequest:
-    messages: tuple[tuple[str, str], ...]  # (role, content) pairs, hashable for caching
-    template: str
-    template_version: str
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    variables: tuple[tuple[str, str], ...] = ()  # what filled the template: logged, not part of the cache key
-    json_schema: str = ""  # JSON schema of the answer, for providers with structured output
-
-    @classmethod
-    def from_template(
-        cls, template: PromptTemplate, max_new_tokens: int, temperature: float = 0.0, **variables: str
-    ) -> LLMRequest:
-        messages = tuple((m["role"], m["content"]) for m in template.render(**variables))
-        return cls(
-            messages,
-            template.name,
-            template.version,
-            max_new_tokens,
-            temperature,
-            tuple(sorted(variables.items())),
-            template.response_schema,
-        )
-
-    def chat(self) -> list[dict[str, str]]:
-        return [{"role": role, "content": content} for role, content in self.messages]
-
-
-@dataclass(frozen=True)
-class LLMResult:
-    """One answer; `blocked` and `empty` answers are outcomes to record, not errors."""
-
-    text: str
-    status: str = "ok"  # ok | blocked | empty
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_s: float = 0.0
-    detail: str = ""  # why blocked or empty, as the provider said it
-
-
-class LLMClient(Protocol):
-    provider: str
-    model_name: str
-
-    def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
-        """One result per request, in order."""
-
-
-class LocalLLM:
-    """A Hugging Face causal LM on this machine, loaded on first use, generating in batches."""
-
-    provider = "local"
-
-    def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", batch_size: int = 8, seed: int = 0):
-        self.model_path = Path(model_path)
-        self.model_name = self.model_path.name
-        self.device, self.dtype_name = device, dtype
-        self.batch_size, self.seed = batch_size, seed
-        self._loaded: tuple | None = None
-
-    def _model(self) -> tuple:
-        if self._loaded is None:
-            from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
-
-            device = select_device(self.device)
-            model = load_causal_lm(self.model_path, device, select_dtype(self.dtype_name, device)).eval()
-            self._loaded = (model, load_tokenizer(self.model_path))
-        return self._loaded
-
-    def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
-        model, tokenizer = self._model()
-        answers: list[LLMResult] = [LLMResult("")] * len(requests)
-        groups: dict[tuple[int, float], list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault((request.max_new_tokens, request.temperature), []).append(index)
-        for (max_new_tokens, temperature), indices in groups.items():
-            prompts = [render_prompt_ids(tokenizer, requests[i].chat()) for i in indices]
-            started = time.perf_counter()
-            outputs = generate_batch(
-                model, tokenizer, prompts, max_new_tokens, temperature, batch_size=self.batch_size, seed=self.seed
-            )
-            latency = (time.perf_counter() - started) / len(indices)
-            for i, prompt, output in zip(indices, prompts, outputs):
-                produced = len(tokenizer(output, add_special_tokens=False)["input_ids"])
-                answers[i] = LLMResult(output, "ok" if output.strip() else "empty", len(prompt), produced, latency)
-        return answers
+from fine_tune_dag.core.llm.types import (
+    DEFAULT_PRICES,
+    LLMClient,
+    LLMRequest,
+    LLMResult,
+    LLMUsage,
+    ProgressCallback,
+    request_cost,
+)
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 
 def cache_key(provider: str, model: str, request: LLMRequest) -> str:
@@ -128,33 +41,6 @@ def cache_key(provider: str, model: str, request: LLMRequest) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-# USD per million input and output tokens; local models cost nothing. Override per resource.
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gemini-2.5-flash": (0.30, 2.50),
-    "gemini-2.5-flash-lite": (0.10, 0.40),
-    "gemini-2.5-pro": (1.25, 10.00),
-}
-
-
-def request_cost(prices: dict[str, tuple[float, float]], model: str, input_tokens: int, output_tokens: int) -> float:
-    per_input, per_output = prices.get(model, (0.0, 0.0))
-    return (input_tokens * per_input + output_tokens * per_output) / 1e6
-
-
-@dataclass
-class LLMUsage:
-    calls: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    rejected: int = 0  # blocked or empty answers
-
-    @property
-    def requests(self) -> int:
-        return self.calls + self.cache_hits
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from fine_tune_dag.core.chat import chat_messages
+from fine_tune_dag.core.modeling.chat import chat_messages
 
 SPLIT_SALT = "fine_tune_dag/split/v1"
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 LISTED_COLUMNS = [
     "created_at",

@@ -7,28 +7,28 @@ label mask, EOS handling, batching and precision are visible and tested.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
-import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.helpers import disable_input_dtype_casting
-from transformers import get_scheduler
 
-from fine_tune_dag.core.chat import Message, TokenizedExample, render_training_example
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype
-
-if TYPE_CHECKING:
-    from fine_tune_dag.core.dpo import DpoSettings
+from fine_tune_dag.core.modeling.chat import Message, TokenizedExample, render_training_example
+from fine_tune_dag.core.modeling.loop import (
+    TrainingRun,
+    answer_token_losses,
+    base_precision,
+    collate,
+    held_out_loss,
+    length_grouped_batches,
+    optimizer_and_schedule,
+    seeded_device,
+)
+from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -58,32 +58,6 @@ class TrainingSettings:
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, about a third slower
 
 
-@dataclass
-class TrainingRun:
-    model: PeftModel
-    tokenizer: Any
-    settings: TrainingSettings | DpoSettings
-    device: str
-    dtype: str
-    steps: list[dict[str, float]] = field(default_factory=list)
-    examples: int = 0
-    dropped_too_long: int = 0
-    eval_examples: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    stopped_early_at: int = 0  # the step early stopping ended training at; 0 when it ran to the end
-    best_eval_loss: float = float("inf")
-    resumed_from_step: int = 0  # the checkpoint's step when an interrupted run was picked up; 0: fresh start
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-    @property
-    def final_loss(self) -> float:
-        return self.steps[-1]["loss"] if self.steps else float("nan")
-
-
 def tokenize_conversations(
     tokenizer: Any, conversations: Sequence[Sequence[Message]], max_seq_length: int
 ) -> tuple[list[TokenizedExample], int]:
@@ -99,74 +73,6 @@ def tokenize_conversations(
             raise ValueError(f"example has no answer tokens to learn: {messages[-2]['content'][:80]!r}")
         kept.append(example)
     return kept, dropped
-
-
-def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right padding to the longest example; padded positions are masked by position, never by token
-    id, so an EOS that shares its id with the pad token is still learned."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        attention[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Shuffled batches of similar lengths (as transformers' group_by_length), so padding is small."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * 16
-    batches = []
-    for start in range(0, len(order), mega):
-        group = sorted(order[start : start + mega], key=lambda i: -lengths[i])
-        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-def answer_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example summed NLL, answer-token count and correct-prediction count.
-
-    The output layer runs only on positions that predict an answer token: most of a sequence is
-    prompt, and the vocabulary projection is a large share of the compute.
-    """
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    hidden = base.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    positions = (targets != -100).nonzero(as_tuple=True)
-    logits = base.get_output_embeddings()(hidden[:, :-1][positions]).float()
-    wanted = targets[positions]
-    token_nll = torch.nn.functional.cross_entropy(logits, wanted, reduction="none")
-    rows = positions[0]
-    count = torch.bincount(rows, minlength=targets.shape[0])
-    nll = torch.zeros(targets.shape[0], dtype=torch.float32, device=logits.device).index_add(0, rows, token_nll)
-    correct = torch.bincount(rows[logits.argmax(-1) == wanted], minlength=targets.shape[0])
-    return nll, count, correct
-
-
-@torch.inference_mode()
-def held_out_loss(
-    model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
-) -> tuple[float, float]:
-    """Answer-token loss and token accuracy on examples the optimizer never sees."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    nll_total, tokens, correct = 0.0, 0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
-        nll, count, right = answer_token_losses(model, batch)
-        nll_total, tokens, correct = nll_total + float(nll.sum()), tokens + int(count.sum()), correct + int(right.sum())
-    model.train(was_training)
-    return nll_total / max(tokens, 1), correct / max(tokens, 1)
 
 
 def split_held_out(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -197,36 +103,6 @@ def enable_gradient_checkpointing(model: PeftModel) -> None:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def seeded_device(settings: TrainingSettings | DpoSettings) -> tuple[str, torch.dtype]:
-    """Seeds every generator the run draws from, and picks the device and the base weights' dtype."""
-    random.seed(settings.seed)
-    torch.manual_seed(settings.seed)
-    device = select_device(settings.device)
-    return device, select_dtype(settings.dtype, device)
-
-
-def optimizer_and_schedule(
-    model: PeftModel, learning_rate: float, weight_decay: float, schedule: str, warmup_ratio: float, total_steps: int
-) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
-    """AdamW over the adapter's trainable weights and the learning-rate schedule with warmup."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
-    scheduler = get_scheduler(schedule, optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
-    return trainable, optimizer, scheduler
-
-
-@contextmanager
-def base_precision(model: PeftModel, device: str, dtype: torch.dtype) -> Iterator[torch.autocast]:
-    """Beside low-precision base weights the adapter computes in that precision too (the yielded autocast, for
-    the forward pass) while its weights, gradients and optimizer state stay float32; otherwise peft casts every
-    adapted layer's input to float32 and its output back, copies of whole activations that hold about a quarter
-    of the peak memory of a small model. The casts stay off for the whole block, backward included, where
-    checkpointing reruns the layers."""
-    low_precision = dtype != torch.float32
-    with disable_input_dtype_casting(model, active=low_precision):
-        yield torch.autocast(device_type=device, dtype=dtype, enabled=low_precision)
 
 
 def train_lora(
@@ -387,48 +263,3 @@ def _resume(path: Path, model: PeftModel, optimizer: Any, scheduler: Any, run: T
     return loop
 
 
-def next_adapter_version(adapters_dir: Path, dataset_version: str, kind: str = "") -> str:
-    """Time-ordered, never reused: an existing folder is never overwritten. `kind` ("dpo") marks adapters
-    not trained by supervised fine-tuning."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    stem = "-".join(filter(None, [stamp, dataset_version[:8], kind]))
-    version, n = stem, 1
-    while (adapters_dir / version).exists() or (adapters_dir / f"{version}.tmp").exists():
-        n += 1
-        version = f"{stem}-{n}"
-    return version
-
-
-def save_adapter(run: TrainingRun, adapters_dir: Path, version: str, provenance: dict[str, Any]) -> Path:
-    """Weights, tokenizer, config, per-step metrics and provenance, written to a temporary folder and
-    renamed so no half-written adapter is ever listed."""
-    final = adapters_dir / version
-    tmp = adapters_dir / f"{version}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        run.model.save_pretrained(tmp)
-        run.tokenizer.save_pretrained(tmp)
-        config = {
-            "version": version,
-            "settings": asdict(run.settings),
-            "device": run.device,
-            "dtype": run.dtype,
-            "examples": run.examples,
-            "dropped_too_long": run.dropped_too_long,
-            "tokens": run.tokens,
-            "seconds": round(run.seconds, 2),
-            **provenance,
-        }
-        (tmp / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
-        with (tmp / "metrics.csv").open("w", newline="") as handle:
-            # eval columns join late, so the header is the union of every step's keys
-            columns = list(dict.fromkeys(key for step in run.steps for key in step)) or ["step"]
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(run.steps)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.rename(final)
-    return final

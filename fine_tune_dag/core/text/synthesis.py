@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from fine_tune_dag.core.chunking import Passage
-from fine_tune_dag.core.llm import LLMRequest
-from fine_tune_dag.core.text_metrics import content_words, repeated_trigram_share, rouge_l_f1, support, words
+from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.text.chunking import Passage
+from fine_tune_dag.core.text.metrics import content_words, repeated_trigram_share, rouge_l_f1, support, words
 from fine_tune_dag.prompts import load_prompt
 
 TEMPLATES = {"grounded": load_prompt("grounded_qa"), "back_translation": load_prompt("back_translation")}

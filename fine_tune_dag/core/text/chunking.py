@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from fine_tune_dag.core.llm import LLMRequest
+from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.prompts import load_prompt
 
 BOUNDARY_TEMPLATE = load_prompt("chunk_boundaries")

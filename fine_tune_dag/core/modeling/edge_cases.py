@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fine_tune_dag.core.markdown import table
+from fine_tune_dag.core.text.markdown import table
 
 
 @dataclass(frozen=True)

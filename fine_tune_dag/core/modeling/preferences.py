@@ -19,12 +19,12 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, Message, chat_messages, render_prompt_ids
-from fine_tune_dag.core.evaluation import best_prompt_conversations, judge_requests, verdict_choice
-from fine_tune_dag.core.fingerprint import fingerprint
-from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.llm import LLMRequest
-from fine_tune_dag.core.warehouse import Warehouse
+from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, Message, chat_messages, render_prompt_ids
+from fine_tune_dag.core.modeling.evaluation import best_prompt_conversations, judge_requests, verdict_choice
+from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 # Which two sources answer a prompt. Pairings are dealt to prompts in turn, so every kind is represented.
 CHAMPION_VS_PROMPTED_BASE = "champion_vs_prompted_base"

@@ -22,8 +22,14 @@ from huggingface_hub.utils import validate_repo_id
 from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from fine_tune_dag.core.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.models import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
+from fine_tune_dag.core.modeling.models import (
+    load_causal_lm,
+    load_tokenizer,
+    select_device,
+    select_dtype,
+    with_adapters,
+)
 
 TRAINING_CONFIG = "training_config.json"
 _TRUTHY = {"1", "ON", "YES", "TRUE"}

@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from fine_tune_dag.core.markdown import table
-from fine_tune_dag.core.training import TrainingSettings
+from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.text.markdown import table
 
 SWEPT_FIELDS = frozenset(f.name for f in fields(TrainingSettings)) - {"device", "dtype", "seed", "logging_steps"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")

@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from peft import PeftModel
 
-from fine_tune_dag.core.chat import Message, render_prompt_ids, render_training_example
-from fine_tune_dag.core.generation import generate_batch
-from fine_tune_dag.core.llm import LLMRequest
-from fine_tune_dag.core.statistics import Interval, bootstrap_mean, win_rate
-from fine_tune_dag.core.text_metrics import rouge_l_f1, style_distance, token_f1, unsupported_share, words
-from fine_tune_dag.core.training import answer_token_losses, collate
+from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.modeling.chat import Message, render_prompt_ids, render_training_example
+from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.loop import answer_token_losses, collate
+from fine_tune_dag.core.modeling.statistics import Interval, bootstrap_mean, win_rate
+from fine_tune_dag.core.text.metrics import rouge_l_f1, style_distance, token_f1, unsupported_share, words
 from fine_tune_dag.prompts import load_prompt
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fine_tune_dag.core.ingest import discover_notes, key_of_note
+from fine_tune_dag.core.text.ingest import discover_notes, key_of_note
 
 _HASH_CHUNK = 1 << 20
 

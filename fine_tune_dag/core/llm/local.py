@@ -1,0 +1,50 @@
+"""The `local` provider: a Hugging Face causal LM on this machine, generating in batches."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
+from fine_tune_dag.core.modeling.chat import render_prompt_ids
+from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+
+
+class LocalLLM:
+    """A Hugging Face causal LM on this machine, loaded on first use, generating in batches."""
+
+    provider = "local"
+
+    def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", batch_size: int = 8, seed: int = 0):
+        self.model_path = Path(model_path)
+        self.model_name = self.model_path.name
+        self.device, self.dtype_name = device, dtype
+        self.batch_size, self.seed = batch_size, seed
+        self._loaded: tuple | None = None
+
+    def _model(self) -> tuple:
+        if self._loaded is None:
+            device = select_device(self.device)
+            model = load_causal_lm(self.model_path, device, select_dtype(self.dtype_name, device)).eval()
+            self._loaded = (model, load_tokenizer(self.model_path))
+        return self._loaded
+
+    def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
+        model, tokenizer = self._model()
+        answers: list[LLMResult] = [LLMResult("")] * len(requests)
+        groups: dict[tuple[int, float], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault((request.max_new_tokens, request.temperature), []).append(index)
+        for (max_new_tokens, temperature), indices in groups.items():
+            prompts = [render_prompt_ids(tokenizer, requests[i].chat()) for i in indices]
+            started = time.perf_counter()
+            outputs = generate_batch(
+                model, tokenizer, prompts, max_new_tokens, temperature, batch_size=self.batch_size, seed=self.seed
+            )
+            latency = (time.perf_counter() - started) / len(indices)
+            for i, prompt, output in zip(indices, prompts, outputs):
+                produced = len(tokenizer(output, add_special_tokens=False)["input_ids"])
+                answers[i] = LLMResult(output, "ok" if output.strip() else "empty", len(prompt), produced, latency)
+        return answers
