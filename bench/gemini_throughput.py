@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
+from fine_tune_dag_testkit.gemini_stub import GeminiStub, StubReply, failing_share
 from results import Row, add_json_argument, report
 
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm.ratelimit import RetryPolicy
 from fine_tune_dag.core.llm.types import LLMRequest
-from fine_tune_dag.gemini_stub import GeminiStub, StubReply, failing_share
 
 KEY = "bench-key-not-real"
 

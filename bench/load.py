@@ -24,17 +24,14 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+from fine_tune_dag_testkit.daemon import LocalDaemon
+from fine_tune_dag_testkit.models import build_tiny_model
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 from incremental import RUN_CONFIG as NOTE_RUN_CONFIG
 from results import Row, add_json_argument, peak_rss_mib, report
 
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import (
-    SCRIPTED_LLM,
-    LocalDaemon,
-    build_tiny_model,
-    scripted_definitions,
-    write_sample_notes,
-)
 
 # the note runs as in bench/incremental.py; training and evaluation only as long as it takes to run them once
 RUN_CONFIG = {
@@ -260,10 +257,11 @@ def run_load(notes: int, root: Path) -> LoadFigures:
         min_nll_improvement=-1.0,
         metric_tolerance=1.0,
     )
-    defs = scripted_definitions(root / "notes", root / "data", model, policy)
+    llm = ScriptedLLM()
+    defs = scripted_definitions(root / "notes", root / "data", model, policy, llm=llm)
     with dg.instance_for_test() as instance:
         daemon = LocalDaemon(defs, instance, RUN_CONFIG, log_level="ERROR")
-        calls, rss_before = SCRIPTED_LLM.total_calls, current_rss_mib()
+        calls, rss_before = llm.total_calls, current_rss_mib()
         sampler = Sampler()
         sampler.start()
         started, cpu, children = time.perf_counter(), time.process_time(), children_cpu()
@@ -286,7 +284,7 @@ def run_load(notes: int, root: Path) -> LoadFigures:
         adapters_trained=adapters,
         adapters_evaluated=evaluations,
         promotions=promotions,
-        llm_calls=SCRIPTED_LLM.total_calls - calls,
+        llm_calls=llm.total_calls - calls,
         rss_before_mib=rss_before,
         sampled_peak_rss_mib=max(s.rss_mib for s in samples),
         peak_rss_mib=peak_rss_mib(),

@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fine_tune_dag_testkit.notes import SAMPLE_TOPICS
 from peft import PeftModel
 from results import Row, add_json_argument, machine, peak_rss_mib, report
 from transformers import TrainerCallback, TrainerState
@@ -44,7 +45,6 @@ from fine_tune_dag.core.modeling.loop import held_out_loss
 from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, load_causal_lm, load_tokenizer, resolve_model
 from fine_tune_dag.core.modeling.sft import TrainingSettings, lora_config, train_lora
 from fine_tune_dag.resources.paths import ProjectPaths
-from fine_tune_dag.testing import SAMPLE_TOPICS
 
 SIDES = ("ours", "trl", "ours-checkpointed")
 TRAIN_FILE = "train.json"

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from fine_tune_dag_testkit.daemon import DaemonRun, LocalDaemon
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 
 from fine_tune_dag.cli import main
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.ingest import discover_notes, note_partition_key
 from fine_tune_dag.core.text.synthesis import SynthesisSettings
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import SCRIPTED_LLM, DaemonRun, LocalDaemon, scripted_definitions, write_sample_notes
 from fine_tune_dag_tests.test_incremental import RUN_CONFIG
 from fine_tune_dag_tests.test_ingest import encrypted_pdf_bytes, image_only_pdf_bytes
 
@@ -124,7 +126,7 @@ def settled(tmp_path_factory, tiny_model_dir):
     )
     defs = scripted_definitions(notes, data, tiny_model_dir, policy)
     with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
-        patch.setattr(type(SCRIPTED_LLM), "_answer", obeying_injections(type(SCRIPTED_LLM)._answer))
+        patch.setattr(ScriptedLLM, "_answer", obeying_injections(ScriptedLLM._answer))
         daemon = LocalDaemon(defs, instance, RUN_CONFIG)
         runs = daemon.settle()
         yield Settled(daemon, notes, Warehouse(data / "warehouse.duckdb"), keys, [p.name for p in good], runs, before)

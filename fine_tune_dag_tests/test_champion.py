@@ -2,13 +2,14 @@
 adapter and stays on a worse one, and `fine-tune-dag lineage` traces every version."""
 
 import dagster as dg
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import scripted_definitions
 from transformers import AutoModelForCausalLM
 
 from fine_tune_dag.cli import main, materialize_graph
 from fine_tune_dag.core.store.promotion import PromotionPolicy, judge_challenger, promotion_verdict
 from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 POLICY = PromotionPolicy(min_nll_improvement=0.05, metric_tolerance=0.02)
 

@@ -5,11 +5,12 @@ import re
 
 import dagster as dg
 import pytest
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import main
 from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
 from fine_tune_dag.definitions import notes_job
-from fine_tune_dag.testing import SCRIPTED_LLM, scripted_definitions, write_sample_notes
 
 LONG_NOTE = "\n\n".join(f"# Part {i}\n\n" + f"Sentence {i} about the workshop and its tools. " * 12 for i in range(6))
 
@@ -24,7 +25,7 @@ def test_a_long_note_costs_a_boundary_call_and_two_calls_per_passage():
     assert expected_training_tokens(10, History({}, keep_rate=0.5, pair_tokens=100), 0.8, 2) == 800
 
 
-def test_estimate_matches_the_calls_the_graph_makes(tmp_path, tiny_model_dir, capsys):
+def test_estimate_matches_the_calls_the_graph_makes(tmp_path, tiny_model_dir, scripted_llm, capsys):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 3)
     (notes / "long.md").write_text(LONG_NOTE, encoding="utf-8")
@@ -34,8 +35,8 @@ def test_estimate_matches_the_calls_the_graph_makes(tmp_path, tiny_model_dir, ca
     expected = int(re.search(r"total: (\d+) requests", before).group(1))
     assert before.startswith("4 notes to synthesize")
 
-    defs = scripted_definitions(notes, data, tiny_model_dir)
-    calls = SCRIPTED_LLM.total_calls
+    defs = scripted_definitions(notes, data, tiny_model_dir, llm=scripted_llm)
+    calls = scripted_llm.total_calls
     with dg.instance_for_test() as instance:
         from fine_tune_dag.cli import register_note_partitions
 
@@ -44,7 +45,7 @@ def test_estimate_matches_the_calls_the_graph_makes(tmp_path, tiny_model_dir, ca
             assert job.execute_in_process(instance=instance, partition_key=key).success
         metadata = instance.get_latest_materialization_event(dg.AssetKey("raw_notes")).asset_materialization.metadata
     assert "expected_llm_requests" in metadata and "expected_llm_cost_usd" in metadata
-    made = SCRIPTED_LLM.total_calls - calls
+    made = scripted_llm.total_calls - calls
     assert abs(made - expected) <= 2  # the LLM may draw passage boundaries a little differently than headings do
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("0 notes to synthesize")

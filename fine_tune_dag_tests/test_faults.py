@@ -18,6 +18,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from fine_tune_dag_testkit.daemon import LocalDaemon
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 
 from fine_tune_dag.core.modeling.chat import chat_messages
 from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
@@ -25,7 +28,6 @@ from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.ingest import note_partition_key
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import SCRIPTED_LLM, LocalDaemon, scripted_definitions, write_sample_notes
 from fine_tune_dag_tests.test_incremental import RUN_CONFIG
 from fine_tune_dag_tests.test_webserver import EXPECTED, REPO
 
@@ -96,7 +98,7 @@ import json, sys, time
 from pathlib import Path
 import dagster as dg
 import fine_tune_dag.core.modeling.sft as training
-from fine_tune_dag.testing import scripted_definitions
+from fine_tune_dag_testkit.scripted import scripted_definitions
 from fine_tune_dag_tests.test_faults import train_adapter
 
 notes, data, model, config = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
@@ -159,14 +161,14 @@ def test_a_failed_adapter_write_leaves_no_adapter_behind(trained, monkeypatch):
 
 
 def test_llm_failing_halfway_through_a_note_resumes_from_the_cache_without_duplicates(
-    tmp_path, tiny_model_dir, monkeypatch
+    tmp_path, tiny_model_dir, scripted_llm, monkeypatch
 ):
     notes = tmp_path / "notes"
     (path,) = write_sample_notes(notes, 1, start=3)  # four paragraphs: several chunks of requests
     key = note_partition_key(path.name)
 
     def run_note(data: Path) -> dg.ExecuteInProcessResult:
-        defs = scripted_definitions(notes, data, tiny_model_dir)
+        defs = scripted_definitions(notes, data, tiny_model_dir, llm=scripted_llm)
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions("notes", [key])
             return defs.resolve_job_def("notes_job").execute_in_process(
@@ -176,13 +178,13 @@ def test_llm_failing_halfway_through_a_note_resumes_from_the_cache_without_dupli
                 raise_on_error=False,
             )
 
-    calls_before = SCRIPTED_LLM.total_calls
+    calls_before = scripted_llm.total_calls
     assert run_note(tmp_path / "reference").success
-    needed = SCRIPTED_LLM.total_calls - calls_before
+    needed = scripted_llm.total_calls - calls_before
     reference = Warehouse(tmp_path / "reference" / "warehouse.duckdb").query("SELECT * FROM qa_pairs ORDER BY pair_id")
     assert needed > 8 and len(reference) > 4  # more than one chunk of requests
 
-    complete = type(SCRIPTED_LLM).complete
+    complete = ScriptedLLM.complete
     answered = {"count": 0}
 
     def failing_halfway(self, requests):
@@ -193,14 +195,14 @@ def test_llm_failing_halfway_through_a_note_resumes_from_the_cache_without_dupli
 
     data = tmp_path / "data"
     with monkeypatch.context() as patch:
-        patch.setattr(type(SCRIPTED_LLM), "complete", failing_halfway)
+        patch.setattr(ScriptedLLM, "complete", failing_halfway)
         assert not run_note(data).success
     paid_first = answered["count"]
     assert 0 < paid_first < needed
 
-    calls_before = SCRIPTED_LLM.total_calls
+    calls_before = scripted_llm.total_calls
     assert run_note(data).success
-    assert SCRIPTED_LLM.total_calls - calls_before == needed - paid_first  # nothing bought twice
+    assert scripted_llm.total_calls - calls_before == needed - paid_first  # nothing bought twice
     pairs = Warehouse(data / "warehouse.duckdb").query("SELECT * FROM qa_pairs ORDER BY pair_id")
     assert pairs["pair_id"].is_unique
     pd.testing.assert_frame_equal(pairs, reference)

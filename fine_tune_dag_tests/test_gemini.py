@@ -7,6 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from fine_tune_dag_testkit.gemini_stub import GeminiStub, StubReply, scripted
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import ScriptedLLM
 
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.llm.cache import CachedLLM
@@ -15,11 +18,9 @@ from fine_tune_dag.core.llm.ratelimit import RetryPolicy
 from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.gemini_stub import GeminiStub, StubReply, scripted
 from fine_tune_dag.prompts import load_prompt
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
-from fine_tune_dag.testing import ScriptedLLM, write_sample_notes
 
 KEY = "AIzaTEST-not-a-real-key-5f2c"
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)

@@ -14,10 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-from google import genai
-from google.genai import errors, types
-
-from fine_tune_dag.gemini_stub import (
+from fine_tune_dag_testkit.gemini_stub import (
     GeminiStub,
     StubReply,
     StubRequest,
@@ -25,6 +22,8 @@ from fine_tune_dag.gemini_stub import (
     requests_per_window,
     scripted,
 )
+from google import genai
+from google.genai import errors, types
 
 API_KEY = "stub-key-0123456789"
 MODEL = "gemini-2.5-flash"

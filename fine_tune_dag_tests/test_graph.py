@@ -7,16 +7,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from fine_tune_dag_testkit.notes import SAMPLE_TOPICS, write_sample_notes
+from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.ingest import discover_notes
-from fine_tune_dag.testing import (
-    SAMPLE_TOPICS,
-    SCRIPTED_LLM,
-    scripted_definitions,
-    write_sample_notes,
-)
 
 TOPICS = SAMPLE_TOPICS
 
@@ -27,10 +23,10 @@ def write_notes(folder: Path) -> None:
 
 
 @pytest.fixture
-def graph(tmp_path, tiny_model_dir):
+def graph(tmp_path, tiny_model_dir, scripted_llm):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_notes(notes)
-    return scripted_definitions(notes, data, tiny_model_dir), notes, data
+    return scripted_definitions(notes, data, tiny_model_dir, llm=scripted_llm), notes, data
 
 
 RUN_CONFIG = {
@@ -43,12 +39,11 @@ RUN_CONFIG = {
 }
 
 
-def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph):
+def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph, scripted_llm):
     defs, notes, data = graph
     dg.Definitions.validate_loadable(defs)
     instance = dg.DagsterInstance.ephemeral()
     before = {p: p.read_bytes() for p in notes.iterdir()}
-    SCRIPTED_LLM.calls.clear()
     run = _materialize(defs, instance, notes)
     assert run.success, run.model_failure
     broken = [k for k in discover_notes(notes) if k.startswith("broken")]
@@ -86,11 +81,11 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph):
     qa = instance.get_latest_materialization_event(dg.AssetKey("qa_pairs")).asset_materialization
     assert {"kept", "rejected", "rejection_rate", "llm_calls", "llm_cache_hits"} <= set(qa.metadata)
 
-    calls_first = SCRIPTED_LLM.total_calls
+    calls_first = scripted_llm.total_calls
     assert calls_first > 0
     rerun = _materialize(defs, instance, notes)
     assert rerun.success
-    assert SCRIPTED_LLM.total_calls == calls_first  # unchanged notes: every answer from the cache
+    assert scripted_llm.total_calls == calls_first  # unchanged notes: every answer from the cache
     assert len(db.query("SELECT * FROM adapters")) == 2  # a new version, the old one kept
     assert folder.exists()
 

@@ -4,16 +4,13 @@ dataset follows; training waits until the train split grew by the threshold."""
 
 import dagster as dg
 import pytest
+from fine_tune_dag_testkit.daemon import LocalDaemon
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.ingest import note_partition_key
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import (
-    SCRIPTED_LLM,
-    LocalDaemon,
-    scripted_definitions,
-    write_sample_notes,
-)
 
 THRESHOLD = 4
 RUN_CONFIG = {
@@ -27,14 +24,14 @@ RUN_CONFIG = {
 
 
 @pytest.fixture
-def daemon(tmp_path, tiny_model_dir):
+def daemon(tmp_path, tiny_model_dir, scripted_llm):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 6)
     # every challenger passes the gate here: promotion has its own tests (test_champion.py)
     policy = AutomationPolicy(
         retrain_min_new_examples=THRESHOLD, settle_seconds=0, min_nll_improvement=-1.0, metric_tolerance=1.0
     )
-    defs = scripted_definitions(notes, data, tiny_model_dir, policy)
+    defs = scripted_definitions(notes, data, tiny_model_dir, policy, llm=scripted_llm)
     with dg.instance_for_test() as instance:
         yield LocalDaemon(defs, instance, RUN_CONFIG), notes, Warehouse(data / "warehouse.duckdb")
 
@@ -47,7 +44,7 @@ def assets_run(runs) -> list[str]:
     return [asset for run in runs for asset in run.assets]
 
 
-def test_new_notes_flow_through_and_training_waits_for_the_threshold(daemon):
+def test_new_notes_flow_through_and_training_waits_for_the_threshold(daemon, scripted_llm):
     daemon, notes, db = daemon
     first = daemon.settle()
     assert all(run.success for run in first), [(r.assets, r.success) for r in first]
@@ -62,7 +59,7 @@ def test_new_notes_flow_through_and_training_waits_for_the_threshold(daemon):
     while True:
         added += 1
         (path,) = write_sample_notes(notes, 1, start=5 + added)
-        before = SCRIPTED_LLM.total_calls
+        before = scripted_llm.total_calls
         runs = daemon.settle()
         note_runs = [r for r in runs if r.trigger == "new_notes_sensor"]
         assert [r.partition for r in note_runs] == [note_partition_key(path.name)]  # only the new note
@@ -70,7 +67,7 @@ def test_new_notes_flow_through_and_training_waits_for_the_threshold(daemon):
             "SELECT count(*) AS n FROM llm_cache WHERE created_at >= (SELECT parsed_at FROM raw_notes WHERE note_id = ?)",
             [note_runs[0].partition],
         )["n"].iloc[0]
-        assert SCRIPTED_LLM.total_calls - before == calls > 0  # every call was for the new note, each paid once
+        assert scripted_llm.total_calls - before == calls > 0  # every call was for the new note, each paid once
         assert assets_run(runs).count("dataset_splits") == 1
         grown = train_pairs(db) - baseline
         trained = assets_run(runs).count("lora_adapter")
@@ -82,8 +79,8 @@ def test_new_notes_flow_through_and_training_waits_for_the_threshold(daemon):
     assert len(db.query("SELECT * FROM adapters")) == 2
 
     # unchanged notes: ticking again costs nothing and runs nothing
-    before = SCRIPTED_LLM.total_calls
-    assert daemon.settle() == [] and SCRIPTED_LLM.total_calls == before
+    before = scripted_llm.total_calls
+    assert daemon.settle() == [] and scripted_llm.total_calls == before
 
 
 def test_deleting_a_note_takes_its_pairs_out_of_the_dataset(daemon):

@@ -11,6 +11,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 import torch
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
@@ -39,7 +41,6 @@ from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 QUESTIONS = [f"What do you do with the {topic}?" for topic in ("bees", "chains", "brakes", "saddles", "honey", "wind")]
 PROMPTS = [

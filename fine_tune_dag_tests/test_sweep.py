@@ -5,6 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from fine_tune_dag_testkit.notes import write_sample_notes
+from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.modeling.sft import TrainingSettings
@@ -12,7 +14,6 @@ from fine_tune_dag.core.modeling.sweep import SweepFileError, load_sweep, sweep_
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag.testing import scripted_definitions, write_sample_notes
 
 
 def test_the_shipped_sweep_file_is_valid_and_typos_are_named(tmp_path):

@@ -12,13 +12,14 @@ from typing import TypeVar
 
 import pytest
 from dagster_graphql import DagsterGraphQLClient
+from fine_tune_dag_testkit.models import build_tiny_model
+from fine_tune_dag_testkit.notes import write_sample_notes
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from fine_tune_dag.testing import build_tiny_model, write_sample_notes
 from fine_tune_dag_tests.browser import REPO, DagsterUI, chromium_driver, dagster_dev, require_chromium
 from fine_tune_dag_tests.test_webserver import EXPECTED, free_port
 
@@ -33,7 +34,7 @@ DEFINITIONS = """\
 import os
 from pathlib import Path
 
-from fine_tune_dag.testing import scripted_definitions
+from fine_tune_dag_testkit.scripted import scripted_definitions
 
 defs = scripted_definitions(
     Path(os.environ["FINE_TUNE_DAG_NOTES_DIR"]),
