@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from fine_tune_dag.core.modeling.preferences import next_comparison, progress, record_choice
+from fine_tune_dag.core.store.labels import next_comparison, progress, record_choice
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 PAGE = Path(__file__).with_name("annotate.html")

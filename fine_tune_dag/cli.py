@@ -19,8 +19,9 @@ import transformers
 from tqdm import tqdm
 
 from fine_tune_dag.annotate import serve
-from fine_tune_dag.assets.champion import beats_champion
+from fine_tune_dag.assets.champion import BEATS_CHAMPION
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
 from fine_tune_dag.core.modeling.inference import (
     export_merged,
@@ -29,9 +30,10 @@ from fine_tune_dag.core.modeling.inference import (
     push_adapter,
     stream_answer,
 )
-from fine_tune_dag.core.modeling.preferences import progress
 from fine_tune_dag.core.modeling.report import METRIC_LABELS
 from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.store.labels import progress
+from fine_tune_dag.core.store.notes import rejected_notes, synthesized_note_hashes
 from fine_tune_dag.core.store.registry import (
     METRIC_COLUMNS,
     current_champion,
@@ -45,7 +47,8 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
 from fine_tune_dag.core.text.ingest import NoteParseError, discover_notes, parse_note
 from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
-from fine_tune_dag.definitions import build_definitions, llm_from_environment, notes_job, train_and_evaluate_job
+from fine_tune_dag.definitions import definitions_from_settings, llm_from_settings
+from fine_tune_dag.settings import ProjectSettings
 
 
 def _instance() -> dg.DagsterInstance:
@@ -83,8 +86,8 @@ def register_note_partitions(instance: dg.DagsterInstance, notes_dir: Path) -> l
     return keys
 
 
-def print_latest_report(data_dir: Path) -> bool:
-    db = Warehouse(data_dir / "warehouse.duckdb")
+def print_latest_report(settings: ProjectSettings) -> bool:
+    db = Warehouse(settings.layout.warehouse)
     evaluation = latest_evaluation(db)
     if evaluation is None:
         print("no evaluation report yet")
@@ -116,13 +119,13 @@ def print_requests(db: Warehouse, args: argparse.Namespace) -> None:
         print(log[LISTED_COLUMNS].head(args.limit).to_string(index=False, max_colwidth=28))
 
 
-def print_estimate(notes_dir: Path, data_dir: Path) -> None:
+def print_estimate(settings: ProjectSettings) -> None:
     """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
-    db = Warehouse(data_dir / "warehouse.duckdb")
-    llm = llm_from_environment(str(notes_dir), str(data_dir))
+    notes_dir = settings.layout.notes
+    db = Warehouse(settings.layout.warehouse)
+    llm = llm_from_settings(settings)
     history = History.from_warehouse(db, llm.provider)
-    done = db.query("SELECT note_id, sha256 FROM raw_notes WHERE note_id IN (SELECT note_id FROM qa_pairs)")
-    synthesized = dict(zip(done["note_id"], done["sha256"]))
+    synthesized = synthesized_note_hashes(db)
     total, rows = CostEstimate(), []
     for note_id, path in discover_notes(notes_dir).items():
         try:
@@ -149,11 +152,11 @@ def print_estimate(notes_dir: Path, data_dir: Path) -> None:
     )
 
 
-def use_adapter(args: argparse.Namespace) -> int:
+def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
     """generate, export and push: the registry's adapter by name, or an adapter folder."""
     try:
         folder = Path(args.adapter) if Path(args.adapter).is_dir() else None
-        row = None if folder else resolve_adapter(Warehouse(args.data_dir / "warehouse.duckdb"), args.adapter)
+        row = None if folder else resolve_adapter(Warehouse(settings.layout.warehouse), args.adapter)
         folder = folder or Path(row.path)
         if args.command == "generate":
             model, tokenizer = load_adapter_model(folder)
@@ -184,16 +187,16 @@ def use_adapter(args: argparse.Namespace) -> int:
 
 
 def print_rejected(db: Warehouse) -> None:
-    rows = db.query("SELECT coalesce(path, note_id) AS file, reason, rejected_at FROM rejected_notes ORDER BY file")
+    rows = rejected_notes(db)
     for row in rows.itertuples():
         print(f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)")
     print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
 
 
-def annotate(data_dir: Path, who: str | None, port: int) -> int:
+def annotate(settings: ProjectSettings, who: str | None, port: int) -> int:
     """Serve the preference page until Ctrl-C; it starts even with nothing to label, so the page can say why."""
     who = (who or "").strip() or os.environ.get("USER") or getpass.getuser()
-    db = Warehouse(data_dir / "warehouse.duckdb")
+    db = Warehouse(settings.layout.warehouse)
     done, total = progress(db, who)
     print(
         f"Annotating as {who}: http://127.0.0.1:{port}  "
@@ -241,18 +244,19 @@ def materialize_graph(
         instance=instance, run_config=_job_run_config(model_job, run_config, "INFO"), raise_on_error=False
     )
     failed_steps = {event.step_key for event in model_run.get_step_failure_events()}
-    held_by_gate = failed_steps == {beats_champion.node_def.name}
+    gate_steps = {
+        c.node_def.name for c in defs.asset_checks or [] if any(k.name == BEATS_CHAMPION for k in c.check_keys)
+    }
+    held_by_gate = bool(failed_steps) and failed_steps <= gate_steps
     failure = None if model_run.success or held_by_gate else _failure_reason(model_run)
     return GraphRun(keys, failed, failure, promoted=model_run.success)
 
 
-def run_demo(notes_dir: Path, data_dir: Path) -> int:
+def run_demo(settings: ProjectSettings) -> int:
     started = time.perf_counter()
-    defs = build_definitions(
-        notes_dir=str(notes_dir), data_dir=str(data_dir), llm=llm_from_environment(str(notes_dir), str(data_dir))
-    )
-    print(f"notes: {notes_dir.resolve()}  data: {data_dir.resolve()}")
-    run = materialize_graph(defs, _instance(), notes_dir)
+    defs = definitions_from_settings(settings)
+    print(f"notes: {settings.layout.notes.resolve()}  data: {settings.layout.data.resolve()}")
+    run = materialize_graph(defs, _instance(), settings.layout.notes)
     print(
         f"\n{len(run.notes)} notes, {len(run.failed_notes)} failed; finished in {time.perf_counter() - started:.0f} s"
     )
@@ -261,15 +265,16 @@ def run_demo(notes_dir: Path, data_dir: Path) -> int:
         return 1
     if not run.promoted:
         print("the new adapter did not pass the promotion gate (see the report); the champion is unchanged")
-    return 0 if print_latest_report(data_dir) else 1
+    return 0 if print_latest_report(settings) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     transformers.logging.disable_progress_bar()  # one progress bar (ours) instead of one per model load
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = argparse.ArgumentParser(prog="fine-tune-dag", description=__doc__)
-    parser.add_argument("--notes-dir", type=Path, default=Path(os.environ.get("FINE_TUNE_DAG_NOTES_DIR", "data/notes")))
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("FINE_TUNE_DAG_DATA_DIR", "data")))
+    environment = ProjectSettings.from_environment()
+    parser.add_argument("--notes-dir", type=Path, default=Path(environment.notes_dir))
+    parser.add_argument("--data-dir", type=Path, default=Path(environment.data_dir))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="materialize the whole graph on the notes folder and print the report")
     commands.add_parser("report", help="print the latest evaluation report's path and headline numbers")
@@ -301,29 +306,30 @@ def main(argv: list[str] | None = None) -> int:
     annotate_parser.add_argument("--port", type=int, default=8765)
     annotate_parser.add_argument("--who", help="who is labelling (default: your user name)")
     args = parser.parse_args(argv)
+    settings = environment.with_folders(args.notes_dir, args.data_dir)
     if args.command == "demo":
-        return run_demo(args.notes_dir, args.data_dir)
+        return run_demo(settings)
     if args.command == "register":
         keys = register_note_partitions(_instance(), args.notes_dir)
         print(f"{len(keys)} note partitions registered from {args.notes_dir}")
         return 0
     if args.command in ("generate", "export", "push"):
-        return use_adapter(args)
+        return use_adapter(args, settings)
     if args.command == "estimate":
-        print_estimate(args.notes_dir, args.data_dir)
+        print_estimate(settings)
         return 0
     if args.command == "requests":
-        print_requests(Warehouse(args.data_dir / "warehouse.duckdb"), args)
+        print_requests(Warehouse(settings.layout.warehouse), args)
         return 0
     if args.command == "rejected":
-        print_rejected(Warehouse(args.data_dir / "warehouse.duckdb"))
+        print_rejected(Warehouse(settings.layout.warehouse))
         return 0
     if args.command == "annotate":
-        return annotate(args.data_dir, args.who, args.port)
+        return annotate(settings, args.who, args.port)
     if args.command == "lineage":
-        print(lineage_text(Warehouse(args.data_dir / "warehouse.duckdb")))
+        print(lineage_text(Warehouse(settings.layout.warehouse)))
         return 0
-    return 0 if print_latest_report(args.data_dir) else 1
+    return 0 if print_latest_report(settings) else 1
 
 
 if __name__ == "__main__":

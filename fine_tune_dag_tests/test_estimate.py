@@ -8,9 +8,9 @@ import pytest
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
+from fine_tune_dag.automation.jobs import notes_job
 from fine_tune_dag.cli import main
 from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
-from fine_tune_dag.definitions import notes_job
 
 LONG_NOTE = "\n\n".join(f"# Part {i}\n\n" + f"Sentence {i} about the workshop and its tools. " * 12 for i in range(6))
 

@@ -23,21 +23,18 @@ from fine_tune_dag.core.modeling.preferences import (
     AUTHOR_VS_CHAMPION,
     CHAMPION_TEMPERATURES,
     CHAMPION_VS_PROMPTED_BASE,
-    HUMAN,
-    JUDGE,
     PAIRINGS,
     PreferenceSettings,
     Prompt,
     assign_pairings,
     generate_candidates,
     judge_prelabels,
-    label_row,
     pair_conversations,
     pairs_from_labels,
     passage_as_answer,
-    record_choice,
 )
 from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.store.labels import HUMAN, JUDGE, label_row, record_choice
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.policy import AutomationPolicy

@@ -2,7 +2,10 @@
 
 import dagster as dg
 
+from fine_tune_dag.assets.common import stage_failures
 from fine_tune_dag.assets.evaluation import eval_report
+from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS
 from fine_tune_dag.core.store.promotion import PromotionVerdict, judge_challenger
 from fine_tune_dag.core.store.registry import (
     adapter_by_version,
@@ -15,24 +18,37 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
+BEATS_CHAMPION = "beats_champion"
+
 
 def _latest_verdict(db: Warehouse, policy: AutomationPolicy) -> tuple[str, dict, PromotionVerdict]:
     evaluation = latest_evaluation(db)
     if evaluation is None:
-        raise dg.Failure(description="no evaluation yet: materialize eval_report first", allow_retries=False)
+        raise StageError("no evaluation yet: materialize eval_report first")
     summary = evaluation_summary(db, evaluation.adapter_version)
     return evaluation.adapter_version, summary, judge_challenger(summary, policy.promotion())
 
 
-@dg.asset_check(
-    asset=eval_report,
-    blocking=True,
-    automation_condition=dg.AutomationCondition.eager(),
-    description="The evaluated adapter beats the champion (or the base model) by the NLL margin, "
-    "and no generation metric regresses beyond the tolerance. Blocks champion_adapter when it fails.",
-)
-def beats_champion(warehouse: WarehouseResource, policy: AutomationPolicy) -> dg.AssetCheckResult:
-    version, summary, verdict = _latest_verdict(warehouse.get(), policy)
+def build_beats_champion(automation_condition: dg.AutomationCondition) -> dg.AssetChecksDefinition:
+    """The blocking gate check; built with its automation condition, which automation/conditions.py chooses."""
+
+    @dg.asset_check(
+        name=BEATS_CHAMPION,
+        asset=eval_report,
+        blocking=True,
+        automation_condition=automation_condition,
+        description="The evaluated adapter beats the champion (or the base model) by the NLL margin, "
+        "and no generation metric regresses beyond the tolerance. Blocks champion_adapter when it fails.",
+    )
+    def beats_champion(warehouse: WarehouseResource, policy: AutomationPolicy) -> dg.AssetCheckResult:
+        with stage_failures():
+            version, summary, verdict = _latest_verdict(warehouse.get(), policy)
+        return _check_result(version, summary, verdict)
+
+    return beats_champion
+
+
+def _check_result(version: str, summary: dict, verdict: PromotionVerdict) -> dg.AssetCheckResult:
     incumbent = "champion" if "champion" in summary else "base"
     return dg.AssetCheckResult(
         passed=verdict.passed,
@@ -54,15 +70,14 @@ def beats_champion(warehouse: WarehouseResource, policy: AutomationPolicy) -> dg
     pool="duckdb",
     kinds={"duckdb"},
     code_version="champion-1",
-    # Requested in the same run as eval_report and its blocking check, which stops this step when it fails.
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def champion_adapter(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: AutomationPolicy
 ) -> dg.MaterializeResult:
     """Points at the newest evaluated adapter once it passed the gate; refuses (and changes nothing) otherwise."""
     db = warehouse.get()
-    version, summary, verdict = _latest_verdict(db, policy)
+    with stage_failures():
+        version, summary, verdict = _latest_verdict(db, policy)
     previous = current_champion(db)
     if previous is not None and previous.version == version:
         context.log.info(f"{version} is already the champion")
@@ -78,11 +93,11 @@ def champion_adapter(
     champion = adapter_by_version(db, version)
     return dg.MaterializeResult(
         metadata={
-            "version": champion.version,
+            ADAPTER_VERSION: champion.version,
             "path": dg.MetadataValue.path(str(champion.path)),
             "previous_version": "none" if previous is None else str(previous.version),
             "dataset_version": champion.dataset_version,
-            "dataset_train_pairs": int(champion.dataset_train_pairs),
+            DATASET_TRAIN_PAIRS: int(champion.dataset_train_pairs),
             "base_model": champion.base_model,
             "test_nll": round(float(champion.test_nll), 4),
             "gate": verdict.text,

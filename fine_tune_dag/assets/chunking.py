@@ -2,14 +2,14 @@
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
-from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
+from fine_tune_dag.assets.common import llm_usage_metadata, stage_failures
+from fine_tune_dag.assets.config import ChunkingConfig
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.store.notes import rows_for_note
 from fine_tune_dag.core.text.chunking import (
-    BOUNDARY_MAX_NEW_TOKENS,
     BOUNDARY_TEMPLATE,
     ChunkingSettings,
     boundary_request,
@@ -22,13 +22,6 @@ from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
 
-class ChunkingConfig(dg.Config):
-    strategy: str = Field(default="llm", description="'llm' (the model proposes boundaries) or 'heuristic'")
-    min_chars: int = ChunkingSettings.min_chars
-    max_chars: int = ChunkingSettings.max_chars
-    boundary_max_new_tokens: int = BOUNDARY_MAX_NEW_TOKENS
-
-
 @dg.asset(
     partitions_def=notes_partitions,
     deps=[raw_notes],
@@ -36,7 +29,6 @@ class ChunkingConfig(dg.Config):
     pool="duckdb",
     kinds={"python", "duckdb"},
     code_version=f"chunking-1+{BOUNDARY_TEMPLATE.tag}+{fingerprint(ChunkingSettings())}",
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def passages(
     context: dg.AssetExecutionContext, config: ChunkingConfig, warehouse: WarehouseResource, llm: LLMResource
@@ -44,8 +36,9 @@ def passages(
     """Passages whose text is an exact character span of the note; the LLM only picks boundaries."""
     note_id = context.partition_key
     db = warehouse.get()
-    note = rows_for_note(db, "raw_notes", note_id, "raw_notes").iloc[0]
-    settings = ChunkingSettings(config.strategy, config.min_chars, config.max_chars)
+    with stage_failures():
+        note = rows_for_note(db, "raw_notes", note_id, "raw_notes").iloc[0]
+    settings = config.settings()
     cached = llm.cached(db, context)
     if needs_boundary_request(note.text, settings):
         request = boundary_request(note.text, settings, config.boundary_max_new_tokens)

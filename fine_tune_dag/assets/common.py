@@ -1,23 +1,42 @@
-"""Helpers the stage modules share: reading a note's rows and reporting LLM usage."""
+"""What the stage modules share: turning core results into Dagster metadata and core errors into failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
-import pandas as pd
 
+from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.llm.types import LLMUsage
-from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.markdown import Markdown
 
 
-def rows_for_note(
-    warehouse: Warehouse, table: str, note_id: str, upstream: str, order_by: str = "note_id"
-) -> pd.DataFrame:
-    """The note's rows of an upstream table; missing rows mean the upstream partition was never built."""
-    rows = warehouse.query(f"SELECT * FROM {table} WHERE note_id = ? ORDER BY {order_by}", [note_id])
-    if rows.empty:
-        raise dg.Failure(
-            description=f"no {table} rows for note '{note_id}': materialize {upstream} for this partition first",
-            allow_retries=False,
-        )
-    return rows
+@contextmanager
+def stage_failures() -> Iterator[None]:
+    """A `StageError` (something the user must fix) fails the step with its reason, and is not retried."""
+    try:
+        yield
+    except StageError as error:
+        raise dg.Failure(description=str(error), metadata=error.metadata, allow_retries=False) from error
+
+
+def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain values from core code as the UI should show them: files as paths, Markdown rendered, dicts and
+    lists as JSON."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Path):
+            return dg.MetadataValue.path(str(value))
+        if isinstance(value, Markdown):
+            return dg.MetadataValue.md(value)
+        if isinstance(value, (dict, list, tuple)):
+            return dg.MetadataValue.json(value)
+        return value
+
+    return {key: convert(value) for key, value in values.items()}
 
 
 def llm_usage_metadata(usage: LLMUsage) -> dict[str, int | float]:

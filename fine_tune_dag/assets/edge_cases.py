@@ -5,11 +5,13 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
+from fine_tune_dag.assets.common import stage_failures
+from fine_tune_dag.assets.config import EdgeCaseConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
+from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.edge_cases import hardest_for_base, read_user_cases, side_by_side
 from fine_tune_dag.core.modeling.evaluation import answer_nll
@@ -21,21 +23,16 @@ from fine_tune_dag.core.modeling.models import (
     select_dtype,
     with_adapters,
 )
-from fine_tune_dag.core.store.registry import MAIN_LINE, latest_adapter
+from fine_tune_dag.core.store.edge_cases import edge_case_answers, main_line_adapters
+from fine_tune_dag.core.store.edge_cases import edge_cases as edge_cases_table
+from fine_tune_dag.core.store.registry import latest_adapter
+from fine_tune_dag.core.store.splits import test_split
 from fine_tune_dag.core.text.splits import records_of
+from fine_tune_dag.core.workflows.evaluation import SHOWN_VERSIONS
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
 USER_CASES_FILE = "edge_cases.jsonl"
-SHOWN_VERSIONS = 4  # newest adapter versions side by side with the base model
-
-
-class EdgeCaseConfig(dg.Config):
-    hardest: int = Field(default=5, description="held-out items the base model found hardest, added per run")
-    max_new_tokens: int = 96
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
 
 
 @dg.asset(
@@ -45,10 +42,6 @@ class EdgeCaseConfig(dg.Config):
     op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "duckdb"},
     code_version="edge-cases-1",
-    automation_condition=dg.AutomationCondition.eager().replace(
-        "any_deps_updated",
-        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter)),
-    ),
 )
 def edge_cases(
     context: dg.AssetExecutionContext, config: EdgeCaseConfig, paths: ProjectPaths, warehouse: WarehouseResource
@@ -56,18 +49,16 @@ def edge_cases(
     """Cases are kept once chosen; each model answers each case once, so every version is compared on them."""
     db = warehouse.get()
     newest = latest_adapter(db)
-    if newest is None:
-        raise dg.Failure(description="no adapter trained yet: materialize lora_adapter first", allow_retries=False)
-    adapters = db.query(
-        f"SELECT version, path FROM adapters WHERE base_model_path = ? AND {MAIN_LINE} ORDER BY created_at, version",
-        [newest.base_model_path],
-    )
+    with stage_failures():
+        if newest is None:
+            raise StageError("no adapter trained yet: materialize lora_adapter first")
+    adapters = main_line_adapters(db, newest.base_model_path)
     device = select_device(config.device)
     base = load_causal_lm(Path(newest.base_model_path), device, select_dtype(config.dtype, device))
     model = with_adapters(base, dict(zip(adapters.version, adapters.path)))
     tokenizer = load_tokenizer(Path(newest.path))
 
-    test = db.query("SELECT * FROM dataset_splits WHERE split = 'test' ORDER BY note_id, pair_id")
+    test = test_split(db)
     with model.disable_adapter():
         scores = answer_nll(model, tokenizer, [r["messages"] for r in records_of(test)], config.batch_size)
     test["nll_per_token"] = scores["nll_sum"] / scores["answer_tokens"].clip(lower=1)
@@ -75,14 +66,14 @@ def edge_cases(
     for problem in problems:
         context.log.warning(f"edge case skipped: {problem}")
     chosen = hardest_for_base(test, config.hardest) + user_cases
-    known = set(db.query("SELECT case_id FROM edge_cases")["case_id"])
+    known = set(edge_cases_table(db)["case_id"])
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     new_cases = pd.DataFrame([vars(c) | {"added_at": now} for c in chosen if c.case_id not in known])
     db.insert_rows("edge_cases", new_cases.drop_duplicates("case_id") if len(new_cases) else new_cases)
-    cases = db.query("SELECT * FROM edge_cases ORDER BY added_at, case_id")
+    cases = edge_cases_table(db)
 
     system = str(test["system"].iloc[0]) if len(test) else DEFAULT_SYSTEM_PROMPT
-    answered = db.query("SELECT case_id, model FROM edge_case_answers")
+    answered = edge_case_answers(db)
     done = set(zip(answered["case_id"], answered["model"]))
     written = 0
     for name in ["base", *adapters["version"]]:
@@ -101,7 +92,7 @@ def edge_cases(
         written += len(answers)
         context.log.info(f"{name}: answered {len(answers)} edge cases")
     shown = ["base", *adapters["version"].tolist()[-SHOWN_VERSIONS:]]
-    answers = db.query("SELECT case_id, model, answer FROM edge_case_answers")
+    answers = edge_case_answers(db)
     markdown = side_by_side(cases, answers, shown)
     folder = paths.reports / newest.version
     folder.mkdir(parents=True, exist_ok=True)

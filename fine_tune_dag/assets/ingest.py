@@ -1,45 +1,16 @@
 """raw_notes: one parsed note per partition."""
 
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.store.notes import reject_note, save_parsed_note
 from fine_tune_dag.core.text.estimate import History, estimate_note
 from fine_tune_dag.core.text.ingest import NoteParseError, find_note, parse_note
-from fine_tune_dag.core.text.watch import file_sha256
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
-
-
-def reject_note(
-    db: Warehouse, note_id: str, relative: str | None, reason: str, run_id: str, path: Path | None = None
-) -> None:
-    """One row per rejected note, replaced on each attempt and removed once the note parses.
-
-    Links are not followed for the size and hash: they may lead out of the notes folder.
-    """
-    try:
-        size, digest = (
-            (path.lstat().st_size, None if path.is_symlink() else file_sha256(path)) if path else (None, None)
-        )
-    except OSError:
-        size, digest = None, None
-    row = {
-        "note_id": note_id,
-        "path": relative,
-        "reason": reason,
-        "size_bytes": size,
-        "sha256": digest,
-        "rejected_at": datetime.now(timezone.utc).replace(tzinfo=None),
-        "run_id": run_id,
-    }
-    db.insert_rows("rejected_notes", pd.DataFrame([row]))
 
 
 @dg.asset(
@@ -67,20 +38,7 @@ def raw_notes(
     except FileNotFoundError as error:
         reject_note(db, note_id, None, str(error), context.run_id)
         raise dg.Failure(description=str(error), allow_retries=False) from error
-    row = {
-        "note_id": note.note_id,
-        "path": note.path,
-        "title": note.title,
-        "format": note.format,
-        "text": note.text,
-        "metadata": json.dumps(note.metadata, ensure_ascii=False),
-        "sha256": note.sha256,
-        "encoding": note.encoding,
-        "char_count": note.char_count,
-        "parsed_at": datetime.now(timezone.utc).replace(tzinfo=None),
-    }
-    db.replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note_id})
-    db.execute("DELETE FROM rejected_notes WHERE note_id = ?", [note_id])
+    save_parsed_note(db, note)
     history = History.from_warehouse(db, llm.provider)
     expected = estimate_note(note_id, note.text, note.title, history, llm.model, llm.price_table())
     return dg.MaterializeResult(

@@ -10,11 +10,6 @@ from fine_tune_dag.resources.models import ModelsResource
     group_name="training",
     kinds={"pytorch"},
     code_version="models-1",
-    # Resolved as soon as automation starts, so the first training does not wait for a download;
-    # a failed resolution (no network) is not retried in a loop.
-    automation_condition=dg.AutomationCondition.missing()
-    & ~dg.AutomationCondition.in_progress()
-    & ~dg.AutomationCondition.execution_failed(),
 )
 def base_model(context: dg.AssetExecutionContext, models: ModelsResource) -> dg.MaterializeResult:
     """Converted (GGUF), downloaded (Hub) or found (local folder) once, then loaded from disk."""

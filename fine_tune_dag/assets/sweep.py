@@ -6,32 +6,30 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
+from fine_tune_dag.assets.common import as_metadata, stage_failures
+from fine_tune_dag.assets.config import LeaderboardConfig, SweepRunConfig
 from fine_tune_dag.assets.dataset import dataset_splits
-from fine_tune_dag.assets.evaluation import EvaluationConfig, evaluate_adapter
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.assets.training import TrainingConfig, train_and_register
+from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.modeling.sweep import leaderboard, leaderboard_markdown, load_sweep, sweep_settings
 from fine_tune_dag.core.store.promotion import judge_challenger
-from fine_tune_dag.core.store.registry import adapter_by_version, current_champion, evaluation_summary, promote
+from fine_tune_dag.core.store.registry import (
+    adapter_by_version,
+    current_champion,
+    evaluation_summary,
+    newest_sweep_results,
+    promote,
+)
+from fine_tune_dag.core.workflows.adapters import train_and_register
+from fine_tune_dag.core.workflows.evaluation import evaluate_adapter
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
-
-
-class SweepRunConfig(dg.Config):
-    base: TrainingConfig = Field(default_factory=TrainingConfig, description="settings every configuration starts from")
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    device_hour_usd: float = Field(default=0.0, description="what an hour on the training device costs, for the board")
-
-
-class LeaderboardConfig(dg.Config):
-    promote_winner: bool = Field(default=False, description="promote the winner if it passes the champion gate")
 
 
 def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
@@ -61,10 +59,24 @@ def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         name = context.partition_key
         db = warehouse.get()
+        store = artifacts.get()
         settings = sweep_settings(configurations[name], config.base.settings())
-        trained = train_and_register(context, settings, paths, db, models, artifacts, sweep_configuration=name)
-        adapter = adapter_by_version(db, trained["version"])
-        summary, evaluated = evaluate_adapter(context, db, adapter, config.evaluation, paths, policy, artifacts, llm)
+        judge = llm.judge(config.evaluation.judge, db, context)
+        with stage_failures():
+            trained = train_and_register(
+                settings, paths.layout, db, models.resolve(), store, context.run_id, context.log, name
+            )
+            adapter = adapter_by_version(db, trained["version"])
+            summary, evaluated = evaluate_adapter(
+                db,
+                adapter,
+                config.evaluation.settings(),
+                paths.layout,
+                policy.promotion(),
+                store,
+                context.log,
+                judge.complete if judge else None,
+            )
         tuned = summary["tuned"]
         row = {
             "configuration": name,
@@ -80,7 +92,7 @@ def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
         }
         db.insert_rows("sweep_results", pd.DataFrame([row]))
         return dg.MaterializeResult(
-            metadata={"configuration": dg.MetadataValue.json(configurations[name]), **trained, **evaluated}
+            metadata=as_metadata({"configuration": configurations[name], **trained, **evaluated})
         )
 
     @dg.asset(deps=[sweep_adapters], group_name="sweep", pool="duckdb", kinds={"duckdb"}, code_version="leaderboard-1")
@@ -93,12 +105,10 @@ def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """The configurations of the newest dataset version, best test NLL first."""
         db = warehouse.get()
-        rows = db.query(
-            "SELECT * FROM sweep_results WHERE dataset_version = "
-            "(SELECT dataset_version FROM sweep_results ORDER BY created_at DESC LIMIT 1)"
-        )
-        if rows.empty:
-            raise dg.Failure(description="no sweep results yet: materialize sweep_adapters partitions first")
+        rows = newest_sweep_results(db)
+        with stage_failures():
+            if rows.empty:
+                raise StageError("no sweep results yet: materialize sweep_adapters partitions first")
         board = leaderboard(rows)
         winner = board.iloc[0]
         promotion = "not asked (promote_winner: false)"

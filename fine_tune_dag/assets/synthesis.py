@@ -4,16 +4,16 @@ from collections import Counter
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from fine_tune_dag.assets.chunking import passages
-from fine_tune_dag.assets.common import llm_usage_metadata, rows_for_note
+from fine_tune_dag.assets.common import llm_usage_metadata, stage_failures
+from fine_tune_dag.assets.config import SynthesisConfig
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.store.notes import rows_for_note
 from fine_tune_dag.core.text.chunking import Passage
 from fine_tune_dag.core.text.markdown import preview, table
 from fine_tune_dag.core.text.synthesis import (
-    MODES,
     TEMPLATES,
     SynthesisSettings,
     candidate_pairs,
@@ -24,27 +24,6 @@ from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
 
-class SynthesisConfig(dg.Config):
-    modes: list[str] = Field(default=list(MODES), description="'grounded' and/or 'back_translation'")
-    questions_per_passage: int = SynthesisSettings.questions_per_passage
-    min_support: float = Field(
-        default=SynthesisSettings.min_support, description="share of answer words that must occur in the passage"
-    )
-    max_question_words: int = SynthesisSettings.max_question_words
-    max_answer_words: int = SynthesisSettings.max_answer_words
-    max_new_tokens: int = SynthesisSettings.max_new_tokens
-
-    def settings(self) -> SynthesisSettings:
-        return SynthesisSettings(
-            questions_per_passage=self.questions_per_passage,
-            modes=tuple(self.modes),
-            min_support=self.min_support,
-            max_question_words=self.max_question_words,
-            max_answer_words=self.max_answer_words,
-            max_new_tokens=self.max_new_tokens,
-        )
-
-
 @dg.asset(
     partitions_def=notes_partitions,
     deps=[passages],
@@ -52,7 +31,6 @@ class SynthesisConfig(dg.Config):
     pool="duckdb",
     kinds={"python", "duckdb"},
     code_version="+".join(["synthesis-1", *(t.tag for t in TEMPLATES.values()), fingerprint(SynthesisSettings())]),
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def qa_pairs(
     context: dg.AssetExecutionContext, config: SynthesisConfig, warehouse: WarehouseResource, llm: LLMResource
@@ -61,7 +39,8 @@ def qa_pairs(
     note_id = context.partition_key
     settings = config.settings()
     db = warehouse.get()
-    rows = rows_for_note(db, "passages", note_id, "passages", order_by="passage_index")
+    with stage_failures():
+        rows = rows_for_note(db, "passages", note_id, "passages", order_by="passage_index")
     note_passages = [
         Passage(r.note_id, r.passage_index, r.start_char, r.end_char, r.text, r.topic, r.strategy)
         for r in rows.itertuples(index=False)

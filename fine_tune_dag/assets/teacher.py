@@ -6,12 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import llm_usage_metadata
+from fine_tune_dag.assets.config import PromptCompletionConfig, RequestLogConfig
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.store.request_log import answered_requests
 from fine_tune_dag.core.text.markdown import length_summary, preview
 from fine_tune_dag.core.text.teacher import (
     PAIR_COLUMNS,
@@ -28,20 +29,6 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 
 ANSWER_TEMPLATE = load_prompt("prompt_completion")
 GENERATOR_TEMPLATE = load_prompt("input_generator")
-
-
-class RequestLogConfig(dg.Config):
-    templates: list[str] = Field(default=["grounded_qa"], description="prompt templates whose answers become pairs")
-    assets: list[str] = Field(default=[], description="only requests made by these assets (empty: any)")
-    since: str = Field(default="", description="ISO date: only requests at or after (UTC)")
-    until: str = Field(default="", description="ISO date: only requests before (UTC)")
-
-
-class PromptCompletionConfig(dg.Config):
-    prompts_file: str = Field(default="", description="CSV (prompt[, completion]) or JSONL of prompts")
-    generator_task: str = Field(default="", description="or: a task the teacher invents `count` inputs for")
-    count: int = 20
-    max_new_tokens: int = 256
 
 
 def _metadata(pairs: pd.DataFrame) -> dict:
@@ -65,20 +52,9 @@ def _stamped(pairs: pd.DataFrame) -> pd.DataFrame:
 )
 def request_log_pairs(config: RequestLogConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Every distinct answered request of the chosen templates, assets and dates, as a student pair."""
-    conditions, params = ["r.status = 'ok'", "r.template IN (SELECT unnest(?::VARCHAR[]))"], [config.templates]
-    if config.assets:
-        conditions.append("r.asset IN (SELECT unnest(?::VARCHAR[]))")
-        params.append(config.assets)
-    for bound, operator in ((config.since, ">="), (config.until, "<")):
-        if bound:
-            conditions.append(f"r.created_at {operator} ?")
-            params.append(datetime.fromisoformat(bound))
     db = warehouse.get()
-    requests = db.query(
-        "SELECT DISTINCT r.template, c.messages, c.response FROM llm_requests r "
-        "JOIN llm_cache c ON c.cache_key = r.prompt_hash WHERE " + " AND ".join(conditions),
-        params,
-    )
+    since, until = (datetime.fromisoformat(bound) if bound else None for bound in (config.since, config.until))
+    requests = answered_requests(db, config.templates, config.assets, since, until)
     pairs = pairs_from_request_log(requests)
     db.replace_rows("request_log_pairs", _stamped(pairs))
     return dg.MaterializeResult(metadata={"templates": dg.MetadataValue.json(config.templates), **_metadata(pairs)})

@@ -1,10 +1,25 @@
-"""When training should run: the train split grew enough since the data the champion (and the
-last adapter) was trained on. Read from materialization metadata, so the decision costs one
-event-log lookup per asset and never opens the warehouse."""
+"""When each asset runs on its own, in one place: `automation_conditions` is the table, `with_automation`
+attaches it to the assets (and builds the gate check with its condition).
 
+Training runs when the train split grew enough since the data the champion (and the last adapter) was
+trained on. That is read from materialization metadata, so the decision costs one event-log lookup per
+asset and never opens the warehouse."""
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
+
+from fine_tune_dag.assets.champion import BEATS_CHAMPION, build_beats_champion, champion_adapter
+from fine_tune_dag.assets.chunking import passages
+from fine_tune_dag.assets.dataset import dataset_splits
+from fine_tune_dag.assets.dpo import dpo_adapter
+from fine_tune_dag.assets.edge_cases import edge_cases
+from fine_tune_dag.assets.evaluation import eval_report
+from fine_tune_dag.assets.models import base_model
+from fine_tune_dag.assets.synthesis import qa_pairs
+from fine_tune_dag.assets.training import lora_adapter
+from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS, DATASET_VERSION, TRAIN_PAIRS
 
 
 @dataclass(frozen=True)
@@ -25,24 +40,22 @@ class TrainingDataGrowth:
         )
 
 
-def _latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
+    event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         return {}
     return {name: value.value for name, value in event.asset_materialization.metadata.items()}
 
 
 def training_data_growth(instance: dg.DagsterInstance) -> TrainingDataGrowth:
-    dataset = _latest_metadata(instance, "dataset_splits")
+    dataset = _latest_metadata(instance, dataset_splits.key)
     baselines = [(0, "nothing trained yet")]
-    for key, label in (("champion_adapter", "champion"), ("lora_adapter", "last adapter")):
-        trained = _latest_metadata(instance, key)
+    for asset, label in ((champion_adapter, "champion"), (lora_adapter, "last adapter")):
+        trained = _latest_metadata(instance, asset.key)
         if trained:
-            baselines.append((int(trained.get("dataset_train_pairs", 0)), f"{label} {trained.get('version', '?')}"))
+            baselines.append((int(trained.get(DATASET_TRAIN_PAIRS, 0)), f"{label} {trained.get(ADAPTER_VERSION, '?')}"))
     baseline, source = max(baselines, key=lambda b: b[0])
-    return TrainingDataGrowth(
-        int(dataset.get("train_pairs", 0)), str(dataset.get("dataset_version", "")), baseline, source
-    )
+    return TrainingDataGrowth(int(dataset.get(TRAIN_PAIRS, 0)), str(dataset.get(DATASET_VERSION, "")), baseline, source)
 
 
 class TrainingDataGrew(dg.AutomationCondition):
@@ -88,3 +101,68 @@ def dataset_condition() -> dg.AutomationCondition:
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("rebuild when any note's pairs changed")
+
+
+def base_model_condition() -> dg.AutomationCondition:
+    """Resolved as soon as automation starts, so the first training does not wait for a download;
+    a failed resolution (no network) is not retried in a loop."""
+    return (
+        dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+        & ~dg.AutomationCondition.execution_failed()
+    )
+
+
+def edge_cases_condition() -> dg.AutomationCondition:
+    """After each new adapter (not after every dataset rebuild)."""
+    return dg.AutomationCondition.eager().replace(
+        "any_deps_updated",
+        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(lora_adapter)),
+    )
+
+
+def evaluation_condition() -> dg.AutomationCondition:
+    """After a new supervised or DPO adapter, or new edge cases; most people never train a DPO adapter, so its
+    absence must not hold evaluation back."""
+    return (
+        dg.AutomationCondition.eager()
+        .replace(
+            "any_deps_updated",
+            dg.AutomationCondition.any_deps_updated().allow(
+                dg.AssetSelection.assets(lora_adapter, dpo_adapter, edge_cases)
+            ),
+        )
+        .replace(
+            "any_deps_missing",
+            dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(dpo_adapter)),
+        )
+    )
+
+
+def automation_conditions(min_new_examples: int) -> dict[str, dg.AutomationCondition]:
+    """Asset (or check) name → its condition. Assets not named here run only when asked (jobs, the UI)."""
+    return {
+        passages.key.to_user_string(): dg.AutomationCondition.eager(),
+        qa_pairs.key.to_user_string(): dg.AutomationCondition.eager(),
+        dataset_splits.key.to_user_string(): dataset_condition(),
+        base_model.key.to_user_string(): base_model_condition(),
+        lora_adapter.key.to_user_string(): retrain_condition(min_new_examples),
+        edge_cases.key.to_user_string(): edge_cases_condition(),
+        eval_report.key.to_user_string(): evaluation_condition(),
+        # requested in the same run as eval_report and its blocking check, which stops it when it fails
+        champion_adapter.key.to_user_string(): dg.AutomationCondition.eager(),
+        BEATS_CHAMPION: dg.AutomationCondition.eager(),
+    }
+
+
+def with_automation(
+    assets: Sequence[dg.AssetsDefinition], min_new_examples: int
+) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """The assets with their conditions attached, and the gate check built with its own."""
+    conditions = automation_conditions(min_new_examples)
+
+    def attach(spec: dg.AssetSpec) -> dg.AssetSpec:
+        condition = conditions.get(spec.key.to_user_string())
+        return spec if condition is None else spec.replace_attributes(automation_condition=condition)
+
+    return [asset.map_asset_specs(attach) for asset in assets], [build_beats_champion(conditions[BEATS_CHAMPION])]

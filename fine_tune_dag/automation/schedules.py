@@ -2,10 +2,10 @@
 
 import dagster as dg
 
+from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.automation.conditions import training_data_growth
+from fine_tune_dag.automation.jobs import TRAINING_JOBS, retrain_job
 
-_TRAINING_KEY = dg.AssetKey("lora_adapter")
-_TRAINING_JOBS = ("retrain_job", "train_and_evaluate_job")
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -17,15 +17,15 @@ _ACTIVE = [
 def training_in_flight(instance: dg.DagsterInstance) -> str | None:
     """The id of an active run that trains an adapter, if any."""
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE)):
-        if _TRAINING_KEY in (run.asset_selection or ()) or run.job_name in _TRAINING_JOBS:
+        if lora_adapter.key in (run.asset_selection or ()) or run.job_name in {job.name for job in TRAINING_JOBS}:
             return run.run_id
     return None
 
 
-def build_retrain_schedule(job: dg.JobDefinition, cron: str, timezone: str) -> dg.ScheduleDefinition:
+def build_retrain_schedule(cron: str, timezone: str) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="retrain_schedule",
-        job=job,
+        job=retrain_job,
         cron_schedule=cron,
         execution_timezone=timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,

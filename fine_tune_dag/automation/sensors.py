@@ -1,9 +1,13 @@
-"""new_notes_sensor: notes dropped into the folder become partitions and runs, with no parsing here."""
+"""new_notes_sensor: notes dropped into the folder become partitions and runs, with no parsing here; and the
+sensor that evaluates the automation conditions."""
+
+import warnings
 
 import dagster as dg
 
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.automation.jobs import dataset_job, notes_job
 from fine_tune_dag.core.text.watch import NoteChange, WatchCursor, scan_notes
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
@@ -23,59 +27,71 @@ def _already_materialized(context: dg.SensorEvaluationContext, notes: list[NoteC
     return {n.note_id for n in notes if tags.get(n.note_id, {}).get(_DATA_VERSION_TAG) == n.sha256}
 
 
-def build_new_notes_sensor(notes_job: dg.JobDefinition, dataset_job: dg.JobDefinition):
-    @dg.sensor(
-        name="new_notes_sensor",
-        jobs=[notes_job, dataset_job],
-        minimum_interval_seconds=15,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Watches the notes folder: a new or changed file runs its own partition; a deleted one "
-        "leaves the dataset. Hidden, temporary and still-growing files wait.",
+@dg.sensor(
+    name="new_notes_sensor",
+    jobs=[notes_job, dataset_job],
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches the notes folder: a new or changed file runs its own partition; a deleted one "
+    "leaves the dataset. Hidden, temporary and still-growing files wait.",
+)
+def new_notes_sensor(
+    context: dg.SensorEvaluationContext, paths: ProjectPaths, policy: AutomationPolicy
+) -> dg.SensorResult:
+    if not paths.notes.is_dir():
+        return dg.SensorResult(skip_reason=f"the notes folder {paths.notes} does not exist (or is not a folder)")
+    scan = scan_notes(
+        paths.notes,
+        WatchCursor.from_json(context.cursor),
+        max_files=policy.notes_per_tick,
+        settle_seconds=policy.settle_seconds,
     )
-    def new_notes_sensor(
-        context: dg.SensorEvaluationContext, paths: ProjectPaths, policy: AutomationPolicy
-    ) -> dg.SensorResult:
-        if not paths.notes.is_dir():
-            return dg.SensorResult(skip_reason=f"the notes folder {paths.notes} does not exist (or is not a folder)")
-        scan = scan_notes(
-            paths.notes,
-            WatchCursor.from_json(context.cursor),
-            max_files=policy.notes_per_tick,
-            settle_seconds=policy.settle_seconds,
+    current = _already_materialized(context, scan.added)
+    requested = [n for n in scan.added if n.note_id not in current] + scan.changed
+    registered = set(context.instance.get_dynamic_partitions(notes_partitions.name))
+    new_keys = sorted({n.note_id for n in scan.added} - registered)
+    gone = sorted({n.note_id for n in scan.deleted} & registered)
+    partition_requests = []
+    if new_keys:
+        partition_requests.append(notes_partitions.build_add_request(new_keys))
+    if gone:
+        partition_requests.append(notes_partitions.build_delete_request(gone))
+    runs = [
+        dg.RunRequest(
+            job_name=notes_job.name,
+            partition_key=n.note_id,
+            tags={"fine_tune_dag/note": n.path},
         )
-        current = _already_materialized(context, scan.added)
-        requested = [n for n in scan.added if n.note_id not in current] + scan.changed
-        registered = set(context.instance.get_dynamic_partitions(notes_partitions.name))
-        new_keys = sorted({n.note_id for n in scan.added} - registered)
-        gone = sorted({n.note_id for n in scan.deleted} & registered)
-        partition_requests = []
-        if new_keys:
-            partition_requests.append(notes_partitions.build_add_request(new_keys))
-        if gone:
-            partition_requests.append(notes_partitions.build_delete_request(gone))
-        runs = [
+        for n in requested
+    ]
+    if gone:
+        runs.append(
             dg.RunRequest(
-                job_name=notes_job.name,
-                partition_key=n.note_id,
-                tags={"fine_tune_dag/note": n.path},
+                job_name=dataset_job.name,
+                tags={"fine_tune_dag/deleted_notes": ",".join(n.path for n in scan.deleted)[:200]},
             )
-            for n in requested
-        ]
-        if gone:
-            runs.append(
-                dg.RunRequest(
-                    job_name=dataset_job.name,
-                    tags={"fine_tune_dag/deleted_notes": ",".join(n.path for n in scan.deleted)[:200]},
-                )
-            )
-        context.log.info(f"{paths.notes}: {scan.summary}")
-        for note in scan.deleted:
-            context.log.info(f"{note.path} was deleted: partition {note.note_id} leaves the dataset")
-        return dg.SensorResult(
-            run_requests=runs,
-            dynamic_partitions_requests=partition_requests,
-            cursor=scan.cursor.to_json(),
-            skip_reason=None if runs or partition_requests else f"no new notes: {scan.summary}",
         )
+    context.log.info(f"{paths.notes}: {scan.summary}")
+    for note in scan.deleted:
+        context.log.info(f"{note.path} was deleted: partition {note.note_id} leaves the dataset")
+    return dg.SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=partition_requests,
+        cursor=scan.cursor.to_json(),
+        skip_reason=None if runs or partition_requests else f"no new notes: {scan.summary}",
+    )
 
-    return new_notes_sensor
+
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """Evaluated in the code server (not the daemon) because the retraining condition reads metadata in Python."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # use_user_code_server is beta; we opt in knowingly
+        return dg.AutomationConditionSensorDefinition(
+            "automation_sensor",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=15,
+            use_user_code_server=True,
+            description="Carries changes downstream: note partitions → dataset → (when grown enough) "
+            "training → evaluation → champion.",
+        )

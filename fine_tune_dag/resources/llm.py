@@ -74,5 +74,12 @@ class LLMResource(dg.ConfigurableResource):
         chunk = self.batch_size if self.provider == "local" else self.max_concurrency * 2
         return CachedLLM(self.client(), warehouse, chunk_size=chunk, prices=self.price_table(), origin=origin)
 
+    def judge(self, mode: str, warehouse: Warehouse, context: dg.AssetExecutionContext) -> CachedLLM | None:
+        """The pairwise judge a stage asked for: 'llm' always, 'auto' when the provider is Gemini (the bundled
+        model is too weak to judge), anything else none."""
+        if mode == "llm" or (mode == "auto" and self.provider == "gemini"):
+            return self.cached(warehouse, context)
+        return None
+
     def price_table(self) -> dict[str, tuple[float, float]]:
         return {**DEFAULT_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}

@@ -4,33 +4,39 @@ from pathlib import Path
 
 import dagster as dg
 
+from fine_tune_dag.core.store.layout import DataLayout
+
 
 class ProjectPaths(dg.ConfigurableResource):
-    """The notes folder is only ever read; everything generated lives under `data_dir`."""
+    """The notes folder is only ever read; everything generated lives under `data_dir` (see `DataLayout`)."""
 
     notes_dir: str = "data/notes"
     data_dir: str = "data"
 
     @property
+    def layout(self) -> DataLayout:
+        return DataLayout(Path(self.notes_dir), Path(self.data_dir))
+
+    @property
     def notes(self) -> Path:
-        return Path(self.notes_dir)
+        return self.layout.notes
 
     @property
     def data(self) -> Path:
-        return Path(self.data_dir)
+        return self.layout.data
 
     @property
     def models(self) -> Path:
-        return Path(self.data_dir) / "models"
+        return self.layout.models
 
     @property
     def adapters(self) -> Path:
-        return Path(self.data_dir) / "adapters"
+        return self.layout.adapters
 
     @property
     def reports(self) -> Path:
-        return Path(self.data_dir) / "reports"
+        return self.layout.reports
 
     @property
     def exports(self) -> Path:
-        return Path(self.data_dir) / "exports"
+        return self.layout.exports

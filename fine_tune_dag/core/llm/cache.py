@@ -23,6 +23,7 @@ from fine_tune_dag.core.llm.types import (
     ProgressCallback,
     request_cost,
 )
+from fine_tune_dag.core.store.request_log import cached_answers
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 
@@ -95,11 +96,7 @@ class CachedLLM:
     def _lookup(self, keys: list[str]) -> dict[str, LLMResult]:
         if not keys:
             return {}
-        found = self.warehouse.query(
-            "SELECT cache_key, response, status, input_tokens, output_tokens FROM llm_cache "
-            "WHERE cache_key IN (SELECT unnest(?::VARCHAR[]))",
-            [keys],
-        )
+        found = cached_answers(self.warehouse, keys)
         return {
             r.cache_key: LLMResult(r.response, r.status or "ok", int(r.input_tokens or 0), int(r.output_tokens or 0))
             for r in found.itertuples(index=False)

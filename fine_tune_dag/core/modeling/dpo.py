@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,17 +36,23 @@ from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 
 @dataclass(frozen=True)
 class DpoSettings:
-    beta: float = 0.1  # how far the policy may move from the reference; TRL's default
-    learning_rate: float = 5e-5
-    epochs: float = 2.0
-    batch_size: int = 4  # pairs per optimizer step
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    max_seq_length: int = 512
-    seed: int = 42
-    device: str = "auto"
-    dtype: str = "auto"  # base weights; the adapter trains in float32
-    logging_steps: int = 5
+    beta: float = field(
+        default=0.1, metadata={"help": "how far the policy may move from the reference (the champion); TRL's default"}
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate of the adapter"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the preference pairs"})
+    batch_size: int = field(default=4, metadata={"help": "preference pairs per optimizer step"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps spent warming the learning rate up"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradients are clipped to this norm"})
+    max_seq_length: int = field(
+        default=512, metadata={"help": "a pair with either side longer is dropped (and counted)"}
+    )
+    seed: int = field(default=42, metadata={"help": "seeds data order and dropout"})
+    device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
+    dtype: str = field(
+        default="auto", metadata={"help": "base weights: auto, bfloat16 or float32; the adapter trains in float32"}
+    )
+    logging_steps: int = field(default=5, metadata={"help": "how often progress is logged"})
 
 
 PreferencePair = tuple[TokenizedExample, TokenizedExample]  # chosen, rejected

@@ -12,7 +12,7 @@ import math
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -31,9 +31,12 @@ from fine_tune_dag.prompts import load_prompt
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    max_examples: int = 64  # test items evaluated (all of them when fewer)
-    max_new_tokens: int = 96
-    batch_size: int = 8
+    max_examples: int = field(default=64, metadata={"help": "test items evaluated (all of them when fewer)"})
+    max_new_tokens: int = field(default=96, metadata={"help": "answer length of each contender"})
+    batch_size: int = field(default=8, metadata={"help": "items per generation and scoring batch"})
+    device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
+    dtype: str = field(default="auto", metadata={"help": "base weights: auto, bfloat16 or float32"})
+    seed: int = field(default=0, metadata={"help": "few-shot examples and bootstrap resampling"})
 
 
 @torch.inference_mode()

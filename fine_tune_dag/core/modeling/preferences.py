@@ -10,11 +10,8 @@ over a judge's.
 
 from __future__ import annotations
 
-import random
 import re
-import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -24,7 +21,7 @@ from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, Message, cha
 from fine_tune_dag.core.modeling.evaluation import best_prompt_conversations, judge_requests, verdict_choice
 from fine_tune_dag.core.modeling.generation import generate_batch
 from fine_tune_dag.core.store.fingerprint import fingerprint
-from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.store.labels import HUMAN, JUDGE, label_row
 
 # Which two sources answer a prompt. Pairings are dealt to prompts in turn, so every kind is represented.
 CHAMPION_VS_PROMPTED_BASE = "champion_vs_prompted_base"
@@ -32,18 +29,19 @@ CHAMPION_TEMPERATURES = "champion_temperatures"
 AUTHOR_VS_CHAMPION = "author_vs_champion"
 PAIRINGS = (CHAMPION_VS_PROMPTED_BASE, CHAMPION_TEMPERATURES, AUTHOR_VS_CHAMPION)
 
-SIDES = ("left", "right", "tie", "skip")  # what a person can answer on the page
-HUMAN, JUDGE = "human", "judge"
-
 
 @dataclass(frozen=True)
 class PreferenceSettings:
-    max_prompts: int = 24  # new comparisons per materialization; more come from the next one
-    max_new_tokens: int = 96
-    low_temperature: float = 0.7  # the two champion samples of CHAMPION_TEMPERATURES
-    high_temperature: float = 1.2
-    batch_size: int = 8
-    seed: int = 0
+    max_prompts: int = field(
+        default=24, metadata={"help": "new comparisons per materialization; more come from the next one"}
+    )
+    max_new_tokens: int = field(default=96, metadata={"help": "answer length of each side"})
+    low_temperature: float = field(default=0.7, metadata={"help": "the cooler of the champion's two samples"})
+    high_temperature: float = field(default=1.2, metadata={"help": "the hotter of the champion's two samples"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
+    seed: int = field(default=0, metadata={"help": "which prompts, which pairing, and the sampling"})
+    device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
+    dtype: str = field(default="auto", metadata={"help": "base weights: auto, bfloat16 or float32"})
 
 
 @dataclass(frozen=True)
@@ -184,68 +182,6 @@ def judge_prelabels(
         choice = "tie" if outcome == 0.5 else ("a" if outcome == 1.0 else "b")
         rows.append(label_row(candidate_id, "llm-judge", JUDGE, choice, "b" if flip else "a"))
     return rows
-
-
-def label_row(candidate_id: str, labeler: str, source: str, choice: str, shown_left: str) -> dict[str, Any]:
-    return {
-        "label_id": uuid.uuid4().hex,
-        "candidate_id": candidate_id,
-        "labeler": labeler,
-        "source": source,
-        "choice": choice,
-        "shown_left": shown_left,
-        "labeled_at": datetime.now(timezone.utc).replace(tzinfo=None),
-    }
-
-
-def record_choice(db: Warehouse, candidate_id: str, labeler: str, side: str, shown_left: str) -> str:
-    """Save a person's choice at once; `side` is what they pressed, `shown_left` which answer (a or b) the
-    page put on the left. Returns the stored choice: a, b, tie or skip."""
-    if side not in SIDES:
-        raise ValueError(f"choice must be one of {', '.join(SIDES)}, not {side!r}")
-    if shown_left not in ("a", "b"):
-        raise ValueError(f"shown_left must be 'a' or 'b', not {shown_left!r}")
-    if not labeler.strip():
-        raise ValueError("a choice needs the name of who made it")
-    if db.query("SELECT 1 FROM preference_candidates WHERE candidate_id = ?", [candidate_id]).empty:
-        raise KeyError(f"no comparison {candidate_id!r}")
-    shown_right = "b" if shown_left == "a" else "a"
-    choice = {"left": shown_left, "right": shown_right}.get(side, side)
-    db.insert_rows("preference_labels", pd.DataFrame([label_row(candidate_id, labeler, HUMAN, choice, shown_left)]))
-    return choice
-
-
-def progress(db: Warehouse, labeler: str) -> tuple[int, int]:
-    """Comparisons this person has answered (skips included) and comparisons in all."""
-    counts = db.query(
-        "SELECT (SELECT count(DISTINCT candidate_id) FROM preference_labels WHERE labeler = ? AND source = ?) AS done,"
-        " (SELECT count(*) FROM preference_candidates) AS total",
-        [labeler, HUMAN],
-    )
-    return int(counts["done"].iloc[0]), int(counts["total"].iloc[0])
-
-
-def next_comparison(db: Warehouse, labeler: str, rng: random.Random) -> dict[str, str] | None:
-    """The oldest comparison this person has not answered, its answers in a random order; None when done.
-    Origins stay on the server: the page is blind to where an answer came from."""
-    rows = db.query(
-        "SELECT candidate_id, question, answer_a, answer_b FROM preference_candidates c WHERE NOT EXISTS "
-        "(SELECT 1 FROM preference_labels l WHERE l.candidate_id = c.candidate_id AND l.labeler = ? AND l.source = ?)"
-        " ORDER BY created_at, candidate_id LIMIT 1",
-        [labeler, HUMAN],
-    )
-    if rows.empty:
-        return None
-    row = rows.iloc[0]
-    shown_left = rng.choice(("a", "b"))
-    left, right = (row.answer_a, row.answer_b) if shown_left == "a" else (row.answer_b, row.answer_a)
-    return {
-        "candidate_id": row.candidate_id,
-        "question": row.question,
-        "left": left,
-        "right": right,
-        "shown_left": shown_left,
-    }
 
 
 def pairs_from_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:

@@ -33,29 +33,52 @@ from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("all-linear",)
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_seq_length: int = 512
-    seed: int = 42
-    device: str = "auto"
-    dtype: str = "auto"  # base weights; the adapter always trains in float32
-    logging_steps: int = 5  # how often progress is reported; metrics are recorded every step
-    eval_fraction: float = 0.1  # share of the train split held out to watch overfitting (0: none)
-    eval_steps: int = 0  # evaluate every n optimizer steps; 0: once an epoch (and always at the end)
-    early_stopping_patience: int = 0  # stop after n evaluations without a better eval loss; 0: never
-    checkpoint_steps: int = 25  # save resumable state every n optimizer steps (when given a folder); 0: never
-    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, about a third slower
+    epochs: float = field(default=3.0, metadata={"help": "passes over the train split (max_steps > 0 overrides)"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides epochs"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate of the adapter (AdamW)"})
+    lr_scheduler: str = field(
+        default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant_with_warmup, …"}
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps spent warming the learning rate up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the adapter weights"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradients are clipped to this norm"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch"})
+    target_modules: tuple[str, ...] = field(
+        default=("all-linear",), metadata={"help": "module names to adapt, or 'all-linear'"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_seq_length: int = field(
+        default=512,
+        metadata={"help": "longer examples are dropped (and counted), never cut: a cut answer would lose its EOS"},
+    )
+    seed: int = field(default=42, metadata={"help": "seeds data order, held-out choice, dropout and initialisation"})
+    device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "base weights: auto, bfloat16 or float32; the adapter always trains in float32"},
+    )
+    logging_steps: int = field(
+        default=5, metadata={"help": "how often progress is logged; metrics are recorded every step"}
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "share of the train split held out to watch overfitting; 0: none"}
+    )
+    eval_steps: int = field(
+        default=0, metadata={"help": "evaluate every n optimizer steps; 0: once an epoch (and always at the end)"}
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "stop after n evaluations without a better eval loss; 0: never"}
+    )
+    checkpoint_steps: int = field(
+        default=25, metadata={"help": "save resumable state every n optimizer steps; 0: never"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute layer activations in backward: less memory for longer sequences, slower steps"},
+    )
 
 
 def tokenize_conversations(
@@ -261,5 +284,3 @@ def _resume(path: Path, model: PeftModel, optimizer: Any, scheduler: Any, run: T
     loop = _LoopState(**state["loop"])
     run.resumed_from_step = loop.step
     return loop
-
-

@@ -178,3 +178,11 @@ def _sides(notes: pd.DataFrame) -> str:
         chosen = notes[notes["split"] == side]
         parts.append(f"{int(chosen['pairs'].sum())} {side} pairs from {len(chosen)} notes")
     return ", ".join(parts)
+
+
+def newest_sweep_results(db: Warehouse) -> pd.DataFrame:
+    """The sweep results of the newest dataset version a sweep ran on."""
+    return db.query(
+        "SELECT * FROM sweep_results WHERE dataset_version = "
+        "(SELECT dataset_version FROM sweep_results ORDER BY created_at DESC LIMIT 1)"
+    )

@@ -1,4 +1,5 @@
-"""Reading the LLM request log: filtered listings and the calls/tokens/cost/hit-rate summary."""
+"""The LLM cache and request log in the warehouse: cached answers by key, filtered listings, the
+calls/tokens/cost/hit-rate summary, and answered requests for teacher → student pairs."""
 
 from __future__ import annotations
 
@@ -60,3 +61,36 @@ def summarize_requests(log: pd.DataFrame) -> dict[str, float]:
         "cost_usd": round(float(paid["cost_usd"].sum()), 6) if len(paid) else 0.0,
         "rejected": int((log["status"] != "ok").sum()) if len(log) else 0,
     }
+
+
+def cached_answers(db: Warehouse, keys: list[str]) -> pd.DataFrame:
+    """The cached answer rows of these content hashes (missing keys have no row)."""
+    return db.query(
+        "SELECT cache_key, response, status, input_tokens, output_tokens FROM llm_cache "
+        "WHERE cache_key IN (SELECT unnest(?::VARCHAR[]))",
+        [keys],
+    )
+
+
+def answered_requests(
+    db: Warehouse,
+    templates: list[str],
+    assets: list[str],
+    since: datetime | None,
+    until: datetime | None,
+) -> pd.DataFrame:
+    """Distinct answered requests (template, messages, response) of these templates, assets (any when empty)
+    and dates."""
+    conditions, params = ["r.status = 'ok'", "r.template IN (SELECT unnest(?::VARCHAR[]))"], [templates]
+    if assets:
+        conditions.append("r.asset IN (SELECT unnest(?::VARCHAR[]))")
+        params.append(assets)
+    for bound, operator in ((since, ">="), (until, "<")):
+        if bound is not None:
+            conditions.append(f"r.created_at {operator} ?")
+            params.append(bound)
+    return db.query(
+        "SELECT DISTINCT r.template, c.messages, c.response FROM llm_requests r "
+        "JOIN llm_cache c ON c.cache_key = r.prompt_hash WHERE " + " AND ".join(conditions),
+        params,
+    )

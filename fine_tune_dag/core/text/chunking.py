@@ -8,7 +8,7 @@ with paragraph numbers and topic labels, never with text, and every passage sati
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from fine_tune_dag.core.llm.types import LLMRequest
@@ -25,9 +25,12 @@ _PROMPT_PARAGRAPH_CHARS = 240
 
 @dataclass(frozen=True)
 class ChunkingSettings:
-    strategy: str = "llm"  # "llm" or "heuristic"
-    min_chars: int = 200
-    max_chars: int = 1200
+    strategy: str = field(
+        default="llm",
+        metadata={"help": "'llm' (the model proposes boundaries) or 'heuristic' (headings and paragraphs)"},
+    )
+    min_chars: int = field(default=200, metadata={"help": "passages shorter than this merge with a neighbour"})
+    max_chars: int = field(default=1200, metadata={"help": "passages longer than this are split"})
 
     def __post_init__(self) -> None:
         if self.strategy not in ("llm", "heuristic"):

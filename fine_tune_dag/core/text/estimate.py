@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
-
 from fine_tune_dag.core.llm.types import LLMRequest, request_cost
+from fine_tune_dag.core.store.notes import synthesis_history
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.chunking import (
     BOUNDARY_MAX_NEW_TOKENS,
@@ -51,19 +50,11 @@ class History:
 
     @classmethod
     def from_warehouse(cls, db: Warehouse, provider: str) -> History:
-        means = db.query(
-            "SELECT template, avg(output_tokens) AS tokens FROM llm_requests "
-            "WHERE provider = ? AND NOT cache_hit AND status = 'ok' GROUP BY template",
-            [provider],
-        )
-        pairs = db.query("SELECT count(*) AS total, count(*) FILTER (WHERE status = 'kept') AS kept FROM qa_pairs")
-        tokens = db.query("SELECT avg(prompt_tokens + answer_tokens) AS tokens FROM dataset_splits")
-        total, kept = int(pairs["total"].iloc[0]), int(pairs["kept"].iloc[0])
-        mean_tokens = tokens["tokens"].iloc[0]
+        means, total, kept, pair_tokens = synthesis_history(db, provider)
         return cls(
             dict(zip(means["template"], means["tokens"].astype(float))),
             kept / total if total else DEFAULT_KEEP_RATE,
-            float(mean_tokens) if pd.notna(mean_tokens) else DEFAULT_PAIR_TOKENS,
+            pair_tokens if pair_tokens is not None else DEFAULT_PAIR_TOKENS,
         )
 
 

@@ -37,3 +37,7 @@ def length_summary(lengths: Sequence[int]) -> dict[str, int]:
         "p90": int(series.quantile(0.9)),
         "max": int(series.max()),
     }
+
+
+class Markdown(str):
+    """Text meant to be rendered as Markdown where it is shown (the Dagster UI renders it)."""

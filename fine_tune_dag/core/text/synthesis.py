@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from fine_tune_dag.core.llm.types import LLMRequest
@@ -41,16 +41,27 @@ _LEADING_LABEL = re.compile(
 
 @dataclass(frozen=True)
 class SynthesisSettings:
-    questions_per_passage: int = 2
-    modes: tuple[str, ...] = MODES
-    min_support: float = 0.7
-    min_new_answer_words: int = 2
-    max_repetition: float = 0.3
-    min_question_words: int = 3
-    max_question_words: int = 60
-    max_answer_words: int = 300
-    duplicate_rouge_l: float = 0.7
-    max_new_tokens: int = 120
+    questions_per_passage: int = field(default=2, metadata={"help": "questions asked of the LLM for each passage"})
+    modes: tuple[str, ...] = field(
+        default=MODES,
+        metadata={
+            "help": "'grounded' (Q&A from the passage) and/or 'back_translation' (an instruction the passage answers)"
+        },
+    )
+    min_support: float = field(default=0.7, metadata={"help": "share of answer words that must occur in the passage"})
+    min_new_answer_words: int = field(
+        default=2, metadata={"help": "an answer must say at least this many words beyond the question"}
+    )
+    max_repetition: float = field(
+        default=0.3, metadata={"help": "largest share of repeated word trigrams in an answer"}
+    )
+    min_question_words: int = field(default=3, metadata={"help": "shorter questions are rejected"})
+    max_question_words: int = field(default=60, metadata={"help": "longer questions are rejected"})
+    max_answer_words: int = field(default=300, metadata={"help": "longer answers are rejected"})
+    duplicate_rouge_l: float = field(
+        default=0.7, metadata={"help": "a question this close (ROUGE-L) to a kept one is a duplicate"}
+    )
+    max_new_tokens: int = field(default=120, metadata={"help": "LLM answer length per synthesis request"})
 
     def __post_init__(self) -> None:
         unknown = set(self.modes) - set(MODES)

@@ -1,0 +1,141 @@
+"""Every stage's Dagster run config, in one place, built from the core settings dataclasses where a stage has one.
+
+A stage's `Config` class is generated from its settings dataclass (`settings_config`): every field becomes a
+config field with the dataclass default and its `help` text as description, and `settings()` turns the config
+back into the dataclass. A field is left out only by naming it in `excluded` with the reason, and
+`test_settings_are_configurable` fails when a field is neither configurable nor excluded.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import MISSING, fields
+from typing import Any, ClassVar
+
+import dagster as dg
+from pydantic import Field, create_model
+
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.modeling.dpo import DpoSettings
+from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
+from fine_tune_dag.core.modeling.preferences import PreferenceSettings
+from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.text.chunking import BOUNDARY_MAX_NEW_TOKENS, ChunkingSettings
+from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
+from fine_tune_dag.core.text.synthesis import SynthesisSettings
+
+
+class SettingsConfig(dg.Config):
+    """Base of the generated classes; `SETTINGS` is the dataclass, `EXCLUDED` the fields left out, with why."""
+
+    SETTINGS: ClassVar[type]
+    EXCLUDED: ClassVar[dict[str, str]] = {}
+
+    def settings(self) -> Any:
+        hints = typing.get_type_hints(self.SETTINGS)
+        values = {}
+        for spec in fields(self.SETTINGS):
+            if spec.name in self.EXCLUDED:
+                continue
+            value = getattr(self, spec.name)
+            values[spec.name] = tuple(value) if typing.get_origin(hints[spec.name]) is tuple else value
+        return self.SETTINGS(**values)
+
+
+def _config_type(hint: Any) -> Any:
+    """Tuples (immutable in the frozen dataclasses) are lists in run config."""
+    if typing.get_origin(hint) is tuple:
+        return list[typing.get_args(hint)[0]]
+    return hint
+
+
+def settings_config(name: str, settings: type, excluded: dict[str, str] | None = None) -> type[SettingsConfig]:
+    """A `SettingsConfig` subclass with one field per settings field (default and description from the dataclass)."""
+    hints = typing.get_type_hints(settings)
+    config_fields = {}
+    for spec in fields(settings):
+        if spec.name in (excluded or {}):
+            continue
+        default = spec.default if spec.default is not MISSING else spec.default_factory()
+        default = list(default) if isinstance(default, tuple) else default
+        config_fields[spec.name] = (
+            _config_type(hints[spec.name]),
+            Field(default=default, description=spec.metadata.get("help")),
+        )
+    config = create_model(name, __base__=SettingsConfig, **config_fields)
+    config.SETTINGS = settings
+    config.EXCLUDED = dict(excluded or {})
+    return config
+
+
+# Stages whose settings are a core dataclass: generated, plus the few fields that are orchestration choices.
+
+ChunkingSettingsConfig = settings_config("ChunkingSettingsConfig", ChunkingSettings)
+
+
+class ChunkingConfig(ChunkingSettingsConfig):
+    boundary_max_new_tokens: int = Field(
+        default=BOUNDARY_MAX_NEW_TOKENS, description="answer length of the boundary request"
+    )
+
+
+SynthesisConfig = settings_config("SynthesisConfig", SynthesisSettings)
+TrainingConfig = settings_config("TrainingConfig", TrainingSettings)
+DpoConfig = settings_config("DpoConfig", DpoSettings)
+
+_JUDGE_HELP = "the pairwise LLM judge: 'auto' (when the LLM is Gemini), 'llm', or '{off}'"
+
+
+class EvaluationConfig(settings_config("EvaluationSettingsConfig", EvaluationSettings)):
+    judge: str = Field(default="auto", description=_JUDGE_HELP.format(off="metrics"))
+
+
+class PreferenceCandidatesConfig(settings_config("PreferenceSettingsConfig", PreferenceSettings)):
+    judge: str = Field(default="auto", description="pre-label with " + _JUDGE_HELP.format(off="none"))
+
+
+# Stages with no settings dataclass of their own.
+
+
+class SplitConfig(dg.Config):
+    test_fraction: float = Field(
+        default=DEFAULT_TEST_FRACTION, description="share of notes held out; assigned by a hash of the note id"
+    )
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    sources: list[str] = Field(
+        default=["notes"],
+        description="where pairs come from: 'notes', 'request_log' (request_log_pairs), "
+        "'prompt_completion' (prompt_completion_pairs), or a mix",
+    )
+
+
+class EdgeCaseConfig(dg.Config):
+    hardest: int = Field(default=5, description="held-out items the base model found hardest, added per run")
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+class RequestLogConfig(dg.Config):
+    templates: list[str] = Field(default=["grounded_qa"], description="prompt templates whose answers become pairs")
+    assets: list[str] = Field(default=[], description="only requests made by these assets (empty: any)")
+    since: str = Field(default="", description="ISO date: only requests at or after (UTC)")
+    until: str = Field(default="", description="ISO date: only requests before (UTC)")
+
+
+class PromptCompletionConfig(dg.Config):
+    prompts_file: str = Field(default="", description="CSV (prompt[, completion]) or JSONL of prompts")
+    generator_task: str = Field(default="", description="or: a task the teacher invents `count` inputs for")
+    count: int = 20
+    max_new_tokens: int = 256
+
+
+class SweepRunConfig(dg.Config):
+    base: TrainingConfig = Field(default_factory=TrainingConfig, description="settings every configuration starts from")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    device_hour_usd: float = Field(default=0.0, description="what an hour on the training device costs, for the board")
+
+
+class LeaderboardConfig(dg.Config):
+    promote_winner: bool = Field(default=False, description="promote the winner if it passes the champion gate")

@@ -1,0 +1,37 @@
+"""Where everything the project writes lives, under one data folder; the notes folder is only ever read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    notes: Path
+    data: Path
+
+    @property
+    def warehouse(self) -> Path:
+        return self.data / "warehouse.duckdb"
+
+    @property
+    def models(self) -> Path:
+        return self.data / "models"
+
+    @property
+    def adapters(self) -> Path:
+        return self.data / "adapters"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Resumable training state, one folder per (dataset, base model, settings) fingerprint."""
+        return self.adapters / ".checkpoints"
+
+    @property
+    def reports(self) -> Path:
+        return self.data / "reports"
+
+    @property
+    def exports(self) -> Path:
+        return self.data / "exports"

@@ -1,0 +1,150 @@
+"""Queries over the notes' tables: parsed notes, rejections, passages, Q&A pairs and the pairs that make a dataset."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.ingest import ParsedNote
+from fine_tune_dag.core.text.watch import file_sha256
+
+PAIR_SOURCES = ("notes", "request_log", "prompt_completion")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def rows_for_note(db: Warehouse, table: str, note_id: str, upstream: str, order_by: str = "note_id") -> pd.DataFrame:
+    """The note's rows of an upstream table; missing rows mean the upstream partition was never built."""
+    rows = db.query(f"SELECT * FROM {table} WHERE note_id = ? ORDER BY {order_by}", [note_id])
+    if rows.empty:
+        raise StageError(f"no {table} rows for note '{note_id}': materialize {upstream} for this partition first")
+    return rows
+
+
+def save_parsed_note(db: Warehouse, note: ParsedNote) -> None:
+    """The note's one row, replacing an earlier version; a note that parses is no longer rejected."""
+    row = {
+        "note_id": note.note_id,
+        "path": note.path,
+        "title": note.title,
+        "format": note.format,
+        "text": note.text,
+        "metadata": json.dumps(note.metadata, ensure_ascii=False),
+        "sha256": note.sha256,
+        "encoding": note.encoding,
+        "char_count": note.char_count,
+        "parsed_at": _now(),
+    }
+    db.replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note.note_id})
+    db.execute("DELETE FROM rejected_notes WHERE note_id = ?", [note.note_id])
+
+
+def reject_note(
+    db: Warehouse, note_id: str, relative: str | None, reason: str, run_id: str, path: Path | None = None
+) -> None:
+    """One row per rejected note, replaced on each attempt and removed once the note parses.
+
+    Links are not followed for the size and hash: they may lead out of the notes folder.
+    """
+    try:
+        size, digest = (
+            (path.lstat().st_size, None if path.is_symlink() else file_sha256(path)) if path else (None, None)
+        )
+    except OSError:
+        size, digest = None, None
+    row = {
+        "note_id": note_id,
+        "path": relative,
+        "reason": reason,
+        "size_bytes": size,
+        "sha256": digest,
+        "rejected_at": _now(),
+        "run_id": run_id,
+    }
+    db.insert_rows("rejected_notes", pd.DataFrame([row]))
+
+
+def rejected_notes(db: Warehouse) -> pd.DataFrame:
+    return db.query("SELECT coalesce(path, note_id) AS file, reason, rejected_at FROM rejected_notes ORDER BY file")
+
+
+def synthesized_note_hashes(db: Warehouse) -> dict[str, str]:
+    """Note id → content hash of every note whose Q&A pairs were synthesized."""
+    done = db.query("SELECT note_id, sha256 FROM raw_notes WHERE note_id IN (SELECT note_id FROM qa_pairs)")
+    return dict(zip(done["note_id"], done["sha256"]))
+
+
+def paths_outside(db: Warehouse, note_ids: list[str]) -> list[str]:
+    """Files parsed once whose partition is gone (deleted notes): they leave the dataset."""
+    return db.query(
+        "SELECT DISTINCT path FROM raw_notes WHERE note_id NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY path",
+        [note_ids],
+    )["path"].tolist()
+
+
+def trainable_notes(db: Warehouse, note_ids: list[str]) -> tuple[list[str], pd.DataFrame, dict[str, str]]:
+    """Registered notes that parse now, one per distinct content; plus the rejected and the copies.
+
+    A rejected note's rows from an earlier good version stay in the warehouse but out of training,
+    and a copy of another note would put the same pairs on both sides of the split.
+    """
+    rejected = db.query(
+        "SELECT note_id, path, reason FROM rejected_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY path",
+        [note_ids],
+    )
+    parsed = db.query(
+        "SELECT note_id, path, sha256 FROM raw_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[])) "
+        "AND note_id NOT IN (SELECT note_id FROM rejected_notes) ORDER BY path",
+        [note_ids],
+    )
+    first_path = parsed.drop_duplicates("sha256").set_index("sha256")["path"]
+    copies = parsed[parsed.duplicated("sha256")]
+    duplicates = {row.path: first_path[row.sha256] for row in copies.itertuples()}
+    return parsed[~parsed.duplicated("sha256")]["note_id"].tolist(), rejected, duplicates
+
+
+def kept_pairs(db: Warehouse, source: str, note_ids: list[str]) -> pd.DataFrame:
+    """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note."""
+    if source not in PAIR_SOURCES:
+        raise StageError(f"unknown source {source!r}; choose from {PAIR_SOURCES}")
+    if source == "notes":
+        return db.query(
+            "SELECT pair_id, note_id, mode, NULL AS system, question, answer FROM qa_pairs "
+            "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
+            [note_ids],
+        )
+    return db.query(
+        f"SELECT pair_id, '{source}:' || pair_id AS note_id, '{source}' AS mode, system, question, answer "
+        f"FROM {source}_pairs"
+    )
+
+
+def note_files(db: Warehouse) -> pd.DataFrame:
+    """Every parsed note's file and content hash, for lineage."""
+    return db.query("SELECT note_id, path, sha256 FROM raw_notes")
+
+
+def synthesis_history(db: Warehouse, provider: str) -> tuple[pd.DataFrame, int, int, float | None]:
+    """What earlier runs of this provider produced: mean output tokens per template, candidate and kept pairs,
+    and mean tokens per training pair."""
+    means = db.query(
+        "SELECT template, avg(output_tokens) AS tokens FROM llm_requests "
+        "WHERE provider = ? AND NOT cache_hit AND status = 'ok' GROUP BY template",
+        [provider],
+    )
+    pairs = db.query("SELECT count(*) AS total, count(*) FILTER (WHERE status = 'kept') AS kept FROM qa_pairs")
+    tokens = db.query("SELECT avg(prompt_tokens + answer_tokens) AS tokens FROM dataset_splits")
+    mean_tokens = tokens["tokens"].iloc[0]
+    return (
+        means,
+        int(pairs["total"].iloc[0]),
+        int(pairs["kept"].iloc[0]),
+        float(mean_tokens) if pd.notna(mean_tokens) else None,
+    )

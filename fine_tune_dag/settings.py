@@ -1,0 +1,81 @@
+"""The project's settings from the environment, read in one place by the Dagster definitions and the CLI.
+
+| variable | default | what |
+|---|---|---|
+| FINE_TUNE_DAG_NOTES_DIR | data/notes | the notes folder (only ever read) |
+| FINE_TUNE_DAG_DATA_DIR | data | everything generated |
+| FINE_TUNE_DAG_BASE_MODEL | the bundled SmolLM2 | Hub id, folder or bundled:… |
+| FINE_TUNE_DAG_LLM_PROVIDER | local | local or gemini |
+| FINE_TUNE_DAG_LLM_MODEL | bundled (local), gemini-2.5-flash (gemini) | the LLM for chunking, synthesis, judging |
+| FINE_TUNE_DAG_GEMINI_RPM | 10 | requests per minute to Gemini |
+| GEMINI_API_KEY or GOOGLE_API_KEY | — | read at run time, never logged |
+| FINE_TUNE_DAG_RETRAIN_MIN_NEW_EXAMPLES | AutomationPolicy's (20) | train-split growth that retrains |
+| FINE_TUNE_DAG_RETRAIN_CRON | AutomationPolicy's (0 3 * * *) | the nightly catch-up |
+| FINE_TUNE_DAG_EXECUTOR | (multi or in-process) | multiprocess, in_process or k8s |
+| FINE_TUNE_DAG_ARTIFACTS_URL | — | fsspec URL adapters and reports are mirrored to |
+| FINE_TUNE_DAG_SWEEP_FILE | sweeps.yaml | named training configurations |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from fine_tune_dag.core.modeling.models import BUNDLED_MODEL
+from fine_tune_dag.core.store.layout import DataLayout
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    notes_dir: str = "data/notes"
+    data_dir: str = "data"
+    base_model: str = BUNDLED_MODEL
+    llm_provider: str = "local"
+    llm_model: str = ""  # empty: the provider's default
+    gemini_requests_per_minute: int = 10
+    gemini_key_variable: str = "GEMINI_API_KEY"
+    retrain_min_new_examples: int | None = None  # None: AutomationPolicy's default
+    retrain_cron: str | None = None  # None: AutomationPolicy's default
+    executor: str = ""
+    artifacts_url: str = ""
+    sweep_file: str = "sweeps.yaml"
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> ProjectSettings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            notes_dir=env.get("FINE_TUNE_DAG_NOTES_DIR", defaults.notes_dir),
+            data_dir=env.get("FINE_TUNE_DAG_DATA_DIR", defaults.data_dir),
+            base_model=env.get("FINE_TUNE_DAG_BASE_MODEL", defaults.base_model),
+            llm_provider=env.get("FINE_TUNE_DAG_LLM_PROVIDER", defaults.llm_provider),
+            llm_model=env.get("FINE_TUNE_DAG_LLM_MODEL", defaults.llm_model),
+            gemini_requests_per_minute=int(env.get("FINE_TUNE_DAG_GEMINI_RPM", defaults.gemini_requests_per_minute)),
+            gemini_key_variable=(
+                "GOOGLE_API_KEY" if "GOOGLE_API_KEY" in env and "GEMINI_API_KEY" not in env else "GEMINI_API_KEY"
+            ),
+            retrain_min_new_examples=(
+                int(env["FINE_TUNE_DAG_RETRAIN_MIN_NEW_EXAMPLES"])
+                if "FINE_TUNE_DAG_RETRAIN_MIN_NEW_EXAMPLES" in env
+                else None
+            ),
+            retrain_cron=env.get("FINE_TUNE_DAG_RETRAIN_CRON"),
+            executor=env.get("FINE_TUNE_DAG_EXECUTOR", defaults.executor),
+            artifacts_url=env.get("FINE_TUNE_DAG_ARTIFACTS_URL", defaults.artifacts_url),
+            sweep_file=env.get("FINE_TUNE_DAG_SWEEP_FILE", defaults.sweep_file),
+        )
+
+    def with_folders(self, notes_dir: Path | str, data_dir: Path | str) -> ProjectSettings:
+        """The same settings over other folders (the CLI's --notes-dir and --data-dir)."""
+        return ProjectSettings(**{**self.__dict__, "notes_dir": str(notes_dir), "data_dir": str(data_dir)})
+
+    def policy_overrides(self) -> dict[str, int | str]:
+        """The automation policy fields set in the environment (the rest keep the policy's defaults)."""
+        values = {"retrain_min_new_examples": self.retrain_min_new_examples, "retrain_cron": self.retrain_cron}
+        return {name: value for name, value in values.items() if value is not None}
+
+    @property
+    def layout(self) -> DataLayout:
+        return DataLayout(Path(self.notes_dir), Path(self.data_dir))
