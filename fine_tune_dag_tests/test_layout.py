@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import tomllib
 
 import fine_tune_dag
 from fine_tune_dag.assets import config as stage_config
@@ -211,3 +213,41 @@ def test_a_configured_value_reaches_the_settings():
 
 def test_test_stand_ins_are_not_in_the_product_package():
     assert not [n for n in MODULES if n.split(".")[-1] in ("testing", "gemini_stub")]
+
+
+def declared_distributions() -> tuple[set[str], set[str]]:
+    """Distributions the project declares: required, and those of its extras."""
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!\[ ;@]", r)[0].lower().replace("_", "-") for r in requirements}
+
+    extras = set().union(*(names(r) for r in project["optional-dependencies"].values()))
+    return names(project["dependencies"]), extras
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """Required for module-level imports; an extra suffices for an import made only inside a function (the
+    optional k8s executor)."""
+    required, extras = declared_distributions()
+    distributions = importlib.metadata.packages_distributions()
+    missing = []
+    for name, tree in TREES.items():
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "fine_tune_dag":
+                    continue
+                provided = {d.lower().replace("_", "-") for d in distributions.get(top, [])}
+                allowed = required if id(node) in top_level else required | extras
+                if not provided & allowed:
+                    missing.append(f"{name}: {module} ({', '.join(sorted(provided)) or 'not installed'})")
+    assert missing == []
