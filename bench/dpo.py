@@ -1,11 +1,19 @@
-"""Our DPO loop (`train_dpo`, as `dpo_adapter` runs it) against TRL's `DPOTrainer`, on the same pairs.
+"""Our DPO loop (`train_dpo`, as `dpo_adapter` runs it) against TRL's `DPOTrainer`, like for like, on the same pairs.
 
 Both start from the same supervised adapter (trained for a few steps here) and train it further with the same
-beta, learning rate, linear schedule, warmup, batch and steps; the reference is that adapter before training on
-both sides (TRL gets it merged into the base as `ref_model`). TRL runs at its DPOConfig defaults otherwise
-(float32 weights with bf16 autocast on CPU). Pairs: a chosen answer in the author's voice and, as the rejected
-one, the answer of another conversation. Both adapters are then scored by one function on all pairs: the DPO
-loss and reward accuracy against the starting adapter. The first step of each side (warm-up) is not timed.
+beta, learning rate, linear schedule, warmup, batch and steps, in the same precision arrangement: base weights in
+the dtype `select_dtype` picks (bf16 on a CPU with AMX), the float32 adapter over them, bf16 autocast (ours through
+`base_precision`, TRL's through `bf16=True`); no gradient checkpointing (TRL's default turned off), LoRA dropout
+kept on both (TRL's `disable_dropout` default turned off). The reference is the starting adapter on both sides,
+its log-probabilities computed once up front: ours always does, TRL with `precompute_ref_log_probs=True` over the
+frozen copy of the start adapter it adds itself (so neither side holds a second model). What still differs is
+each trainer's own code (collation, TRL's fused tiled log-probabilities, peft's input casts).
+
+Each side runs in a process of its own and the sides take turns (bench/turns.py): the reference pass is one turn,
+then one optimizer step a turn. Timed on both: the reference pass over all pairs, and every step but the first
+(warm-up). Pairs: a chosen answer in the author's voice and, as the rejected one, the answer of another
+conversation. Both adapters are then scored by one function on all pairs: the DPO loss (ln 2 = 0.693 before
+training) and reward accuracy against the starting adapter, over a float32 base.
 
     python bench/dpo.py --pairs 32 --steps 8
 """
@@ -13,20 +21,22 @@ loss and reward accuracy against the starting adapter. The first step of each si
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 from generation import MODELS
 from peft import PeftModel
-from results import Row, add_json_argument, machine, peak_rss_mib, report
+from results import Row, add_json_argument, machine, report
 from training import conversations
-from transformers import TrainerCallback
+from turns import STEPS, Turns, add_side_arguments, take_turns
 
+from fine_tune_dag.core.modeling import dpo as product_dpo
 from fine_tune_dag.core.modeling.chat import Message
 from fine_tune_dag.core.modeling.dpo import DpoSettings, dpo_loss, reference_logps, tokenize_pairs, train_dpo
 from fine_tune_dag.core.modeling.loop import save_adapter
@@ -35,26 +45,16 @@ from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
     load_tokenizer,
     resolve_model,
+    select_device,
+    select_dtype,
     with_adapters,
 )
 from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 
 Pair = tuple[list[Message], list[Message]]
-
-
-class StepClock(TrainerCallback):
-    """Seconds of every optimizer step but the first."""
-
-    def __init__(self) -> None:
-        self.seconds, self.steps, self.began = 0.0, 0, None
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.began = time.perf_counter()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step > 1:
-            self.seconds += time.perf_counter() - self.began
-            self.steps += 1
+SIDES = ("ours", "trl")
+SPEC_FILE = "spec.json"
+REFERENCE = "reference"  # what a side's reference pass is timed as
 
 
 def preference_data(tokenizer: Any, count: int) -> list[Pair]:
@@ -67,46 +67,91 @@ def preference_data(tokenizer: Any, count: int) -> list[Pair]:
     return pairs
 
 
-def train_trl(base: Path, start: Path, pairs: list[Pair], settings: DpoSettings, out: Path) -> tuple[float, int]:
+def dpo_settings(pairs: int, steps: int, batch_size: int) -> DpoSettings:
+    """Our defaults, with the epochs that make `steps` optimizer steps; progress reported every step."""
+    return DpoSettings(batch_size=batch_size, epochs=steps * batch_size / pairs, logging_steps=1)
+
+
+def total_steps(settings: DpoSettings, pairs: int) -> int:
+    """The optimizer steps `train_dpo` runs, so TRL runs as many."""
+    return max(1, math.ceil(settings.epochs * math.ceil(pairs / settings.batch_size)))
+
+
+def train_ours(base: Path, start: Path, pairs: list[Pair], settings: DpoSettings, out: Path, turns: Turns) -> None:
+    """`train_dpo`, its reference pass a turn of its own: `train_dpo` has no hook before that pass, so the
+    function it calls is wrapped here."""
+
+    def reference_turn(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        turns.done(None)  # loading and tokenizing, not timed
+        logps = reference_logps(*args, **kwargs)
+        turns.done(REFERENCE)
+        return logps
+
+    with patch.object(product_dpo, "reference_logps", reference_turn):
+        run = train_dpo(base, start, pairs, settings, on_log=lambda metrics, _: turns.step_done())
+    run.model.save_pretrained(out)
+
+
+def train_trl(base: Path, start: Path, pairs: list[Pair], settings: DpoSettings, out: Path, turns: Turns) -> None:
+    """DPOTrainer over the start adapter, in our precision and with the reference precomputed (see the top)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    policy = PeftModel.from_pretrained(load_causal_lm(base), str(start), is_trainable=True)
-    reference = PeftModel.from_pretrained(load_causal_lm(base), str(start)).merge_and_unload()
+    class ReferenceTurn(DPOTrainer):
+        """Its reference pass (run by the constructor when precomputing) a turn of its own."""
+
+        def _precompute_ref_logps(self, *args: Any, **kwargs: Any) -> Dataset:
+            turns.done(None)  # loading and tokenizing, not timed
+            dataset = super()._precompute_ref_logps(*args, **kwargs)
+            turns.done(REFERENCE)
+            return dataset
+
+    device = select_device(settings.device)
+    policy = PeftModel.from_pretrained(
+        load_causal_lm(base, device, select_dtype(settings.dtype, device)), str(start), is_trainable=True
+    )
     data = Dataset.from_list(
         [{"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]} for chosen, rejected in pairs]
     )
+    steps = total_steps(settings, len(pairs))
     config = DPOConfig(
-        output_dir=str(out / "trl"),
+        output_dir=str(out / "trainer"),
         use_cpu=True,
+        bf16=True,
+        activation_checkpointing=False,  # transformers 5 name of gradient_checkpointing
+        disable_dropout=False,
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=settings.batch_size,  # ours runs its reference pass in training batches
         beta=settings.beta,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="linear",
-        warmup_steps=math.ceil(settings.warmup_ratio * settings_steps(settings, len(pairs))),  # as ours counts them
+        warmup_steps=math.ceil(settings.warmup_ratio * steps),  # as ours counts them
+        max_grad_norm=settings.max_grad_norm,
         per_device_train_batch_size=settings.batch_size,
-        max_steps=settings_steps(settings, len(pairs)),
+        max_steps=steps,
         max_length=settings.max_seq_length,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
+        disable_tqdm=True,
         seed=settings.seed,
     )
-    clock = StepClock()
-    trainer = DPOTrainer(
-        model=policy,
-        ref_model=reference,
-        args=config,
-        train_dataset=data,
-        processing_class=load_tokenizer(start),
-        callbacks=[clock],
+    trainer = ReferenceTurn(
+        model=policy, args=config, train_dataset=data, processing_class=load_tokenizer(start), callbacks=[turns]
     )
     trainer.train()
-    trainer.model.save_pretrained(out / "trl-adapter")
-    return clock.seconds, clock.steps
+    trainer.model.save_pretrained(out, selected_adapters=["default"])
 
 
-def settings_steps(settings: DpoSettings, pairs: int) -> int:
-    return max(1, round(settings.epochs * -(-pairs // settings.batch_size)))
+def train_side(side: str, work: Path, fds: str) -> None:
+    """In a process of its own: train one side in turns, save its adapter and what was measured."""
+    spec = json.loads((work / SPEC_FILE).read_text())
+    pairs = [(chosen, rejected) for chosen, rejected in spec["pairs"]]
+    settings = dpo_settings(len(pairs), spec["steps"], spec["batch_size"])
+    out, turns = work / side, Turns(fds)
+    trainer = train_trl if side == "trl" else train_ours
+    trainer(Path(spec["base"]), Path(spec["start"]), pairs, settings, out, turns)
+    turns.save(out)
 
 
 def score(base: Path, start: Path, adapter: Path, pairs: list[Pair], beta: float) -> tuple[float, float]:
@@ -125,43 +170,93 @@ def score(base: Path, start: Path, adapter: Path, pairs: list[Pair], beta: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps on each side")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps on each side; the first is not timed")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--models-dir", type=Path, default=MODELS, help="where the bundled model is converted once")
+    add_side_arguments(parser, SIDES)
     add_json_argument(parser)
     args = parser.parse_args()
+    if args.side:
+        train_side(args.side, args.work, args.turns)
+        return
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step is not timed")
     base = resolve_model(BUNDLED_MODEL, args.models_dir).path
     tokenizer = load_tokenizer(base)
     pairs = preference_data(tokenizer, args.pairs)
-    settings = DpoSettings(
-        batch_size=args.batch_size, epochs=args.steps * args.batch_size / len(pairs), logging_steps=1
-    )
+    settings = dpo_settings(len(pairs), args.steps, args.batch_size)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         warm = train_lora(base, [c for c, _ in pairs], TrainingSettings(max_steps=4, eval_fraction=0.0))
         start = save_adapter(warm, work, "start", {"base_model_path": str(base)})
-        logged: list[dict[str, float]] = []
-        ours = train_dpo(base, start, pairs, settings, on_log=lambda metrics, _: logged.append(metrics))
-        ours.model.save_pretrained(work / "ours-adapter")
-        ours_seconds = logged[-1]["elapsed_s"] - logged[0]["elapsed_s"]
-        ours_steps = len(logged) - 1
-        trl_seconds, trl_steps = train_trl(base, start, pairs, settings, work)
-        ours_loss, ours_accuracy = score(base, start, work / "ours-adapter", pairs, settings.beta)
-        trl_loss, trl_accuracy = score(base, start, work / "trl-adapter", pairs, settings.beta)
-    ours_rate = ours_steps * args.batch_size / ours_seconds
-    trl_rate = trl_steps * args.batch_size / trl_seconds
+        spec = {
+            "base": str(base),
+            "start": str(start),
+            "pairs": pairs,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+        }
+        (work / SPEC_FILE).write_text(json.dumps(spec))
+        measured = take_turns(__file__, SIDES, work)
+        for side, m in measured.items():
+            m["loss"], m["accuracy"] = score(base, start, work / side, pairs, settings.beta)
+            m["pairs_per_s"] = m["timed_steps"] * args.batch_size / m["seconds"][STEPS]
+            m["total_s"] = m["seconds"][REFERENCE] + m["seconds"][STEPS]
+    ours, trl = (measured[side] for side in SIDES)
     print(
         f"dpo: {len(pairs)} pairs, {args.steps} steps of {args.batch_size}, beta {settings.beta}, "
-        f"lr {settings.learning_rate}; {ours.dtype} base on {ours.device}; {machine()}\n"
-        f"  ours {ours_rate:.2f} pairs/s, loss {ours_loss:.4f}, reward accuracy {ours_accuracy:.2f}\n"
-        f"  TRL  {trl_rate:.2f} pairs/s, loss {trl_loss:.4f}, reward accuracy {trl_accuracy:.2f}; "
-        f"peak RSS {peak_rss_mib():.0f} MiB (both in this process)"
+        f"lr {settings.learning_rate}; {warm.dtype} base on {warm.device}; {machine()}"
     )
+    for side, m in measured.items():
+        print(
+            f"  {side:<5} reference pass {m['seconds'][REFERENCE]:.1f} s, {m['pairs_per_s']:.2f} pairs/s over "
+            f"{m['timed_steps']} timed steps, loss {m['loss']:.4f}, reward accuracy {m['accuracy']:.2f}, "
+            f"peak RSS {m['peak_rss_mib']:.0f} MiB"
+        )
+    print()
     report(
         [
-            Row("dpo", "pairs/s (ours vs TRL DPOTrainer)", ours_rate, trl_rate, ours_rate / trl_rate, "pairs/s"),
-            Row("dpo", "DPO loss after training (TRL / ours)", ours_loss, trl_loss, trl_loss / ours_loss, "nats"),
-            Row("dpo", "reward accuracy after training", ours_accuracy, trl_accuracy, None, "share"),
+            Row(
+                "dpo",
+                "pairs/s, steps (ours vs TRL DPOTrainer)",
+                ours["pairs_per_s"],
+                trl["pairs_per_s"],
+                ours["pairs_per_s"] / trl["pairs_per_s"],
+                "pairs/s",
+            ),
+            Row(
+                "dpo",
+                f"reference pass, {len(pairs)} pairs (TRL / ours)",
+                ours["seconds"][REFERENCE],
+                trl["seconds"][REFERENCE],
+                trl["seconds"][REFERENCE] / ours["seconds"][REFERENCE],
+                "s",
+            ),
+            Row(
+                "dpo",
+                "reference pass + timed steps (TRL / ours)",
+                ours["total_s"],
+                trl["total_s"],
+                trl["total_s"] / ours["total_s"],
+                "s",
+            ),
+            Row(
+                "dpo",
+                "DPO loss after training, from 0.693 (TRL / ours)",
+                ours["loss"],
+                trl["loss"],
+                trl["loss"] / ours["loss"],
+                "nats",
+            ),
+            Row("dpo", "reward accuracy after training", ours["accuracy"], trl["accuracy"], None, "share"),
+            Row(
+                "dpo",
+                "peak RSS (TRL / ours)",
+                ours["peak_rss_mib"],
+                trl["peak_rss_mib"],
+                trl["peak_rss_mib"] / ours["peak_rss_mib"],
+                "MiB",
+            ),
         ],
         args.json,
     )

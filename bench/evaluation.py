@@ -8,9 +8,10 @@ when there are fewer than `--items`). The model is the bundled one in the dtype 
     NLLs are apart.
 (b) What eval_report does with the model: `compare_contenders` on base (zero-shot), base with the best
     prompt, a champion adapter and a new adapter (each trained for two steps here), then the summaries and
-    win rates; seconds by contender and stage. The unbatched estimate runs the same contenders on
-    `--sample` evenly spread items with batch size 1 and scales their seconds to all items. The few-shot
-    examples come from the same items: this times the work, it does not judge the contenders.
+    win rates; seconds by contender and stage, on all `--items`. Batched against one item at a time is measured
+    on `--sample` evenly spread items: both sides run the same contenders on those same items, in turn contender
+    by contender (nothing is extrapolated). The few-shot examples come from the same items: this times the
+    work, it does not judge the contenders.
 
     python bench/evaluation.py --items 200 [--max-new-tokens 96] [--json rows.json]
 """
@@ -108,18 +109,22 @@ def by_contender(
     sources: Sequence[str],
     settings: EvaluationSettings,
     sample: int,
-) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """`compare_contenders` on every item as eval_report runs it, and on `sample` evenly spread items one at a
-    time, contender by contender (the two sides in turn, as above)."""
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """`compare_contenders` on every item as eval_report runs it; then on `sample` evenly spread items, batched and
+    one at a time, the two sides in turn contender by contender, so a change in the machine's load falls on both."""
     picked = range(0, len(sources), max(len(sources) // sample, 1))[:sample]
-    one_at_a_time = replace(settings, max_examples=sample, batch_size=1)
+    few_sources = [sources[i] for i in picked]
+    on_sample = replace(settings, max_examples=sample)
+    one_at_a_time = replace(on_sample, batch_size=1)
+    everything: dict[str, pd.DataFrame] = {}
     batched: dict[str, pd.DataFrame] = {}
     alone: dict[str, pd.DataFrame] = {}
     for contender in contenders:
-        batched |= compare_contenders(model, tokenizer, [contender], sources, settings)
+        everything |= compare_contenders(model, tokenizer, [contender], sources, settings)
         few = replace(contender, conversations=[contender.conversations[i] for i in picked])
-        alone |= compare_contenders(model, tokenizer, [few], [sources[i] for i in picked], one_at_a_time)
-    return batched, alone
+        batched |= compare_contenders(model, tokenizer, [few], few_sources, on_sample)
+        alone |= compare_contenders(model, tokenizer, [few], few_sources, one_at_a_time)
+    return everything, batched, alone
 
 
 def seconds_of(frame: pd.DataFrame) -> float:
@@ -132,7 +137,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="answer_nll batch size in (a)")
     parser.add_argument("--eval-batch-size", type=int, default=EvaluationSettings.batch_size, help="eval_report's")
     parser.add_argument("--max-new-tokens", type=int, default=EvaluationSettings.max_new_tokens)
-    parser.add_argument("--sample", type=int, default=8, help="items run one at a time for the unbatched estimate")
+    parser.add_argument("--sample", type=int, default=16, help="items run batched and one at a time, side by side")
     add_model_arguments(parser)
     add_json_argument(parser)
     args = parser.parse_args()
@@ -155,7 +160,7 @@ def main() -> None:
         ]
         settings = EvaluationSettings(args.items, args.max_new_tokens, args.eval_batch_size)
         sample = min(args.sample, args.items)
-        results, alone = by_contender(model, tokenizer, contenders, sources, settings, sample)
+        results, batched, alone = by_contender(model, tokenizer, contenders, sources, settings, sample)
     started = time.perf_counter()
     summary = {name: summarize(frame) for name, frame in results.items()}
     win_rates(results, "tuned")
@@ -167,7 +172,8 @@ def main() -> None:
                 "NLL s": frame.attrs["seconds"]["nll"],
                 "generation s": frame.attrs["seconds"]["generation"],
                 "total s": seconds_of(frame),
-                "unbatched est. s": seconds_of(alone[name]) * args.items / sample,
+                f"{sample} items batched s": seconds_of(batched[name]),
+                f"{sample} items one at a time s": seconds_of(alone[name]),
                 "NLL": summary[name]["nll"],
                 "words": summary[name]["words"],
             }
@@ -175,7 +181,8 @@ def main() -> None:
         ]
     )
     total = table["total s"].sum() + metrics_seconds
-    estimate = table["unbatched est. s"].sum() + metrics_seconds
+    sample_batched = table[f"{sample} items batched s"].sum()
+    sample_alone = table[f"{sample} items one at a time s"].sum()
     print(
         f"evaluation: {args.items} test items, {len(contenders)} contenders, max_new_tokens {args.max_new_tokens}, "
         f"batch {args.eval_batch_size}; {loaded.label}; {machine()}\n"
@@ -187,9 +194,10 @@ def main() -> None:
     print("(b) eval_report's model work by contender")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(
-        f"summaries and win rates: {metrics_seconds:.2f} s; total {total:.1f} s, unbatched estimate {estimate:.1f} s "
-        f"({sample} items per contender at batch 1, scaled); peak RSS {peak_rss_mib():.0f} MiB\n"
+        f"summaries and win rates: {metrics_seconds:.2f} s; total {total:.1f} s; on {sample} items batched "
+        f"{sample_batched:.1f} s, one at a time {sample_alone:.1f} s; peak RSS {peak_rss_mib():.0f} MiB\n"
     )
+    batch = f"batch {args.eval_batch_size} vs 1"
     rows = [
         Row(
             "evaluation",
@@ -199,21 +207,22 @@ def main() -> None:
             nll_single / nll_batched,
             "items/s",
         ),
+        Row("evaluation", f"eval_report model work, {args.items} items, batched", total, None, None, "s"),
         Row(
             "evaluation",
-            f"eval_report model work, {args.items} items (vs unbatched est.)",
-            total,
-            estimate,
-            estimate / total,
+            f"eval_report model work, {sample} items ({batch})",
+            sample_batched,
+            sample_alone,
+            sample_alone / sample_batched,
             "s",
         ),
         *(
             Row(
                 "evaluation",
-                f"  of which {row['contender']} (NLL {row['NLL s']:.0f} s + generation {row['generation s']:.0f} s)",
-                row["total s"],
-                row["unbatched est. s"],
-                row["unbatched est. s"] / row["total s"],
+                f"  of which {row['contender']}, {sample} items ({batch})",
+                row[f"{sample} items batched s"],
+                row[f"{sample} items one at a time s"],
+                row[f"{sample} items one at a time s"] / row[f"{sample} items batched s"],
                 "s",
             )
             for _, row in table.iterrows()

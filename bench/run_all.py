@@ -2,7 +2,8 @@
 
 Each script runs in its own process (so its peak memory is its own) with the sizes below; `--quick`
 uses small sizes for a smoke run, `--only` picks scripts. A script that fails is reported and the
-others still run.
+others still run. With `--only`, the rows of the scripts not rerun are carried over from the results
+file as it was, and its Commands list says which scripts ran when; a run of all scripts rewrites it.
 
     python bench/run_all.py [--quick] [--only training generation]
 """
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from results import Row, format_table, machine
+from results import Row, format_row, machine, table_header
 
 BENCH = Path(__file__).resolve().parent
 
@@ -31,8 +34,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     # 200 items as eval_report runs them; short answers keep it near 15 minutes on 2 cores
     "evaluation": (
-        ["--items", "200", "--max-new-tokens", "32", "--sample", "4"],
-        ["--items", "16", "--max-new-tokens", "16", "--sample", "2"],
+        ["--items", "200", "--max-new-tokens", "32", "--sample", "16"],
+        ["--items", "16", "--max-new-tokens", "16", "--sample", "4"],
     ),
     "incremental": (["--notes", "50"], ["--notes", "10"]),
     "gemini_throughput": (["--calls", "200", "--latency", "0.3"], ["--calls", "40", "--latency", "0.1"]),
@@ -41,10 +44,39 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "dpo": (["--pairs", "32", "--steps", "8"], ["--pairs", "8", "--steps", "3"]),
     "training_mfu": (["--steps", "4"], ["--steps", "2", "--batch-size", "4"]),  # on a GPU also the 1.2B model
 }
+# The benchmark a script's rows are named by, the first word of their table lines, where it is not the script's
+# name: how rows read back from RESULTS.md are told apart by script.
+TABLE_NAMES = {"gemini_throughput": "gemini"}
+
+DATE = r"\d{4}-\d{2}-\d{2}"
+COMMAND = re.compile(rf"^- (?P<command>`python bench/(?P<script>\w+)\.py[^`]*` \(\d+ s\))(?:, run (?P<date>{DATE}))?")
+FAILED = re.compile(rf"^- (?P<script>\w+): (?P<error>.*?)(?: \(run (?P<date>{DATE})(?:, carried over)?\))?$")
 
 
-def run_script(name: str, args: list[str]) -> tuple[list[Row], str | None, float]:
-    """The script's rows, its error (None when it succeeded) and its wall time."""
+@dataclass
+class Section:
+    """One script's part of RESULTS.md: its table lines, its entry in the Commands list, its failure if any."""
+
+    script: str
+    lines: list[str]
+    command: str  # "`python bench/NAME.py ARGS` (SECONDS s)"
+    date: str  # the day it ran, YYYY-MM-DD (UTC)
+    error: str | None = None
+    carried: bool = False  # read back from an earlier RESULTS.md, not rerun
+
+    def command_entry(self) -> str:
+        return f"- {self.command}, run {self.date}" + ("; rows carried over, not rerun" if self.carried else "")
+
+    def failure_entry(self) -> str:
+        return f"- {self.script}: {self.error} (run {self.date}{', carried over' if self.carried else ''})"
+
+
+def table_name(script: str) -> str:
+    return TABLE_NAMES.get(script, script)
+
+
+def run_script(name: str, args: list[str], date: str) -> Section:
+    """Run one script and collect its rows as its section of the table."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / f"{name}.json"
         command = [sys.executable, str(BENCH / f"{name}.py"), *args, "--json", str(out)]
@@ -52,56 +84,104 @@ def run_script(name: str, args: list[str]) -> tuple[list[Row], str | None, float
         started = time.perf_counter()
         finished = subprocess.run(command, cwd=BENCH.parent)
         seconds = time.perf_counter() - started
-        if finished.returncode != 0 or not out.exists():
-            return [], f"exit code {finished.returncode}", seconds
-        rows = [Row(**{k: v for k, v in row.items() if k != "met"}) for row in json.loads(out.read_text())]
-        return rows, None, seconds
+        error = None if finished.returncode == 0 and out.exists() else f"exit code {finished.returncode}"
+        rows = [] if error else [Row(**{k: v for k, v in r.items() if k != "met"}) for r in json.loads(out.read_text())]
+    entry = f"`{' '.join(['python', f'bench/{name}.py', *args])}` ({seconds:.0f} s)"
+    misnamed = sorted({r.benchmark for r in rows} - {table_name(name)})
+    if misnamed:
+        error = f"rows named {', '.join(misnamed)}, not {table_name(name)}: they would not read back"
+    return Section(name, [format_row(r) for r in rows], entry, date, error)
 
 
-def results_markdown(rows: list[Row], failures: dict[str, str], commands: list[str], quick: bool) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def read_earlier(path: Path) -> dict[str, Section]:
+    """The sections of an earlier RESULTS.md by script, to carry over those not rerun. A file written before
+    entries had dates gives every script the date of its header."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    stamp = re.search(rf"^Latest .*?({DATE}) \d\d:\d\d UTC", text, re.MULTILINE)
+    default_date = stamp.group(1) if stamp else "an unknown date"
+    script_of = {table_name(script): script for script in SCRIPTS}
+    table = text.split("```")[1].strip().splitlines()[2:] if text.count("```") >= 2 else []
+    lines: dict[str, list[str]] = {}
+    for line in table:
+        benchmark = (line.split() or [""])[0]
+        if benchmark in script_of:
+            lines.setdefault(script_of[benchmark], []).append(line)
+    sections = {}
+    for line in text.splitlines():
+        found = COMMAND.match(line)
+        if found and found["script"] in SCRIPTS:
+            script = found["script"]
+            sections[script] = Section(
+                script, lines.get(script, []), found["command"], found["date"] or default_date, carried=True
+            )
+    failures = text.split("\nFailed:\n", 1)[1].splitlines() if "\nFailed:\n" in text else []
+    for line in failures:
+        found = FAILED.match(line)
+        if found and found["script"] in sections:
+            sections[found["script"]].error = found["error"]
+    return sections
+
+
+def results_markdown(sections: list[Section], stamp: str, quick: bool, only: list[str] | None) -> str:
+    invocation = " ".join(
+        ["python bench/run_all.py", *(["--quick"] if quick else []), *(["--only", *only] if only else [])]
+    )
+    ran = "`make bench`" if invocation == "python bench/run_all.py" else f"`{invocation}`"
     lines = [
         "# Benchmark results",
         "",
-        f"Latest {'`python bench/run_all.py --quick` (smoke sizes)' if quick else '`make bench`'}: {stamp}, "
-        f"on {machine()}.",
+        f"Latest {ran}{' (smoke sizes)' if quick else ''}: {stamp}, on {machine()}.",
+        *(
+            ["The other scripts' rows are carried over from earlier runs: the Commands list dates every script's run."]
+            if any(s.carried for s in sections)
+            else []
+        ),
         "Ratios are measured side by side in one run; above 1× the project is ahead of the alternative.",
         "",
         "```",
-        format_table(rows),
+        *table_header(),
+        *(line for s in sections for line in s.lines),
         "```",
         "",
         "Commands:",
         "",
-        *[f"- {command}" for command in commands],
+        *(s.command_entry() for s in sections),
     ]
-    if failures:
-        lines += ["", "Failed:", "", *[f"- {name}: {error}" for name, error in failures.items()]]
+    failed = [s for s in sections if s.error]
+    if failed:
+        lines += ["", "Failed:", "", *(s.failure_entry() for s in failed)]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not figures to record")
-    parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), help="run only these scripts")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(SCRIPTS), help="run only these scripts, keep the others' rows"
+    )
     parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="where to write the table")
     args = parser.parse_args()
-    rows: list[Row] = []
-    failures: dict[str, str] = {}
-    commands: list[str] = []
-    for name in args.only or SCRIPTS:
-        sizes = SCRIPTS[name][1 if args.quick else 0]
-        script_rows, error, seconds = run_script(name, sizes)
-        rows += script_rows
-        commands.append(f"`{' '.join(['python', f'bench/{name}.py', *sizes])}` ({seconds:.0f} s)")
-        if error:
-            failures[name] = error
-    print("\n" + format_table(rows))
-    for name, error in failures.items():
-        print(f"{name}: FAILED ({error})")
-    args.results.write_text(results_markdown(rows, failures, commands, args.quick))
-    print(f"\nwritten to {args.results}")
-    return 1 if failures else 0
+    now = datetime.now(timezone.utc)
+    earlier = read_earlier(args.results) if args.only else {}
+    sections = []
+    for name in SCRIPTS:
+        if args.only is None or name in args.only:
+            sections.append(run_script(name, SCRIPTS[name][1 if args.quick else 0], now.strftime("%Y-%m-%d")))
+        elif name in earlier:
+            sections.append(earlier[name])
+    rerun = [s for s in sections if not s.carried]
+    print("\n" + "\n".join([*table_header(), *(line for s in rerun for line in s.lines)]))
+    for s in rerun:
+        if s.error:
+            print(f"{s.script}: FAILED ({s.error})")
+    args.results.write_text(results_markdown(sections, now.strftime("%Y-%m-%d %H:%M UTC"), args.quick, args.only))
+    print(
+        f"\nwritten to {args.results}"
+        + (f", {len(sections) - len(rerun)} scripts' rows carried over" if args.only else "")
+    )
+    return 1 if any(s.error for s in rerun) else 0
 
 
 if __name__ == "__main__":

@@ -1,16 +1,28 @@
 """Our LoRA trainer against TRL's SFTTrainer, measured side by side in one run.
 
-Both train the same model on the same chat conversations with the same LoRA config, learning rate,
-schedule, steps and batch size, and both learn the answer tokens only. Ours runs as `lora_adapter`
-runs it; TRL runs at its SFTConfig defaults (float32 weights, bf16 autocast, gradient checkpointing)
-except for what must match, on conversational prompt/completion data (its chat template adds one
-newline token after each answer's EOS). Ours also runs with gradient checkpointing.
+Every side trains the same model on the same chat conversations with the same LoRA config, learning rate,
+schedule, steps and batch size, and learns the answer tokens only (TRL on conversational prompt/completion
+data; its chat template adds one newline token after each answer's EOS). The sides:
 
-Each side trains in a process of its own, so its peak memory is its own, and the processes take turns
-of one optimizer step, so a busy spell on a shared machine slows every side alike. tokens/s counts the
-non-pad tokens fed to the model (the attention mask's sum) on both sides, over the turns (every step
-but the first, which also warms up). Both adapters are then scored by one function, `held_out_loss`, on
-the same held-out conversations over the same float32 base model.
+- `ours`: `train_lora` as `lora_adapter` runs it: base weights in the dtype `select_dtype` picks (bf16 on a CPU
+  with AMX, as here), float32 adapter, bf16 autocast (`base_precision`), no gradient checkpointing, length-grouped
+  batches, the output layer at answer positions only.
+- `trl` (rows "TRL like for like"): the same precision arrangement: the model object loaded as ours loads it
+  (`load_causal_lm` in `select_dtype`'s dtype), peft's float32 adapter over it, `bf16=True` autocast; gradient
+  checkpointing off and `train_sampling_strategy="group_by_length"` (transformers 5's `group_by_length`). What
+  still differs is each trainer's own code: TRL's collator, its tiled fused loss (which, like ours, runs the
+  output layer at answer positions only), peft's float32 casts of adapter inputs (ours turns them off).
+- `trl-defaults` (rows "TRL at its defaults"): SFTTrainer as its docs show it, given the model path: float32
+  weights, bf16 autocast, gradient checkpointing on, random batches.
+- `ours-checkpointed`: ours with gradient checkpointing, for the checkpointing rows.
+
+Each side trains in a process of its own, so its peak memory is its own, and the processes take turns of one
+optimizer step (bench/turns.py), so a busy spell on a shared machine slows every side alike. tokens/s counts the
+non-pad tokens fed to the model (the attention mask's sum) on every side, over the turns (every step but the
+first, which also warms up). Every adapter, and the bare base model before training, is then scored by one
+function, `held_out_loss`, on the same held-out conversations over the same float32 base model. "Held-out loss
+drop" is how far a side moved that loss; the parity row (TRL's loss after within 2% of ours) is met only when
+both sides moved it by more than those 2%, so two adapters that learned nothing cannot pass it.
 
     python bench/training.py --examples 64 --steps 12
 """
@@ -19,20 +31,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fine_tune_dag_testkit.notes import SAMPLE_TOPICS
 from peft import PeftModel
-from results import Row, add_json_argument, machine, peak_rss_mib, report
-from transformers import TrainerCallback, TrainerState
+from results import Row, add_json_argument, machine, report
+from turns import STEPS, Turns, add_side_arguments, take_turns
 
 from fine_tune_dag.core.modeling.chat import (
     DEFAULT_SYSTEM_PROMPT,
@@ -42,11 +50,19 @@ from fine_tune_dag.core.modeling.chat import (
     render_training_example,
 )
 from fine_tune_dag.core.modeling.loop import held_out_loss
-from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, load_causal_lm, load_tokenizer, resolve_model
+from fine_tune_dag.core.modeling.models import (
+    BUNDLED_MODEL,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+    select_device,
+    select_dtype,
+)
 from fine_tune_dag.core.modeling.sft import TrainingSettings, lora_config, train_lora
 from fine_tune_dag.resources.paths import ProjectPaths
 
-SIDES = ("ours", "trl", "ours-checkpointed")
+SIDES = ("ours", "trl", "trl-defaults", "ours-checkpointed")
+PARITY = 0.98  # TRL's held-out loss after training over ours, at least
 TRAIN_FILE = "train.json"
 
 SENTENCES = [
@@ -90,33 +106,6 @@ def conversations(tokenizer: Any, count: int, seed: int) -> list[list[Message]]:
     return made
 
 
-class Turns(TrainerCallback):
-    """A training process's end of `train_in_turns`: after each optimizer step, wait for the go of the next.
-
-    The first step runs before the turns begin (while the other sides still load), so it is not timed. It is
-    also TRL's callback; our loop calls `step_done` from its progress report."""
-
-    def __init__(self, fds: str) -> None:
-        go, ready = (int(fd) for fd in fds.split(","))
-        self.go, self.ready = os.fdopen(go), os.fdopen(ready, "w")
-        self.seconds, self.tokens, self.first_tokens = 0.0, 0, 0
-        self.began: float | None = None
-
-    def step_done(self, tokens_seen: int) -> None:
-        if self.began is None:
-            self.first_tokens = tokens_seen
-        else:
-            self.seconds += time.perf_counter() - self.began
-        self.tokens = tokens_seen - self.first_tokens
-        self.ready.write("ready\n")
-        self.ready.flush()
-        self.go.readline()
-        self.began = time.perf_counter()
-
-    def on_step_end(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
-        self.step_done(state.num_input_tokens_seen)
-
-
 def train_ours(
     model_path: Path, data: list[list[Message]], settings: TrainingSettings, out: Path, turns: Turns
 ) -> None:
@@ -124,11 +113,21 @@ def train_ours(
     run.model.save_pretrained(out)
 
 
-def train_trl(model_path: Path, data: list[list[Message]], settings: TrainingSettings, out: Path, turns: Turns) -> None:
-    """SFTTrainer as its docs show it: a model path, conversational prompt/completion data, a peft config."""
+def train_trl(
+    model_path: Path, data: list[list[Message]], settings: TrainingSettings, out: Path, turns: Turns, matched: bool
+) -> None:
+    """SFTTrainer on conversational prompt/completion data with our peft config; `matched` gives it our precision
+    arrangement (the model object loaded as ours loads it, bf16 autocast), no gradient checkpointing and length
+    grouping, else it runs as its docs show it: a model path, at its SFTConfig defaults."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    like_ours: dict[str, Any] = {}
+    model: Any = str(model_path)
+    if matched:
+        device = select_device(settings.device)
+        model = load_causal_lm(model_path, device, select_dtype(settings.dtype, device))
+        like_ours = {"bf16": True, "activation_checkpointing": False, "train_sampling_strategy": "group_by_length"}
     config = SFTConfig(
         output_dir=str(out / "trainer"),
         max_steps=settings.max_steps,
@@ -145,14 +144,11 @@ def train_trl(model_path: Path, data: list[list[Message]], settings: TrainingSet
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         use_cpu=True,  # without it a CPU-only machine refuses the default bf16 autocast
+        **like_ours,
     )
     dataset = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in data])
     trainer = SFTTrainer(
-        str(model_path),
-        args=config,
-        train_dataset=dataset,
-        peft_config=lora_config(settings),
-        callbacks=[turns],
+        model, args=config, train_dataset=dataset, peft_config=lora_config(settings), callbacks=[turns]
     )
     trainer.train()
     trainer.model.save_pretrained(out)
@@ -169,43 +165,12 @@ def train_side(side: str, work: Path, fds: str) -> None:
     """In a process of its own: train one side in turns, save its adapter and what was measured."""
     spec = json.loads((work / TRAIN_FILE).read_text())
     out, turns = work / side, Turns(fds)
-    trainer = train_trl if side == "trl" else train_ours
-    trainer(Path(spec["model"]), spec["conversations"], side_settings(side, spec["steps"]), out, turns)
-    measured = {
-        "tokens": turns.tokens,
-        "seconds": turns.seconds,
-        "tokens_per_s": turns.tokens / turns.seconds,
-        "peak_rss_mib": peak_rss_mib(),
-    }
-    (out / "measured.json").write_text(json.dumps(measured))
-
-
-def train_in_turns(work: Path) -> dict[str, dict]:
-    """Start every side, then let them run one optimizer step at a time, round robin, until all have finished."""
-    quiet = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
-    children = {}
-    for side in SIDES:
-        go_read, go_write = os.pipe()
-        ready_read, ready_write = os.pipe()
-        command = [sys.executable, __file__, "--side", side, "--work", str(work), "--turns", f"{go_read},{ready_write}"]
-        process = subprocess.Popen(command, pass_fds=(go_read, ready_write), env=quiet)
-        os.close(go_read)
-        os.close(ready_write)
-        children[side] = (process, os.fdopen(go_write, "w"), os.fdopen(ready_read))
-    running = [side for side in SIDES if children[side][2].readline() == "ready\n"]  # each after its first step
-    while running:
-        for side in list(running):
-            _, go, ready = children[side]
-            go.write("go\n")
-            go.flush()
-            if ready.readline() != "ready\n":  # it finished (or failed) instead of stepping again
-                running.remove(side)
-    for side, (process, go, ready) in children.items():
-        go.close()
-        ready.close()
-        if process.wait() != 0:
-            raise SystemExit(f"the {side} side failed (exit code {process.returncode})")
-    return {side: json.loads((work / side / "measured.json").read_text()) for side in SIDES}
+    model_path, data, settings = Path(spec["model"]), spec["conversations"], side_settings(side, spec["steps"])
+    if side.startswith("trl"):
+        train_trl(model_path, data, settings, out, turns, matched=side == "trl")
+    else:
+        train_ours(model_path, data, settings, out, turns)
+    turns.save(out)
 
 
 def score(
@@ -218,14 +183,56 @@ def score(
     return held_out_loss(model, held_out, batch_size, pad_id)[0]
 
 
+def versus(name: str, ours: dict[str, Any], trl: dict[str, Any], target: float | None) -> list[Row]:
+    """Ours against one TRL side: throughput, how far each moved the held-out loss, loss parity and memory. Parity
+    is met only when both sides moved the loss by more than its tolerance, so two untrained adapters never pass."""
+    tolerance = (1 - PARITY) * ours["eval_loss"]
+    unmet = "" if min(ours["moved"], trl["moved"]) > tolerance else f"a side moved the loss < {tolerance:.3f}"
+    return [
+        Row(
+            "training",
+            f"tokens/s, ours vs TRL {name}",
+            ours["tokens_per_s"],
+            trl["tokens_per_s"],
+            ours["tokens_per_s"] / trl["tokens_per_s"],
+            "tok/s",
+            target,
+        ),
+        Row(
+            "training",
+            f"held-out loss drop, ours vs TRL {name}",
+            ours["moved"],
+            trl["moved"],
+            ours["moved"] / trl["moved"] if trl["moved"] > 0 else None,  # a loss TRL did not lower has no ratio
+            "nats",
+        ),
+        Row(
+            "training",
+            f"held-out loss after, TRL {name} / ours",
+            ours["eval_loss"],
+            trl["eval_loss"],
+            trl["eval_loss"] / ours["eval_loss"],
+            "nats",
+            PARITY,
+            unmet,
+        ),
+        Row(
+            "training",
+            f"peak RSS, TRL {name} / ours",
+            ours["peak_rss_mib"],
+            trl["peak_rss_mib"],
+            trl["peak_rss_mib"] / ours["peak_rss_mib"],
+            "MiB",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=64, help="training conversations")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps on each side")
     parser.add_argument("--model", default="bundled", help="'bundled' or a Hugging Face model folder")
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--turns", help=argparse.SUPPRESS)
+    add_side_arguments(parser, SIDES)
     add_json_argument(parser)
     args = parser.parse_args()
     if args.side:
@@ -243,13 +250,13 @@ def main() -> None:
         (work / TRAIN_FILE).write_text(
             json.dumps({"model": str(model_path), "steps": args.steps, "conversations": train})
         )
-        measured = train_in_turns(work)
+        measured = take_turns(__file__, SIDES, work)
         before = score(model_path, None, held_out, settings.batch_size, tokenizer.pad_token_id)
-        for side in SIDES:
-            measured[side]["eval_loss"] = score(
-                model_path, work / side, held_out, settings.batch_size, tokenizer.pad_token_id
-            )
-    ours, trl, checkpointed = (measured[side] for side in SIDES)
+        for side, m in measured.items():
+            m["eval_loss"] = score(model_path, work / side, held_out, settings.batch_size, tokenizer.pad_token_id)
+            m["moved"] = before - m["eval_loss"]
+            m["tokens_per_s"] = m["tokens"] / m["seconds"][STEPS]
+    ours, trl, defaults, checkpointed = (measured[side] for side in SIDES)
     lengths = [len(render_training_example(tokenizer, m).input_ids) for m in train]
     print(
         f"training: {model_path.name}, {args.examples} conversations of {min(lengths)}-{max(lengths)} tokens, "
@@ -257,36 +264,16 @@ def main() -> None:
         f"(loss before training {before:.4f}); {machine()}\n"
     )
     for side, m in measured.items():
-        print(f"  {side:<18} {m['tokens']:>7} tokens in {m['seconds']:6.1f} s of its turns")
+        print(
+            f"  {side:<18} {m['tokens']:>7} tokens in {m['seconds'][STEPS]:6.1f} s of its turns, "
+            f"held-out loss {m['eval_loss']:.4f} ({-m['moved']:+.4f}), peak RSS {m['peak_rss_mib']:.0f} MiB"
+        )
     print()
     report(
         [
-            Row(
-                "training",
-                "tokens/s (ours vs TRL SFTTrainer)",
-                ours["tokens_per_s"],
-                trl["tokens_per_s"],
-                ours["tokens_per_s"] / trl["tokens_per_s"],
-                "tok/s",
-                2.0,
-            ),
-            Row(
-                "training",
-                "held-out loss (TRL / ours; within 2%)",
-                ours["eval_loss"],
-                trl["eval_loss"],
-                trl["eval_loss"] / ours["eval_loss"],
-                "nats",
-                0.98,
-            ),
-            Row(
-                "training",
-                "peak RSS (TRL / ours)",
-                ours["peak_rss_mib"],
-                trl["peak_rss_mib"],
-                trl["peak_rss_mib"] / ours["peak_rss_mib"],
-                "MiB",
-            ),
+            *versus("like for like", ours, trl, 2.0),
+            *versus("at its defaults", ours, defaults, None),
+            Row("training", "held-out loss before training", before, None, None, "nats"),
             Row(
                 "training",
                 "tokens/s, gradient checkpointing (on vs off)",

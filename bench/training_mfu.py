@@ -2,13 +2,22 @@
 for a Llama-shaped model of about 1.2B parameters (Llama 3.2 1B's shape) built from a config with random
 weights, so no hub is needed.
 
-MFU = model FLOPs per second / the device's peak bf16 rate. A LoRA step runs the frozen base forward (2·N
-FLOPs a token) and backward through it for the activations only (another 2·N; the frozen weights get no
-gradient), so model FLOPs are counted as 4·N per token, N the base's parameters; the adapter and attention
-scores are left out (small at these lengths), so the figure is a slight underestimate. The peak is the
-datasheet's dense bf16 rate for known GPUs (`--peak-tflops` for others); on a CPU it is measured here, as the
-best rate of a 4096² bf16 matrix product, so CPU MFU reads "share of what this CPU's matrix units reach".
-The first step (warm-up, kernel selection) is not timed.
+MFU = model FLOPs per second / the device's peak bf16 rate, the FLOPs counted as our loop executes them. With a
+frozen base, a token's forward through the decoder layers costs 2·N_dec FLOPs and its backward, which computes
+activation gradients only (the frozen weights get none), another 2·N_dec; each LoRA adapter adds 2·N_lora
+forward, 2·N_lora for its weight gradients and 2·N_lora for the gradient it passes back. The output layer
+(the vocabulary projection, N_head = vocabulary × hidden) runs only at answer positions (`answer_token_losses`),
+forward and backward to the activations. So the FLOPs of the timed steps are
+
+    (4·N_dec + 6·N_lora) · T  +  4·N_head · A
+
+T the non-pad tokens fed (padding is waste, not model work), A the positions the output layer ran on, counted
+by a hook on it as the steps run; N_dec the frozen weights of the decoder layers' linear maps (embeddings
+excluded: a lookup, no FLOPs), N_lora the adapter's weights. Attention scores (QKᵀ and the weighted sum, about
+12·layers·hidden·context FLOPs a token) are left out, small at these lengths, so the figure slightly understates.
+The peak is the datasheet's dense bf16 rate for known GPUs (`--peak-tflops` for others); on a CPU it is measured
+here, as the best rate of a 4096² bf16 matrix product, so CPU MFU reads "share of what this CPU's matrix units
+reach". The first step (warm-up, kernel selection) is not timed.
 
     python bench/training_mfu.py --steps 8 --batch-size 8   # a GPU: both models
     python bench/training_mfu.py --steps 3                  # a CPU: the bundled model (add --models llama-1b)
@@ -19,23 +28,28 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from generation import MODELS
+from peft import PeftModel
 from results import Row, add_json_argument, machine, peak_rss_mib, report
+from torch.nn.modules.module import register_module_forward_hook
 from training import conversations
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from fine_tune_dag.core.modeling.models import (
     BUNDLED_MODEL,
-    count_parameters,
     load_tokenizer,
     resolve_model,
     select_device,
 )
 from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 
+BENCHMARK = "training_mfu"
+FORMULA = "FLOPs (4·N_dec+6·N_lora)·T + 4·N_head·A"  # the formula at the top, for the rows' labels
 # dense bf16 tensor-core peaks from the datasheets, TFLOP/s, by a part of torch's device name
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 LLAMA_1B = LlamaConfig(
@@ -67,7 +81,7 @@ def peak_tflops(device: str, given: float | None) -> tuple[float, str]:
         started = time.perf_counter()
         a @ a
         best = min(best, time.perf_counter() - started)
-    return 2 * 4096**3 / best / 1e12, "measured 4096² bf16 matmul"
+    return 2 * 4096**3 / best / 1e12, "measured bf16 matmul peak"
 
 
 def random_llama(folder: Path, tokenizer_from: Path) -> Path:
@@ -78,21 +92,59 @@ def random_llama(folder: Path, tokenizer_from: Path) -> Path:
     return folder
 
 
-def measure(model_path: Path, steps: int, batch_size: int, examples: int) -> dict[str, float]:
-    """tokens/s over every step but the first, and the base's parameter count."""
+@dataclass
+class Measured:
+    tokens_per_s: float
+    flops_per_s: float
+    dec: int  # N_dec, N_head, N_lora of the formula at the top
+    head: int
+    lora: int
+    answer_share: float  # A / T over the timed steps
+
+
+def frozen_weights(model: PeftModel) -> tuple[int, int, int]:
+    """N_dec (the decoder layers' frozen linear weights), N_head (the output layer's) and N_lora (the adapter's)."""
+    base = model.get_base_model()
+    embeddings = base.get_input_embeddings().weight
+    dec = sum(
+        p.numel()
+        for p in base.get_decoder().parameters()
+        if not p.requires_grad and p.dim() == 2 and p is not embeddings
+    )
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dec, base.get_output_embeddings().weight.numel(), lora
+
+
+def measure(model_path: Path, steps: int, batch_size: int, examples: int) -> Measured:
+    """tokens/s and model FLOPs/s over every step but the first."""
     tokenizer = load_tokenizer(model_path)
     data = conversations(tokenizer, examples, seed=0)
+    vocabulary = AutoConfig.from_pretrained(model_path).vocab_size
+    head_rows = [0]  # positions the output layer has run on so far
+
+    def count_head_rows(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Linear) and module.out_features == vocabulary:
+            head_rows[0] += output.shape[:-1].numel()
+
     logged: list[dict[str, float]] = []
+
+    def log(metrics: dict[str, float], _: int) -> None:
+        logged.append({**metrics, "head_rows": head_rows[0]})
+
     settings = TrainingSettings(
         max_steps=steps, batch_size=batch_size, dtype="bfloat16", eval_fraction=0.0, logging_steps=1, checkpoint_steps=0
     )
-    run = train_lora(model_path, data, settings, on_log=lambda metrics, _: logged.append(metrics))
+    hook = register_module_forward_hook(count_head_rows)  # train_lora builds the model inside: a global hook
+    try:
+        run = train_lora(model_path, data, settings, on_log=log)
+    finally:
+        hook.remove()
     first, last = logged[0], logged[-1]
     seconds = last["elapsed_s"] - first["elapsed_s"]
-    parameters = count_parameters(run.model.get_base_model()) - sum(
-        p.numel() for p in run.model.parameters() if p.requires_grad
-    )
-    return {"tokens_per_s": (last["tokens_seen"] - first["tokens_seen"]) / seconds, "parameters": parameters}
+    tokens, answers = last["tokens_seen"] - first["tokens_seen"], last["head_rows"] - first["head_rows"]
+    dec, head, lora = frozen_weights(run.model)
+    flops = (4 * dec + 6 * lora) * tokens + 4 * head * answers
+    return Measured(tokens / seconds, flops / seconds, dec, head, lora, answers / tokens)
 
 
 def main() -> None:
@@ -119,17 +171,17 @@ def main() -> None:
         for name in models:
             path = bundled if name == "bundled" else random_llama(Path(folder) / name, bundled)
             result = measure(path, args.steps, args.batch_size, args.steps * args.batch_size)
-            achieved = 4 * result["parameters"] * result["tokens_per_s"] / 1e12
+            achieved = result.flops_per_s / 1e12
             print(
-                f"  {name}: {result['parameters'] / 1e9:.2f}B parameters, {result['tokens_per_s']:.0f} tokens/s, "
-                f"{achieved:.2f} TFLOP/s, MFU {achieved / peak:.1%}; peak RSS {peak_rss_mib():.0f} MiB"
+                f"  {name}: N_dec {result.dec / 1e6:.1f}M, N_head {result.head / 1e6:.1f}M, N_lora "
+                f"{result.lora / 1e6:.2f}M; {result.tokens_per_s:.0f} tokens/s, answer positions "
+                f"{result.answer_share:.0%} of them; {achieved:.2f} TFLOP/s, MFU {achieved / peak:.1%}; "
+                f"peak RSS {peak_rss_mib():.0f} MiB"
             )
             rows.append(
-                Row("training", f"{name} bf16 LoRA tokens/s on {device}", result["tokens_per_s"], None, None, "tok/s")
+                Row(BENCHMARK, f"{name} bf16 LoRA tokens/s on {device}", result.tokens_per_s, None, None, "tok/s")
             )
-            rows.append(
-                Row("training", f"{name} MFU (4·N FLOPs/token vs {source})", achieved / peak, None, None, "share")
-            )
+            rows.append(Row(BENCHMARK, f"{name} MFU, {FORMULA} vs {source}", achieved / peak, None, None, "share"))
     report(rows, args.json)
 
 
