@@ -32,9 +32,9 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
         ["--prompts", "32", "--batch-size", "16", "--max-new-tokens", "48"],
         ["--prompts", "16", "--max-new-tokens", "16"],
     ),
-    # 200 items as eval_report runs them; short answers keep it near 15 minutes on 2 cores
+    # short answers, and 96 items batched / 8 one at a time, keep it near 15 minutes on 2 cores
     "evaluation": (
-        ["--items", "200", "--max-new-tokens", "32", "--sample", "16"],
+        ["--items", "96", "--max-new-tokens", "32", "--sample", "8"],
         ["--items", "16", "--max-new-tokens", "16", "--sample", "4"],
     ),
     "incremental": (["--notes", "50"], ["--notes", "10"]),
