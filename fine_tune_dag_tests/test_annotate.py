@@ -28,8 +28,7 @@ from starlette.testclient import TestClient
 from fine_tune_dag import cli
 from fine_tune_dag.annotate import annotation_app
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag_tests.browser import chromium_driver, require_chromium, stop_group
-from fine_tune_dag_tests.test_webserver import free_port
+from fine_tune_dag_tests.browser import chromium_driver, free_port, require_chromium, stop_group
 
 COMPARISONS = 6
 ORIGINS = ("champion@t=1.2-origin", "prompted_base-origin")  # distinctive: searched for in every response

@@ -46,6 +46,7 @@ EXPECTED: dict[str, str | None] = {
     "loop-a.md": "cannot be read: Too many levels of symbolic links",
     "loop-b.md": "cannot be read: Too many levels of symbolic links",
     "outside-link.md": "outside the notes folder",
+    "dangling.md": "cannot be read: No such file or directory",  # unreadable for root too, unlike chmod 0
     "twin-a.md": None,
     "twin-b.md": None,
     "injection.md": None,
@@ -72,6 +73,7 @@ def write_bad_notes(notes: Path, scratch: Path) -> None:
     secret.parent.mkdir()
     secret.write_text("# Not yours\n\nA file outside the notes folder that must never be read.\n", "utf-8")
     os.symlink(secret, notes / "outside-link.md")
+    os.symlink("never-written.md", notes / "dangling.md")
     twin = "# Twins\n\nTwo files with the same words: the bees came back in April and the hive was loud.\n"
     (notes / "twin-a.md").write_text(twin, "utf-8")
     (notes / "twin-b.md").write_text(twin, "utf-8")

@@ -19,7 +19,7 @@ from fine_tune_dag.core.modeling.loop import (
     next_adapter_version,
     save_adapter,
 )
-from fine_tune_dag.core.modeling.models import load_causal_lm
+from fine_tune_dag.core.modeling.models import load_causal_lm, select_device
 from fine_tune_dag.core.modeling.sft import TrainingSettings, split_held_out, tokenize_conversations, train_lora
 
 CONVERSATIONS = [
@@ -108,7 +108,8 @@ def test_training_lowers_answer_loss_and_saves_versions(tiny_model_dir, tmp_path
     assert [m["step"] for m, _ in logged] == [3, 6, 9, 12] and logged[0][1] == 12
     assert [s["step"] for s in run.steps] == list(range(1, 13))  # every step recorded
     assert run.steps[-1]["loss"] < run.steps[0]["loss"]
-    assert run.device == "cpu" and run.tokens > 0
+    # settings.device is "auto": the run reports the device selected here, and its weights live there
+    assert run.device == select_device() == next(run.model.parameters()).device.type and run.tokens > 0
     first = next_adapter_version(tmp_path, "abcdef123456")
     folder = save_adapter(run, tmp_path, first, {"dataset_version": "abcdef123456"})
     second = next_adapter_version(tmp_path, "abcdef123456")

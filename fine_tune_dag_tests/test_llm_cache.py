@@ -15,11 +15,13 @@ class CountingClient:
     model_name: str = "echo-1"
     fail_after: int | None = None
     batches: list[int] = field(default_factory=list)
+    received: list[LLMRequest] = field(default_factory=list)
 
     def complete(self, requests):
         if self.fail_after is not None and sum(self.batches) >= self.fail_after:
             raise RuntimeError("provider went away")
         self.batches.append(len(requests))
+        self.received.extend(requests)
         return [LLMResult(f"answer to {r.messages[-1][1]}", input_tokens=10, output_tokens=3) for r in requests]
 
 
@@ -38,6 +40,27 @@ def test_second_pass_makes_zero_calls(tmp_path):
     assert again.complete(requests(10)) == answers
     assert again.usage.calls == 0 and again.usage.cache_hits == 10
     assert sum(client.batches) == 10
+
+
+def test_a_request_repeated_within_one_batch_is_bought_once_and_its_copies_logged_as_hits(tmp_path):
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    client = CountingClient()
+    a, b, c = requests(3)
+    batch = [a, b, a, c, a, b]  # 6 requests, 3 distinct; the copies of `a` span both chunks of 2
+    cached = CachedLLM(client, warehouse, chunk_size=2)
+    progress: list[int] = []
+    answers = cached.complete(batch, on_progress=progress.append)
+
+    assert client.received == [a, b, c]  # each distinct request sent once, in first-seen order
+    assert answers == [f"answer to {r.messages[-1][1]}" for r in batch]
+    assert cached.usage.calls == 3 and cached.usage.cache_hits == 3 and sum(progress) == 6
+    assert cached.usage.input_tokens == 3 * 10  # copies cost nothing
+    log = warehouse.query("SELECT prompt_hash, cache_hit, cost_usd FROM llm_requests")
+    key = {cache_key(client.provider, client.model_name, r): name for r, name in ((a, "a"), (b, "b"), (c, "c"))}
+    rows = sorted((key[r.prompt_hash], bool(r.cache_hit)) for r in log.itertuples())
+    assert rows == [("a", False), ("a", True), ("a", True), ("b", False), ("b", True), ("c", False)]
+    assert log[log["cache_hit"]]["cost_usd"].sum() == 0
+    assert len(warehouse.query("SELECT * FROM llm_cache")) == 3
 
 
 def test_key_covers_provider_model_prompt_and_parameters():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fine_tune_dag.core.modeling import models
 from fine_tune_dag.core.modeling.models import (
     BUNDLED_MODEL,
     ModelResolutionError,
@@ -42,8 +43,20 @@ def test_bundled_model_file_is_found_without_importing_its_package():
     assert model_cache_name("HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB--SmolLM2-360M"
 
 
-def test_device_and_dtype_choice():
-    assert select_device("cpu") == "cpu"
-    assert select_device() in {"cuda", "mps", "cpu"}
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda: bool, mps: bool, expected: str):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert select_device() == expected
+    assert select_device("auto") == expected
+    assert select_device("cpu") == "cpu"  # asked for by name: taken as asked, whatever is available
+
+
+@pytest.mark.parametrize(("amx", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_on_cpu_is_bfloat16_only_with_amx(monkeypatch, amx: bool, expected: torch.dtype):
+    monkeypatch.setattr(models, "cpu_has_bf16_matrix_units", lambda: amx)
+    assert select_dtype("auto", "cpu") == expected
     assert select_dtype("float32", "cpu") == torch.float32
-    assert select_dtype("auto", "cpu") in {torch.float32, torch.bfloat16}

@@ -40,7 +40,9 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
         tmp_path / "r", "Evaluation", summary, results, steps, {"adapter": "v1"}, "passes — NLL lower", head_to_head
     )
     text = files.markdown.read_text()
-    assert "beats the base model" in text
+    verdict_line = "**The adapter beats the base model on held-out notes: answer NLL 3.000 → 2.000 (-33.3%).**"
+    assert verdict_line in text.splitlines()
+    assert "**Promotion gate:** passes — NLL lower" in text
     assert "| tuned vs base | answer likelihood | 1.000 [1.000, 1.000] |" in text
     for section in (
         "## Metrics on the test split",
@@ -60,5 +62,13 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     assert inline.count("data:image/png;base64,") == 2 and "](loss_curve.png)" not in inline
 
 
-def test_verdict_says_when_the_adapter_does_not_help():
-    assert "does not beat" in verdict({"nll": 2.0}, {"nll": 2.5})
+def test_verdict_says_whether_the_adapter_helps_with_the_numbers():
+    assert verdict({"nll": 2.0}, {"nll": 2.5}) == (
+        "The adapter does not beat the base model on held-out notes: answer NLL 2.000 → 2.500 (+25.0%)."
+    )
+    assert verdict({"nll": 2.0}, {"nll": 2.0}) == (  # a tie is no win
+        "The adapter does not beat the base model on held-out notes: answer NLL 2.000 → 2.000 (+0.0%)."
+    )
+    assert verdict({"nll": 2.0}, {"nll": 1.5}) == (
+        "The adapter beats the base model on held-out notes: answer NLL 2.000 → 1.500 (-25.0%)."
+    )

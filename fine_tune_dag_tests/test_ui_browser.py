@@ -20,8 +20,17 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from fine_tune_dag_tests.browser import REPO, DagsterUI, chromium_driver, dagster_dev, require_chromium
-from fine_tune_dag_tests.test_webserver import EXPECTED, free_port
+from fine_tune_dag_tests import browser
+from fine_tune_dag_tests.browser import (
+    REPO,
+    SKIP_BROWSER_TESTS,
+    DagsterUI,
+    chromium_driver,
+    dagster_dev,
+    free_port,
+    require_chromium,
+)
+from fine_tune_dag_tests.test_webserver import EXPECTED
 
 LOCATION = "fine_tune_dag"
 NOTES = 3
@@ -44,6 +53,21 @@ defs = scripted_definitions(
     executor="in_process",
 )
 """
+
+
+def test_a_missing_browser_fails_the_tests_unless_skipped_on_purpose(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(browser, "CHROMIUM", tmp_path / "chromium")
+    monkeypatch.delenv(SKIP_BROWSER_TESTS, raising=False)
+    with pytest.raises(
+        pytest.fail.Exception, match=f"chromium missing: run `sudo make browser`.*{SKIP_BROWSER_TESTS}=1"
+    ):
+        require_chromium()
+    monkeypatch.setenv(SKIP_BROWSER_TESTS, "0")  # only "1" opts out
+    with pytest.raises(pytest.fail.Exception):
+        require_chromium()
+    monkeypatch.setenv(SKIP_BROWSER_TESTS, "1")
+    with pytest.raises(pytest.skip.Exception, match="skipped on purpose"):
+        require_chromium()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import io
 import math
 import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, time
@@ -183,17 +184,26 @@ def parse_note(path: Path, notes_dir: Path) -> ParsedNote:
     )
 
 
-def _read_inside(path: Path, notes_dir: Path, relative: str) -> bytes:
-    """The file's bytes, if it is a readable file of sane size that lives in the notes folder.
+def link_target_outside(path: Path, notes_dir: Path) -> Path | None:
+    """Where `path` really leads when that is outside the notes folder, else None.
 
     A link may point elsewhere inside the folder, never outside it: the folder is what the author
-    chose to train on.
+    chose to train on. The sensor and the parser both ask here, so they never disagree.
     """
+    real = Path(os.path.realpath(path))
+    return None if real.is_relative_to(os.path.realpath(notes_dir)) else real
+
+
+def _read_inside(path: Path, notes_dir: Path, relative: str) -> bytes:
+    """The file's bytes, if it is a readable regular file of sane size that lives in the notes folder."""
     try:
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(os.path.realpath(notes_dir)):
-            raise NoteParseError(relative, f"is a link to a file outside the notes folder ({real}); not read")
-        size = path.stat().st_size
+        outside = link_target_outside(path, notes_dir)
+        if outside is not None:
+            raise NoteParseError(relative, f"is a link to a file outside the notes folder ({outside}); not read")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # reading a pipe would wait for a writer forever
+            raise NoteParseError(relative, "is not a regular file (a pipe, socket or device); not read")
+        size = info.st_size
         if size > MAX_NOTE_BYTES:
             limit = MAX_NOTE_BYTES // (1024 * 1024)
             raise NoteParseError(relative, f"too large: {size / 1024**2:,.0f} MiB, the limit is {limit} MiB; not read")

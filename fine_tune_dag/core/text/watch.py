@@ -1,19 +1,28 @@
 """What changed in the notes folder since the last look, without parsing anything.
 
 The sensor calls `scan_notes` every tick. A file is hashed only when its size or modification
-time moved, and only once it has settled (same size and mtime on two looks, or untouched for
-`settle_seconds`), so a note still being written or synced is never half-read.
+time moved (or it could not be opened last time), and only once it has settled (same size and
+mtime on two looks, or untouched for `settle_seconds`), so a note still being written or synced
+is never half-read.
+
+Some files are never opened at all, because raw_notes refuses them unread: a link that leads out of
+the notes folder (the folder is what the author chose to share), a file over `MAX_NOTE_BYTES`, and
+anything that is not a regular file (opening a pipe would block the sensor). They are still handed
+on, so raw_notes fails their partition with the reason; their identity in the cursor is made of the
+file's own size and mtime (the link's, for a link), never of anything behind it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fine_tune_dag.core.text.ingest import discover_notes, key_of_note
+from fine_tune_dag.core.text import ingest
+from fine_tune_dag.core.text.ingest import discover_notes, key_of_note, link_target_outside
 
 _HASH_CHUNK = 1 << 20
 
@@ -22,7 +31,7 @@ _HASH_CHUNK = 1 << 20
 class FileState:
     size: int
     mtime_ns: int
-    sha256: str = ""
+    sha256: str = ""  # or, for a file that is not read, "<why>:<size>:<mtime_ns>" (`_Look.identity`)
 
 
 @dataclass
@@ -73,6 +82,47 @@ class NotesScan:
         )
 
 
+@dataclass(frozen=True)
+class _Look:
+    """What one `lstat`/`stat` says about a note file, and why its bytes must not be read ("" if they may)."""
+
+    size: int
+    mtime_ns: int
+    unread: str
+
+    def identity(self) -> str:
+        """The cursor's stand-in for a digest of a file that is not read: it changes with the file itself."""
+        return f"{self.unread}:{self.size}:{self.mtime_ns}"
+
+    def recorded_as(self, state: FileState) -> bool:
+        """Whether a cursor entry holds the file as it is now: same size, mtime and reason not to read it.
+
+        A real digest has no colon, so its reason is ""; one that could not be opened is looked at again.
+        """
+        recorded_unread = state.sha256.partition(":")[0] if ":" in state.sha256 else ""
+        return (state.size, state.mtime_ns, recorded_unread) == (self.size, self.mtime_ns, self.unread)
+
+
+def _look(path: Path, notes_dir: Path) -> _Look:
+    """Size, mtime and whether the file may be read, from metadata alone; raises OSError if it vanished.
+
+    A link out of the folder is only `lstat`ed: even its target's size and mtime stay out of the cursor.
+    """
+    if link_target_outside(path, notes_dir) is not None:
+        info = path.lstat()
+        return _Look(info.st_size, info.st_mtime_ns, "outside-link")
+    try:
+        info = path.stat()
+    except OSError as error:  # a link that leads nowhere readable (loop, dangling): raw_notes says why
+        info = path.lstat()
+        return _Look(info.st_size, info.st_mtime_ns, f"unreadable-{error.errno}")
+    if not stat.S_ISREG(info.st_mode):
+        return _Look(info.st_size, info.st_mtime_ns, "not-a-file")
+    if info.st_size > ingest.MAX_NOTE_BYTES:  # looked up per call: one limit for the sensor and raw_notes
+        return _Look(info.st_size, info.st_mtime_ns, "too-large")
+    return _Look(info.st_size, info.st_mtime_ns, "")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -88,46 +138,44 @@ def scan_notes(
     settle_seconds: float = 10.0,
     now: float | None = None,
 ) -> NotesScan:
-    """New, changed and deleted notes since `previous`; at most `max_files` files are hashed per call."""
+    """New, changed and deleted notes since `previous`; at most `max_files` files are handed on per call.
+
+    An entry is looked at again when its size, mtime or reason for not being read moved; a file
+    that could not be opened is retried every tick, so fixing its permissions is noticed.
+    """
     now = time.time() if now is None else now
     cursor = WatchCursor(known=dict(previous.known))
     added: list[NoteChange] = []
     changed: list[NoteChange] = []
     waiting: list[str] = []
-    deferred = hashed = 0
+    deferred = handed = 0
     present: set[str] = set()
     root = notes_dir.absolute()
     notes = discover_notes(notes_dir)
     for note_id, path in notes.items():
         relative = path.relative_to(root).as_posix()
         try:
-            stat = path.stat()
-        except OSError:
-            try:
-                stat = path.lstat()  # a link that leads nowhere readable (loop, dangling): raw_notes says why
-            except OSError:  # vanished since the listing: gone for this tick
-                continue
+            look = _look(path, notes_dir)
+        except OSError:  # vanished since the listing: gone for this tick
+            continue
         present.add(relative)
-        seen = FileState(stat.st_size, stat.st_mtime_ns)
+        seen = FileState(look.size, look.mtime_ns)
         before = previous.known.get(relative)
-        if before is not None and (before.size, before.mtime_ns) == (seen.size, seen.mtime_ns):
+        if before is not None and look.recorded_as(before):
             continue
         last_look = previous.settling.get(relative)
-        settled = (last_look is not None and last_look == seen) or now - stat.st_mtime_ns / 1e9 >= settle_seconds
+        settled = (last_look is not None and last_look == seen) or now - look.mtime_ns / 1e9 >= settle_seconds
         if not settled:
             cursor.settling[relative] = seen
             waiting.append(relative)
             continue
-        if hashed >= max_files:
+        if handed >= max_files:
             cursor.settling[relative] = seen
             deferred += 1
             continue
-        hashed += 1
-        try:
-            digest = file_sha256(path)
-        except OSError as error:  # unreadable: hand it on so raw_notes reports why, on its partition
-            digest = f"unreadable:{seen.size}:{seen.mtime_ns}:{error.errno}"
-        cursor.known[relative] = FileState(seen.size, seen.mtime_ns, digest)
+        handed += 1
+        digest = look.identity() if look.unread else _digest_or_reason(path, look)
+        cursor.known[relative] = FileState(look.size, look.mtime_ns, digest)
         if before is None:
             added.append(NoteChange(note_id, relative, digest))
         elif before.sha256 != digest:
@@ -140,3 +188,11 @@ def scan_notes(
     for change in deleted:
         del cursor.known[change.path]
     return NotesScan(added, changed, deleted, waiting, deferred, cursor)
+
+
+def _digest_or_reason(path: Path, look: _Look) -> str:
+    """The file's SHA-256; if it cannot be opened, an identity naming why, so raw_notes reports it on its partition."""
+    try:
+        return file_sha256(path)
+    except OSError as error:
+        return _Look(look.size, look.mtime_ns, f"unreadable-{error.errno}").identity()
