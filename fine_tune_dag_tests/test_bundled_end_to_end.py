@@ -1,5 +1,6 @@
 """The real bundled SmolLM2-135M-Instruct through the whole graph on two short notes: GGUF
-conversion, LLM chunking and synthesis, a few LoRA steps, evaluation. About a minute on 2 cores."""
+conversion, LLM chunking and synthesis, a few LoRA steps, evaluation. About 11 minutes on 2 cores
+(measured while other sessions loaded the machine, load average 5-6)."""
 
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
+from fine_tune_dag.core.modeling.models import select_device
 from fine_tune_dag.core.store.registry import evaluation_summary
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
@@ -29,7 +31,8 @@ NOTES = {
 
 RUN_CONFIG = {
     "ops": {
-        "lora_adapter": {"config": {"max_steps": 3, "batch_size": 4, "logging_steps": 1}},
+        # the default 2e-4 lowers the held-out answer NLL by 0.5%; 1e-3 by 2.7% (4.537 → 4.417) in the same 3 steps
+        "lora_adapter": {"config": {"max_steps": 3, "batch_size": 4, "logging_steps": 1, "learning_rate": 1e-3}},
         "eval_report": {"config": {"max_new_tokens": 16, "max_examples": 4}},
     }
 }
@@ -55,10 +58,13 @@ def test_bundled_model_runs_the_whole_graph(bundled_run):
     splits = db.query("SELECT split, count(*) AS n FROM dataset_splits GROUP BY split")
     assert set(splits["split"]) == {"train", "test"}
     adapter = db.query("SELECT * FROM adapters").iloc[0]
-    assert adapter.device == "cpu" and Path(adapter.path, "adapter_model.safetensors").exists()
+    assert adapter.device == select_device() and Path(adapter.path, "adapter_model.safetensors").exists()
     report = db.query("SELECT * FROM evaluations").iloc[0]
     summary = evaluation_summary(db, report.adapter_version)
-    assert summary["base"]["nll"] > 0 and summary["tuned"]["nll"] > 0 and Path(report.report_path).exists()
+    base, tuned = summary["base"]["nll"], summary["tuned"]["nll"]
+    assert 0 < tuned < base  # the adapter learned something that carries over to the held-out note
+    verdict = f"The adapter beats the base model on held-out notes: answer NLL {base:.3f} → {tuned:.3f}"
+    assert verdict in Path(report.report_path).read_text()
 
 
 def test_back_translation_keeps_the_authors_words(bundled_run):
