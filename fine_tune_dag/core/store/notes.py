@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text import ingest
 from fine_tune_dag.core.text.ingest import ParsedNote
 from fine_tune_dag.core.text.watch import file_sha256
 
@@ -51,14 +53,18 @@ def reject_note(
 ) -> None:
     """One row per rejected note, replaced on each attempt and removed once the note parses.
 
-    Links are not followed for the size and hash: they may lead out of the notes folder.
+    Only a regular file within the size limit is hashed: a link may lead out of the notes folder, a pipe
+    would block the read, and a huge file is refused precisely so it is never read whole.
     """
+    size, digest = None, None
     try:
-        size, digest = (
-            (path.lstat().st_size, None if path.is_symlink() else file_sha256(path)) if path else (None, None)
-        )
+        if path is not None:
+            status = path.lstat()
+            size = status.st_size
+            if stat.S_ISREG(status.st_mode) and size <= ingest.MAX_NOTE_BYTES:
+                digest = file_sha256(path)
     except OSError:
-        size, digest = None, None
+        digest = None
     row = {
         "note_id": note_id,
         "path": relative,
