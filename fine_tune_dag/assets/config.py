@@ -20,6 +20,7 @@ from fine_tune_dag.core.modeling.dpo import DpoSettings
 from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
 from fine_tune_dag.core.modeling.preferences import PreferenceSettings
 from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.retrieval.index import RetrievalSettings
 from fine_tune_dag.core.text.chunking import BOUNDARY_MAX_NEW_TOKENS, ChunkingSettings
 from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
 from fine_tune_dag.core.text.synthesis import SynthesisSettings
@@ -139,3 +140,6 @@ class SweepRunConfig(dg.Config):
 
 class LeaderboardConfig(dg.Config):
     promote_winner: bool = Field(default=False, description="promote the winner if it passes the champion gate")
+
+
+RetrievalConfig = settings_config("RetrievalConfig", RetrievalSettings)

@@ -17,6 +17,7 @@ from fine_tune_dag.assets.dpo import dpo_adapter
 from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.evaluation import eval_report
 from fine_tune_dag.assets.models import base_model
+from fine_tune_dag.assets.retrieval import retrieval_index
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS, DATASET_VERSION, TRAIN_PAIRS
@@ -145,6 +146,9 @@ def automation_conditions(min_new_examples: int) -> dict[str, dg.AutomationCondi
         passages.key.to_user_string(): dg.AutomationCondition.eager(),
         qa_pairs.key.to_user_string(): dg.AutomationCondition.eager(),
         dataset_splits.key.to_user_string(): dataset_condition(),
+        retrieval_index.key.to_user_string(): dataset_condition().with_label(
+            "rebuild when any note's passages changed"
+        ),
         base_model.key.to_user_string(): base_model_condition(),
         lora_adapter.key.to_user_string(): retrain_condition(min_new_examples),
         edge_cases.key.to_user_string(): edge_cases_condition(),

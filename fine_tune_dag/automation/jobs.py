@@ -12,6 +12,7 @@ from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.preferences import preference_candidates, preference_pairs
+from fine_tune_dag.assets.retrieval import retrieval_index
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.assets.training import lora_adapter
@@ -20,7 +21,7 @@ NOTE_ASSETS = [raw_notes, passages, qa_pairs]
 TEACHER_ASSETS = [request_log_pairs, prompt_completion_pairs]
 MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, edge_cases, eval_report, champion_adapter]
 PREFERENCE_ASSETS = [preference_candidates, preference_pairs, dpo_adapter]
-ALL_ASSETS = [*NOTE_ASSETS, *TEACHER_ASSETS, *MODEL_ASSETS, *PREFERENCE_ASSETS]
+ALL_ASSETS = [*NOTE_ASSETS, *TEACHER_ASSETS, *MODEL_ASSETS, *PREFERENCE_ASSETS, retrieval_index]
 
 notes_job = dg.define_asset_job(
     "notes_job",
@@ -30,8 +31,8 @@ notes_job = dg.define_asset_job(
 )
 dataset_job = dg.define_asset_job(
     "dataset_job",
-    selection=dg.AssetSelection.assets(dataset_splits),
-    description="Rebuild the train/test splits from the notes that exist now.",
+    selection=dg.AssetSelection.assets(dataset_splits, retrieval_index),
+    description="Rebuild the train/test splits and the retrieval index from the notes that exist now.",
 )
 retrain_job = dg.define_asset_job(
     "retrain_job",

@@ -35,3 +35,8 @@ class DataLayout:
     @property
     def exports(self) -> Path:
         return self.data / "exports"
+
+    @property
+    def index(self) -> Path:
+        """The retrieval index over the passages, replaced whole by each build."""
+        return self.data / "index"
