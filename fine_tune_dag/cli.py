@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,13 +23,16 @@ from fine_tune_dag.assets.champion import BEATS_CHAMPION
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.modeling.generation import GenerationSettings, load_generation_settings
 from fine_tune_dag.core.modeling.inference import (
     export_merged,
     load_adapter_model,
+    load_base_model,
     model_card,
     push_adapter,
     stream_answer,
 )
+from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model
 from fine_tune_dag.core.modeling.report import METRIC_LABELS
 from fine_tune_dag.core.modeling.sft import TrainingSettings
 from fine_tune_dag.core.store.labels import progress
@@ -101,7 +104,7 @@ def print_latest_report(settings: ProjectSettings) -> bool:
     width = max(map(len, labels.values())) + 2
     print("  " + " " * width + "".join(f"{name:>12}" for name in names))
     for metric, label in labels.items():
-        print("  " + f"{label:<{width}}" + "".join(f"{summary[n][metric]:>12.3f}" for n in names))
+        print("  " + f"{label:<{width}}" + "".join(f"{summary[n].get(metric, float('nan')):>12.3f}" for n in names))
     champion = current_champion(db)
     print(f"  champion: {'none yet' if champion is None else champion.version}")
     return True
@@ -152,19 +155,40 @@ def print_estimate(settings: ProjectSettings) -> None:
     )
 
 
+BASE_MODEL_ONLY = "base"  # `generate --adapter base`: no adapter, to hear what fine-tuning changed
+
+
+def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: Path | None) -> None:
+    """Stream an answer from the adapter in `folder`, or from the base model alone (None). Decoding follows the
+    adapter's saved settings (the defaults for the base model), with the options given here over them; which
+    model answered, and how, goes to stderr so that stdout is the answer alone."""
+    if folder is None:
+        model_dir = resolve_model(settings.base_model, settings.layout.models).path
+        model, tokenizer = load_base_model(model_dir), load_tokenizer(model_dir)
+        saved, who = GenerationSettings(), "base model"
+    else:
+        model, tokenizer = load_adapter_model(folder)
+        saved, who = load_generation_settings(folder), f"adapter {folder.name}"
+    given = {option.name: getattr(args, option.name) for option in fields(GenerationSettings)}
+    generation = replace(saved, **{name: value for name, value in given.items() if value is not None})
+    how = ", ".join(f"{name} {value}" for name, value in asdict(generation).items())
+    print(f"{who} answers ({how}):", file=sys.stderr, flush=True)
+    for piece in stream_answer(model, tokenizer, args.prompt, args.system, **asdict(generation)):
+        print(piece, end="", flush=True)
+    print()
+
+
 def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
-    """generate, export and push: the registry's adapter by name, or an adapter folder."""
+    """generate, export and push: the registry's adapter by name, or an adapter folder (generate: or `base`)."""
     try:
+        if args.command == "generate" and args.adapter == BASE_MODEL_ONLY:
+            answer_prompt(args, settings, None)
+            return 0
         folder = Path(args.adapter) if Path(args.adapter).is_dir() else None
         row = None if folder else resolve_adapter(Warehouse(settings.layout.warehouse), args.adapter)
         folder = folder or Path(row.path)
         if args.command == "generate":
-            model, tokenizer = load_adapter_model(folder)
-            for piece in stream_answer(
-                model, tokenizer, args.prompt, args.system, args.max_new_tokens, args.temperature
-            ):
-                print(piece, end="", flush=True)
-            print()
+            answer_prompt(args, settings, folder)
         elif args.command == "export":
             print(f"merged model written to {export_merged(folder, args.merged)}")
         else:
@@ -180,7 +204,7 @@ def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
                 folder, metrics, "" if row is None else row.dataset_version, "" if row is None else row.base_model
             )
             print(f"pushed to {push_adapter(folder, args.repo_id, token, card, private=not args.public)}")
-    except (KeyError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (KeyError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as error:
         print(f"fine-tune-dag {args.command}: {error.args[0] if error.args else error}", file=sys.stderr)
         return 1
     return 0
@@ -283,10 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     adapter_help = "champion (default), latest, a version, or an adapter folder"
     generate = commands.add_parser("generate", help="answer a prompt with an adapter, streaming tokens")
     generate.add_argument("prompt")
-    generate.add_argument("--adapter", default="champion", help=adapter_help)
+    generate.add_argument("--adapter", default="champion", help=f"{adapter_help}; {BASE_MODEL_ONLY}: no adapter")
     generate.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt (the one training used)")
-    generate.add_argument("--max-new-tokens", type=int, default=256)
-    generate.add_argument("--temperature", type=float, default=0.0)
+    for option in fields(GenerationSettings):  # default None: the adapter's saved setting
+        generate.add_argument(
+            f"--{option.name.replace('_', '-')}",
+            type=type(option.default),
+            help=f"{option.metadata['help']} (default: the adapter's, saved with it; {option.default} for base)",
+        )
     export = commands.add_parser("export", help="write an adapter merged into its base model (plain transformers)")
     export.add_argument("--merged", type=Path, required=True, help="folder to write (must not exist or be empty)")
     export.add_argument("--adapter", default="champion", help=adapter_help)

@@ -4,19 +4,26 @@ of similar length, EOS and stop strings."""
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.generation import (
+    GenerationSettings,
     continuation_text,
     cut_at_stop,
+    decoding_kwargs,
     generate_batch,
     length_groups,
+    load_generation_settings,
     prefilled_cache,
+    save_generation_settings,
 )
 from fine_tune_dag.core.modeling.models import load_causal_lm
 
@@ -138,3 +145,115 @@ def test_eos_ends_one_row_and_leaves_the_others(model, tiny_tokenizer, prompts):
     assert forward_passes(model, lambda: generate_batch(model, tokenizer, [prompts[3]], NEW_TOKENS)) == position + 1
     others = [continuation_text(tiny_tokenizer, i, ()) for i in ids]
     assert batched[:3] + batched[4:] == others[:3] + others[4:]
+
+
+def ngrams(ids: list[int], size: int) -> list[tuple[int, ...]]:
+    return [tuple(ids[i : i + size]) for i in range(len(ids) - size + 1)]
+
+
+def test_no_repeat_ngram_bans_repeats_in_the_continuation_but_lets_it_quote_the_prompt(tiny_model_dir, tiny_tokenizer):
+    """The untrained model answers newline after newline. The prompt holds the newline pair twice: transformers'
+    own ban (whole sequence) forbids even the first newline after the prompt's last; ours lets the answer open
+    with the prompt's pair and only then forbids the answer to repeat one of its own pairs."""
+    untrained = load_causal_lm(tiny_model_dir).eval()
+    newline = tiny_tokenizer.encode("\n", add_special_tokens=False)[0]
+    prompt = render_prompt_ids(tiny_tokenizer, chat_messages("You are me.", "one two\n\nthree\n\nfour"))
+    assert ngrams(prompt, 2).count((newline, newline)) == 2 and prompt[-1] == newline
+
+    def continuation(**options: Any) -> list[int]:
+        with torch.inference_mode():
+            out = untrained.generate(
+                input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long), **options
+            )
+        return out[0, len(prompt) :].tolist()
+
+    plain = continuation(max_new_tokens=20, **decoding_kwargs(tiny_tokenizer, len(prompt), 0.0, 1.0, 0))
+    assert plain == [newline] * 20  # the loop this guards against
+    whole_sequence = continuation(max_new_tokens=20, do_sample=False, no_repeat_ngram_size=2)
+    assert whole_sequence[0] != newline
+
+    ours = continuation(max_new_tokens=20, **decoding_kwargs(tiny_tokenizer, len(prompt), 0.0, 1.0, 2))
+    assert ours[:2] == [newline, newline]  # the prompt's repeated pair, quoted
+    assert len(set(ngrams(ours, 2))) == len(ours) - 1  # no pair of its own twice
+    assert generate_batch(untrained, tiny_tokenizer, [prompt], 20, no_repeat_ngram_size=2) == [
+        continuation_text(tiny_tokenizer, ours, ())
+    ]
+
+
+def test_no_repeat_ngram_holds_for_every_row_of_a_padded_batch_and_is_off_by_default(
+    model, tiny_tokenizer, prompts, monkeypatch
+):
+    """Rows of different prompt lengths: the padded width is where every row's continuation starts."""
+    size, new_tokens, eos = 2, 60, tiny_tokenizer.eos_token_id
+    rows: list[list[int]] = []
+    generate = model.generate
+
+    def recording(**kwargs: Any) -> torch.Tensor:
+        out = generate(**kwargs)
+        for row in out[:, kwargs["input_ids"].shape[1] :].tolist():
+            rows.append(row[: row.index(eos) + 1] if eos in row else row)  # padding follows an EOS
+        return out
+
+    monkeypatch.setattr(model, "generate", recording)
+
+    def repeats(no_repeat_ngram_size: int) -> list[int]:
+        rows.clear()
+        generate_batch(
+            model,
+            tiny_tokenizer,
+            prompts,
+            new_tokens,
+            batch_size=len(prompts),
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        assert len(rows) == len(prompts)
+        return [len(ngrams(row, size)) - len(set(ngrams(row, size))) for row in rows]
+
+    assert sum(repeats(0)) > 0  # off by default: generate_batch's other callers decode as before
+    assert repeats(size) == [0] * len(prompts)
+
+
+def test_generation_settings_round_trip_through_a_transformers_generation_config(tmp_path):
+    sampled = GenerationSettings(max_new_tokens=64, temperature=0.3, top_p=0.8, no_repeat_ngram_size=4, seed=11)
+    path = save_generation_settings(tmp_path, sampled)
+    assert path == tmp_path / "generation_config.json"
+    written = json.loads(path.read_text())
+    assert {k: v for k, v in written.items() if k != "transformers_version"} == {
+        "do_sample": True,
+        "max_new_tokens": 64,
+        "no_repeat_ngram_size": 4,
+        "seed": 11,
+        "temperature": 0.3,
+        "top_p": 0.8,
+    }
+    assert load_generation_settings(tmp_path) == sampled
+
+    greedy = GenerationSettings(temperature=0.0, no_repeat_ngram_size=0)
+    save_generation_settings(tmp_path, greedy)
+    config = GenerationConfig.from_pretrained(tmp_path)
+    assert config.do_sample is False and config.no_repeat_ngram_size == 0
+    assert load_generation_settings(tmp_path) == greedy
+
+
+def test_defaults_are_saved_as_a_valid_generation_config_and_a_folder_without_one_reads_them(tmp_path):
+    assert asdict(GenerationSettings()) == {
+        "max_new_tokens": 160,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "no_repeat_ngram_size": 6,
+        "seed": 0,
+    }
+    assert load_generation_settings(tmp_path) == GenerationSettings()  # an adapter saved before the file existed
+    save_generation_settings(tmp_path, GenerationSettings())
+    config = GenerationConfig.from_pretrained(tmp_path)
+    assert (config.do_sample, config.temperature, config.top_p) == (True, 0.7, 0.9)
+    assert config.no_repeat_ngram_size == 6 and config.max_new_tokens == 160
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [{"max_new_tokens": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"no_repeat_ngram_size": -1}],
+)
+def test_generation_settings_out_of_range_are_refused(wrong):
+    with pytest.raises(ValueError, match="out of range"):
+        GenerationSettings(**wrong)

@@ -1,6 +1,7 @@
 import json
 import shutil
 import traceback
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -9,18 +10,25 @@ import torch
 import yaml
 from huggingface_hub import HfApi
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 
+from fine_tune_dag.cli import main
 from fine_tune_dag.core.modeling.chat import (
     DEFAULT_SYSTEM_PROMPT,
     chat_messages,
     render_prompt_ids,
     render_training_example,
 )
-from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.generation import (
+    GenerationSettings,
+    generate_batch,
+    load_generation_settings,
+    save_generation_settings,
+)
 from fine_tune_dag.core.modeling.inference import (
     export_merged,
     load_adapter_model,
+    load_base_model,
     model_card,
     push_adapter,
     stream_answer,
@@ -56,7 +64,12 @@ def test_load_adapter_model_is_the_peft_model_in_eval_mode(loaded):
     assert tokenizer.pad_token_id is not None
 
 
-def test_stream_joins_to_generate_batch_greedy_answer_from_the_training_prompt(loaded, monkeypatch):
+# The tiny adapter's logits lie close together: only a low temperature samples words, not bytes.
+SAMPLED = GenerationSettings(max_new_tokens=24, temperature=0.05, top_p=0.9, no_repeat_ngram_size=3, seed=7)
+
+
+@pytest.mark.parametrize("options", [{"max_new_tokens": 24}, asdict(SAMPLED)], ids=["greedy", "sampled"])
+def test_stream_joins_to_generate_batch_answer_from_the_training_prompt(loaded, options):
     model, tokenizer = loaded
     sent: list[list[int]] = []
     handle = (
@@ -67,12 +80,16 @@ def test_stream_joins_to_generate_batch_greedy_answer_from_the_training_prompt(l
             with_kwargs=True,
         )
     )
-    pieces = list(stream_answer(model, tokenizer, QUESTION, max_new_tokens=24))
+    pieces = list(stream_answer(model, tokenizer, QUESTION, **options))
     handle.remove()
     training = render_training_example(tokenizer, chat_messages(DEFAULT_SYSTEM_PROMPT, QUESTION, ANSWER))
     assert sent[0] == training.input_ids[: training.prompt_length]  # the exact prompt tokens training used
-    expected = generate_batch(model, tokenizer, [sent[0]], max_new_tokens=24)[0]
+    expected = generate_batch(model, tokenizer, [sent[0]], **options)[0]
     assert len(expected.split()) > 3  # the adapter answers in words, so the comparison is not vacuous
+    if options.get("temperature"):  # sampling and the n-gram ban did take part
+        assert expected != generate_batch(model, tokenizer, [sent[0]], max_new_tokens=24)[0]
+        unbanned = asdict(replace(SAMPLED, no_repeat_ngram_size=0))
+        assert expected != generate_batch(model, tokenizer, [sent[0]], **unbanned)[0]
     assert "".join(pieces) == expected
     assert len(pieces) > 1  # streamed word by word, not at the end
 
@@ -233,3 +250,47 @@ def test_load_adapter_model_names_a_missing_base_model(adapter_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="tiny-llama") as raised:
         load_adapter_model(moved)
     assert str(moved) in str(raised.value) and str(tmp_path / "gone") in str(raised.value)
+
+
+def test_save_adapter_writes_the_default_generation_config(adapter_dir):
+    assert GenerationConfig.from_pretrained(adapter_dir).no_repeat_ngram_size == 6
+    assert load_generation_settings(adapter_dir) == GenerationSettings()
+
+
+def cli_answer(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    code = main(["--notes-dir", str(tmp_path / "notes"), "--data-dir", str(tmp_path / "data"), "generate", *args])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    return printed.out, printed.err
+
+
+def test_cli_generate_with_the_base_model_alone_uses_the_default_settings(
+    tiny_model_dir, tiny_tokenizer, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("FINE_TUNE_DAG_BASE_MODEL", str(tiny_model_dir))
+    out, err = cli_answer(["--adapter", "base", QUESTION], tmp_path, capsys)
+    assert err.splitlines()[-1] == (
+        "base model answers (max_new_tokens 160, temperature 0.7, top_p 0.9, no_repeat_ngram_size 6, seed 0):"
+    )
+    prompt = render_prompt_ids(tiny_tokenizer, chat_messages(DEFAULT_SYSTEM_PROMPT, QUESTION))
+    settings = asdict(GenerationSettings())
+    expected = generate_batch(load_base_model(tiny_model_dir), tiny_tokenizer, [prompt], **settings)[0]
+    assert expected and out == expected + "\n"
+
+
+def test_cli_generate_reads_the_adapters_saved_settings_and_the_options_override_them(adapter_dir, tmp_path, capsys):
+    folder = shutil.copytree(adapter_dir, tmp_path / "v2")
+    saved = GenerationSettings(max_new_tokens=24, temperature=0.0, no_repeat_ngram_size=3)
+    save_generation_settings(folder, saved)
+    out, err = cli_answer(["--adapter", str(folder), "--seed", "5", QUESTION], tmp_path, capsys)
+    assert err.splitlines()[-1] == (
+        "adapter v2 answers (max_new_tokens 24, temperature 0.0, top_p 0.9, no_repeat_ngram_size 3, seed 5):"
+    )
+    model, tokenizer = load_adapter_model(folder)
+    prompt = render_prompt_ids(tokenizer, chat_messages(DEFAULT_SYSTEM_PROMPT, QUESTION))
+    assert out == generate_batch(model, tokenizer, [prompt], **asdict(saved))[0] + "\n"
+    assert out != generate_batch(model, tokenizer, [prompt], max_new_tokens=24)[0] + "\n"  # the ban took part
+
+    out, err = cli_answer(["--adapter", str(folder), "--no-repeat-ngram-size", "0", QUESTION], tmp_path, capsys)
+    assert "no_repeat_ngram_size 0" in err
+    assert out == generate_batch(model, tokenizer, [prompt], max_new_tokens=24)[0] + "\n"

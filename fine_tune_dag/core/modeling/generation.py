@@ -1,12 +1,86 @@
-"""Batched generation for decoder-only models: left padding, KV cache, stop at EOS or a stop string per sequence."""
+"""Batched generation for decoder-only models: left padding, KV cache, stop at EOS or a stop string per sequence;
+and the decoding settings saved with each adapter."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 from transformers.cache_utils import DynamicLayer
+
+GENERATION_CONFIG = "generation_config.json"  # transformers' own file name, so other tools find it
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How an adapter answers unless told otherwise, saved beside it. Greedy decoding with no repetition
+    control and a long limit made small models repeat one sentence until the limit; these defaults do not."""
+
+    max_new_tokens: int = field(
+        default=160, metadata={"help": "answer length limit in tokens: a note's, not an essay's"}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0: greedy"})
+    top_p: float = field(default=0.9, metadata={"help": "sample from the smallest token set with this probability"})
+    no_repeat_ngram_size: int = field(
+        default=6,
+        metadata={"help": "no run of this many tokens twice in the answer (the prompt may be quoted); 0: off"},
+    )
+    seed: int = field(default=0, metadata={"help": "seeds sampling: the same question and settings, the same answer"})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.no_repeat_ngram_size < 0:
+            raise ValueError(
+                f"generation settings out of range: {self} (max_new_tokens >= 1, temperature >= 0, "
+                "0 < top_p <= 1, no_repeat_ngram_size >= 0)"
+            )
+
+
+def save_generation_settings(folder: Path, settings: GenerationSettings) -> Path:
+    """`settings` as a Hugging Face `generation_config.json`, which transformers and other tools read.
+
+    Greedy settings leave temperature and top_p out (transformers refuses to save sampling flags without
+    sampling), so their top_p reads back as the default. Other tools apply `no_repeat_ngram_size` to the
+    prompt too."""
+    sampling = settings.temperature > 0
+    config = GenerationConfig(
+        do_sample=sampling,
+        temperature=settings.temperature if sampling else None,
+        top_p=settings.top_p if sampling else None,
+        max_new_tokens=settings.max_new_tokens,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        seed=settings.seed,  # not a transformers flag: kept in the file for `load_generation_settings`
+    )
+    config.save_pretrained(folder)
+    return Path(folder) / GENERATION_CONFIG
+
+
+def load_generation_settings(folder: Path) -> GenerationSettings:
+    """The settings saved in `folder`; the defaults for a folder without them (adapters saved before they were).
+    A flag the file leaves out means what it means to transformers: no top_p, temperature 1."""
+    defaults = GenerationSettings()
+    if not (Path(folder) / GENERATION_CONFIG).is_file():
+        return defaults
+    config = GenerationConfig.from_pretrained(folder)
+    sampling = bool(config.do_sample)
+    return GenerationSettings(
+        max_new_tokens=config.max_new_tokens or defaults.max_new_tokens,
+        temperature=(config.temperature or 1.0) if sampling else 0.0,
+        top_p=(config.top_p or 1.0) if sampling else defaults.top_p,
+        no_repeat_ngram_size=config.no_repeat_ngram_size or 0,
+        seed=getattr(config, "seed", defaults.seed),
+    )
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +104,35 @@ class _InContinuation(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         return self.inner(input_ids[:, self.prompt_width :], scores, **kwargs)
+
+
+class _NoRepeatInContinuation(LogitsProcessor):
+    """transformers' n-gram ban over the generated text alone: over the whole sequence it would also forbid
+    repeating the prompt, and a retrieval prompt's passages and examples are there to be quoted."""
+
+    def __init__(self, ngram_size: int, prompt_width: int) -> None:
+        self.inner, self.prompt_width = NoRepeatNGramLogitsProcessor(ngram_size), prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.inner(input_ids[:, self.prompt_width :], scores)
+
+
+def decoding_kwargs(
+    tokenizer: Any, prompt_width: int, temperature: float, top_p: float, no_repeat_ngram_size: int
+) -> dict[str, Any]:
+    """The `model.generate` arguments that choose each next token, for rows whose (padded) prompt takes the
+    first `prompt_width` positions: one place, so a streamed answer is the batched one token for token."""
+    sampling = temperature > 0
+    ban = [_NoRepeatInContinuation(no_repeat_ngram_size, prompt_width)] if no_repeat_ngram_size > 0 else []
+    return {
+        "do_sample": sampling,
+        "temperature": temperature if sampling else None,
+        "top_p": top_p if sampling else None,
+        "top_k": None,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "logits_processor": LogitsProcessorList(ban),
+    }
 
 
 class StopStrings:
@@ -121,20 +224,21 @@ def generate_batch(
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
     stop_strings: Sequence[str] = (),
+    no_repeat_ngram_size: int = 0,
 ) -> list[str]:
     """Decode continuations of token-id prompts, batched by similar length to waste little padding (and
     prompts of quite different lengths in one batch are read in groups, see `prefilled_cache`).
 
     A row that reaches EOS or one of `stop_strings` is finished: from then on `generate` feeds it padding,
     and its text ends before the stop string. Sampling is seeded per call so a cached request and a fresh
-    one agree.
+    one agree. `no_repeat_ngram_size` > 0 forbids a row to repeat any run of that many of its own generated
+    tokens (the prompt's are free to quote). `**asdict(GenerationSettings(...))` fills the decoding arguments.
     """
     if not prompts:
         return []
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
-    sampling = temperature > 0
     stops = StopStrings(tokenizer, stop_strings)
     torch.manual_seed(seed)
     for start in range(0, len(order), batch_size):
@@ -146,13 +250,8 @@ def generate_batch(
             attention_mask=attention.to(device),
             past_key_values=prefilled_cache(model, batch, tokenizer.pad_token_id),
             max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
             stopping_criteria=stops.after(input_ids.shape[1]),
+            **decoding_kwargs(tokenizer, input_ids.shape[1], temperature, top_p, no_repeat_ngram_size),
         )
         continuations = generated[:, input_ids.shape[1] :]
         for row, tokens in zip(rows, continuations):

@@ -20,9 +20,10 @@ from huggingface_hub import HfApi, ModelCardData, constants
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from peft import PeftModel
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
+from fine_tune_dag.core.modeling.generation import decoding_kwargs
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
     load_tokenizer,
@@ -47,6 +48,12 @@ def _read_provenance(adapter_dir: Path) -> dict[str, Any]:
     return json.loads(config_file.read_text())
 
 
+def load_base_model(model_dir: Path, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
+    """The model an adapter sits on, in eval mode: alone it answers as before fine-tuning, for comparison."""
+    device = select_device(device)
+    return load_causal_lm(Path(model_dir), device, select_dtype(dtype, device)).eval()
+
+
 def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "auto") -> tuple[PeftModel, Any]:
     """Base model from the adapter's recorded provenance, adapter on top, in eval mode.
 
@@ -60,9 +67,8 @@ def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "au
             f"the base model of adapter {adapter_dir} ({provenance.get('base_model', 'not recorded')}) is not at "
             f"{base_path}: restore it there (materialize the base_model asset again for a bundled or Hub model)"
         )
-    device = select_device(device)
-    base = load_causal_lm(Path(base_path), device, select_dtype(dtype, device))
-    return with_adapters(base, {"default": adapter_dir}), load_tokenizer(adapter_dir)
+    model = with_adapters(load_base_model(base_path, device, dtype), {"default": adapter_dir})
+    return model, load_tokenizer(adapter_dir)
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -95,11 +101,14 @@ def stream_answer(
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
+    top_p: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     seed: int = 0,
 ) -> Iterator[str]:
     """Answer text piece by piece as it is generated, for a terminal or chat UI.
 
-    Same prompt ids and decoding settings as `generate_batch`, so the pieces join to its answer. The
+    Same prompt ids and decoding as `generate_batch` (`**asdict(GenerationSettings(...))` fills the same
+    arguments), so with the same settings and seed the pieces join to its answer. The
     streamer emits whole words (or lines), not single tokens. Generation runs in a background thread;
     an error there is raised here, and closing this iterator early stops the generation.
     """
@@ -108,7 +117,6 @@ def stream_answer(
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     reader_gone = threading.Event()
     failures: list[BaseException] = []
-    sampling = temperature > 0
 
     def generate() -> None:
         try:
@@ -117,14 +125,9 @@ def stream_answer(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     max_new_tokens=max_new_tokens,
-                    do_sample=sampling,
-                    temperature=temperature if sampling else None,
-                    top_p=1.0 if sampling else None,
-                    top_k=None,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_StopWhenSet(reader_gone)]),
+                    **decoding_kwargs(tokenizer, input_ids.shape[1], temperature, top_p, no_repeat_ngram_size),
                 )
         except BaseException as error:  # handed to the reader, who would otherwise wait forever
             failures.append(error)

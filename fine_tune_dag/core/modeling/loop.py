@@ -21,6 +21,7 @@ from peft.helpers import disable_input_dtype_casting
 from transformers import get_scheduler
 
 from fine_tune_dag.core.modeling.chat import TokenizedExample
+from fine_tune_dag.core.modeling.generation import GenerationSettings, save_generation_settings
 from fine_tune_dag.core.modeling.models import select_device, select_dtype
 
 
@@ -168,9 +169,16 @@ def next_adapter_version(adapters_dir: Path, dataset_version: str, kind: str = "
     return version
 
 
-def save_adapter(run: TrainingRun, adapters_dir: Path, version: str, provenance: dict[str, Any]) -> Path:
-    """Weights, tokenizer, config, per-step metrics and provenance, written to a temporary folder and
-    renamed so no half-written adapter is ever listed."""
+def save_adapter(
+    run: TrainingRun,
+    adapters_dir: Path,
+    version: str,
+    provenance: dict[str, Any],
+    generation: GenerationSettings = GenerationSettings(),  # noqa: B008 (frozen: one shared default is safe)
+) -> Path:
+    """Weights, tokenizer, config, per-step metrics, provenance and how the adapter answers by default
+    (`generation`, as `generation_config.json`), written to a temporary folder and renamed so no
+    half-written adapter is ever listed."""
     final = adapters_dir / version
     tmp = adapters_dir / f"{version}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -178,6 +186,7 @@ def save_adapter(run: TrainingRun, adapters_dir: Path, version: str, provenance:
     try:
         run.model.save_pretrained(tmp)
         run.tokenizer.save_pretrained(tmp)
+        save_generation_settings(tmp, generation)
         config = {
             "version": version,
             "settings": asdict(run.settings),
