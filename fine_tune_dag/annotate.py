@@ -1,8 +1,11 @@
 """`fine-tune-dag annotate`: a local page where a person picks the better of two answers, one comparison at a time.
 
-Every click is saved to the warehouse at once (see `core.preferences`), so closing the tab or stopping the
+Every click is saved to the warehouse at once (see `core.store.labels`), so closing the tab or stopping the
 server loses nothing, and the next start resumes at the first unanswered comparison. The page never sees
 where an answer came from, only which one it shows on the left.
+
+The blind mode (`mode="blind"`, see `core.store.blind`) asks instead which of two texts on the same prompt the
+author wrote, the author's held-out passage or the model's; it works the same way.
 
 It listens on 127.0.0.1 only and has no login, so it also refuses what another website open in the same
 browser could send it: a choice must be `application/json` (a cross-site form cannot set that without a CORS
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +29,75 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from fine_tune_dag.core.store.blind import blind_progress, next_blind_trial, record_blind_pick
 from fine_tune_dag.core.store.labels import next_comparison, progress, record_choice
 from fine_tune_dag.core.store.warehouse import Warehouse
 
-PAGE = Path(__file__).with_name("annotate.html")
 HOST = "127.0.0.1"  # the page writes labels without asking who is calling: never reachable from other machines
 ALLOWED_HOSTS = ("127.0.0.1", "localhost")
-CHOICE_FIELDS = ("candidate_id", "side", "shown_left")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What one kind of labelling shows and saves; both share the server, its checks and its JSON shapes."""
+
+    page: Path
+    item: str  # the state's key for what is shown (None when all is answered)
+    item_id: str  # the field naming it in a choice
+    next_item: Callable[[Warehouse, str, random.Random], dict[str, str] | None]
+    record: Callable[[Warehouse, str, str, str, str], str]  # (db, item id, labeler, side, shown_left)
+    progress: Callable[[Warehouse, str], tuple[int, int]]
+
+    @property
+    def fields(self) -> tuple[str, str, str]:
+        return (self.item_id, "side", "shown_left")
+
+
+MODES = {
+    "preference": Mode(
+        page=Path(__file__).with_name("annotate.html"),
+        item="comparison",
+        item_id="candidate_id",
+        next_item=next_comparison,
+        record=record_choice,
+        progress=progress,
+    ),
+    "blind": Mode(
+        page=Path(__file__).with_name("annotate_blind.html"),
+        item="trial",
+        item_id="trial_id",
+        next_item=next_blind_trial,
+        record=record_blind_pick,
+        progress=blind_progress,
+    ),
+}
 
 
 def _bad_request(reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=400)
 
 
-def annotation_app(db: Warehouse, labeler: str, rng: random.Random | None = None) -> Starlette:
-    """The page and its two JSON endpoints for one labeler; `rng` decides which answer goes on the left.
+def annotation_app(
+    db: Warehouse, labeler: str, rng: random.Random | None = None, mode: str = "preference"
+) -> Starlette:
+    """The page and its two JSON endpoints for one labeler; `rng` decides which text goes on the left, `mode`
+    is `preference` (which answer is better) or `blind` (which text did the author write).
 
     Handlers are async and call DuckDB directly, so requests are handled one after another: a single
     person labels, and serial writes keep their choices in order."""
     if not labeler.strip():
         raise ValueError("annotating needs the name of who is labelling")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    kind = MODES[mode]
     rng = rng or random.Random()
-    page = PAGE.read_text(encoding="utf-8")
+    page = kind.page.read_text(encoding="utf-8")
+    fields = ", ".join(kind.fields)
 
     def state() -> dict[str, Any]:
-        done, total = progress(db, labeler)
+        done, total = kind.progress(db, labeler)
         return {
-            "comparison": next_comparison(db, labeler, rng),
+            kind.item: kind.next_item(db, labeler, rng),
             "progress": {"done": done, "total": total},
             "labeler": labeler,
         }
@@ -67,16 +114,16 @@ def annotation_app(db: Warehouse, labeler: str, rng: random.Random | None = None
         try:
             body = json.loads(await request.body())
         except ValueError:  # JSONDecodeError and UnicodeDecodeError
-            return _bad_request("the request body must be JSON: {candidate_id, side, shown_left}")
+            return _bad_request(f"the request body must be JSON: {{{fields}}}")
         if not isinstance(body, dict):
-            return _bad_request("the request body must be a JSON object: {candidate_id, side, shown_left}")
-        missing = [field for field in CHOICE_FIELDS if field not in body]
+            return _bad_request(f"the request body must be a JSON object: {{{fields}}}")
+        missing = [field for field in kind.fields if field not in body]
         if missing:
             return _bad_request(f"missing {', '.join(missing)}")
-        if not all(isinstance(body[field], str) for field in CHOICE_FIELDS):
-            return _bad_request(f"{', '.join(CHOICE_FIELDS)} must be strings")
+        if not all(isinstance(body[field], str) for field in kind.fields):
+            return _bad_request(f"{fields} must be strings")
         try:
-            record_choice(db, body["candidate_id"], labeler, body["side"], body["shown_left"])
+            kind.record(db, body[kind.item_id], labeler, body["side"], body["shown_left"])
         except ValueError as error:
             return _bad_request(str(error))
         except KeyError as error:
@@ -93,6 +140,6 @@ def annotation_app(db: Warehouse, labeler: str, rng: random.Random | None = None
     )
 
 
-def serve(db: Warehouse, labeler: str, port: int) -> None:
+def serve(db: Warehouse, labeler: str, port: int, mode: str = "preference") -> None:
     """Serve the page on 127.0.0.1 until interrupted; access logs stay off, the terminal shows only problems."""
-    uvicorn.run(annotation_app(db, labeler), host=HOST, port=port, log_level="warning")
+    uvicorn.run(annotation_app(db, labeler, mode=mode), host=HOST, port=port, log_level="warning")

@@ -70,6 +70,12 @@ SCHEMA: dict[str, str] = {
         candidate_id VARCHAR PRIMARY KEY, system VARCHAR, question VARCHAR, chosen VARCHAR, rejected VARCHAR,
         chosen_origin VARCHAR, rejected_origin VARCHAR, label_source VARCHAR, labeler VARCHAR,
         labeled_at TIMESTAMP""",
+    "blind_trials": """
+        trial_id VARCHAR PRIMARY KEY, adapter_version VARCHAR, prompt VARCHAR, author_text VARCHAR,
+        model_text VARCHAR, created_at TIMESTAMP""",
+    "blind_labels": """
+        label_id VARCHAR PRIMARY KEY, trial_id VARCHAR, labeler VARCHAR, picked VARCHAR, shown_left VARCHAR,
+        labeled_at TIMESTAMP""",
     "adapters": """
         version VARCHAR PRIMARY KEY, path VARCHAR, base_model VARCHAR, base_model_path VARCHAR,
         dataset_version VARCHAR, created_at TIMESTAMP, device VARCHAR, train_examples INTEGER,
