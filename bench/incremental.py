@@ -35,9 +35,7 @@ class Measured:
     seconds: float
 
 
-def graph_over(
-    notes: Path, data: Path, model: Path, instance: dg.DagsterInstance, llm: ScriptedLLM
-) -> LocalDaemon:
+def graph_over(notes: Path, data: Path, model: Path, instance: dg.DagsterInstance, llm: ScriptedLLM) -> LocalDaemon:
     # training is the same work either way: keep it out of both measurements
     policy = AutomationPolicy(settle_seconds=0, retrain_min_new_examples=1_000_000, notes_per_tick=1000)
     defs = scripted_definitions(notes, data, model, policy, llm=llm)

@@ -42,6 +42,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "gemini_throughput": (["--calls", "200", "--latency", "0.3"], ["--calls", "40", "--latency", "0.1"]),
     "load": (["--notes", "200"], ["--notes", "30"]),  # under 25 notes no note lands in the test split
     "demo": ([], []),
+    # the whole graph as make demo runs it, then every contender's voice, authorship, grounding and loops
+    "efficacy": ([], []),
     "dpo": (["--pairs", "16", "--steps", "6"], ["--pairs", "8", "--steps", "3"]),
     "training_mfu": (["--steps", "4"], ["--steps", "2", "--batch-size", "4"]),  # on a GPU also the 1.2B model
 }

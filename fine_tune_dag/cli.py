@@ -35,6 +35,9 @@ from fine_tune_dag.core.modeling.inference import (
 from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model
 from fine_tune_dag.core.modeling.report import METRIC_LABELS
 from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.retrieval.index import PassageIndex, RetrievalSettings
+from fine_tune_dag.core.retrieval.prompt import cited_notes
+from fine_tune_dag.core.store.blind import blind_progress
 from fine_tune_dag.core.store.labels import progress
 from fine_tune_dag.core.store.notes import rejected_notes, synthesized_note_hashes
 from fine_tune_dag.core.store.registry import (
@@ -172,10 +175,13 @@ def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: P
     given = {option.name: getattr(args, option.name) for option in fields(GenerationSettings)}
     generation = replace(saved, **{name: value for name, value in given.items() if value is not None})
     how = ", ".join(f"{name} {value}" for name, value in asdict(generation).items())
-    print(f"{who} answers ({how}):", file=sys.stderr, flush=True)
-    for piece in stream_answer(model, tokenizer, args.prompt, args.system, **asdict(generation)):
+    passages = PassageIndex.load(settings.layout.index).search(args.prompt, args.top_k) if args.rag else []
+    print(f"{who} answers{' with retrieval' if args.rag else ''} ({how}):", file=sys.stderr, flush=True)
+    for piece in stream_answer(model, tokenizer, args.prompt, args.system, passages=passages, **asdict(generation)):
         print(piece, end="", flush=True)
     print()
+    if passages:
+        print("Notes used: " + ", ".join(cited_notes(passages)))
 
 
 def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
@@ -217,20 +223,20 @@ def print_rejected(db: Warehouse) -> None:
     print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
 
 
-def annotate(settings: ProjectSettings, who: str | None, port: int) -> int:
-    """Serve the preference page until Ctrl-C; it starts even with nothing to label, so the page can say why."""
+def annotate(settings: ProjectSettings, who: str | None, port: int, blind: bool) -> int:
+    """Serve the preference page (or, `blind`, the "which did the author write?" page) until Ctrl-C; it starts
+    even with nothing to label, so the page can say why."""
     who = (who or "").strip() or os.environ.get("USER") or getpass.getuser()
     db = Warehouse(settings.layout.warehouse)
-    done, total = progress(db, who)
-    print(
-        f"Annotating as {who}: http://127.0.0.1:{port}  "
-        "(left/right arrows: better answer, down: tie, s: skip; Ctrl-C to stop)"
-    )
+    done, total = blind_progress(db, who) if blind else progress(db, who)
+    keys = "left/right arrows: the author's text" if blind else "left/right arrows: better answer, down: tie, s: skip"
+    print(f"Annotating as {who}: http://127.0.0.1:{port}  ({keys}; Ctrl-C to stop)")
+    what, source = ("blind trials", "eval_report") if blind else ("comparisons", "preference_candidates")
     if total:
-        print(f"{done} of {total} comparisons answered", flush=True)
+        print(f"{done} of {total} {what} answered", flush=True)
     else:
-        print("no comparisons yet: preference_candidates must be materialized first", flush=True)
-    serve(db, who, port)
+        print(f"no {what} yet: {source} must be materialized first", flush=True)
+    serve(db, who, port, mode="blind" if blind else "preference")
     return 0
 
 
@@ -309,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("prompt")
     generate.add_argument("--adapter", default="champion", help=f"{adapter_help}; {BASE_MODEL_ONLY}: no adapter")
     generate.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt (the one training used)")
+    generate.add_argument(
+        "--rag", action="store_true", help="answer with the passages retrieval finds in context, and name their notes"
+    )
+    generate.add_argument("--top-k", type=int, default=RetrievalSettings.top_k, help="passages retrieved (--rag)")
     for option in fields(GenerationSettings):  # default None: the adapter's saved setting
         generate.add_argument(
             f"--{option.name.replace('_', '-')}",
@@ -333,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     annotate_parser = commands.add_parser("annotate", help="a local page to pick the better of two answers")
     annotate_parser.add_argument("--port", type=int, default=8765)
     annotate_parser.add_argument("--who", help="who is labelling (default: your user name)")
+    annotate_parser.add_argument(
+        "--blind", action="store_true", help="the blind test: which of two texts did the author write?"
+    )
     args = parser.parse_args(argv)
     settings = environment.with_folders(args.notes_dir, args.data_dir)
     if args.command == "demo":
@@ -353,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print_rejected(Warehouse(settings.layout.warehouse))
         return 0
     if args.command == "annotate":
-        return annotate(settings, args.who, args.port)
+        return annotate(settings, args.who, args.port, args.blind)
     if args.command == "lineage":
         print(lineage_text(Warehouse(settings.layout.warehouse)))
         return 0

@@ -26,7 +26,7 @@ def test_gate_needs_the_nll_margin():
 
 def test_gate_refuses_a_regression_beyond_the_tolerance():
     verdict = promotion_verdict(metrics(0.5, rouge_l=0.27), metrics(1.0, rouge_l=0.3), POLICY, "champion")
-    assert not verdict.passed and "rouge_l fell 0.0300" in verdict.text
+    assert not verdict.passed and "rouge_l worsened 0.0300" in verdict.text
     assert promotion_verdict(metrics(0.5, token_f1=0.29), metrics(1.0), POLICY, "champion").passed
 
 
@@ -36,6 +36,67 @@ def test_without_a_champion_the_base_model_is_the_incumbent():
     summary["champion"] = metrics(0.89)
     verdict = judge_challenger(summary, POLICY)
     assert not verdict.passed and "vs champion" in verdict.text
+
+
+def voiced(nll: float, voice_nll: float, **extra: float) -> dict[str, float]:
+    return metrics(nll) | {
+        "voice_nll": voice_nll,
+        "voice_perplexity": 2.718281828**voice_nll,
+        "memorized": 0.0,
+        **extra,
+    }
+
+
+def gap(value: float, low: float, high: float, items: int = 20) -> dict[str, float]:
+    return {"voice_gap": value, "voice_gap_low": low, "voice_gap_high": high, "voice_items": items}
+
+
+def test_an_adapter_that_loses_to_prompting_is_not_promoted():
+    summary = {
+        "base": voiced(1.0, 3.0),
+        "prompted": voiced(1.0, 2.5),
+        "base+rag": voiced(1.0, 2.8),
+        "tuned": voiced(0.5, 2.6, **gap(0.1, 0.05, 0.15)),  # far better NLL than base, worse voice than prompting
+    }
+    verdict = judge_challenger(summary, POLICY)
+    assert not verdict.passed and not verdict.uncertain
+    assert "loses to prompted, which needs no fine-tuning: voice perplexity 13.46 vs prompted 12.18" in verdict.text
+    summary["tuned"] = voiced(0.5, 2.2, **gap(-0.3, -0.4, -0.2))
+    verdict = judge_challenger(summary, POLICY)
+    assert verdict.passed and "beats prompted beyond noise" in verdict.text
+
+
+def test_too_few_items_or_an_interval_spanning_zero_is_uncertain_and_holds_unless_configured():
+    summary = {
+        "base": voiced(1.0, 3.0),
+        "prompted": voiced(1.0, 2.5),
+        "tuned": voiced(0.5, 2.2, **gap(-0.3, -0.4, -0.2, items=2)),
+    }
+    verdict = judge_challenger(summary, POLICY)
+    assert not verdict.passed and verdict.uncertain
+    assert "too few test items to judge: 2 held-out passages < 5" in verdict.text
+    summary["tuned"] = voiced(0.5, 2.4, **gap(-0.1, -0.3, 0.1))
+    verdict = judge_challenger(summary, POLICY)
+    assert not verdict.passed and verdict.uncertain and "too close to call against prompted" in verdict.text
+    lenient = PromotionPolicy(min_nll_improvement=0.05, promote_when_uncertain=True)
+    verdict = judge_challenger(summary, lenient)
+    assert verdict.passed and "promoted although uncertain" in verdict.text
+
+
+def test_the_gate_refuses_a_regurgitating_adapter():
+    summary = {"base": voiced(1.0, 3.0), "tuned": voiced(0.5, 1.0, **gap(-2.0, -2.2, -1.8), memorized=0.25)}
+    verdict = judge_challenger(summary, POLICY)
+    assert not verdict.passed
+    assert "regurgitates: 25% of its generations share a run of more than 40 words with the train split" in verdict.text
+    summary["tuned"]["memorized"] = 0.05  # at the allowed share
+    assert judge_challenger(summary, POLICY).passed
+
+
+def test_without_qa_items_the_gate_decides_on_voice():
+    nan = float("nan")
+    summary = {"base": voiced(nan, 3.0), "tuned": voiced(nan, 2.0, **gap(-1.0, -1.2, -0.8))}
+    verdict = judge_challenger(summary, POLICY)
+    assert verdict.passed and "no held-out Q&A items" in verdict.text
 
 
 def run_config(learning_rate: float, steps: int) -> dict:

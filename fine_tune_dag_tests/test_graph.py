@@ -4,6 +4,7 @@ promotion gate."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -13,8 +14,10 @@ from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
+from fine_tune_dag.core.store.splits import train_split
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.ingest import discover_notes
+from fine_tune_dag.core.text.mixing import MIX_SOURCES, mixed_conversations
 from fine_tune_dag.resources.policy import AutomationPolicy
 
 TOPICS = SAMPLE_TOPICS
@@ -34,7 +37,7 @@ def graph(tmp_path, tiny_model_dir, scripted_llm):
 
 RUN_CONFIG = {
     "ops": {
-        "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+        "passages": {"config": {"min_chars": 60, "max_chars": 200}},
         "dataset_splits": {"config": {"test_fraction": 0.5}},
         # enough for the adapter to clear the default gate (answer NLL ≥ 1% below base): 2.7% on CPU
         "lora_adapter": {
@@ -62,7 +65,10 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph, scripted_llm
         "(SELECT count(*) FROM qa_pairs WHERE status = 'kept') kept, (SELECT count(*) FROM dataset_splits) split_rows"
     ).iloc[0]
     assert counts["notes"] == len(TOPICS) and counts["passages"] >= len(TOPICS) and counts["kept"] > 0
-    assert counts["split_rows"] == counts["kept"]
+    modes = db.query("SELECT mode, count(*) AS n FROM dataset_splits GROUP BY mode").set_index("mode")["n"]
+    assert modes.drop(["pretrain", "write", "continue"]).sum() == counts["kept"]
+    assert modes["pretrain"] == modes["write"] == counts["passages"]  # every passage of every note, verbatim
+    assert_no_test_note_text_is_trained_on(db)
     passages = db.query("SELECT p.*, n.text AS note_text FROM passages p JOIN raw_notes n USING (note_id)")
     assert all(r.note_text[r.start_char : r.end_char] == r.text for r in passages.itertuples())
 
@@ -78,17 +84,20 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph, scripted_llm
     }
     report = db.query("SELECT * FROM evaluations").iloc[0]
     text = Path(report.report_path).read_text()
-    base, tuned = (evaluation_summary(db, report.adapter_version)[c]["nll"] for c in ("base", "tuned"))
+    summary = evaluation_summary(db, report.adapter_version)
+    assert list(summary) == ["base", "prompted", "base+rag", "tuned", "tuned+rag"]  # no champion yet
+    base, tuned = (summary[c]["nll"] for c in ("base", "tuned"))
     change = (tuned - base) / base
-    verdict = (
-        f"The adapter beats the base model on held-out notes: answer NLL {base:.3f} → {tuned:.3f} ({change:+.1%})."
-    )
-    assert f"**{verdict}**" in text.splitlines() and "loss_curve.png" in text
+    assert text.splitlines()[2] == "## Was fine-tuning worth it on your notes?" and "loss_curve.png" in text
+    assert text.splitlines()[4].startswith(("**Tune**", "**Both**", "**Retrieve**", "**Prompt**"))
+    assert summary["tuned"]["voice_perplexity"] < summary["base"]["voice_perplexity"]
+    assert summary["base+rag"]["cited_right"] >= 0 and summary["tuned"]["voice_items"] >= 5
 
     # promoted through the default gate, which says so in its own words
     gate = f"answer NLL {tuned:.4f} vs base {base:.4f} ({-change:+.1%}, needs ≥ {AutomationPolicy().min_nll_improvement:+.1%})"
     assert run.promoted and current_champion(db).version == adapter.version
-    assert db.query("SELECT reason FROM champion_history")["reason"].tolist() == [gate]
+    reason = db.query("SELECT reason FROM champion_history")["reason"].tolist()
+    assert len(reason) == 1 and reason[0].startswith(gate + "; beats ") and "beyond noise" in reason[0]
     assert (Path(report.report_path).parent / "loss_curve.png").stat().st_size > 1000
     assert {p: p.read_bytes() for p in notes.iterdir()} == before  # notes are never written
 
@@ -106,6 +115,21 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph, scripted_llm
     assert folder.exists()
     # the same data trains the same adapter: no better than the champion, so the gate holds it back
     assert not rerun.promoted and current_champion(db).version == adapter.version
+
+
+def assert_no_test_note_text_is_trained_on(db: Warehouse) -> None:
+    """Every training source, retrieval-augmented Q&A with its distractors included, holds nothing of a test note."""
+    test_notes = db.query("SELECT DISTINCT note_id FROM dataset_splits WHERE split = 'test'")["note_id"].tolist()
+    held_out = db.query("SELECT text FROM passages WHERE note_id IN (SELECT unnest(?::VARCHAR[]))", [test_notes])[
+        "text"
+    ].tolist()
+    assert held_out
+    everything = {source: 1.0 for source in MIX_SOURCES}
+    conversations, counts = mixed_conversations(train_split(db), everything, seed=0)
+    assert all(counts.values())
+    trained = "\n".join(message["content"] for conversation in conversations for message in conversation)
+    sentences = [s for passage in held_out for s in re.split(r"(?<=[.!?])\s+", passage) if len(s) > 40]
+    assert sentences and not [s for s in sentences if s in trained]
 
 
 def _materialize(defs, instance, notes):

@@ -143,6 +143,7 @@ def test_export_merged_loads_without_peft_and_matches_the_adapter(adapter_dir, l
     assert not torch.allclose(base_logits, adapter_logits, atol=1e-2)  # the adapter does change the outputs
     assert (out / "training_config.json").read_text() == (adapter_dir / "training_config.json").read_text()
     assert (out / "tokenizer.json").exists()
+    assert GenerationConfig.from_pretrained(out).no_repeat_ngram_size == 6  # the adapter's defaults travel along
 
 
 def test_export_merged_refuses_a_non_empty_target(adapter_dir, tmp_path):

@@ -1,7 +1,9 @@
 import pandas as pd
 
 from fine_tune_dag.core.modeling.evaluation import summarize, win_rates
-from fine_tune_dag.core.modeling.report import verdict, write_report
+from fine_tune_dag.core.modeling.efficacy import Efficacy, recommendation
+from fine_tune_dag.core.modeling.report import write_report
+from fine_tune_dag.core.modeling.statistics import Interval
 
 
 def per_item(nll: float, rouge: float) -> pd.DataFrame:
@@ -37,11 +39,22 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     steps = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.5, 2.0], "mean_token_accuracy": [0.1, 0.2, 0.3]})
     head_to_head = win_rates(results, "tuned", seed=0)
     files = write_report(
-        tmp_path / "r", "Evaluation", summary, results, steps, {"adapter": "v1"}, "passes — NLL lower", head_to_head
+        tmp_path / "r",
+        "Evaluation",
+        summary,
+        results,
+        steps,
+        {"adapter": "v1"},
+        "passes — NLL lower",
+        head_to_head,
+        advice="**Tune**: the tuned model alone",
     )
     text = files.markdown.read_text()
-    verdict_line = "**The adapter beats the base model on held-out notes: answer NLL 3.000 → 2.000 (-33.3%).**"
-    assert verdict_line in text.splitlines()
+    assert text.splitlines()[2:5] == [
+        "## Was fine-tuning worth it on your notes?",
+        "",
+        "**Tune**: the tuned model alone",
+    ]
     assert "**Promotion gate:** passes — NLL lower" in text
     assert "| tuned vs base | answer likelihood | 1.000 [1.000, 1.000] |" in text
     for section in (
@@ -62,13 +75,78 @@ def test_report_has_verdict_tables_pictures_and_examples(tmp_path):
     assert inline.count("data:image/png;base64,") == 2 and "](loss_curve.png)" not in inline
 
 
-def test_verdict_says_whether_the_adapter_helps_with_the_numbers():
-    assert verdict({"nll": 2.0}, {"nll": 2.5}) == (
-        "The adapter does not beat the base model on held-out notes: answer NLL 2.000 → 2.500 (+25.0%)."
+def contenders(**voice: float) -> dict[str, dict[str, float]]:
+    """Six contenders' summaries with the given voice perplexities (the rest equal)."""
+    return {
+        name: {"voice_perplexity": value, "voice_nll": float(value), "unsupported": 0.5, "rouge_l": 0.2, "loops": 0.0}
+        for name, value in voice.items()
+    }
+
+
+def spread(**unsupported: tuple[float, float, float]) -> dict[str, dict[str, Interval]]:
+    return {name: {"unsupported": Interval(*values)} for name, values in unsupported.items()}
+
+
+def test_the_recommendation_follows_voice_and_grounding():
+    summary = contenders(base=30, prompted=20, **{"base+rag": 25}, tuned=12, **{"tuned+rag": 13})
+    summary["tuned"] |= {"voice_gap_high": -0.1}
+    summary["tuned+rag"]["unsupported"] = 0.2
+    grounded = spread(
+        base=(0.5, 0.4, 0.6), tuned=(0.5, 0.4, 0.6), **{"base+rag": (0.3, 0.2, 0.35)}, **{"tuned+rag": (0.2, 0.1, 0.3)}
     )
-    assert verdict({"nll": 2.0}, {"nll": 2.0}) == (  # a tie is no win
-        "The adapter does not beat the base model on held-out notes: answer NLL 2.000 → 2.000 (+0.0%)."
+    assert recommendation(summary, grounded).startswith("**Both**: use the tuned model with retrieval")
+    summary["tuned"]["voice_gap_high"] = 0.05  # within noise of prompting
+    advice = recommendation(summary, grounded)
+    assert advice.startswith("**Retrieve**") and "does not write measurably more like you than prompted" in advice
+    flat = spread(
+        base=(0.5, 0.4, 0.6), tuned=(0.5, 0.4, 0.6), **{"base+rag": (0.5, 0.4, 0.6)}, **{"tuned+rag": (0.5, 0.4, 0.6)}
     )
-    assert verdict({"nll": 2.0}, {"nll": 1.5}) == (
-        "The adapter beats the base model on held-out notes: answer NLL 2.000 → 1.500 (-25.0%)."
+    summary["tuned+rag"]["unsupported"] = 0.5
+    assert recommendation(summary, flat).startswith("**Prompt**: neither")
+    summary["tuned"]["voice_gap_high"] = -0.1
+    assert recommendation(summary, flat).startswith("**Tune**: the tuned model alone")
+
+
+def test_the_report_opens_with_all_six_contenders_and_their_intervals(tmp_path):
+    names = ["base", "prompted", "base+rag", "champion", "tuned", "tuned+rag"]
+    results = {name: per_item(2.0, 0.2) for name in names}
+    summary = {
+        name: summarize(frame)
+        | {
+            "voice_perplexity": 10.0 + i,
+            "authorship": 0.1 * i,
+            "loops": 0.0,
+            "memorized": 0.0,
+            "cited_right": float("nan"),
+        }
+        for i, (name, frame) in enumerate(results.items())
+    }
+    intervals = {
+        name: {"unsupported": Interval(0.25, 0.0, 0.5), "authorship": Interval(0.1 * i, 0.0, 0.9)}
+        for i, name in enumerate(names)
+    }
+    intervals["tuned"]["voice_ratio_vs_base"] = Interval(14 / 10, 1.2, 1.6)
+    steps = pd.DataFrame({"step": [1], "loss": [3.0], "mean_token_accuracy": [0.1]})
+    files = write_report(
+        tmp_path / "r",
+        "Evaluation",
+        summary,
+        results,
+        steps,
+        {},
+        "does not pass — too few test items",
+        advice="**Prompt**",
+        uncertain=True,
+        efficacy=Efficacy({}, intervals),
+        costs={"tuned": "0.50 s/answer + 60 s training"},
+        blind=(4, Interval(0.5, 0.0, 1.0)),
     )
+    text = files.markdown.read_text()
+    assert "**Too few test items to judge:**" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.split(" | ")[0][2:] in names]
+    assert [row.split(" | ")[0][2:] for row in rows[:6]] == names
+    tuned = next(row for row in rows if row.startswith("| tuned |"))
+    assert "| 14.00 (×1.400 [1.200, 1.600] of base) | 0.400 [0.000, 0.900] | 0.250 [0.000, 0.500] |" in tuned
+    assert tuned.endswith("| 0.50 s/answer + 60 s training |")
+    assert "people took the champion's writing for yours in 0.500 [0.000, 1.000] of 4 picks" in text
+    assert (files.markdown.parent / "worth_it.png").stat().st_size > 1000

@@ -32,7 +32,7 @@ BREAD = ["Sourdough bread needs a lively starter and a long, cool rise overnight
 
 
 def rows(*notes: tuple[str, str, list[str]]) -> pd.DataFrame:
-    """Passages as `indexable_passages` returns them; a note's id is its file's stem."""
+    """Passages as `note_passages` returns them; a note's id is its file's stem."""
     return pd.DataFrame(
         [
             {"note_id": Path(path).stem, "path": path, "sha256": sha, "passage_index": i, "topic": "", "text": text}

@@ -104,10 +104,12 @@ class SplitConfig(dg.Config):
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sources: list[str] = Field(
-        default=["notes"],
-        description="where pairs come from: 'notes', 'request_log' (request_log_pairs), "
+        default=["notes", "writing"],
+        description="where pairs come from: 'notes' (synthesized Q&A), 'writing' (the passages themselves: "
+        "continued pretraining and writing tasks, no LLM), 'request_log' (request_log_pairs), "
         "'prompt_completion' (prompt_completion_pairs), or a mix",
     )
+    writing_seed: int = Field(default=0, description="draws the writing tasks' prompt phrasings and system prompts")
 
 
 class EdgeCaseConfig(dg.Config):

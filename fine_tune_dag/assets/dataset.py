@@ -25,6 +25,7 @@ from fine_tune_dag.core.text.splits import (
     write_jsonl,
 )
 from fine_tune_dag.core.text.synthesis import MODES
+from fine_tune_dag.core.text.writing import WRITING_MODES
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -32,7 +33,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 
 def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
     """Which note (file and content hash) gave how many pairs to which side of this dataset version: lineage."""
-    from_notes = splits[splits["mode"].isin(MODES)]
+    from_notes = splits[splits["mode"].isin(MODES + WRITING_MODES)]
     counts = from_notes.groupby(["note_id", "split"]).size().rename("pairs").reset_index()
     return counts.merge(note_files(db), on="note_id", how="left").assign(dataset_version=version)
 
@@ -42,7 +43,7 @@ def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
     group_name="dataset",
     pool="duckdb",
     kinds={"python", "duckdb"},
-    code_version="splits-2",
+    code_version="splits-3",
 )
 def dataset_splits(
     context: dg.AssetExecutionContext,
@@ -57,7 +58,9 @@ def dataset_splits(
     excluded = paths_outside(db, note_ids)
     trainable, rejected, duplicates = trainable_notes(db, note_ids)
     with stage_failures():
-        kept = pd.concat([kept_pairs(db, source, trainable) for source in config.sources], ignore_index=True)
+        kept = pd.concat(
+            [kept_pairs(db, source, trainable, config.writing_seed) for source in config.sources], ignore_index=True
+        )
     splits = assign_splits(kept, config.test_fraction, config.system_prompt)
     tokenizer = load_tokenizer(models.resolve().path)
     rendered = [render_training_example(tokenizer, r["messages"]) for r in records_of(splits)]

@@ -26,7 +26,7 @@ from fine_tune_dag.core.modeling.models import (
 from fine_tune_dag.core.store.edge_cases import edge_case_answers, main_line_adapters
 from fine_tune_dag.core.store.edge_cases import edge_cases as edge_cases_table
 from fine_tune_dag.core.store.registry import latest_adapter
-from fine_tune_dag.core.store.splits import test_split
+from fine_tune_dag.core.store.splits import split_items
 from fine_tune_dag.core.text.splits import records_of
 from fine_tune_dag.core.workflows.evaluation import SHOWN_VERSIONS
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -58,7 +58,7 @@ def edge_cases(
     model = with_adapters(base, dict(zip(adapters.version, adapters.path)))
     tokenizer = load_tokenizer(Path(newest.path))
 
-    test = test_split(db)
+    test = split_items(db, "test")
     with model.disable_adapter():
         scores = answer_nll(model, tokenizer, [r["messages"] for r in records_of(test)], config.batch_size)
     test["nll_per_token"] = scores["nll_sum"] / scores["answer_tokens"].clip(lower=1)

@@ -7,6 +7,7 @@ from fine_tune_dag.assets.config import EvaluationConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.dpo import dpo_adapter
 from fine_tune_dag.assets.edge_cases import edge_cases
+from fine_tune_dag.assets.retrieval import retrieval_index
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.errors import StageError
@@ -22,12 +23,12 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 
 
 @dg.asset(
-    deps=[lora_adapter, dpo_adapter, edge_cases, dataset_splits],
+    deps=[lora_adapter, dpo_adapter, edge_cases, dataset_splits, retrieval_index],
     group_name="evaluation",
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "markdown"},
-    code_version=f"evaluation-2+{fingerprint(EvaluationSettings())}",
+    code_version=f"evaluation-3+{fingerprint(EvaluationSettings())}",
 )
 def eval_report(
     context: dg.AssetExecutionContext,
@@ -38,8 +39,9 @@ def eval_report(
     artifacts: ArtifactStoreResource,
     llm: LLMResource,
 ) -> dg.MaterializeResult:
-    """NLL, perplexity, ROUGE-L, token F1, grounding and style for base, best-prompted base, champion and
-    newcomer on the same items, with plots, win rates and edge cases."""
+    """Was fine-tuning worth it? Voice, authorship, grounding, loops and memorization, with answer NLL, ROUGE-L
+    and token F1, for the base model, the best-prompted base, base + retrieval, the champion, the newcomer and the
+    newcomer + retrieval on the same held-out items, with plots, win rates and edge cases."""
     db = warehouse.get()
     judge = llm.judge(config.judge, db, context)
     with stage_failures():

@@ -8,8 +8,7 @@ from fine_tune_dag.assets.config import RetrievalConfig
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.retrieval.index import build_index
-from fine_tune_dag.core.store.notes import trainable_notes
-from fine_tune_dag.core.store.retrieval import indexable_passages
+from fine_tune_dag.core.store.notes import note_passages, trainable_notes
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
@@ -24,7 +23,7 @@ def retrieval_index(
     note_ids, _, _ = trainable_notes(db, context.instance.get_dynamic_partitions(notes_partitions.name))
     with stage_failures():
         try:
-            build = build_index(indexable_passages(db, note_ids), paths.layout.index, config.settings())
+            build = build_index(note_passages(db, note_ids), paths.layout.index, config.settings())
         except ValueError as error:  # no passages yet, or settings that cannot build an index
             raise StageError(str(error)) from error
     return dg.MaterializeResult(

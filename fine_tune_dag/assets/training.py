@@ -22,7 +22,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     kinds={"pytorch"},
-    code_version=f"training-1+{fingerprint(TrainingSettings())}",
+    code_version=f"training-2+{fingerprint(TrainingSettings())}",
 )
 def lora_adapter(
     context: dg.AssetExecutionContext,

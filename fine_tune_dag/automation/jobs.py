@@ -19,9 +19,9 @@ from fine_tune_dag.assets.training import lora_adapter
 
 NOTE_ASSETS = [raw_notes, passages, qa_pairs]
 TEACHER_ASSETS = [request_log_pairs, prompt_completion_pairs]
-MODEL_ASSETS = [dataset_splits, base_model, lora_adapter, edge_cases, eval_report, champion_adapter]
+MODEL_ASSETS = [dataset_splits, retrieval_index, base_model, lora_adapter, edge_cases, eval_report, champion_adapter]
 PREFERENCE_ASSETS = [preference_candidates, preference_pairs, dpo_adapter]
-ALL_ASSETS = [*NOTE_ASSETS, *TEACHER_ASSETS, *MODEL_ASSETS, *PREFERENCE_ASSETS, retrieval_index]
+ALL_ASSETS = [*NOTE_ASSETS, *TEACHER_ASSETS, *MODEL_ASSETS, *PREFERENCE_ASSETS]
 
 notes_job = dg.define_asset_job(
     "notes_job",

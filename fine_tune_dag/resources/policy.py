@@ -22,8 +22,30 @@ class AutomationPolicy(dg.ConfigurableResource):
         default=PromotionPolicy.min_nll_improvement, description="relative NLL gain a challenger needs"
     )
     metric_tolerance: float = Field(
-        default=PromotionPolicy.metric_tolerance, description="largest drop in ROUGE-L or token F1 allowed"
+        default=PromotionPolicy.metric_tolerance,
+        description="largest worsening allowed in ROUGE-L, token F1 or the unsupported-content share",
+    )
+    min_test_items: int = Field(
+        default=PromotionPolicy.min_test_items, description="held-out passages below which voice cannot decide"
+    )
+    promote_when_uncertain: bool = Field(
+        default=PromotionPolicy.promote_when_uncertain,
+        description="promote on too few test items or a voice interval that spans no difference",
+    )
+    max_shared_words: int = Field(
+        default=PromotionPolicy.max_shared_words,
+        description="a generation sharing a longer run of words with the train split regurgitates",
+    )
+    max_memorized_share: float = Field(
+        default=PromotionPolicy.max_memorized_share, description="largest share of generations that may regurgitate"
     )
 
     def promotion(self) -> PromotionPolicy:
-        return PromotionPolicy(self.min_nll_improvement, self.metric_tolerance)
+        return PromotionPolicy(
+            self.min_nll_improvement,
+            self.metric_tolerance,
+            self.min_test_items,
+            self.promote_when_uncertain,
+            self.max_shared_words,
+            self.max_memorized_share,
+        )

@@ -22,6 +22,12 @@ def chat_messages(system: str, user: str, assistant: str | None = None) -> list[
     return messages
 
 
+def text_messages(text: str) -> list[Message]:
+    """Continued pretraining on the author's own text: no template and no question, every token learned
+    (see `render_training_example`)."""
+    return [{"role": "assistant", "content": text}]
+
+
 def render_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     """Token ids of the conversation up to and including the assistant header."""
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
@@ -39,11 +45,12 @@ def render_training_example(tokenizer: Any, messages: Sequence[Message]) -> Toke
     """Prompt ids from `render_prompt_ids`, then the answer and EOS.
 
     The label mask comes from the prompt length, never from searching for a response marker, and
-    EOS is appended by id so it is learned even when the pad token is the same token.
+    EOS is appended by id so it is learned even when the pad token is the same token. A lone assistant
+    message (`text_messages`) has no prompt at all: plain text, every token learned.
     """
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("a training example ends with the assistant's answer")
-    prompt_ids = render_prompt_ids(tokenizer, messages[:-1])
+    prompt_ids = render_prompt_ids(tokenizer, messages[:-1]) if len(messages) > 1 else []
     answer_ids = list(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"])
     answer_ids.append(tokenizer.eos_token_id)
     return TokenizedExample(

@@ -12,6 +12,8 @@ import math
 import random
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -22,9 +24,11 @@ from peft import PeftModel
 
 from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.modeling.chat import Message, render_prompt_ids, render_training_example
-from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.generation import GenerationSettings, generate_batch
 from fine_tune_dag.core.modeling.loop import answer_token_losses, collate
 from fine_tune_dag.core.modeling.statistics import Interval, bootstrap_mean, win_rate
+from fine_tune_dag.core.retrieval.index import PassageIndex
+from fine_tune_dag.core.retrieval.prompt import cited_notes, retrieval_messages
 from fine_tune_dag.core.text.metrics import rouge_l_f1, style_distance, token_f1, unsupported_share, words
 from fine_tune_dag.prompts import load_prompt
 
@@ -33,6 +37,17 @@ from fine_tune_dag.prompts import load_prompt
 class EvaluationSettings:
     max_examples: int = field(default=64, metadata={"help": "test items evaluated (all of them when fewer)"})
     max_new_tokens: int = field(default=96, metadata={"help": "answer length of each contender"})
+    max_voice_items: int = field(
+        default=64, metadata={"help": "held-out passages whose perplexity measures voice (all of them when fewer)"}
+    )
+    max_written_notes: int = field(
+        default=12, metadata={"help": "notes each contender writes for the authorship, loop and memorization checks"}
+    )
+    written_max_new_tokens: int = field(default=128, metadata={"help": "length of each written note, in tokens"})
+    few_shot_passages: int = field(
+        default=3, metadata={"help": "the author's own train passages shown to the best-prompted base model"}
+    )
+    retrieval_top_k: int = field(default=3, metadata={"help": "passages retrieval puts in context"})
     batch_size: int = field(default=8, metadata={"help": "items per generation and scoring batch"})
     device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
     dtype: str = field(default="auto", metadata={"help": "base weights: auto, bfloat16 or float32"})
@@ -59,17 +74,25 @@ def answer_nll(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Mess
 
 
 BEST_PROMPT_INSTRUCTION = (
-    "You are the author of these notes. Answer the question in your own voice, from what you have written: "
-    "first person, plain words, the same short sentences as in the examples. Say only what your notes say; "
-    "answer in one to three sentences."
+    "You are the author of these notes. Answer in your own voice, from what you have written: first person, "
+    "plain words, the same sentences as in the examples of your writing. Say only what your notes say."
 )
 
 
 @dataclass(frozen=True)
 class Contender:
+    """One way of asking: a model (the base or a named adapter) and the conversations it is asked in.
+
+    `conversations` are the Q&A items; `voice` the writing tasks whose answers are the author's held-out
+    passages; `writes` whether it also writes notes for the authorship, loop and memorization checks;
+    `cited` the notes retrieval put in context for each Q&A item (empty without retrieval)."""
+
     name: str
     adapter: str | None  # a named adapter of the PeftModel; None switches adapters off (the base model)
     conversations: Sequence[Sequence[Message]]  # system, user, assistant — how this contender is asked
+    voice: Sequence[Sequence[Message]] = ()
+    writes: bool = False
+    cited: Sequence[Sequence[str]] = ()
 
 
 def pick_examples(
@@ -92,6 +115,92 @@ def best_prompt_conversations(
     return [[{"role": "system", "content": BEST_PROMPT_INSTRUCTION}, *shots, *c[1:]] for c in conversations]
 
 
+def retrieval_conversations(
+    conversations: Sequence[Sequence[Message]],
+    index: PassageIndex,
+    top_k: int,
+    exclude_notes: Sequence[str] = (),
+) -> tuple[list[list[Message]], list[list[str]]]:
+    """Each conversation with the passages retrieval finds for its question in context, and the notes cited.
+
+    `exclude_notes` (one per conversation) keeps a writing task from retrieving the very passage it is
+    scored on: voice is measured on what the model writes, not on what it copies."""
+    asked, cited = [], []
+    for position, messages in enumerate(conversations):
+        system, question, answer = messages[0]["content"], messages[-2]["content"], messages[-1]["content"]
+        excluded = [exclude_notes[position]] if exclude_notes else []
+        found = index.search(question, top_k, exclude_notes=excluded)
+        asked.append(retrieval_messages(system, question, found, answer))
+        cited.append(cited_notes(found))
+    return asked, cited
+
+
+@contextmanager
+def contender_weights(model: PeftModel, adapter: str | None) -> Iterator[None]:
+    """The base model (adapters off) or one named adapter, for the duration of a contender's work."""
+    if adapter is None:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(adapter)
+        yield
+
+
+def voice_scores(
+    model: PeftModel, tokenizer: Any, contenders: Sequence[Contender], settings: EvaluationSettings
+) -> dict[str, pd.DataFrame]:
+    """Per held-out passage and contender: the summed NLL and token count of the author's own words."""
+    scores = {}
+    for contender in contenders:
+        with contender_weights(model, contender.adapter):
+            scores[contender.name] = answer_nll(
+                model, tokenizer, list(contender.voice)[: settings.max_voice_items], settings.batch_size
+            )
+    return scores
+
+
+def written_notes(
+    model: PeftModel,
+    tokenizer: Any,
+    contenders: Sequence[Contender],
+    settings: EvaluationSettings,
+    generation: GenerationSettings,
+) -> dict[str, list[str]]:
+    """What each writing contender writes on the first `max_written_notes` voice prompts, sampled with the
+    generation defaults a user gets (the same seed for every contender)."""
+    notes = {}
+    for contender in contenders:
+        if not contender.writes:
+            continue
+        with contender_weights(model, contender.adapter):
+            notes[contender.name] = write_notes(
+                model, tokenizer, list(contender.voice)[: settings.max_written_notes], settings, generation
+            )
+    return notes
+
+
+def write_notes(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    settings: EvaluationSettings,
+    generation: GenerationSettings,
+) -> list[str]:
+    """The model's writing on each conversation's prompt (its last turn, the reference, is left out)."""
+    prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
+    return generate_batch(
+        model,
+        tokenizer,
+        prompts,
+        settings.written_max_new_tokens,
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        batch_size=settings.batch_size,
+        seed=generation.seed,
+        no_repeat_ngram_size=generation.no_repeat_ngram_size,
+    )
+
+
 def evaluate_contender(
     model: Any,
     tokenizer: Any,
@@ -99,8 +208,10 @@ def evaluate_contender(
     settings: EvaluationSettings,
     sources: Sequence[str],
     on_progress: Callable[[int], None] | None = None,
+    cited: Sequence[Sequence[str]] = (),
 ) -> pd.DataFrame:
-    """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share.
+    """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share, and the
+    notes retrieval cited (empty without retrieval).
 
     `attrs["seconds"]` says where the time went ({"nll": …, "generation": …}), so a slow evaluation can be
     traced to a contender and a stage."""
@@ -109,10 +220,17 @@ def evaluate_contender(
     scored = time.perf_counter()
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
     generations = generate_batch(
-        model, tokenizer, prompts, settings.max_new_tokens, batch_size=settings.batch_size, on_batch=on_progress
+        model,
+        tokenizer,
+        prompts,
+        settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        on_batch=on_progress,
+        no_repeat_ngram_size=GenerationSettings.no_repeat_ngram_size,
     )
     seconds = {"nll": scored - started, "generation": time.perf_counter() - scored}
     references = [messages[-1]["content"] for messages in conversations]
+    cited = list(cited)[: len(conversations)] if cited else [[] for _ in conversations]
     per_item = scores.assign(
         question=[messages[-2]["content"] for messages in conversations],
         reference=references,
@@ -122,6 +240,7 @@ def evaluate_contender(
         unsupported=[unsupported_share(g, source) for g, source in zip(generations, sources)],
         words=[len(words(g)) for g in generations],
         source=list(sources),
+        cited=cited,
     )
     per_item.attrs["seconds"] = seconds
     return per_item
@@ -129,7 +248,12 @@ def evaluate_contender(
 
 def summarize(per_item: pd.DataFrame) -> dict[str, float]:
     """Token-weighted mean NLL (so long answers count per token), its perplexity, mean overlaps, and
-    the style distance of all generations to the author's held-out passages."""
+    the style distance of all generations to the author's held-out passages. All NaN without Q&A items
+    (a small corpus whose test notes kept no pairs is still judged on voice)."""
+    if per_item.empty:
+        return dict.fromkeys(
+            ["nll", "perplexity", "rouge_l", "token_f1", "unsupported", "style_distance", "words"], math.nan
+        )
     mean_nll = per_item["nll_sum"].sum() / max(per_item["answer_tokens"].sum(), 1)
     return {
         "nll": float(mean_nll),
@@ -242,10 +366,8 @@ def compare_contenders(
     for contender in contenders:
         chosen = list(contender.conversations)[: settings.max_examples]
         report = partial(on_progress, contender.name) if on_progress else None
-        if contender.adapter is None:
-            with model.disable_adapter():
-                results[contender.name] = evaluate_contender(model, tokenizer, chosen, settings, chosen_sources, report)
-        else:
-            model.set_adapter(contender.adapter)
-            results[contender.name] = evaluate_contender(model, tokenizer, chosen, settings, chosen_sources, report)
+        with contender_weights(model, contender.adapter):
+            results[contender.name] = evaluate_contender(
+                model, tokenizer, chosen, settings, chosen_sources, report, contender.cited
+            )
     return results

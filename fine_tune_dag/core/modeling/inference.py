@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from huggingface_hub import HfApi, ModelCardData, constants
@@ -22,8 +22,8 @@ from huggingface_hub.utils import validate_repo_id
 from peft import PeftModel
 from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.modeling.generation import decoding_kwargs
+from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, render_prompt_ids
+from fine_tune_dag.core.modeling.generation import decoding_kwargs, load_generation_settings, save_generation_settings
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
     load_tokenizer,
@@ -31,6 +31,8 @@ from fine_tune_dag.core.modeling.models import (
     select_dtype,
     with_adapters,
 )
+from fine_tune_dag.core.retrieval.index import RetrievedPassage
+from fine_tune_dag.core.retrieval.prompt import retrieval_messages
 
 TRAINING_CONFIG = "training_config.json"
 _TRUTHY = {"1", "ON", "YES", "TRUE"}
@@ -104,15 +106,17 @@ def stream_answer(
     top_p: float = 1.0,
     no_repeat_ngram_size: int = 0,
     seed: int = 0,
+    passages: Sequence[RetrievedPassage] = (),
 ) -> Iterator[str]:
     """Answer text piece by piece as it is generated, for a terminal or chat UI.
 
     Same prompt ids and decoding as `generate_batch` (`**asdict(GenerationSettings(...))` fills the same
     arguments), so with the same settings and seed the pieces join to its answer. The
     streamer emits whole words (or lines), not single tokens. Generation runs in a background thread;
-    an error there is raised here, and closing this iterator early stops the generation.
+    an error there is raised here, and closing this iterator early stops the generation. With `passages`
+    (retrieval), they are in context before the question.
     """
-    prompt = render_prompt_ids(tokenizer, chat_messages(system_prompt, question))
+    prompt = render_prompt_ids(tokenizer, retrieval_messages(system_prompt, question, passages))
     input_ids = torch.tensor([prompt], dtype=torch.long, device=next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     reader_gone = threading.Event()
@@ -163,6 +167,7 @@ def export_merged(adapter_dir: Path, out_dir: Path, dtype: str = "float32") -> P
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.copy2(adapter_dir / TRAINING_CONFIG, tmp / TRAINING_CONFIG)
+        save_generation_settings(tmp, load_generation_settings(adapter_dir))  # the adapter's defaults, not the base's
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
+from fine_tune_dag.core.modeling.efficacy import CONTENDER_ROLES, Efficacy
 from fine_tune_dag.core.modeling.statistics import Interval
 from fine_tune_dag.core.text.markdown import table  # noqa: E402
 
-CONTENDER_COLORS = {"base": "tab:gray", "prompted": "tab:olive", "champion": "tab:blue", "tuned": "tab:green"}
+CONTENDER_COLORS = {
+    "base": "tab:gray",
+    "prompted": "tab:olive",
+    "base+rag": "tab:cyan",
+    "champion": "tab:blue",
+    "tuned": "tab:green",
+    "tuned+rag": "tab:red",
+}
 METRIC_LABELS = {
     "nll": "answer NLL (lower is better)",
     "perplexity": "perplexity (lower is better)",
@@ -29,6 +38,11 @@ METRIC_LABELS = {
     "unsupported": "unsupported content (lower is better)",
     "style_distance": "style distance to the author (lower is better)",
     "words": "words per answer",
+    "voice_perplexity": "voice perplexity of held-out passages (lower is better)",
+    "authorship": "written notes attributed to the author (higher is better)",
+    "cited_right": "right note cited by retrieval (higher is better)",
+    "loops": "generations looping (lower is better)",
+    "memorized": "generations regurgitating the train split (lower is better)",
 }
 
 
@@ -76,11 +90,81 @@ img {{ max-width: 100%; }}
 """
 
 
-def verdict(base: dict[str, float], tuned: dict[str, float]) -> str:
-    change = (tuned["nll"] - base["nll"]) / base["nll"] * 100 if base["nll"] else 0.0
-    if tuned["nll"] < base["nll"]:
-        return f"The adapter beats the base model on held-out notes: answer NLL {base['nll']:.3f} → {tuned['nll']:.3f} ({change:+.1f}%)."
-    return f"The adapter does not beat the base model on held-out notes: answer NLL {base['nll']:.3f} → {tuned['nll']:.3f} ({change:+.1f}%)."
+def _cell(summary: Mapping[str, float], intervals: Mapping[str, Interval], metric: str, digits: int = 3) -> str:
+    """A metric with its interval when there is one; a dash where it was not measured."""
+    if metric in intervals and not math.isnan(intervals[metric].value):
+        return str(intervals[metric])
+    value = summary.get(metric, math.nan)
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def worth_it_table(summary: Mapping[str, Mapping[str, float]], efficacy: Efficacy, costs: Mapping[str, str]) -> str:
+    """Every contender on voice, authorship, grounding, loops and cost: the answer to "was it worth it?"."""
+    rows = []
+    for name, values in summary.items():
+        spread = efficacy.intervals.get(name, {})
+        ratio = efficacy.intervals.get("tuned", {}).get("voice_ratio_vs_base") if name == "tuned" else None
+        rows.append(
+            [
+                name,
+                CONTENDER_ROLES.get(name, name),
+                _cell(values, {}, "voice_perplexity", 2) + (f" (×{ratio} of base)" if ratio else ""),
+                _cell(values, spread, "authorship"),
+                _cell(values, spread, "unsupported"),
+                _cell(values, spread, "rouge_l"),
+                _cell(values, spread, "cited_right"),
+                _cell(values, {}, "loops", 2),
+                _cell(values, {}, "memorized", 2),
+                costs.get(name, ""),
+            ]
+        )
+    return table(
+        rows,
+        [
+            "contender",
+            "how it answers",
+            "voice perplexity (lower: more like you)",
+            "written notes attributed to you [95% CI]",
+            "unsupported content [95% CI]",
+            "ROUGE-L [95% CI]",
+            "right note cited",
+            "looping",
+            "regurgitating",
+            "cost",
+        ],
+    )
+
+
+def plot_worth_it(summary: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+    """Voice perplexity, authorship and unsupported content per contender, side by side."""
+    names = [
+        ("voice_perplexity", "voice perplexity (lower is better)"),
+        ("authorship", "attributed to you (higher is better)"),
+        ("unsupported", "unsupported content (lower is better)"),
+    ]
+    figure, axes = plt.subplots(1, len(names), figsize=(14, 3.4))
+    contenders = list(summary)
+    for axis, (metric, label) in zip(axes, names):
+        values = [summary[c].get(metric, math.nan) for c in contenders]
+        axis.bar(
+            contenders,
+            [0 if math.isnan(v) else v for v in values],
+            color=[CONTENDER_COLORS.get(c, "tab:purple") for c in contenders],
+        )
+        axis.set_title(label, fontsize=9)
+        axis.tick_params(axis="x", labelrotation=30, labelsize=8)
+        for x, value in enumerate(values):
+            axis.annotate(
+                "—" if math.isnan(value) else f"{value:.2f}",
+                (x, 0 if math.isnan(value) else value),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def plot_loss_curve(steps: pd.DataFrame, path: Path) -> Path:
@@ -136,7 +220,9 @@ def plot_metrics(summary: dict[str, dict[str, float]], path: Path) -> Path:
 
 
 def metrics_table(summary: dict[str, dict[str, float]]) -> str:
-    rows = [[label] + [f"{summary[c][name]:.4f}" for c in summary] for name, label in METRIC_LABELS.items()]
+    rows = [
+        [label] + [f"{summary[c].get(name, math.nan):.4f}" for c in summary] for name, label in METRIC_LABELS.items()
+    ]
     return table(rows, ["metric", *summary])
 
 
@@ -162,17 +248,51 @@ def write_report(
     head_to_head: Sequence[tuple[str, str, Interval]] = (),
     edge_cases: str = "",
     examples: int = 6,
+    efficacy: Efficacy | None = None,
+    advice: str = "",
+    uncertain: bool = False,
+    blind: tuple[int, Interval] | None = None,
+    costs: Mapping[str, str] | None = None,
 ) -> ReportFiles:
     """`promotion` is the gate's verdict in words: whether this adapter may replace the champion, and why.
-    `head_to_head` holds the new adapter's win rates against each other contender, with intervals."""
+    `head_to_head` holds the new adapter's win rates against each other contender, with intervals; `advice`
+    the recommendation the report opens with, from `efficacy`; `blind` the blind test of the champion so far
+    (picks, share of picks that took the model for the author)."""
     folder.mkdir(parents=True, exist_ok=True)
     loss_curve = plot_loss_curve(training_steps, folder / "loss_curve.png")
     metrics_chart = plot_metrics(summary, folder / "metrics.png")
     text = f"""# {title}
 
-**{verdict(summary["base"], summary["tuned"])}**
+## Was fine-tuning worth it on your notes?
+
+{advice}
 
 **Promotion gate:** {promotion}
+"""
+    if uncertain:
+        text += "\n**Too few test items to judge:** the comparison with prompting and retrieval is within noise.\n"
+    if efficacy is not None:
+        plot_worth_it(summary, folder / "worth_it.png")
+        text += f"""
+{worth_it_table(summary, efficacy, costs or {})}
+
+![voice, authorship and grounding](worth_it.png)
+
+Voice: perplexity of your held-out notes' own passages under "write a note about …" (retrieval never hands a
+contender the passage it is scored on). Authorship: share of the notes a contender wrote that a classifier,
+trained on your train passages against other writing, attributes to you. Unsupported content: share of an
+answer's content words absent from its source passage. Looping: share of generations stuck repeating a phrase.
+Regurgitating: share of generations that copy a long run of words from the train split.
+"""
+    if blind is not None:
+        picks, share = blind
+        text += (
+            f"\n**Blind test** (`fine-tune-dag annotate --blind`): people took the champion's writing for yours in "
+            f"{share} of {picks} picks; 0.5 means they cannot tell.\n"
+            if picks
+            else "\n**Blind test:** no picks yet — run `fine-tune-dag annotate --blind` to see if people can tell.\n"
+        )
+    text += f"""
 
 ## Metrics on the test split
 

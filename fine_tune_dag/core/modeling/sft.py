@@ -75,10 +75,36 @@ class TrainingSettings:
     checkpoint_steps: int = field(
         default=25, metadata={"help": "save resumable state every n optimizer steps; 0: never"}
     )
+    mix_qa: float = field(default=1.0, metadata={"help": "weight of the synthesized Q&A pairs in the mix (2: twice)"})
+    mix_pretrain: float = field(
+        default=1.0, metadata={"help": "weight of continued pretraining on the author's passages (loss on every token)"}
+    )
+    mix_write: float = field(
+        default=1.0, metadata={"help": "weight of the 'write a note about …' → verbatim passage tasks"}
+    )
+    mix_continue: float = field(default=1.0, metadata={"help": "weight of the 'continue this' → next sentences tasks"})
+    mix_retrieval_qa: float = field(
+        default=0.0,
+        metadata={"help": "weight of Q&A with the source passage among distractors in context (for tuned + retrieval)"},
+    )
+    retrieval_distractors: int = field(
+        default=2, metadata={"help": "passages of other train notes beside the right one in retrieval-augmented Q&A"}
+    )
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "recompute layer activations in backward: less memory for longer sequences, slower steps"},
     )
+
+
+def mix_weights(settings: TrainingSettings) -> dict[str, float]:
+    """The mix weights by source name (`core.text.mixing.MIX_SOURCES`)."""
+    return {
+        "qa": settings.mix_qa,
+        "pretrain": settings.mix_pretrain,
+        "write": settings.mix_write,
+        "continue": settings.mix_continue,
+        "retrieval_qa": settings.mix_retrieval_qa,
+    }
 
 
 def tokenize_conversations(

@@ -14,8 +14,9 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text import ingest
 from fine_tune_dag.core.text.ingest import ParsedNote
 from fine_tune_dag.core.text.watch import file_sha256
+from fine_tune_dag.core.text.writing import writing_examples
 
-PAIR_SOURCES = ("notes", "request_log", "prompt_completion")
+PAIR_SOURCES = ("notes", "writing", "request_log", "prompt_completion")
 
 
 def _now() -> datetime:
@@ -116,10 +117,25 @@ def trainable_notes(db: Warehouse, note_ids: list[str]) -> tuple[list[str], pd.D
     return parsed[~parsed.duplicated("sha256")]["note_id"].tolist(), rejected, duplicates
 
 
-def kept_pairs(db: Warehouse, source: str, note_ids: list[str]) -> pd.DataFrame:
-    """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note."""
+def note_passages(db: Warehouse, note_ids: list[str]) -> pd.DataFrame:
+    """These notes' passages with each note's file, title and content hash (what lets the retrieval index reuse
+    an unchanged note's entries), in file and passage order."""
+    return db.query(
+        "SELECT p.note_id, n.path, n.sha256, n.title, p.passage_index, p.topic, p.text "
+        "FROM passages p JOIN raw_notes n USING (note_id) "
+        "WHERE p.note_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY n.path, p.passage_index",
+        [note_ids],
+    )
+
+
+def kept_pairs(db: Warehouse, source: str, note_ids: list[str], writing_seed: int = 0) -> pd.DataFrame:
+    """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note.
+
+    'writing' is the author's own text as training examples (`core.text.writing`), drawn with `writing_seed`."""
     if source not in PAIR_SOURCES:
         raise StageError(f"unknown source {source!r}; choose from {PAIR_SOURCES}")
+    if source == "writing":
+        return writing_examples(note_passages(db, note_ids), writing_seed).drop(columns="passage_index")
     if source == "notes":
         return db.query(
             "SELECT pair_id, note_id, mode, NULL AS system, question, answer FROM qa_pairs "

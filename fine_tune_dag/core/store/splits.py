@@ -2,38 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.writing import WRITE, WRITING_MODES
 
-# The items of one split with the passage each answer was drawn from (teacher pairs have none: their question
-# and answer stand in as `source`), for the unsupported-content share, the style comparison and the author's
-# side of preference comparisons.
-_SPLIT_ITEMS_SQL = """
-    SELECT s.*, p.text AS passage, coalesce(p.text, s.question || ' ' || s.answer) AS source
+# The rows of one split with the passage each answer was drawn from and its note's file (teacher pairs have
+# neither: their question and answer stand in as `source`), for the unsupported-content share, the style
+# comparison, the author's side of preference comparisons and retrieval-augmented training.
+_SPLIT_ROWS_SQL = """
+    SELECT s.*, q.passage_index, p.text AS passage, n.path,
+        coalesce(p.text, s.question || ' ' || s.answer) AS source
     FROM dataset_splits s
     LEFT JOIN qa_pairs q USING (pair_id)
     LEFT JOIN passages p ON p.note_id = q.note_id AND p.passage_index = q.passage_index
-    WHERE s.split = ?
+    LEFT JOIN raw_notes n ON n.note_id = s.note_id
+    WHERE s.split = ? AND s.mode NOT IN (SELECT unnest(?::VARCHAR[]))
     ORDER BY s.note_id, s.pair_id
 """
 
 
+def _split_rows(db: Warehouse, side: str, excluded_modes: Sequence[str]) -> pd.DataFrame:
+    return db.query(_SPLIT_ROWS_SQL, [side, list(excluded_modes)])
+
+
 def split_items(db: Warehouse, side: str) -> pd.DataFrame:
-    """One side's rows with `passage` and `source`, ordered by note."""
-    return db.query(_SPLIT_ITEMS_SQL, [side])
+    """One side's question-and-answer rows (no writing tasks) with `passage` and `source`, ordered by note."""
+    return _split_rows(db, side, WRITING_MODES)
 
 
 def train_split(db: Warehouse) -> pd.DataFrame:
-    """The train rows in pair order: the order training reads them in."""
-    return db.query("SELECT * FROM dataset_splits WHERE split = 'train' ORDER BY pair_id")
+    """Every train row, writing tasks included, with the passage each Q&A answer came from: what training mixes."""
+    return _split_rows(db, "train", ())
 
 
-def test_split(db: Warehouse) -> pd.DataFrame:
-    return db.query("SELECT * FROM dataset_splits WHERE split = 'test' ORDER BY note_id, pair_id")
-
-
-def train_questions_and_answers(db: Warehouse) -> list[tuple[str, str]]:
-    """The few-shot pool of the best-prompted base model."""
-    train = db.query("SELECT question, answer FROM dataset_splits WHERE split = 'train'")
-    return list(zip(train["question"], train["answer"]))
+def writing_items(db: Warehouse, side: str, mode: str = WRITE) -> pd.DataFrame:
+    """One side's writing tasks of one mode, ordered by note: on the test side, the voice items."""
+    return db.query("SELECT * FROM dataset_splits WHERE split = ? AND mode = ? ORDER BY note_id, pair_id", [side, mode])

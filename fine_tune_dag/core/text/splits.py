@@ -13,7 +13,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from fine_tune_dag.core.modeling.chat import chat_messages
+from fine_tune_dag.core.modeling.chat import chat_messages, text_messages
+from fine_tune_dag.core.text.writing import PRETRAIN
 
 SPLIT_SALT = "fine_tune_dag/split/v1"
 
@@ -54,12 +55,16 @@ def dataset_version(splits: pd.DataFrame) -> str:
     return digest.hexdigest()[:12]
 
 
-def chat_record(system: str, question: str, answer: str) -> dict[str, Any]:
+def chat_record(mode: str, system: str, question: str, answer: str) -> dict[str, Any]:
+    """A row as the chat records training reads and the JSONL export holds; continued-pretraining rows are
+    the author's text alone."""
+    if mode == PRETRAIN:
+        return {"messages": text_messages(answer)}
     return {"messages": chat_messages(system, question, answer)}
 
 
 def records_of(splits: pd.DataFrame) -> list[dict[str, Any]]:
-    return [chat_record(r.system, r.question, r.answer) for r in splits.itertuples(index=False)]
+    return [chat_record(r.mode, r.system, r.question, r.answer) for r in splits.itertuples(index=False)]
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:

@@ -18,14 +18,14 @@ from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIR
 from fine_tune_dag.core.modeling.loop import TrainingRun, next_adapter_version, save_adapter
 from fine_tune_dag.core.modeling.models import ResolvedModel
 from fine_tune_dag.core.modeling.report import plot_loss_curve
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.modeling.sft import TrainingSettings, mix_weights, train_lora
 from fine_tune_dag.core.store.artifacts import ArtifactStore
 from fine_tune_dag.core.store.fingerprint import fingerprint
 from fine_tune_dag.core.store.layout import DataLayout
 from fine_tune_dag.core.store.splits import train_split
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.markdown import Markdown, preview
-from fine_tune_dag.core.text.splits import records_of
+from fine_tune_dag.core.text.mixing import mixed_conversations
 
 
 class Log(Protocol):
@@ -68,7 +68,10 @@ def train_and_register(
     )
     if checkpoints.exists():
         log.info(f"resuming an interrupted training from its checkpoint in {checkpoints}")
-    conversations = [r["messages"] for r in records_of(train)]
+    conversations, mix = mixed_conversations(
+        train, mix_weights(settings), settings.seed, settings.retrieval_distractors
+    )
+    log.info("training mix: " + ", ".join(f"{count} {source}" for source, count in mix.items()))
     run = train_lora(base.path, conversations, settings, on_log=log_step, checkpoint_dir=checkpoints)
     version = next_adapter_version(layout.adapters, data_version)
     provenance = {"base_model": base.reference, "base_model_path": str(base.path), "dataset_version": data_version}
@@ -86,6 +89,7 @@ def train_and_register(
         "best_eval_loss": run.best_eval_loss if run.eval_examples else "n/a",
         "stopped_early_at_step": run.stopped_early_at or "no",
         "resumed_from_step": run.resumed_from_step,
+        "training_mix": mix,
         "dropped_too_long": run.dropped_too_long,
     }
 
