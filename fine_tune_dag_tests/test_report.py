@@ -1,7 +1,7 @@
 import pandas as pd
 
-from fine_tune_dag.core.modeling.evaluation import summarize, win_rates
 from fine_tune_dag.core.modeling.efficacy import Efficacy, recommendation
+from fine_tune_dag.core.modeling.evaluation import summarize, win_rates
 from fine_tune_dag.core.modeling.report import write_report
 from fine_tune_dag.core.modeling.statistics import Interval
 
