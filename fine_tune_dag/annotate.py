@@ -5,7 +5,8 @@ server loses nothing, and the next start resumes at the first unanswered compari
 where an answer came from, only which one it shows on the left.
 
 The blind mode (`mode="blind"`, see `core.store.blind`) asks instead which of two texts on the same prompt the
-author wrote, the author's held-out passage or the model's; it works the same way.
+author wrote, the author's held-out passage or the model's; it works the same way. Each mode's page holds only its
+markup and settings; the script and styles both share are served beside it (`annotate.js`, `annotate.css`).
 
 It listens on 127.0.0.1 only and has no login, so it also refuses what another website open in the same
 browser could send it: a choice must be `application/json` (a cross-site form cannot set that without a CORS
@@ -35,13 +36,29 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 
 HOST = "127.0.0.1"  # the page writes labels without asking who is calling: never reachable from other machines
 ALLOWED_HOSTS = ("127.0.0.1", "localhost")
+SHARED = {"annotate.js": "text/javascript", "annotate.css": "text/css"}  # served at /<name> for both pages
+
+
+def _packaged(name: str) -> str:
+    """The text of a file shipped beside this module (a page, its script or its styles)."""
+    return Path(__file__).with_name(name).read_text(encoding="utf-8")
+
+
+def _shared_route(name: str, media_type: str) -> Route:
+    """`GET /<name>`: a file both pages load, read once, with its content type (text/* comes as UTF-8)."""
+    body = _packaged(name)
+
+    async def shared(request: Request) -> Response:
+        return Response(body, media_type=media_type)
+
+    return Route(f"/{name}", shared, methods=["GET"])
 
 
 @dataclass(frozen=True)
 class Mode:
     """What one kind of labelling shows and saves; both share the server, its checks and its JSON shapes."""
 
-    page: Path
+    page: str  # the page's file, beside this module
     item: str  # the state's key for what is shown (None when all is answered)
     item_id: str  # the field naming it in a choice
     next_item: Callable[[Warehouse, str, random.Random], dict[str, str] | None]
@@ -53,23 +70,9 @@ class Mode:
         return (self.item_id, "side", "shown_left")
 
 
-MODES = {
-    "preference": Mode(
-        page=Path(__file__).with_name("annotate.html"),
-        item="comparison",
-        item_id="candidate_id",
-        next_item=next_comparison,
-        record=record_choice,
-        progress=progress,
-    ),
-    "blind": Mode(
-        page=Path(__file__).with_name("annotate_blind.html"),
-        item="trial",
-        item_id="trial_id",
-        next_item=next_blind_trial,
-        record=record_blind_pick,
-        progress=blind_progress,
-    ),
+MODES = {  # page, item, item_id, next_item, record, progress
+    "preference": Mode("annotate.html", "comparison", "candidate_id", next_comparison, record_choice, progress),
+    "blind": Mode("annotate_blind.html", "trial", "trial_id", next_blind_trial, record_blind_pick, blind_progress),
 }
 
 
@@ -91,7 +94,7 @@ def annotation_app(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     kind = MODES[mode]
     rng = rng or random.Random()
-    page = kind.page.read_text(encoding="utf-8")
+    page = _packaged(kind.page)
     fields = ", ".join(kind.fields)
 
     def state() -> dict[str, Any]:
@@ -133,6 +136,7 @@ def annotation_app(
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
+            *(_shared_route(name, media_type) for name, media_type in SHARED.items()),
             Route("/api/next", next_pair, methods=["GET"]),
             Route("/api/choice", choice, methods=["POST"]),
         ],

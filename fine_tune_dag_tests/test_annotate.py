@@ -198,13 +198,15 @@ def test_the_left_answer_is_random_and_origins_never_leave_the_server(db: Wareho
 
 
 def test_the_page_has_its_elements_and_never_parses_answers_as_html(db: Warehouse) -> None:
-    page = client(db).get("/")
+    app = client(db)
+    page, script = app.get("/"), app.get("/annotate.js")  # the script both pages share
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert '<script src="annotate.js">' in page.text and app.get("/annotate.css").status_code == 200
     for element in ("question", "left", "right", "progress", "labeler", "done"):
         assert f'id="{element}"' in page.text
-    assert not [
-        call for call in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write") if call in page.text
-    ]
+    code = page.text + script.text
+    assert not [call for call in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write") if call in code]
 
 
 def test_other_websites_can_neither_save_choices_nor_read_answers(db: Warehouse) -> None:

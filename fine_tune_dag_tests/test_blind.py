@@ -172,13 +172,13 @@ def client(db: Warehouse, labeler: str = LABELER) -> TestClient:
 
 def test_the_blind_api_serves_trials_and_saves_picks_without_naming_whose_text_is_whose(db: Warehouse) -> None:
     app = client(db)
-    page = app.get("/")
+    page, script = app.get("/"), app.get("/annotate.js")  # the script both pages share
     assert page.status_code == 200 and "Which of these two did the author write?" in page.text
+    assert script.status_code == 200 and '<script src="annotate.js">' in page.text
     for element in ("prompt", "left", "right", "progress", "labeler", "done"):
         assert f'id="{element}"' in page.text
-    assert not [
-        call for call in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write") if call in page.text
-    ]
+    code = page.text + script.text
+    assert not [call for call in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write") if call in code]
 
     state, bodies, stored = app.get("/api/next").json(), [], []
     assert state["progress"] == {"done": 0, "total": 3} and state["labeler"] == LABELER
