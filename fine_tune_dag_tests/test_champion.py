@@ -102,7 +102,7 @@ def test_without_qa_items_the_gate_decides_on_voice():
 def run_config(learning_rate: float, steps: int) -> dict:
     return {
         "ops": {
-            "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+            "passages": {"config": {"min_chars": 60, "max_chars": 200}},
             "dataset_splits": {"config": {"test_fraction": 0.5}},
             "lora_adapter": {
                 "config": {

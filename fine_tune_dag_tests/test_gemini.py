@@ -26,7 +26,7 @@ KEY = "AIzaTEST-not-a-real-key-5f2c"
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
 GRAPH_CONFIG = {
     "ops": {
-        "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+        "passages": {"config": {"min_chars": 60, "max_chars": 200}},
         "dataset_splits": {"config": {"test_fraction": 0.5}},
         "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "dtype": "float32"}},
         "eval_report": {"config": {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}},

@@ -240,14 +240,14 @@ def test_defaults_are_saved_as_a_valid_generation_config_and_a_folder_without_on
         "max_new_tokens": 160,
         "temperature": 0.7,
         "top_p": 0.9,
-        "no_repeat_ngram_size": 6,
+        "no_repeat_ngram_size": 3,
         "seed": 0,
     }
     assert load_generation_settings(tmp_path) == GenerationSettings()  # an adapter saved before the file existed
     save_generation_settings(tmp_path, GenerationSettings())
     config = GenerationConfig.from_pretrained(tmp_path)
     assert (config.do_sample, config.temperature, config.top_p) == (True, 0.7, 0.9)
-    assert config.no_repeat_ngram_size == 6 and config.max_new_tokens == 160
+    assert config.no_repeat_ngram_size == 3 and config.max_new_tokens == 160
 
 
 @pytest.mark.parametrize(

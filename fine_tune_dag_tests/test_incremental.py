@@ -15,7 +15,7 @@ from fine_tune_dag.resources.policy import AutomationPolicy
 THRESHOLD = 4
 RUN_CONFIG = {
     "ops": {
-        "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+        "passages": {"config": {"min_chars": 60, "max_chars": 200}},
         "dataset_splits": {"config": {"test_fraction": 0.5}},
         "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "dtype": "float32"}},
         "eval_report": {"config": {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}},
@@ -91,7 +91,8 @@ def test_deleting_a_note_takes_its_pairs_out_of_the_dataset(daemon):
     assert gone_key in set(db.query("SELECT note_id FROM dataset_splits")["note_id"])
     gone.unlink()
     runs = daemon.settle()
-    assert [r.assets for r in runs if r.trigger == "new_notes_sensor"] == [("dataset_splits",)]
+    # the dataset and the retrieval index, so the deleted note is neither trained on nor retrieved
+    assert [r.assets for r in runs if r.trigger == "new_notes_sensor"] == [("retrieval_index", "dataset_splits")]
     assert gone_key not in set(db.query("SELECT note_id FROM dataset_splits")["note_id"])
     assert gone_key in set(db.query("SELECT note_id FROM raw_notes")["note_id"])  # nothing else is touched
     assert gone_key not in daemon.instance.get_dynamic_partitions("notes")

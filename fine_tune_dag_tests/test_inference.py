@@ -143,7 +143,7 @@ def test_export_merged_loads_without_peft_and_matches_the_adapter(adapter_dir, l
     assert not torch.allclose(base_logits, adapter_logits, atol=1e-2)  # the adapter does change the outputs
     assert (out / "training_config.json").read_text() == (adapter_dir / "training_config.json").read_text()
     assert (out / "tokenizer.json").exists()
-    assert GenerationConfig.from_pretrained(out).no_repeat_ngram_size == 6  # the adapter's defaults travel along
+    assert GenerationConfig.from_pretrained(out).no_repeat_ngram_size == 3  # the adapter's defaults travel along
 
 
 def test_export_merged_refuses_a_non_empty_target(adapter_dir, tmp_path):
@@ -254,7 +254,7 @@ def test_load_adapter_model_names_a_missing_base_model(adapter_dir, tmp_path):
 
 
 def test_save_adapter_writes_the_default_generation_config(adapter_dir):
-    assert GenerationConfig.from_pretrained(adapter_dir).no_repeat_ngram_size == 6
+    assert GenerationConfig.from_pretrained(adapter_dir).no_repeat_ngram_size == 3
     assert load_generation_settings(adapter_dir) == GenerationSettings()
 
 
@@ -271,7 +271,7 @@ def test_cli_generate_with_the_base_model_alone_uses_the_default_settings(
     monkeypatch.setenv("FINE_TUNE_DAG_BASE_MODEL", str(tiny_model_dir))
     out, err = cli_answer(["--adapter", "base", QUESTION], tmp_path, capsys)
     assert err.splitlines()[-1] == (
-        "base model answers (max_new_tokens 160, temperature 0.7, top_p 0.9, no_repeat_ngram_size 6, seed 0):"
+        "base model answers (max_new_tokens 160, temperature 0.7, top_p 0.9, no_repeat_ngram_size 3, seed 0):"
     )
     prompt = render_prompt_ids(tiny_tokenizer, chat_messages(DEFAULT_SYSTEM_PROMPT, QUESTION))
     settings = asdict(GenerationSettings())

@@ -202,7 +202,7 @@ def test_comparisons_labels_and_a_dpo_adapter_through_the_graph(tmp_path: Path, 
         notes,
         run_config={
             "ops": {
-                "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+                "passages": {"config": {"min_chars": 60, "max_chars": 200}},
                 "dataset_splits": {"config": {"test_fraction": 0.5}},
                 "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "dtype": "float32"}},
                 "eval_report": evaluation,

@@ -43,7 +43,7 @@ def test_two_configurations_trained_ranked_and_the_winner_promoted(tmp_path, tin
     evaluation = {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}
     config = {
         "ops": {
-            "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+            "passages": {"config": {"min_chars": 60, "max_chars": 200}},
             "dataset_splits": {"config": {"test_fraction": 0.5}},
             "sweep_adapters": {"config": {"base": base, "evaluation": evaluation, "device_hour_usd": 3.6}},
             "sweep_leaderboard": {"config": {"promote_winner": True}},

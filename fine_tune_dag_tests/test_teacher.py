@@ -89,7 +89,7 @@ def test_student_datasets_from_the_request_log_and_prompts(tmp_path, tiny_model_
 
 def _config(sources, prompts, only=None) -> dict:
     ops = {
-        "passages": {"config": {"min_chars": 80, "max_chars": 400}},
+        "passages": {"config": {"min_chars": 60, "max_chars": 200}},
         "dataset_splits": {"config": {"test_fraction": 0.5, "sources": sources}},
         "lora_adapter": {"config": {"max_steps": 1, "batch_size": 4, "dtype": "float32"}},
         "eval_report": {"config": {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}},

@@ -20,6 +20,7 @@ EXPECTED = {
     "passages",
     "qa_pairs",
     "dataset_splits",
+    "retrieval_index",
     "base_model",
     "lora_adapter",
     "eval_report",
@@ -75,7 +76,7 @@ def test_ui_shows_every_asset_with_its_group(webserver):
     assert set(groups) == EXPECTED
     assert groups["raw_notes"] == "ingest" and groups["qa_pairs"] == "dataset"
     assert groups["lora_adapter"] == "training" and groups["eval_report"] == "evaluation"
-    assert groups["dpo_adapter"] == "preferences"
+    assert groups["dpo_adapter"] == "preferences" and groups["retrieval_index"] == "retrieval"
 
 
 def other_addresses() -> list[str]:

@@ -124,7 +124,7 @@ def edge_cases_condition() -> dg.AutomationCondition:
 
 def evaluation_condition() -> dg.AutomationCondition:
     """After a new supervised or DPO adapter, or new edge cases; most people never train a DPO adapter, so its
-    absence must not hold evaluation back."""
+    absence must not hold evaluation back, and a missing retrieval index only leaves out the retrieval contenders."""
     return (
         dg.AutomationCondition.eager()
         .replace(
@@ -135,7 +135,7 @@ def evaluation_condition() -> dg.AutomationCondition:
         )
         .replace(
             "any_deps_missing",
-            dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(dpo_adapter)),
+            dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(dpo_adapter, retrieval_index)),
         )
     )
 

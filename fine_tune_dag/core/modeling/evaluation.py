@@ -41,9 +41,9 @@ class EvaluationSettings:
         default=64, metadata={"help": "held-out passages whose perplexity measures voice (all of them when fewer)"}
     )
     max_written_notes: int = field(
-        default=12, metadata={"help": "notes each contender writes for the authorship, loop and memorization checks"}
+        default=8, metadata={"help": "notes each contender writes for the authorship, loop and memorization checks"}
     )
-    written_max_new_tokens: int = field(default=128, metadata={"help": "length of each written note, in tokens"})
+    written_max_new_tokens: int = field(default=96, metadata={"help": "length of each written note, in tokens"})
     few_shot_passages: int = field(
         default=3, metadata={"help": "the author's own train passages shown to the best-prompted base model"}
     )

@@ -253,6 +253,7 @@ def write_report(
     uncertain: bool = False,
     blind: tuple[int, Interval] | None = None,
     costs: Mapping[str, str] | None = None,
+    written: str = "",
 ) -> ReportFiles:
     """`promotion` is the gate's verdict in words: whether this adapter may replace the champion, and why.
     `head_to_head` holds the new adapter's win rates against each other contender, with intervals; `advice`
@@ -283,6 +284,15 @@ contender the passage it is scored on). Authorship: share of the notes a contend
 trained on your train passages against other writing, attributes to you. Unsupported content: share of an
 answer's content words absent from its source passage. Looping: share of generations stuck repeating a phrase.
 Regurgitating: share of generations that copy a long run of words from the train split.
+"""
+    if written:
+        text += f"""
+### Your voice, side by side
+
+Held-out passages of yours and what each contender wrote on the same prompt (sampled with the generation
+defaults).
+
+{written}
 """
     if blind is not None:
         picks, share = blind

@@ -33,9 +33,9 @@ from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    epochs: float = field(default=3.0, metadata={"help": "passes over the train split (max_steps > 0 overrides)"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the train split (max_steps > 0 overrides)"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides epochs"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate of the adapter (AdamW)"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of the adapter (AdamW)"})
     lr_scheduler: str = field(
         default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant_with_warmup, …"}
     )
@@ -84,7 +84,7 @@ class TrainingSettings:
     )
     mix_continue: float = field(default=1.0, metadata={"help": "weight of the 'continue this' → next sentences tasks"})
     mix_retrieval_qa: float = field(
-        default=0.0,
+        default=1.0,
         metadata={"help": "weight of Q&A with the source passage among distractors in context (for tuned + retrieval)"},
     )
     retrieval_distractors: int = field(

@@ -85,6 +85,15 @@ def contender_costs(results: dict[str, pd.DataFrame], adapter: pd.Series, champi
     }
 
 
+def written_side_by_side(voice: list[list[dict[str, str]]], written: dict[str, list[str]], count: int = 4) -> str:
+    """The author's held-out passages beside what each contender wrote on the same prompt."""
+    rows = [
+        [messages[-2]["content"], messages[-1]["content"], *(notes[i] for notes in written.values())]
+        for i, messages in enumerate(voice[: min(count, *(len(notes) for notes in written.values()))])
+    ]
+    return table(rows, ["prompt", "you wrote", *written], limit=400)
+
+
 def load_index(layout: DataLayout, log: Log) -> PassageIndex | None:
     """The retrieval index, or None (and a warning) when retrieval_index was never materialized."""
     try:
@@ -231,6 +240,7 @@ def evaluate_adapter(
         uncertain=gate.uncertain,
         blind=blind_results(db, versions.get("champion")) if "champion" in versions else None,
         costs=contender_costs(results, adapter, champion),
+        written=written_side_by_side(voice, written),
     )
     evaluation = {
         "adapter_version": adapter.version,
