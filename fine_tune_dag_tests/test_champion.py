@@ -147,7 +147,7 @@ def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, t
         latest = db.query("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1").iloc[0]
         assert latest.champion_version == champion.version  # judged against the champion on the same items
         contenders = evaluation_summary(db, latest.adapter_version)
-        assert list(contenders) == ["base", "prompted", "champion", "tuned"]
+        assert list(contenders) == ["base", "prompted", "base+rag", "champion", "tuned", "tuned+rag"]  # all six
         assert "## Head to head" in open(latest.report_path).read()
 
         versions = db.query("SELECT version FROM adapters ORDER BY created_at")["version"].tolist()

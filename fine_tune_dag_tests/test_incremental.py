@@ -12,7 +12,7 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.ingest import note_partition_key
 from fine_tune_dag.resources.policy import AutomationPolicy
 
-THRESHOLD = 4
+THRESHOLD = 30  # a sample note brings about 18 train rows (Q&A and writing tasks): two train notes cross it
 RUN_CONFIG = {
     "ops": {
         "passages": {"config": {"min_chars": 60, "max_chars": 200}},

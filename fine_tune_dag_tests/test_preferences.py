@@ -257,7 +257,9 @@ def test_comparisons_labels_and_a_dpo_adapter_through_the_graph(tmp_path: Path, 
     assert dict(zip(contenders.contender, contenders.contender_version)) == {
         "base": "",
         "prompted": "",
+        "base+rag": "",
         "champion": supervised,
         "tuned": dpo.version,
+        "tuned+rag": "",
     }
     assert current_champion(db).version == dpo.version  # promoted through the same gate
