@@ -23,6 +23,7 @@ from fine_tune_dag.assets.champion import BEATS_CHAMPION
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.modeling.efficacy import recommendation
 from fine_tune_dag.core.modeling.generation import GenerationSettings, load_generation_settings
 from fine_tune_dag.core.modeling.inference import (
     export_merged,
@@ -108,6 +109,8 @@ def print_latest_report(settings: ProjectSettings) -> bool:
     print("  " + " " * width + "".join(f"{name:>12}" for name in names))
     for metric, label in labels.items():
         print("  " + f"{label:<{width}}" + "".join(f"{summary[n].get(metric, float('nan')):>12.3f}" for n in names))
+    if "voice_perplexity" in summary["tuned"]:  # evaluations from before voice items have no verdict
+        print("\nWas fine-tuning worth it? " + recommendation(summary).replace("**", ""))
     champion = current_champion(db)
     print(f"  champion: {'none yet' if champion is None else champion.version}")
     return True

@@ -124,16 +124,16 @@ def measure_efficacy(
     return Efficacy(metrics, intervals)
 
 
-def recommendation(summary: Mapping[str, Mapping[str, float]], intervals: Mapping[str, Mapping[str, Interval]]) -> str:
-    """Tune, retrieve, both, or neither, from voice (beyond noise) and grounding."""
+def recommendation(summary: Mapping[str, Mapping[str, float]]) -> str:
+    """Tune, retrieve, both, or neither, from voice and grounding, each beyond noise: the adapter's voice
+    interval against the strongest contender without fine-tuning, and a retrieval contender's whole
+    unsupported-content interval below what the plain models invent."""
     tuned = summary["tuned"]
     rival = strongest_untuned(summary)
     voice_wins = rival is not None and tuned.get("voice_gap_high", math.nan) < 0
-    retrieval = [name for name in RETRIEVAL if name in summary]
-    grounded = {name: intervals[name]["unsupported"] for name in ("base", "tuned", *retrieval) if name in intervals}
-    best_plain = min(grounded[name].high for name in ("base", "tuned") if name in grounded)
-    retrieval_grounds = any(grounded[name].high < best_plain for name in retrieval) or any(
-        summary[name]["unsupported"] < min(summary["base"]["unsupported"], tuned["unsupported"]) for name in retrieval
+    plain = min(summary[name]["unsupported"] for name in ("base", "tuned"))
+    retrieval_grounds = any(
+        summary[name].get("unsupported_high", math.nan) < plain for name in RETRIEVAL if name in summary
     )
     voice_text = (
         f"the adapter writes more like you than {rival} (voice perplexity {tuned['voice_perplexity']:.1f} against "

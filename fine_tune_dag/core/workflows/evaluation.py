@@ -236,7 +236,7 @@ def evaluate_adapter(
         head_to_head=head_to_head,
         edge_cases=tracked_edge_cases(db, adapter.version),
         efficacy=efficacy,
-        advice=recommendation(summary, efficacy.intervals),
+        advice=recommendation(summary),
         uncertain=gate.uncertain,
         blind=blind_results(db, versions.get("champion")) if "champion" in versions else None,
         costs=contender_costs(results, adapter, champion),
@@ -266,7 +266,7 @@ def evaluate_adapter(
         "champion_version": versions.get("champion", "none"),
         "device": str(device),
         "test_examples": len(results["base"]),
-        "recommendation": recommendation(summary, efficacy.intervals),
+        "recommendation": recommendation(summary),
         "promotion_gate": gate.text,
         "voice_perplexity": {name: round(values["voice_perplexity"], 3) for name, values in summary.items()},
         "win_rates": Markdown(
