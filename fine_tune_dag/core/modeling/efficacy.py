@@ -116,7 +116,7 @@ def measure_efficacy(
     if "tuned" in voice and rival is not None:
         gap = voice_gap(voice["tuned"], voice[rival], seed)
         metrics["tuned"].update(voice_gap=gap.value, voice_gap_low=gap.low, voice_gap_high=gap.high)
-        for other in ("base", "prompted", rival):
+        for other in {"base", "prompted", rival} & set(voice):
             intervals["tuned"][f"voice_ratio_vs_{other}"] = perplexity_ratio(voice["tuned"], voice[other], seed=seed)
     for name, spread in intervals.items():  # recorded with the evaluation, so the registry keeps the intervals
         for key, interval in spread.items():
