@@ -182,7 +182,7 @@ def test_injected_instructions_change_neither_configuration_nor_other_notes_pair
     # the note's requests carry its own text and nothing of any other note, and vice versa
     requests = db.query("SELECT partition, variables FROM llm_requests WHERE partition IS NOT NULL")
     own = requests[requests["partition"] == injected]["variables"]
-    assert len(own) and all("IGNORE PREVIOUS" in v for v in own)
+    assert len(own) and any("IGNORE PREVIOUS" in v for v in own)  # the passage with the injection, among others
     assert not any("Here is the thing about" in v for v in own)
     assert not any("IGNORE PREVIOUS" in v for v in requests[requests["partition"] != injected]["variables"])
 
