@@ -213,6 +213,7 @@ def evaluate_adapter(
     if judge is not None:
         head_to_head += judged_win_rates(results, "tuned", judge, seed=settings.seed)
     gate = judge_challenger(summary, policy)
+    advice = recommendation(summary)
     steps = pd.read_csv(Path(adapter.path) / "metrics.csv")
     facts = {
         "adapter": adapter.version,
@@ -236,7 +237,7 @@ def evaluate_adapter(
         head_to_head=head_to_head,
         edge_cases=tracked_edge_cases(db, adapter.version),
         efficacy=efficacy,
-        advice=recommendation(summary),
+        advice=advice,
         uncertain=gate.uncertain,
         blind=blind_results(db, versions.get("champion")) if "champion" in versions else None,
         costs=contender_costs(results, adapter, champion),
@@ -266,7 +267,7 @@ def evaluate_adapter(
         "champion_version": versions.get("champion", "none"),
         "device": str(device),
         "test_examples": len(results["base"]),
-        "recommendation": recommendation(summary),
+        "recommendation": advice,
         "promotion_gate": gate.text,
         "voice_perplexity": {name: round(values["voice_perplexity"], 3) for name, values in summary.items()},
         "win_rates": Markdown(
