@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,3 +87,28 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+# dense bf16 tensor-core peaks from the datasheets, TFLOP/s, by a part of torch's device name
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def peak_tflops(device: str, given: float | None) -> tuple[float, str]:
+    """The bf16 peak a model-FLOPs share is measured against, and where it came from."""
+    import torch  # here: the table and its runner need no torch
+
+    if given:
+        return given, "given"
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        for part, tflops in GPU_PEAK_TFLOPS.items():
+            if part in name:
+                return tflops, f"{name} datasheet"
+        raise SystemExit(f"no datasheet peak for {name}: pass --peak-tflops")
+    a = torch.randn(4096, 4096, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(4):
+        started = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - started)
+    return 2 * 4096**3 / best / 1e12, "measured bf16 matmul peak"

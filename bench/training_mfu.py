@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 from generation import MODELS
 from peft import PeftModel
-from results import Row, add_json_argument, machine, peak_rss_mib, report
+from results import Row, add_json_argument, machine, peak_rss_mib, peak_tflops, report
 from torch.nn.modules.module import register_module_forward_hook
 from training import conversations
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
@@ -50,8 +49,6 @@ from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 
 BENCHMARK = "training_mfu"
 FORMULA = "FLOPs (4·N_dec+6·N_lora)·T + 4·N_head·A"  # the formula at the top, for the rows' labels
-# dense bf16 tensor-core peaks from the datasheets, TFLOP/s, by a part of torch's device name
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 LLAMA_1B = LlamaConfig(
     hidden_size=2048,
     intermediate_size=8192,
@@ -63,25 +60,6 @@ LLAMA_1B = LlamaConfig(
     tie_word_embeddings=True,
     rope_theta=500000.0,
 )
-
-
-def peak_tflops(device: str, given: float | None) -> tuple[float, str]:
-    """The bf16 peak MFU is measured against, and where it came from."""
-    if given:
-        return given, "given"
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-        for part, tflops in GPU_PEAK_TFLOPS.items():
-            if part in name:
-                return tflops, f"{name} datasheet"
-        raise SystemExit(f"no datasheet peak for {name}: pass --peak-tflops")
-    a = torch.randn(4096, 4096, dtype=torch.bfloat16)
-    best = float("inf")
-    for _ in range(4):
-        started = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - started)
-    return 2 * 4096**3 / best / 1e12, "measured bf16 matmul peak"
 
 
 def random_llama(folder: Path, tokenizer_from: Path) -> Path:

@@ -14,15 +14,13 @@ import torch
 from transformers import GenerationConfig
 
 from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids
+from fine_tune_dag.core.modeling.decoding import Decoding, decode, length_groups
 from fine_tune_dag.core.modeling.generation import (
     GenerationSettings,
     continuation_text,
     cut_at_stop,
-    decoding_kwargs,
     generate_batch,
-    length_groups,
     load_generation_settings,
-    prefilled_cache,
     save_generation_settings,
 )
 from fine_tune_dag.core.modeling.models import load_causal_lm
@@ -98,7 +96,7 @@ def test_length_groups_split_where_one_padded_pass_would_waste_much():
 
 def test_batched_greedy_output_equals_one_at_a_time(model, tiny_tokenizer, prompts):
     """Left padding, and the long prompt's cache computed apart from the short ones' and joined to theirs."""
-    assert prefilled_cache(model, prompts, tiny_tokenizer.pad_token_id) is not None
+    assert len(length_groups(sorted(len(p) for p in prompts))) > 1
     expected = [continuation_text(tiny_tokenizer, alone(model, tiny_tokenizer, p), ()) for p in prompts]
     assert all(expected)
     for batch_size in (1, 3, len(prompts)):  # several batches, one padded batch, each prompt alone
@@ -167,12 +165,14 @@ def test_no_repeat_ngram_bans_repeats_in_the_continuation_but_lets_it_quote_the_
             )
         return out[0, len(prompt) :].tolist()
 
-    plain = continuation(max_new_tokens=20, **decoding_kwargs(tiny_tokenizer, len(prompt), 0.0, 1.0, 0))
+    plain = continuation(max_new_tokens=20, do_sample=False)
     assert plain == [newline] * 20  # the loop this guards against
     whole_sequence = continuation(max_new_tokens=20, do_sample=False, no_repeat_ngram_size=2)
     assert whole_sequence[0] != newline
 
-    ours = continuation(max_new_tokens=20, **decoding_kwargs(tiny_tokenizer, len(prompt), 0.0, 1.0, 2))
+    ours = [
+        step.tokens[0] for step in decode(untrained, tiny_tokenizer, [prompt], 20, Decoding(no_repeat_ngram_size=2))
+    ]
     assert ours[:2] == [newline, newline]  # the prompt's repeated pair, quoted
     assert len(set(ngrams(ours, 2))) == len(ours) - 1  # no pair of its own twice
     assert generate_batch(untrained, tiny_tokenizer, [prompt], 20, no_repeat_ngram_size=2) == [
@@ -180,37 +180,22 @@ def test_no_repeat_ngram_bans_repeats_in_the_continuation_but_lets_it_quote_the_
     ]
 
 
-def test_no_repeat_ngram_holds_for_every_row_of_a_padded_batch_and_is_off_by_default(
-    model, tiny_tokenizer, prompts, monkeypatch
-):
-    """Rows of different prompt lengths: the padded width is where every row's continuation starts."""
-    size, new_tokens, eos = 2, 60, tiny_tokenizer.eos_token_id
-    rows: list[list[int]] = []
-    generate = model.generate
+def test_no_repeat_ngram_holds_for_every_row_of_a_padded_batch_and_is_off_by_default(model, tiny_tokenizer, prompts):
+    """Rows of different prompt lengths and rows that join the batch as others finish: each row's ban looks
+    at its own generated tokens only."""
+    size, new_tokens = 2, 60
 
-    def recording(**kwargs: Any) -> torch.Tensor:
-        out = generate(**kwargs)
-        for row in out[:, kwargs["input_ids"].shape[1] :].tolist():
-            rows.append(row[: row.index(eos) + 1] if eos in row else row)  # padding follows an EOS
-        return out
+    def repeats(no_repeat_ngram_size: int, batch_size: int) -> list[int]:
+        rows: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+        decoding = Decoding(no_repeat_ngram_size=no_repeat_ngram_size)
+        for step in decode(model, tiny_tokenizer, prompts, new_tokens, decoding, batch_size=batch_size):
+            for row, token in step.tokens.items():
+                rows[row].append(token)
+        return [len(ngrams(row, size)) - len(set(ngrams(row, size))) for row in rows.values()]
 
-    monkeypatch.setattr(model, "generate", recording)
-
-    def repeats(no_repeat_ngram_size: int) -> list[int]:
-        rows.clear()
-        generate_batch(
-            model,
-            tiny_tokenizer,
-            prompts,
-            new_tokens,
-            batch_size=len(prompts),
-            no_repeat_ngram_size=no_repeat_ngram_size,
-        )
-        assert len(rows) == len(prompts)
-        return [len(ngrams(row, size)) - len(set(ngrams(row, size))) for row in rows]
-
-    assert sum(repeats(0)) > 0  # off by default: generate_batch's other callers decode as before
-    assert repeats(size) == [0] * len(prompts)
+    assert sum(repeats(0, len(prompts))) > 0  # off by default: generate_batch's other callers decode as before
+    assert repeats(size, len(prompts)) == [0] * len(prompts)
+    assert repeats(size, 2) == [0] * len(prompts)
 
 
 def test_generation_settings_round_trip_through_a_transformers_generation_config(tmp_path):

@@ -108,22 +108,20 @@ def test_closing_the_stream_stops_generation(loaded):
     handle = model.get_base_model().get_decoder().register_forward_pre_hook(lambda *_: steps.append(1))
     stream = stream_answer(model, tokenizer, QUESTION, max_new_tokens=1500)
     next(stream)
-    stream.close()  # joins the generation thread
+    stream.close()
     handle.remove()
     assert len(steps) < 1500
 
 
-def test_generation_errors_reach_the_reader_instead_of_hanging(tiny_tokenizer):
-    class Broken(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
+def test_generation_errors_reach_the_reader(tiny_model_dir, tiny_tokenizer):
+    model = load_causal_lm(tiny_model_dir).eval()
 
-        def generate(self, **kwargs):
-            raise ValueError("out of memory, say")
+    def fail(*_: object) -> None:
+        raise ValueError("out of memory, say")
 
+    model.get_decoder().register_forward_pre_hook(fail)
     with pytest.raises(ValueError, match="out of memory"):
-        list(stream_answer(Broken(), tiny_tokenizer, QUESTION))
+        list(stream_answer(model, tiny_tokenizer, QUESTION))
 
 
 def test_export_merged_loads_without_peft_and_matches_the_adapter(adapter_dir, loaded, tiny_model_dir, tmp_path):

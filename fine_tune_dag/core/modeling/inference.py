@@ -11,19 +11,19 @@ import json
 import os
 import shutil
 import tempfile
-import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-import torch
 from huggingface_hub import HfApi, ModelCardData, constants
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from peft import PeftModel
-from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import PreTrainedModel
 
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, render_prompt_ids
-from fine_tune_dag.core.modeling.generation import decoding_kwargs, load_generation_settings, save_generation_settings
+from fine_tune_dag.core.modeling.decoding import Decoding, decode
+from fine_tune_dag.core.modeling.generation import load_generation_settings, save_generation_settings
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
     load_tokenizer,
@@ -73,16 +73,6 @@ def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "au
     return model, load_tokenizer(adapter_dir)
 
 
-class _StopWhenSet(StoppingCriteria):
-    """Ends generation once the reader has gone, so no thread keeps the device busy for an unread answer."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 def _strip_outer_whitespace(pieces: Iterable[str]) -> Iterator[str]:
     """`generate_batch` strips its answers; trailing whitespace is held back until more text follows, so the
     stream joins to exactly the same string."""
@@ -110,43 +100,30 @@ def stream_answer(
 ) -> Iterator[str]:
     """Answer text piece by piece as it is generated, for a terminal or chat UI.
 
-    Same prompt ids and decoding as `generate_batch` (`**asdict(GenerationSettings(...))` fills the same
-    arguments), so with the same settings and seed the pieces join to its answer. The
-    streamer emits whole words (or lines), not single tokens. Generation runs in a background thread;
-    an error there is raised here, and closing this iterator early stops the generation. With `passages`
-    (retrieval), they are in context before the question.
+    Same prompt ids and decode loop as `generate_batch` (`**asdict(GenerationSettings(...))` fills the same
+    arguments), so with the same settings and seed the pieces join to its answer. Closing this iterator
+    early stops the generation. With `passages` (retrieval), they are in context before the question.
     """
     prompt = render_prompt_ids(tokenizer, retrieval_messages(system_prompt, question, passages))
-    input_ids = torch.tensor([prompt], dtype=torch.long, device=next(model.parameters()).device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    reader_gone = threading.Event()
-    failures: list[BaseException] = []
+    steps = decode(model, tokenizer, [prompt], max_new_tokens, Decoding(temperature, top_p, no_repeat_ngram_size, seed))
+    with closing(steps):
+        yield from _strip_outer_whitespace(_new_text(tokenizer, (step.tokens[0] for step in steps)))
 
-    def generate() -> None:
-        try:
-            with torch.inference_mode():  # grad mode is per thread
-                model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=max_new_tokens,
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([_StopWhenSet(reader_gone)]),
-                    **decoding_kwargs(tokenizer, input_ids.shape[1], temperature, top_p, no_repeat_ngram_size),
-                )
-        except BaseException as error:  # handed to the reader, who would otherwise wait forever
-            failures.append(error)
-            streamer.end()
 
-    torch.manual_seed(seed)
-    worker = threading.Thread(target=generate, name="stream_answer", daemon=True)
-    worker.start()
-    try:
-        yield from _strip_outer_whitespace(streamer)
-    finally:
-        reader_gone.set()
-        worker.join()
-    if failures:
-        raise failures[0]
+def _new_text(tokenizer: Any, tokens: Iterable[int]) -> Iterator[str]:
+    """The text each token adds, up to EOS; held back while it ends in half a character (a byte-level
+    token can carry part of one) unless the answer ends there."""
+    ids: list[int] = []
+    sent = ""
+    for token in tokens:
+        if token == tokenizer.eos_token_id:
+            break
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            yield text[len(sent) :]
+            sent = text
+    yield tokenizer.decode(ids, skip_special_tokens=True)[len(sent) :]
 
 
 def export_merged(adapter_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
