@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 
 from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.decoding import Decoding, decode, length_groups
+from fine_tune_dag.core.modeling.evaluation import EvaluationSettings, evaluate_contender, write_notes
 from fine_tune_dag.core.modeling.generation import (
     GenerationSettings,
     continuation_text,
@@ -23,7 +24,7 @@ from fine_tune_dag.core.modeling.generation import (
     load_generation_settings,
     save_generation_settings,
 )
-from fine_tune_dag.core.modeling.models import load_causal_lm
+from fine_tune_dag.core.modeling.models import load_causal_lm, select_dtype
 
 QUESTIONS = [
     "Why?",
@@ -171,7 +172,9 @@ def test_no_repeat_ngram_bans_repeats_in_the_continuation_but_lets_it_quote_the_
     assert whole_sequence[0] != newline
 
     ours = [
-        step.tokens[0] for step in decode(untrained, tiny_tokenizer, [prompt], 20, Decoding(no_repeat_ngram_size=2))
+        token
+        for step in decode(untrained, tiny_tokenizer, [prompt], 20, Decoding(no_repeat_ngram_size=2))
+        for token in step.tokens[0]
     ]
     assert ours[:2] == [newline, newline]  # the prompt's repeated pair, quoted
     assert len(set(ngrams(ours, 2))) == len(ours) - 1  # no pair of its own twice
@@ -189,8 +192,8 @@ def test_no_repeat_ngram_holds_for_every_row_of_a_padded_batch_and_is_off_by_def
         rows: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
         decoding = Decoding(no_repeat_ngram_size=no_repeat_ngram_size)
         for step in decode(model, tiny_tokenizer, prompts, new_tokens, decoding, batch_size=batch_size):
-            for row, token in step.tokens.items():
-                rows[row].append(token)
+            for row, tokens in step.tokens.items():
+                rows[row].extend(tokens)
         return [len(ngrams(row, size)) - len(set(ngrams(row, size))) for row in rows.values()]
 
     assert sum(repeats(0, len(prompts))) > 0  # off by default: generate_batch's other callers decode as before
@@ -242,3 +245,37 @@ def test_defaults_are_saved_as_a_valid_generation_config_and_a_folder_without_on
 def test_generation_settings_out_of_range_are_refused(wrong):
     with pytest.raises(ValueError, match="out of range"):
         GenerationSettings(**wrong)
+
+
+def test_evaluation_answers_and_writing_do_not_depend_on_the_batch_size(tiny_model_dir, tiny_tokenizer):
+    """Evaluation's own decoding, in its own dtype: greedy answers with the n-gram ban, and sampled writing
+    (each row draws from a generator of its own), equal at every batch size, one at a time included."""
+    settings = EvaluationSettings(max_new_tokens=16, written_max_new_tokens=16)
+    model = load_causal_lm(tiny_model_dir, "cpu", select_dtype(settings.dtype, "cpu")).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(25)
+    conversations = [chat_messages("You are me.", q, "An answer.") for q in QUESTIONS]
+    sources = ["the chain wears slowly"] * len(conversations)
+    answers, writing = [], []
+    for batch_size in (1, 2, 4, len(QUESTIONS)):
+        chosen = replace(settings, batch_size=batch_size)
+        answers.append(evaluate_contender(model, tiny_tokenizer, conversations, chosen, sources)["generation"].tolist())
+        writing.append(write_notes(model, tiny_tokenizer, conversations, chosen, GenerationSettings(max_new_tokens=16)))
+    assert all(answers[0]) and all(a == answers[0] for a in answers)
+    assert all(w == writing[0] for w in writing) and writing[0] != answers[0]
+
+
+def test_drafts_the_model_agrees_with_save_steps_and_change_nothing(tiny_model_dir, tiny_tokenizer):
+    """The untrained model answers newline after newline: once three are out, the row's own text proposes
+    more, and a step keeps every draft the model agrees with. With drafts or without, the same tokens."""
+    untrained = load_causal_lm(tiny_model_dir).eval()
+    prompt = render_prompt_ids(tiny_tokenizer, chat_messages("You are me.", "one two three"))
+
+    def tokens(drafts: int) -> list[int]:
+        return [t for step in decode(untrained, tiny_tokenizer, [prompt], 30, drafts=drafts) for t in step.tokens[0]]
+
+    newline = tiny_tokenizer.encode("\n", add_special_tokens=False)[0]
+    assert tokens(0) == tokens(4) == [newline] * 30
+    assert forward_passes(untrained, lambda: tokens(0)) == 30
+    assert forward_passes(untrained, lambda: tokens(4)) <= 30 // 3  # once the run is long, 5 tokens a step

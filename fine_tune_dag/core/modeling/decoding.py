@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 SHARED_PREFIX_TOKENS = 32  # prompts sharing fewer opening tokens are read apart: the saving would not pay the copy
+DRAFT_TOKENS = 4  # drafts checked per row and step
 
 
 @dataclass(frozen=True)
@@ -259,11 +260,33 @@ def choose_tokens(
 
 @dataclass(frozen=True)
 class Step:
-    """One decode step: each decoding row's new token by prompt index, and the prompts it finished."""
+    """One decode step: the new tokens of each decoding row by prompt index (several when drafts were
+    accepted), and the prompts it finished."""
 
-    tokens: dict[int, int]
+    tokens: dict[int, list[int]]
     finished: list[int]
     last: bool  # no prompt is left to decode
+
+
+class PromptLookup:
+    """Drafts for one row from its own text: the tokens that followed the first time its latest `size`
+    tokens occurred, in the prompt or the answer (the first: a loop's latest occurrence overlaps its end). Synthesis and grounded answers copy their passage, so
+    the drafts are often right, and checking several costs a step about what one does."""
+
+    def __init__(self, prompt: Sequence[int], size: int = 3) -> None:
+        self.size, self.seen, self.after = size, list(prompt), {}
+        for end in range(size, len(self.seen)):
+            self.after.setdefault(tuple(self.seen[end - size : end]), end)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            if len(self.seen) >= self.size:
+                self.after.setdefault(tuple(self.seen[-self.size :]), len(self.seen))
+            self.seen.append(token)
+
+    def draft(self, count: int) -> list[int]:
+        start = self.after.get(tuple(self.seen[-self.size :]))
+        return [] if start is None else self.seen[start : start + count]
 
 
 @dataclass
@@ -276,44 +299,66 @@ class Lanes:
     produced: torch.Tensor  # new tokens per row so far
     history: torch.Tensor  # rows × max new tokens: the new tokens, -1 past `produced`
     column: int  # where the next step's keys go
+    pending: torch.Tensor  # each row's newest token, chosen but not yet read
+    lookups: list[PromptLookup]
+    finished: set[int]  # slots whose rows are done but still in the batch
 
     @classmethod
-    def start(cls, read: Prefill, rows: list[int], lengths: list[int], new_tokens: int) -> Lanes:
+    def start(cls, read: Prefill, rows: list[int], prompts: Sequence[Sequence[int]], new_tokens: int) -> Lanes:
         device = read.logits.device
         history = torch.full((len(rows), new_tokens), -1, dtype=torch.long, device=device)
         zeros = torch.zeros(len(rows), dtype=torch.long, device=device)
-        return cls(read, rows, torch.tensor(lengths, device=device), zeros, history, read.width)
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        lookups = [PromptLookup(p) for p in prompts]
+        return cls(read, rows, lengths, zeros, history, read.width, zeros.clone(), lookups, set())
 
-    def keep(self, slots: list[int]) -> Lanes:
-        """Only the rows in `slots`, and none of the columns that are padding for all of them."""
+    def keep(self, slots: list[int], spare: int) -> Lanes:
+        """Only the rows in `slots`, each row's cached tokens moved together at the right (without the
+        padding and the rejected drafts between them), and `spare` free columns after them."""
         index = torch.tensor(slots, device=self.lengths.device)
-        attends = self.read.attends[index]
-        first = int(attends[:, : self.column].any(0).int().argmax())
         cache = self.read.cache
         assert isinstance(cache, KVSlots)
-        kept = KVSlots([k[index, :, first:] for k in cache.keys], [v[index, :, first:] for v in cache.values])
-        read = Prefill(kept, attends[:, first:], self.read.logits[index], self.read.width - first)
-        rows = [self.rows[s] for s in slots]
-        return Lanes(read, rows, self.lengths[index], self.produced[index], self.history[index], self.column - first)
+        valid = self.read.attends[index, : self.column]
+        width = int(valid.sum(1).max())
+        columns = torch.arange(self.column, device=valid.device).expand(len(slots), -1)
+        ordered = torch.where(valid, columns, -1).sort(1).values[:, self.column - width :]  # padding first
+        attends = torch.cat([ordered >= 0, valid.new_zeros((len(slots), spare))], 1)
+        gather = ordered.clamp(min=0)[:, None, :, None]
 
-    def join(self, other: Lanes, new_tokens: int) -> Lanes:
+        def moved(tensor: torch.Tensor) -> torch.Tensor:
+            picked = tensor[index].gather(2, gather.expand(-1, tensor.shape[1], -1, tensor.shape[3]))
+            return torch.cat([picked, picked.new_zeros((*picked.shape[:2], spare, picked.shape[3]))], 2)
+
+        kept = KVSlots([moved(k) for k in cache.keys], [moved(v) for v in cache.values])
+        return Lanes(
+            Prefill(kept, attends, self.read.logits[index], width),
+            [self.rows[s] for s in slots],
+            self.lengths[index],
+            self.produced[index],
+            self.history[index],
+            width,
+            self.pending[index],
+            [self.lookups[s] for s in slots],
+            {new for new, old in enumerate(slots) if old in self.finished},
+        )
+
+    def join(self, other: Lanes, spare: int) -> Lanes:
         """These rows and `other`'s in one cache, each row's next column at the same place."""
         mine, theirs = self.read.cache, other.read.cache
         assert isinstance(mine, KVSlots) and isinstance(theirs, KVSlots)
         column = max(self.column, other.column)
-        count, width = len(self.rows) + len(other.rows), column + new_tokens
-        keys, values = [], []
-        for old, new in ((mine.keys, keys), (mine.values, values)):
-            for layer, tensor in enumerate(old):
-                joined = tensor.new_zeros((count, tensor.shape[1], width, tensor.shape[3]))
-                joined[: len(self.rows), :, column - self.column : column] = tensor[:, :, : self.column]
-                source = (theirs.keys if old is mine.keys else theirs.values)[layer]
-                joined[len(self.rows) :, :, column - other.column : column] = source[:, :, : other.column]
-                new.append(joined)
+        count, width = len(self.rows) + len(other.rows), column + spare
+        joined: list[list[torch.Tensor]] = [[], []]
+        for into, old, new in ((joined[0], mine.keys, theirs.keys), (joined[1], mine.values, theirs.values)):
+            for a, b in zip(old, new):
+                both = a.new_zeros((count, a.shape[1], width, a.shape[3]))
+                both[: len(self.rows), :, column - self.column : column] = a[:, :, : self.column]
+                both[len(self.rows) :, :, column - other.column : column] = b[:, :, : other.column]
+                into.append(both)
         attends = self.read.attends.new_zeros((count, width))
         attends[: len(self.rows), column - self.column : column] = self.read.attends[:, : self.column]
         attends[len(self.rows) :, column - other.column : column] = other.read.attends[:, : other.column]
-        read = Prefill(KVSlots(keys, values), attends, torch.cat([self.read.logits, other.read.logits]), column)
+        read = Prefill(KVSlots(*joined), attends, torch.cat([self.read.logits, other.read.logits]), column)
         return Lanes(
             read,
             self.rows + other.rows,
@@ -321,7 +366,38 @@ class Lanes:
             torch.cat([self.produced, other.produced]),
             torch.cat([self.history, other.history]),
             column,
+            torch.cat([self.pending, other.pending]),
+            self.lookups + other.lookups,
+            self.finished | {len(self.rows) + s for s in other.finished},
         )
+
+    def record(self, new: list[list[int]], tokenizer: Any, stop_strings: tuple[str, ...], new_tokens: int) -> Step:
+        """Take each row's new tokens up to the first that finishes it (EOS, a stop string, the limit)."""
+        chosen: dict[int, list[int]] = {}
+        ended: list[int] = []
+        tail = max((len(s) for s in stop_strings), default=0) + 4  # tokens enough to hold a stop string
+        produced = self.produced.tolist()
+        for slot, tokens in enumerate(new):
+            if slot in self.finished:
+                continue
+            taken: list[int] = []
+            lookup = self.lookups[slot]
+            for token in tokens:
+                taken.append(token)
+                lookup.extend([token])
+                done = produced[slot] + len(taken)
+                text = tokenizer.decode(lookup.seen[-min(tail, done) :]) if stop_strings else ""
+                if token == tokenizer.eos_token_id or done >= new_tokens or any(s in text for s in stop_strings):
+                    self.finished.add(slot)
+                    ended.append(self.rows[slot])
+                    break
+            self.history[slot, produced[slot] : produced[slot] + len(taken)] = torch.tensor(
+                taken, device=self.history.device
+            )
+            self.produced[slot] += len(taken)
+            self.pending[slot] = taken[-1]
+            chosen[self.rows[slot]] = taken
+        return Step(chosen, ended, False)
 
 
 def decode(
@@ -332,11 +408,15 @@ def decode(
     decoding: Decoding = Decoding(),
     stop_strings: Sequence[str] = (),
     batch_size: int | None = None,
+    drafts: int = DRAFT_TOKENS,
 ) -> Iterator[Step]:
-    """Each step's new token by prompt index, for the rows decoding then, until every prompt has finished:
+    """Each step's new tokens by prompt index, for the rows decoding then, until every prompt has finished:
     at EOS (yielded), at a stop string wholly in the generated text (its last token yielded), or at
     `max_new_tokens`. At most `batch_size` rows decode at once (all by default); as rows finish, the next
-    prompts in order take their places, so a batch is not held back by its longest answer. Runs under
+    prompts in order take their places, so a batch is not held back by its longest answer.
+
+    Greedy decoding without an n-gram ban also reads up to `drafts` tokens proposed by `PromptLookup` in
+    the same step and keeps those the model would have chosen itself (0: one token a step). Runs under
     `torch.inference_mode`; close the iterator to stop early."""
     with torch.inference_mode():
         yield from _decode(
@@ -347,6 +427,7 @@ def decode(
             decoding,
             tuple(s for s in stop_strings if s),
             batch_size or len(prompts),
+            drafts if decoding.temperature == 0 and decoding.no_repeat_ngram_size == 0 else 0,
         )
 
 
@@ -358,59 +439,75 @@ def _decode(
     decoding: Decoding,
     stop_strings: tuple[str, ...],
     batch_size: int,
+    drafts: int,
 ) -> Iterator[Step]:
     device = next(model.parameters()).device
     generators = row_generators(prompts, decoding.seed, device) if decoding.temperature > 0 else []
-    plain = has_plain_cache(model)  # rows join a running batch only on a cache of our own
-    tail = max((len(s) for s in stop_strings), default=0) + 4  # tokens enough to hold a stop string
+    plain = has_plain_cache(model)  # rows join a running batch, and drafts are read, only on a cache of our own
+    drafts = drafts if plain else 0
+    spare = max_new_tokens + drafts + 1  # free columns a batch starts with: at least one step's
     waiting = list(range(len(prompts)))[::-1]
     lanes: Lanes | None = None
-    finished: set[int] = set()  # slots whose rows are done but still in the batch
+
+    def choose(logits: torch.Tensor, lanes: Lanes) -> torch.Tensor:
+        chosen_generators = [generators[r] for r in lanes.rows] if generators else []
+        return choose_tokens(logits, lanes.history, lanes.produced, decoding, chosen_generators)
+
     while waiting or lanes is not None:
-        live = len(lanes.rows) - len(finished) if lanes else 0
-        if lanes is None or (plain and len(finished) * 4 >= len(lanes.rows)):  # a finished row costs a live one
-            kept = lanes.keep([s for s in range(len(lanes.rows)) if s not in finished]) if live else None
-            admitted = [waiting.pop() for _ in range(min(batch_size - live, len(waiting)))]
+        if lanes is None or (plain and len(lanes.finished) * 4 >= len(lanes.rows)):  # a finished row costs a live one
+            live = [s for s in range(len(lanes.rows)) if s not in lanes.finished] if lanes else []
+            kept = lanes.keep(live, spare) if live else None
+            admitted = [waiting.pop() for _ in range(min(batch_size - len(live), len(waiting)))]
             if admitted:
                 new = [prompts[i] for i in admitted]
-                read = read_prompts(model, new, tokenizer.pad_token_id, max_new_tokens)
-                started = Lanes.start(read, admitted, [len(p) for p in new], max_new_tokens)
-                kept = kept.join(started, max_new_tokens) if kept else started
-            lanes, finished = kept, set()
-            assert lanes is not None
-        row_generators_now = [generators[r] for r in lanes.rows] if generators else []
-        tokens = choose_tokens(lanes.read.logits, lanes.history, lanes.produced, decoding, row_generators_now)
-        lanes.history.scatter_(1, lanes.produced[:, None].clamp(max=max_new_tokens - 1), tokens[:, None])
-        lanes.produced += 1
-        chosen: dict[int, int] = {}
-        ended: list[int] = []
-        for slot, (token, produced) in enumerate(zip(tokens.tolist(), lanes.produced.tolist())):
-            if slot in finished:
+                started = Lanes.start(
+                    read_prompts(model, new, tokenizer.pad_token_id, spare), admitted, new, max_new_tokens
+                )
+                first = choose(started.read.logits, started)
+                step = started.record([[t] for t in first.tolist()], tokenizer, stop_strings, max_new_tokens)
+                yield Step(step.tokens, step.finished, not waiting and not live and len(started.finished) == len(new))
+                kept = kept.join(started, spare) if kept else started
+            lanes = kept
+            if lanes is None or len(lanes.finished) == len(lanes.rows):
+                lanes = None
                 continue
-            chosen[lanes.rows[slot]] = token
-            text = (
-                tokenizer.decode(lanes.history[slot, max(0, produced - tail) : produced].tolist())
-                if stop_strings
-                else ""
-            )
-            if token == tokenizer.eos_token_id or produced >= max_new_tokens or any(s in text for s in stop_strings):
-                finished.add(slot)
-                ended.append(lanes.rows[slot])
-        yield Step(chosen, ended, not waiting and len(finished) == len(lanes.rows))
-        if len(finished) == len(lanes.rows):
-            lanes, finished = None, set()
-            continue
-        lanes.read.attends[:, lanes.column] = True
-        cache = lanes.read.cache
-        if isinstance(cache, KVSlots):
-            cache.column = lanes.column
-            mask = lanes.read.attends[:, None, None, : lanes.column + 1]
+        proposals = [lookup.draft(drafts) for lookup in lanes.lookups] if drafts else []
+        width = max((len(d) for d in proposals), default=0)
+        inputs = lanes.pending[:, None]
+        if width:
+            padded = [d + [d[-1] if d else 0] * (width - len(d)) for d in proposals]
+            inputs = torch.cat([inputs, torch.tensor(padded, device=device)], dim=1)
+        if lanes.column + inputs.shape[1] > lanes.read.attends.shape[1]:  # out of columns: close the gaps
+            lanes = lanes.keep(list(range(len(lanes.rows))), spare)
+        logits = read_step(model, lanes, inputs)
+        if width:
+            greedy = logits.argmax(-1)  # rows × (1 + width)
+            agree = (inputs[:, 1:] == greedy[:, :-1]).int().cumprod(1).sum(1)  # drafts the model would have chosen
+            new = [greedy[r, : int(agree[r]) + 1].tolist() for r in range(len(lanes.rows))]
+            kept_columns = torch.arange(inputs.shape[1], device=device)[None, :] <= agree[:, None]
+            lanes.read.attends[:, lanes.column - inputs.shape[1] : lanes.column] = kept_columns
         else:
-            mask = lanes.read.attends[:, : lanes.column + 1].long()
-        lanes.read.logits = model(
-            input_ids=tokens[:, None],
-            attention_mask=mask,
-            position_ids=(lanes.lengths + lanes.produced - 1)[:, None],
-            cache=cache,
-        ).logits[:, -1]
-        lanes.column += 1
+            new = [[t] for t in choose(logits[:, 0], lanes).tolist()]
+        step = lanes.record(new, tokenizer, stop_strings, max_new_tokens)
+        done = len(lanes.finished) == len(lanes.rows)
+        yield Step(step.tokens, step.finished, done and not waiting)
+        if done:
+            lanes = None
+
+
+def read_step(model: Any, lanes: Lanes, inputs: torch.Tensor) -> torch.Tensor:
+    """Logits after each of `inputs` (rows × tokens: each row's pending token, then its drafts), whose keys
+    and values go in the next columns."""
+    count = inputs.shape[1]
+    start = lanes.column
+    lanes.read.attends[:, start : start + count] = True
+    positions = (lanes.lengths + lanes.produced - 1)[:, None] + torch.arange(count, device=inputs.device)
+    cache = lanes.read.cache
+    if isinstance(cache, KVSlots):
+        cache.column = start
+        mask = lanes.read.attends[:, None, None, : start + count].expand(-1, 1, count, -1).clone()
+        mask[:, :, :, start:] = torch.ones(count, count, dtype=torch.bool, device=inputs.device).tril()
+    else:
+        mask = lanes.read.attends[:, : start + count].long()
+    lanes.column += count
+    return model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache).logits

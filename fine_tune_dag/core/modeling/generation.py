@@ -120,8 +120,8 @@ def generate_batch(
     for step in decode(
         model, tokenizer, [prompts[i] for i in order], max_new_tokens, decoding, stop_strings, batch_size
     ):
-        for slot, token in step.tokens.items():
-            tokens[order[slot]].append(token)
+        for slot, new in step.tokens.items():
+            tokens[order[slot]].extend(new)
         unreported += len(step.finished)
         if on_batch is not None and unreported and (unreported >= batch_size or step.last):
             on_batch(unreported)

@@ -107,7 +107,9 @@ def stream_answer(
     prompt = render_prompt_ids(tokenizer, retrieval_messages(system_prompt, question, passages))
     steps = decode(model, tokenizer, [prompt], max_new_tokens, Decoding(temperature, top_p, no_repeat_ngram_size, seed))
     with closing(steps):
-        yield from _strip_outer_whitespace(_new_text(tokenizer, (step.tokens[0] for step in steps)))
+        yield from _strip_outer_whitespace(
+            _new_text(tokenizer, (token for step in steps for token in step.tokens.get(0, [])))
+        )
 
 
 def _new_text(tokenizer: Any, tokens: Iterable[int]) -> Iterator[str]:
