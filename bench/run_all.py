@@ -30,8 +30,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     # four sides (ours, TRL like for like, TRL at its defaults, ours checkpointed) take turns: sized for 2 cores
     "training": (["--examples", "32", "--steps", "6"], ["--examples", "16", "--steps", "3"]),
     "generation": (
-        ["--prompts", "32", "--batch-size", "16", "--max-new-tokens", "48"],
-        ["--prompts", "16", "--max-new-tokens", "16"],
+        ["--prompts", "32", "--batch-size", "16", "--max-new-tokens", "120"],
+        ["--prompts", "16", "--max-new-tokens", "16", "--invariance-prompts", "4"],
     ),
     # short answers, and 96 items batched / 8 one at a time, keep it near 15 minutes on 2 cores
     "evaluation": (

@@ -71,7 +71,8 @@ class LLMResource(dg.ConfigurableResource):
             "asset": context.asset_key.to_user_string(),
             "partition": context.partition_key if context.has_partition_key else "",
         }
-        chunk = self.batch_size if self.provider == "local" else self.max_concurrency * 2
+        # local: several batches a call, so a finished row's place goes to the next request (decoding.decode)
+        chunk = self.batch_size * 4 if self.provider == "local" else self.max_concurrency * 2
         return CachedLLM(self.client(), warehouse, chunk_size=chunk, prices=self.price_table(), origin=origin)
 
     def judge(self, mode: str, warehouse: Warehouse, context: dg.AssetExecutionContext) -> CachedLLM | None:
