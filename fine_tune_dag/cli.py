@@ -301,6 +301,37 @@ def run_demo(settings: ProjectSettings) -> int:
     return 0 if print_latest_report(settings) else 1
 
 
+def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """`fine-tune-dag serve`: the API and playground until interrupted; the key comes from the environment."""
+    import uvicorn
+
+    from fine_tune_dag.core.serving.engine import Engine
+    from fine_tune_dag.serve import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
+
+    api_key = os.environ.get(API_KEY_VARIABLE, "")
+    try:
+        check_binding(args.host, api_key)
+        base = resolve_model(settings.base_model, settings.layout.models).path
+    except ValueError as error:
+        print(f"fine-tune-dag serve: {error}", file=sys.stderr)
+        return 1
+    warehouse = Warehouse(settings.layout.warehouse)
+    engine = Engine(base, recorder(warehouse), args.batch_size, args.queue_size)
+    engine.start()
+    print(
+        f"serving on http://{args.host}:{args.port}: the playground at /, the OpenAI API at /v1"
+        f"{' (API key required)' if api_key else ''}",
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            serve_app(engine, Models(warehouse, settings.layout.index), api_key), host=args.host, port=args.port
+        )
+    finally:
+        engine.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     transformers.logging.disable_progress_bar()  # one progress bar (ours) instead of one per model load
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -349,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     annotate_parser.add_argument(
         "--blind", action="store_true", help="the blind test: which of two texts did the author write?"
     )
+    serve_parser = commands.add_parser("serve", help="an OpenAI-compatible API over your models, a playground at /")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond this machine only with a key")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--batch-size", type=int, default=8, help="requests decoded together")
+    serve_parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more get a 429")
     args = parser.parse_args(argv)
     settings = environment.with_folders(args.notes_dir, args.data_dir)
     if args.command == "demo":
@@ -373,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lineage":
         print(lineage_text(Warehouse(settings.layout.warehouse)))
         return 0
+    if args.command == "serve":
+        return serve_models(settings, args)
     return 0 if print_latest_report(settings) else 1
 
 

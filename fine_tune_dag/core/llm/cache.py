@@ -93,6 +93,13 @@ class CachedLLM:
                 on_progress(len(chunk) + len(copies))
         return [a.text if a is not None else "" for a in answers]
 
+    def record(self, answered: Sequence[tuple[LLMRequest, LLMResult]]) -> None:
+        """Answers made elsewhere (the server's), cached and logged like this client's own: served traffic
+        becomes teacher data the same way."""
+        entries = [(cache_key(self.client.provider, self.client.model_name, r), r, a) for r, a in answered]
+        self._store(entries)
+        self._log(entries, cache_hit=False)
+
     def _lookup(self, keys: list[str]) -> dict[str, LLMResult]:
         if not keys:
             return {}
