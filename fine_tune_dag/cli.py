@@ -7,6 +7,7 @@ import argparse
 import getpass
 import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -187,6 +188,23 @@ def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: P
         print("Notes used: " + ", ".join(cited_notes(passages)))
 
 
+def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> None:
+    """The adapter merged into its base as a transformers folder, as GGUF files with an Ollama Modelfile each, or
+    both (the GGUF files are written from a merged folder, kept only when asked for)."""
+    if merged is None and gguf_dir is None:
+        raise ValueError("say where: --merged DIR (transformers), --gguf DIR (llama.cpp and Ollama), or both")
+    with tempfile.TemporaryDirectory(prefix="merged-") as scratch:
+        merged_dir = export_merged(folder, merged or Path(scratch) / folder.name)  # the files are named after it
+        if merged is not None:
+            print(f"merged model written to {merged_dir}")
+        if gguf_dir is not None:
+            from fine_tune_dag.core.modeling.gguf_export import export_gguf, write_ollama_modelfile
+
+            tokenizer, saved = load_tokenizer(merged_dir), load_generation_settings(merged_dir)
+            for written in export_gguf(merged_dir, gguf_dir):
+                print(f"{written} (Ollama: {write_ollama_modelfile(written, tokenizer, saved)})")
+
+
 def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
     """generate, export and push: the registry's adapter by name, or an adapter folder (generate: or `base`)."""
     try:
@@ -199,7 +217,7 @@ def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
         if args.command == "generate":
             answer_prompt(args, settings, folder)
         elif args.command == "export":
-            print(f"merged model written to {export_merged(folder, args.merged)}")
+            export_adapter(folder, args.merged, args.gguf)
         else:
             token = os.environ.get("HF_TOKEN", "")
             if not token:
@@ -359,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
             type=type(option.default),
             help=f"{option.metadata['help']} (default: the adapter's, saved with it; {option.default} for base)",
         )
-    export = commands.add_parser("export", help="write an adapter merged into its base model (plain transformers)")
-    export.add_argument("--merged", type=Path, required=True, help="folder to write (must not exist or be empty)")
+    export = commands.add_parser("export", help="an adapter merged into its base: transformers folder and/or GGUF")
+    export.add_argument("--merged", type=Path, help="transformers folder to write (must not exist or be empty)")
+    export.add_argument("--gguf", type=Path, help="folder for f16 and q8_0 GGUF files, each with an Ollama Modelfile")
     export.add_argument("--adapter", default="champion", help=adapter_help)
     push = commands.add_parser("push", help="push an adapter with a model card to the Hugging Face Hub (HF_TOKEN)")
     push.add_argument("--repo-id", required=True)

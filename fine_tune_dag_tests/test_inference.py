@@ -153,6 +153,25 @@ def test_export_merged_refuses_a_non_empty_target(adapter_dir, tmp_path):
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
+def test_cli_export_writes_gguf_files_with_modelfiles_carrying_the_adapters_settings(adapter_dir, tmp_path, capsys):
+    from gguf import GGUFReader
+
+    folders = ["--notes-dir", str(tmp_path / "notes"), "--data-dir", str(tmp_path / "data")]
+    assert main([*folders, "export", "--adapter", str(adapter_dir)]) == 1  # nowhere to write: refused
+    assert "--gguf" in capsys.readouterr().err
+    assert main([*folders, "export", "--adapter", str(adapter_dir), "--gguf", str(tmp_path / "gguf")]) == 0
+    written = sorted(p.name for p in (tmp_path / "gguf").iterdir())
+    assert [n for n in written if n.endswith(".gguf")] and len(written) == 2 * len(
+        [n for n in written if n.endswith(".gguf")]
+    )
+    saved = load_generation_settings(adapter_dir)
+    for gguf_file in (tmp_path / "gguf").glob("*.gguf"):
+        assert len(GGUFReader(gguf_file).tensors) > 0
+        modelfile = gguf_file.with_suffix(".Modelfile").read_text()
+        assert f"FROM ./{gguf_file.name}" in modelfile and f"PARAMETER num_predict {saved.max_new_tokens}" in modelfile
+        assert 'PARAMETER stop "' in modelfile and "TEMPLATE" in modelfile
+
+
 def _front_matter(card: str) -> dict:
     _, header, _ = card.split("---\n", 2)
     return yaml.safe_load(header)
