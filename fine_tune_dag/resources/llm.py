@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 from pydantic import Field
@@ -9,13 +10,17 @@ from pydantic import Field
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm.local import LocalLLM
+from fine_tune_dag.core.llm.openai_compat import OPENAI_PRICES, OpenAICompatibleLLM, OpenAISettings
+from fine_tune_dag.core.llm.remote import RemoteSettings
 from fine_tune_dag.core.llm.types import DEFAULT_PRICES, LLMClient
 from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.paths import ProjectPaths
 
-PROVIDERS = ("local", "gemini")
+PROVIDERS = ("local", "gemini", "openai")
+REMOTE_PROVIDERS = ("gemini", "openai")  # capable hosted models: judges by default
 DEFAULT_GEMINI_MODEL = GeminiSettings.model
+RemoteSettingsT = TypeVar("RemoteSettingsT", bound=RemoteSettings)
 
 
 @lru_cache(maxsize=2)
@@ -30,18 +35,43 @@ def _gemini_client(api_key: str, settings: GeminiSettings, seed: int) -> GeminiL
     return GeminiLLM(api_key, settings, seed)
 
 
+@lru_cache(maxsize=2)
+def _openai_client(api_key: str, settings: OpenAISettings, seed: int) -> OpenAICompatibleLLM:
+    """One client (and one rate limiter) per process, like Gemini's."""
+    return OpenAICompatibleLLM(api_key, settings, seed)
+
+
 class LLMResource(dg.ConfigurableResource):
-    provider: str = Field(default="local", description="'local' (a Hugging Face model here) or 'gemini'")
-    model: str = Field(default=BUNDLED_MODEL, description="local: Hub id, folder or bundled:…; gemini: model name")
+    provider: str = Field(
+        default="local",
+        description="'local' (a Hugging Face model here), 'gemini', or 'openai' (any OpenAI-compatible server: "
+        "OpenAI, Ollama, vLLM, llama.cpp, LM Studio)",
+    )
+    model: str = Field(
+        default=BUNDLED_MODEL,
+        description="local: Hub id, folder or bundled:…; gemini: model name; openai: the name the server serves",
+    )
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
-    api_key: str = Field(default="", description="gemini: set through EnvVar('GEMINI_API_KEY'); never logged")
-    base_url: str = Field(default="", description="gemini: another endpoint (a proxy, a local stub)")
+    api_key: str = Field(
+        default="",
+        description="gemini: EnvVar('GEMINI_API_KEY'); openai: EnvVar('OPENAI_API_KEY'), empty for a local server "
+        "that needs none; never logged",
+    )
+    base_url: str = Field(
+        default="",
+        description="gemini: another endpoint (a proxy, a local stub); openai: the server's /v1 URL "
+        "(empty: api.openai.com), e.g. http://localhost:11434/v1 for Ollama",
+    )
     max_concurrency: int = 4
-    requests_per_minute: int = Field(default=10, description="gemini: client-side pacing (free-tier default)")
-    tokens_per_minute: int = 250_000
+    requests_per_minute: int | None = Field(
+        default=None, description="gemini, openai: client-side pacing; unset: the provider's (gemini 10, openai 500)"
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, description="gemini, openai: client-side pacing; unset: the provider's (250k, 200k)"
+    )
     timeout_s: float = 60.0
     prices: dict[str, list[float]] = Field(
         default_factory=dict, description="model → [USD per 1M input tokens, per 1M output]; adds to the defaults"
@@ -50,19 +80,26 @@ class LLMResource(dg.ConfigurableResource):
 
     def client(self) -> LLMClient:
         if self.provider == "gemini":
-            settings = GeminiSettings(
-                model=self.model,
-                max_concurrency=self.max_concurrency,
-                requests_per_minute=self.requests_per_minute,
-                tokens_per_minute=self.tokens_per_minute,
-                timeout_s=self.timeout_s,
-                base_url=self.base_url,
-            )
-            return _gemini_client(self.api_key, settings, self.seed)
+            return _gemini_client(self.api_key, self._remote_settings(GeminiSettings), self.seed)
+        if self.provider == "openai":
+            if self.model == BUNDLED_MODEL:
+                raise ValueError("provider 'openai' needs `model`: the name the server serves (gpt-4o-mini, llama3.2…)")
+            return _openai_client(self.api_key, self._remote_settings(OpenAISettings), self.seed)
         if self.provider != "local":
             raise ValueError(f"unknown LLM provider '{self.provider}'; available: {', '.join(PROVIDERS)}")
         resolved = resolve_model(self.model, self.paths.models)
         return _local_client(resolved.path, self.device, self.dtype, self.batch_size, self.seed)
+
+    def _remote_settings(self, kind: type[RemoteSettingsT]) -> RemoteSettingsT:
+        """A hosted provider's settings from these fields; pacing left unset keeps the provider's default."""
+        pacing = {"requests_per_minute": self.requests_per_minute, "tokens_per_minute": self.tokens_per_minute}
+        return kind(
+            model=self.model,
+            max_concurrency=self.max_concurrency,
+            timeout_s=self.timeout_s,
+            base_url=self.base_url,
+            **{name: value for name, value in pacing.items() if value is not None},
+        )
 
     def cached(self, warehouse: Warehouse, context: dg.AssetExecutionContext) -> CachedLLM:
         """A fresh usage counter per asset materialization, over the shared client, cache and request log."""
@@ -76,11 +113,11 @@ class LLMResource(dg.ConfigurableResource):
         return CachedLLM(self.client(), warehouse, chunk_size=chunk, prices=self.price_table(), origin=origin)
 
     def judge(self, mode: str, warehouse: Warehouse, context: dg.AssetExecutionContext) -> CachedLLM | None:
-        """The pairwise judge a stage asked for: 'llm' always, 'auto' when the provider is Gemini (the bundled
-        model is too weak to judge), anything else none."""
-        if mode == "llm" or (mode == "auto" and self.provider == "gemini"):
+        """The pairwise judge a stage asked for: 'llm' always, 'auto' when the provider is a hosted one (Gemini or
+        OpenAI-compatible; the bundled model is too weak to judge), anything else none."""
+        if mode == "llm" or (mode == "auto" and self.provider in REMOTE_PROVIDERS):
             return self.cached(warehouse, context)
         return None
 
     def price_table(self) -> dict[str, tuple[float, float]]:
-        return {**DEFAULT_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}
+        return {**DEFAULT_PRICES, **OPENAI_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}
