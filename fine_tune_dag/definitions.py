@@ -67,8 +67,17 @@ def build_definitions(
 
 
 def llm_from_settings(settings: ProjectSettings) -> LLMResource:
-    """The local model, or Gemini with its key read from the environment at run time (never stored)."""
+    """The local model, Gemini, or an OpenAI-compatible server, keys read from the environment at run time
+    (never stored)."""
     paths = ProjectPaths(notes_dir=settings.notes_dir, data_dir=settings.data_dir)
+    if settings.llm_provider == "openai":
+        return LLMResource(
+            provider="openai",
+            model=settings.llm_model,
+            base_url=settings.llm_base_url,
+            api_key=dg.EnvVar("OPENAI_API_KEY") if settings.openai_key_set else "",
+            paths=paths,
+        )
     if settings.llm_provider != "gemini":
         return LLMResource(model=settings.llm_model or BUNDLED_MODEL, paths=paths)
     return LLMResource(

@@ -37,7 +37,7 @@ from fine_tune_dag.core.serving.requests import (
     error_body,
     parse_chat_request,
 )
-from fine_tune_dag.core.store.registry import MAIN_LINE, current_champion
+from fine_tune_dag.core.store.registry import current_champion, main_line_versions
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 API_KEY_VARIABLE = "FINE_TUNE_DAG_API_KEY"
@@ -60,8 +60,7 @@ class Models:
         self._index: tuple[float, PassageIndex] | None = None
 
     def adapters(self) -> dict[str, Path]:
-        rows = self.warehouse.query(f"SELECT version, path FROM adapters WHERE {MAIN_LINE} ORDER BY created_at")
-        found = {row.version: Path(row.path) for row in rows.itertuples()}
+        found = {row.version: Path(row.path) for row in main_line_versions(self.warehouse).itertuples()}
         champion = current_champion(self.warehouse)
         if champion is not None:
             found["champion"] = Path(champion.path)

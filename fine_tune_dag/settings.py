@@ -5,7 +5,9 @@
 | FINE_TUNE_DAG_NOTES_DIR | data/notes | the notes folder (only ever read) |
 | FINE_TUNE_DAG_DATA_DIR | data | everything generated |
 | FINE_TUNE_DAG_BASE_MODEL | the bundled SmolLM2 | Hub id, folder or bundled:… |
-| FINE_TUNE_DAG_LLM_PROVIDER | local | local or gemini |
+| FINE_TUNE_DAG_LLM_PROVIDER | local | local, gemini, or openai (any OpenAI-compatible server) |
+| FINE_TUNE_DAG_LLM_BASE_URL | — | openai: the server's /v1 URL (Ollama, vLLM, llama.cpp, fine-tune-dag serve); empty: OpenAI |
+| OPENAI_API_KEY | — | openai: read at run time, never logged; local servers need none |
 | FINE_TUNE_DAG_LLM_MODEL | bundled (local), gemini-2.5-flash (gemini) | the LLM for chunking, synthesis, judging |
 | FINE_TUNE_DAG_GEMINI_RPM | 10 | requests per minute to Gemini |
 | GEMINI_API_KEY or GOOGLE_API_KEY | — | read at run time, never logged |
@@ -34,6 +36,8 @@ class ProjectSettings:
     base_model: str = BUNDLED_MODEL
     llm_provider: str = "local"
     llm_model: str = ""  # empty: the provider's default
+    llm_base_url: str = ""
+    openai_key_set: bool = False  # an unset key is fine for a local server; Dagster refuses an unset EnvVar
     gemini_requests_per_minute: int = 10
     gemini_key_variable: str = "GEMINI_API_KEY"
     retrain_min_new_examples: int | None = None  # None: AutomationPolicy's default
@@ -52,6 +56,8 @@ class ProjectSettings:
             base_model=env.get("FINE_TUNE_DAG_BASE_MODEL", defaults.base_model),
             llm_provider=env.get("FINE_TUNE_DAG_LLM_PROVIDER", defaults.llm_provider),
             llm_model=env.get("FINE_TUNE_DAG_LLM_MODEL", defaults.llm_model),
+            llm_base_url=env.get("FINE_TUNE_DAG_LLM_BASE_URL", defaults.llm_base_url),
+            openai_key_set=bool(env.get("OPENAI_API_KEY")),
             gemini_requests_per_minute=int(env.get("FINE_TUNE_DAG_GEMINI_RPM", defaults.gemini_requests_per_minute)),
             gemini_key_variable=(
                 "GOOGLE_API_KEY" if "GOOGLE_API_KEY" in env and "GEMINI_API_KEY" not in env else "GEMINI_API_KEY"

@@ -13,14 +13,18 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import dagster as dg
 import openai
 import pandas as pd
 import pytest
 import requests
 import uvicorn
+from fine_tune_dag_testkit.notes import write_sample_notes
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from fine_tune_dag.automation.jobs import notes_job
+from fine_tune_dag.cli import register_note_partitions
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.generation import (
     GenerationSettings,
@@ -36,6 +40,9 @@ from fine_tune_dag.core.serving.engine import Engine, Overloaded
 from fine_tune_dag.core.serving.requests import InvalidRequest, parse_chat_request
 from fine_tune_dag.core.store.registry import promote
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.definitions import build_definitions
+from fine_tune_dag.resources.llm import LLMResource
+from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.serve import Models, check_binding, recorder, serve_app
 from fine_tune_dag_tests.browser import chromium_driver, free_port
 
@@ -271,3 +278,32 @@ def test_the_playground_streams_champion_base_and_retrieval_side_by_side(served,
         assert boxes["champion"].find_element(By.CLASS_NAME, "text").text
         assert "bikes.md" in boxes["champion+rag"].find_element(By.CLASS_NAME, "notes").text
         assert not driver.find_elements(By.CSS_SELECTOR, ".error")
+
+
+def test_the_graph_synthesizes_with_the_served_model_as_its_teacher(tmp_path, tiny_model_dir):
+    """`provider: openai` pointed at `fine-tune-dag serve`: chunking and synthesis ask the served model, the
+    graph logs them as openai calls, and the server logs the same requests as served traffic."""
+    notes, data = tmp_path / "notes", tmp_path / "data"
+    write_sample_notes(notes, 2)
+    served_log = Warehouse(tmp_path / "served.duckdb")
+    engine = Engine(tiny_model_dir, recorder(served_log), batch_size=8, queue_size=64, dtype="float32")
+    engine.start()
+    assert engine.ready.wait(WAIT_SECONDS)
+    config = {"ops": {"passages": {"config": {"min_chars": 60, "max_chars": 200}}}}
+    try:
+        with server(engine, Models(served_log, tmp_path / "index")) as url, dg.instance_for_test() as instance:
+            llm = LLMResource(
+                provider="openai",
+                model="base",
+                base_url=f"{url}/v1",
+                paths=ProjectPaths(notes_dir=str(notes), data_dir=str(data)),
+            )
+            job = build_definitions(str(notes), str(data), llm=llm).resolve_job_def(notes_job.name)
+            for key in register_note_partitions(instance, notes):
+                assert job.execute_in_process(instance=instance, partition_key=key, run_config=config).success
+    finally:
+        engine.stop()
+    asked = Warehouse(data / "warehouse.duckdb").query("SELECT * FROM llm_requests WHERE NOT cache_hit")
+    assert set(asked.provider) == {"openai"} and {"qa_pairs"} <= set(asked.asset) and len(asked) > 0
+    answered = served_log.query("SELECT provider, model FROM llm_requests")
+    assert len(answered) == len(asked) and set(answered.model) == {"base"}

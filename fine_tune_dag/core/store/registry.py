@@ -24,6 +24,11 @@ def latest_adapter(db: Warehouse) -> pd.Series | None:
     return None if rows.empty else rows.iloc[0]
 
 
+def main_line_versions(db: Warehouse) -> pd.DataFrame:
+    """Every main-line adapter's version and folder, oldest first."""
+    return db.query(f"SELECT version, path FROM adapters WHERE {MAIN_LINE} ORDER BY created_at, version")
+
+
 def current_champion(db: Warehouse) -> pd.Series | None:
     rows = db.query(
         "SELECT a.*, h.promoted_at FROM champion_history h JOIN adapters a ON a.version = h.version "
