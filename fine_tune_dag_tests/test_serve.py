@@ -160,6 +160,37 @@ def test_the_server_follows_the_champion_without_a_restart(served, adapters):
     assert "v2" in [m.id for m in openai.OpenAI(base_url=f"{url}/v1", api_key="unused").models.list()]
 
 
+def test_a_champion_swap_under_load_loses_and_fails_no_request(served, adapters):
+    """Clients stream while the champion moves: every request is answered, by the old champion or the new one,
+    and the ones sent after the promotion by the new one."""
+    url, db, _ = served
+    old, new = expected_answer(adapters[0]), expected_answer(adapters[1])
+    answers: list[tuple[float, str]] = []
+    failures: list[BaseException] = []
+
+    def client() -> None:
+        for _ in range(4):
+            sent = time.monotonic()
+            try:
+                answers.append((sent, "".join(e.choices[0].delta.content or "" for e in ask(url, stream=True))))
+            except BaseException as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    while len(answers) < 4:
+        time.sleep(0.01)
+    register(db, adapters[1], datetime(2026, 1, 2))
+    promoted = time.monotonic()
+    for thread in threads:
+        thread.join(WAIT_SECONDS)
+    assert not failures and len(answers) == 16
+    assert {text for _, text in answers} <= {old, new} and old in {t for _, t in answers}
+    after = [text for sent, text in answers if sent > promoted]
+    assert after and all(text == new for text in after)
+
+
 def test_concurrent_requests_are_answered_and_each_is_logged(served, adapters):
     url, db, _ = served
     results: list[str] = []
