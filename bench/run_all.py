@@ -45,6 +45,11 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     # the whole graph as make demo runs it, then every contender's voice, authorship, grounding and loops
     "efficacy": ([], []),
     "dpo": (["--pairs", "16", "--steps", "6"], ["--pairs", "8", "--steps", "3"]),
+    # 16 requests alone and at 8 clients, then 200 with the champion swapped halfway
+    "serve": (
+        ["--requests", "16", "--clients", "8", "--max-tokens", "48", "--swap-requests", "200"],
+        ["--requests", "4", "--clients", "2", "--max-tokens", "8", "--swap-requests", "8"],
+    ),
     "training_mfu": (["--steps", "4"], ["--steps", "2", "--batch-size", "4"]),  # on a GPU also the 1.2B model
 }
 # The benchmark a script's rows are named by, the first word of their table lines, where it is not the script's

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from os.path import commonprefix
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -409,11 +409,13 @@ def decode(
     stop_strings: Sequence[str] = (),
     batch_size: int | None = None,
     drafts: int = DRAFT_TOKENS,
+    arrivals: Callable[[int], Sequence[Sequence[int]]] | None = None,
 ) -> Iterator[Step]:
     """Each step's new tokens by prompt index, for the rows decoding then, until every prompt has finished:
     at EOS (yielded), at a stop string wholly in the generated text (its last token yielded), or at
     `max_new_tokens`. At most `batch_size` rows decode at once (all by default); as rows finish, the next
-    prompts in order take their places, so a batch is not held back by its longest answer.
+    prompts in order take their places, so a batch is not held back by its longest answer. `arrivals(room)`, when
+    given, is asked at each step for up to `room` more prompts, which join the batch (a server's new requests).
 
     Greedy decoding without an n-gram ban also reads up to `drafts` tokens proposed by `PromptLookup` in
     the same step and keeps those the model would have chosen itself (0: one token a step). Runs under
@@ -428,6 +430,7 @@ def decode(
             tuple(s for s in stop_strings if s),
             batch_size or len(prompts),
             drafts if decoding.temperature == 0 and decoding.no_repeat_ngram_size == 0 else 0,
+            arrivals,
         )
 
 
@@ -440,9 +443,11 @@ def _decode(
     stop_strings: tuple[str, ...],
     batch_size: int,
     drafts: int,
+    arrivals: Callable[[int], Sequence[Sequence[int]]] | None,
 ) -> Iterator[Step]:
     device = next(model.parameters()).device
-    generators = row_generators(prompts, decoding.seed, device) if decoding.temperature > 0 else []
+    prompts = list(prompts)
+    generators: dict[int, torch.Generator] = {}  # by prompt, made as each is admitted
     plain = has_plain_cache(model)  # rows join a running batch, and drafts are read, only on a cache of our own
     drafts = drafts if plain else 0
     spare = max_new_tokens + drafts + 1  # free columns a batch starts with: at least one step's
@@ -450,16 +455,28 @@ def _decode(
     lanes: Lanes | None = None
 
     def choose(logits: torch.Tensor, lanes: Lanes) -> torch.Tensor:
-        chosen_generators = [generators[r] for r in lanes.rows] if generators else []
+        chosen_generators = [generators[r] for r in lanes.rows] if decoding.temperature > 0 else []
         return choose_tokens(logits, lanes.history, lanes.produced, decoding, chosen_generators)
 
-    while waiting or lanes is not None:
-        if lanes is None or (plain and len(lanes.finished) * 4 >= len(lanes.rows)):  # a finished row costs a live one
+    while True:
+        arrived = False
+        if arrivals is not None and (lanes is None or plain):
+            room = batch_size - len(waiting) - (len(lanes.rows) - len(lanes.finished) if lanes else 0)
+            for prompt in arrivals(room) if room > 0 else ():
+                prompts.append(prompt)
+                waiting.insert(0, len(prompts) - 1)
+                arrived = True
+        if not waiting and lanes is None:
+            return
+        finishing = lanes is not None and len(lanes.finished) * 4 >= len(lanes.rows)  # a finished row costs a live one
+        if lanes is None or (plain and (finishing or arrived)):
             live = [s for s in range(len(lanes.rows)) if s not in lanes.finished] if lanes else []
             kept = lanes.keep(live, spare) if live else None
             admitted = [waiting.pop() for _ in range(min(batch_size - len(live), len(waiting)))]
             if admitted:
                 new = [prompts[i] for i in admitted]
+                if decoding.temperature > 0:
+                    generators.update(zip(admitted, row_generators(new, decoding.seed, device)))
                 started = Lanes.start(
                     read_prompts(model, new, tokenizer.pad_token_id, spare), admitted, new, max_new_tokens
                 )

@@ -65,7 +65,7 @@ class Job:
     @property
     def key(self) -> tuple:
         """Jobs with the same key decode in one batch."""
-        return (self.served.adapter, self.decoding, self.request.stop)
+        return (self.served.adapter, self.decoding, self.request.stop, self.max_tokens)
 
 
 class Engine:
@@ -90,6 +90,7 @@ class Engine:
         self._adapters: dict[Path, str] = {}  # folder → adapter name in the model
         self._settings: dict[Path | None, GenerationSettings] = {}
         self._stop = threading.Event()
+        self._held: list[Job] = []  # taken from the queue, waiting for a batch of their kind
         self._thread = threading.Thread(target=self._run, name="serve-engine", daemon=True)
 
     def start(self) -> None:
@@ -135,22 +136,32 @@ class Engine:
             self.failure = error
             return
         self.ready.set()
-        held: list[Job] = []  # taken from the queue while gathering a batch, but of another kind
         while not self._stop.is_set():
-            if not held:
+            if not self._held:
                 try:
-                    held.append(self.jobs.get(timeout=0.2))
+                    self._held.append(self.jobs.get(timeout=0.2))
                 except queue.Empty:
                     continue
-            batch = [job for job in held if job.key == held[0].key][: self.batch_size]
-            held = [job for job in held if job not in batch]
-            while len(batch) < self.batch_size:
+            self._decode(self._held.pop(0))
+
+    def _arrivals(self, batch: list[Job], room: int) -> list[list[int]]:
+        """Up to `room` queued jobs of `batch`'s kind, joining it as it decodes; others wait their turn."""
+        joined: list[list[int]] = []
+        while len(joined) < room:
+            same = next((job for job in self._held if job.key == batch[0].key), None)
+            if same is not None:
+                self._held.remove(same)
+            else:
                 try:
-                    job = self.jobs.get_nowait()
+                    same = self.jobs.get_nowait()
                 except queue.Empty:
                     break
-                (batch if job.key == batch[0].key else held).append(job)
-            self._decode(batch)
+                if same.key != batch[0].key:
+                    self._held.append(same)
+                    continue
+            batch.append(same)
+            joined.append(same.prompt)
+        return joined
 
     def _weights(self, adapter: Path | None) -> Any:
         """The model with `adapter` on (loaded the first time it is asked for), or with adapters off."""
@@ -171,49 +182,64 @@ class Engine:
             self._model.set_adapter(self._adapters[adapter])
         return self._model, nullcontext()
 
-    def _decode(self, batch: list[Job]) -> None:
-        started = time.perf_counter()
-        tokens: list[list[int]] = [[] for _ in batch]
-        reasons: list[str | None] = [None] * len(batch)
-        first = batch[0]
+    def _decode(self, first: Job) -> None:
+        """`first` and the jobs of its kind that arrive while it decodes, in one batch."""
+        batch = [first]
+        tokens: dict[int, list[int]] = {}
+        reasons: dict[int, str] = {}
+        started: dict[int, float] = {}
         try:
             model, weights = self._weights(first.served.adapter)
             with weights:
                 steps = decode(
                     model,
                     self.tokenizer,
-                    [job.prompt for job in batch],
-                    max(job.max_tokens for job in batch),
+                    [first.prompt],
+                    first.max_tokens,
                     first.decoding,
                     first.request.stop,
+                    self.batch_size,
+                    arrivals=lambda room: self._arrivals(batch, room),
                 )
                 for step in steps:
                     for row, new in step.tokens.items():
-                        if reasons[row] is not None:
-                            continue
-                        new = new[: batch[row].max_tokens - len(tokens[row])]
-                        tokens[row] += new
-                        if new and new[-1] == self.tokenizer.eos_token_id:
-                            reasons[row] = "stop"
+                        started.setdefault(row, time.perf_counter())
+                        tokens.setdefault(row, []).extend(new)
+                        if new[-1] == self.tokenizer.eos_token_id:
                             new = new[:-1]
-                        elif row in step.finished:
-                            reasons[row] = "stop"
-                        elif len(tokens[row]) >= batch[row].max_tokens:
-                            reasons[row] = "length"
+                        if row in step.finished:
+                            reasons[row] = self._reason(tokens[row], first)
                         if new:
                             batch[row].send("tokens", new)
-        except Exception as error:  # every request of the batch hears it; the server goes on
-            for job in batch:
-                job.send("error", str(error))
-            return
-        latency = (time.perf_counter() - started) / len(batch)
-        # logged before any answer ends, so a client that has its answer finds it in the log
+                    if step.finished:
+                        self._finish([(row, batch[row]) for row in step.finished], tokens, reasons, started)
+        except Exception as error:  # every unfinished request of the batch hears it; the server goes on
+            for row, job in enumerate(batch):
+                if row not in reasons:
+                    job.send("error", str(error))
+
+    def _reason(self, tokens: list[int], job: Job) -> str:
+        """OpenAI's finish reason: "stop" at EOS or a stop string, "length" at the token limit."""
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        stopped = tokens[-1] == self.tokenizer.eos_token_id or any(s in text for s in job.request.stop)
+        return "stop" if stopped or len(tokens) < job.max_tokens else "length"
+
+    def _finish(
+        self,
+        rows: list[tuple[int, Job]],
+        tokens: dict[int, list[int]],
+        reasons: dict[int, str],
+        started: dict[int, float],
+    ) -> None:
+        """Log the finished answers, then end them: a client that has its answer finds it in the log."""
+        now = time.perf_counter()
         try:
-            self.record([_logged(job, self.tokenizer, t, latency) for job, t in zip(batch, tokens)], first.served.name)
+            answered = [_logged(job, self.tokenizer, tokens[row], now - started[row]) for row, job in rows]
+            self.record(answered, rows[0][1].served.name)
         except Exception as error:  # a busy warehouse must not withhold the answers
             LOGGER.warning("served answers not logged: %s", error)
-        for job, reason in zip(batch, reasons):
-            job.send("end", reason or "stop")
+        for row, job in rows:
+            job.send("end", reasons[row])
 
 
 def _logged(job: Job, tokenizer: Any, tokens: list[int], latency: float) -> tuple[LLMRequest, LLMResult]:
