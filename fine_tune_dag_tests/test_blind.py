@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,14 +12,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import uvicorn
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 from starlette.testclient import TestClient
 
-from fine_tune_dag.annotate import HOST, annotation_app
+from fine_tune_dag.annotate import annotation_app
 from fine_tune_dag.core.modeling.statistics import Interval
 from fine_tune_dag.core.store.blind import (
     blind_progress,
@@ -33,7 +30,7 @@ from fine_tune_dag.core.store.blind import (
     side_id,
 )
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag_tests.browser import chromium_driver, free_port, require_chromium
+from fine_tune_dag_tests.browser import app_in_thread, chromium_driver, require_chromium
 
 # Texts avoid the words "author" and "model", so a response that names a text's role is caught by a search.
 TRIALS = [
@@ -227,20 +224,8 @@ def test_other_websites_cannot_read_trials_and_an_unknown_mode_is_refused(db: Wa
 @contextmanager
 def blind_page(db: Warehouse, labeler: str) -> Iterator[str]:
     """The blind page served on 127.0.0.1 from a thread of this test; yields its URL, stopped however the test ends."""
-    port = free_port()
-    app = annotation_app(db, labeler, random.Random(0), mode="blind")
-    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the blind page did not start"
-            time.sleep(0.05)
-        yield f"http://{HOST}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=WAIT_SECONDS)
+    with app_in_thread(annotation_app(db, labeler, random.Random(0), mode="blind"), "the blind page") as url:
+        yield url
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> None:

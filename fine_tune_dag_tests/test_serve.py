@@ -18,7 +18,6 @@ import openai
 import pandas as pd
 import pytest
 import requests
-import uvicorn
 from fine_tune_dag_testkit.notes import write_sample_notes
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -44,7 +43,7 @@ from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.serve import Models, check_binding, recorder, serve_app
-from fine_tune_dag_tests.browser import chromium_driver, free_port
+from fine_tune_dag_tests.browser import app_in_thread, chromium_driver
 
 QUESTION = "Why do you oil the chain?"
 ANSWER = "Here is the thing: the chain wears slowly, then all at once."
@@ -78,20 +77,8 @@ def register(db: Warehouse, adapter: Path, when: datetime) -> None:
 @contextmanager
 def server(engine: Engine, models: Models, api_key: str = "") -> Iterator[str]:
     """The app on 127.0.0.1 in a thread of this test; yields its URL, stopped however the test ends."""
-    port = free_port()
-    app = serve_app(engine, models, api_key)
-    running = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_level="warning"))
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not running.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        yield f"http://{HOST}:{port}"
-    finally:
-        running.should_exit = True
-        thread.join(timeout=WAIT_SECONDS)
+    with app_in_thread(serve_app(engine, models, api_key), "the server", WAIT_SECONDS) as url:
+        yield url
 
 
 @pytest.fixture()
