@@ -92,7 +92,9 @@ def test_deleting_a_note_takes_its_pairs_out_of_the_dataset(daemon):
     gone.unlink()
     runs = daemon.settle()
     # the dataset and the retrieval index, so the deleted note is neither trained on nor retrieved
-    assert [sorted(r.assets) for r in runs if r.trigger == "new_notes_sensor"] == [["dataset_splits", "retrieval_index"]]
+    assert [sorted(r.assets) for r in runs if r.trigger == "new_notes_sensor"] == [
+        ["dataset_splits", "retrieval_index"]
+    ]
     assert gone_key not in set(db.query("SELECT note_id FROM dataset_splits")["note_id"])
     assert gone_key in set(db.query("SELECT note_id FROM raw_notes")["note_id"])  # nothing else is touched
     assert gone_key not in daemon.instance.get_dynamic_partitions("notes")
