@@ -19,7 +19,7 @@ from typing import Any, Callable
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.decoding import Decoding, decode
-from fine_tune_dag.core.modeling.generation import GenerationSettings, cut_at_stop, load_generation_settings
+from fine_tune_dag.core.modeling.generation import GenerationSettings, continuation_text, load_generation_settings
 from fine_tune_dag.core.modeling.inference import load_base_model
 from fine_tune_dag.core.modeling.models import load_tokenizer
 from fine_tune_dag.core.serving.requests import ChatRequest
@@ -244,8 +244,7 @@ class Engine:
 
 def _logged(job: Job, tokenizer: Any, tokens: list[int], latency: float) -> tuple[LLMRequest, LLMResult]:
     """The request and its answer as the LLM cache and request log keep them."""
-    ids = tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens
-    text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), job.request.stop).strip()
+    text = continuation_text(tokenizer, tokens, job.request.stop)
     request = LLMRequest(
         tuple((m["role"], m["content"]) for m in job.request.messages),
         SERVED_TEMPLATE,
@@ -254,4 +253,5 @@ def _logged(job: Job, tokenizer: Any, tokens: list[int], latency: float) -> tupl
         job.decoding.temperature,
         (("model", job.served.name), ("notes", ",".join(job.notes))),
     )
-    return request, LLMResult(text, "ok" if text else "empty", len(job.prompt), len(ids), latency)
+    produced = tokens.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in tokens else len(tokens)
+    return request, LLMResult(text, "ok" if text else "empty", len(job.prompt), produced, latency)
