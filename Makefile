@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install browser demo test ui bench clean
+.PHONY: install browser postgres demo test ui bench clean
 
 install: $(STAMP)
 
@@ -48,7 +48,30 @@ browser:
 			"or set FINE_TUNE_DAG_SKIP_BROWSER_TESTS=1 to skip the browser tests" >&2; exit 1; }; \
 	fi
 
-test: install browser
+# PostgreSQL for the tests of the shared warehouse, the Postgres-backed Dagster instance and the shared LLM
+# quota: Debian's server binaries, found by fine_tune_dag_tests/postgres.py, which starts a throwaway
+# cluster on 127.0.0.1 per test session. Installed like Chromium, where missing; FINE_TUNE_DAG_SKIP_POSTGRES_TESTS=1
+# skips those tests on purpose, each saying why.
+postgres:
+	@if [ "$$FINE_TUNE_DAG_SKIP_POSTGRES_TESTS" = 1 ]; then \
+		echo "FINE_TUNE_DAG_SKIP_POSTGRES_TESTS=1: PostgreSQL neither checked nor installed; its tests will be skipped" >&2; \
+	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		true; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "ERROR: no apt-get: install PostgreSQL's server (initdb, pg_ctl under /usr/lib/postgresql/<version>/bin)," \
+			"or set FINE_TUNE_DAG_SKIP_POSTGRES_TESTS=1 to skip the PostgreSQL tests" >&2; \
+		exit 1; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "ERROR: not root: run 'sudo make postgres' (apt: postgresql)," \
+			"or set FINE_TUNE_DAG_SKIP_POSTGRES_TESTS=1 to skip the PostgreSQL tests" >&2; \
+		exit 1; \
+	else \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+		{ echo "ERROR: apt-get could not install postgresql (see above)," \
+			"or set FINE_TUNE_DAG_SKIP_POSTGRES_TESTS=1 to skip the PostgreSQL tests" >&2; exit 1; }; \
+	fi
+
+test: install browser postgres
 	$(BIN)/python -m pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml

@@ -95,7 +95,7 @@ def register_note_partitions(instance: dg.DagsterInstance, notes_dir: Path) -> l
 
 
 def print_latest_report(settings: ProjectSettings) -> bool:
-    db = Warehouse(settings.layout.warehouse)
+    db = Warehouse(settings.warehouse)
     evaluation = latest_evaluation(db)
     if evaluation is None:
         print("no evaluation report yet")
@@ -132,7 +132,7 @@ def print_requests(db: Warehouse, args: argparse.Namespace) -> None:
 def print_estimate(settings: ProjectSettings) -> None:
     """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
     notes_dir = settings.layout.notes
-    db = Warehouse(settings.layout.warehouse)
+    db = Warehouse(settings.warehouse)
     llm = llm_from_settings(settings)
     history = History.from_warehouse(db, llm.provider)
     synthesized = synthesized_note_hashes(db)
@@ -212,7 +212,7 @@ def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
             answer_prompt(args, settings, None)
             return 0
         folder = Path(args.adapter) if Path(args.adapter).is_dir() else None
-        row = None if folder else resolve_adapter(Warehouse(settings.layout.warehouse), args.adapter)
+        row = None if folder else resolve_adapter(Warehouse(settings.warehouse), args.adapter)
         folder = folder or Path(row.path)
         if args.command == "generate":
             answer_prompt(args, settings, folder)
@@ -248,7 +248,7 @@ def annotate(settings: ProjectSettings, who: str | None, port: int, blind: bool)
     """Serve the preference page (or, `blind`, the "which did the author write?" page) until Ctrl-C; it starts
     even with nothing to label, so the page can say why."""
     who = (who or "").strip() or os.environ.get("USER") or getpass.getuser()
-    db = Warehouse(settings.layout.warehouse)
+    db = Warehouse(settings.warehouse)
     done, total = blind_progress(db, who) if blind else progress(db, who)
     keys = "left/right arrows: the author's text" if blind else "left/right arrows: better answer, down: tie, s: skip"
     print(f"Annotating as {who}: http://127.0.0.1:{port}  ({keys}; Ctrl-C to stop)")
@@ -333,7 +333,7 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fine-tune-dag serve: {error}", file=sys.stderr)
         return 1
-    warehouse = Warehouse(settings.layout.warehouse)
+    warehouse = Warehouse(settings.warehouse)
     engine = Engine(base, recorder(warehouse), args.batch_size, args.queue_size)
     engine.start()
     print(
@@ -418,15 +418,15 @@ def main(argv: list[str] | None = None) -> int:
         print_estimate(settings)
         return 0
     if args.command == "requests":
-        print_requests(Warehouse(settings.layout.warehouse), args)
+        print_requests(Warehouse(settings.warehouse), args)
         return 0
     if args.command == "rejected":
-        print_rejected(Warehouse(settings.layout.warehouse))
+        print_rejected(Warehouse(settings.warehouse))
         return 0
     if args.command == "annotate":
         return annotate(settings, args.who, args.port, args.blind)
     if args.command == "lineage":
-        print(lineage_text(Warehouse(settings.layout.warehouse)))
+        print(lineage_text(Warehouse(settings.warehouse)))
         return 0
     if args.command == "serve":
         return serve_models(settings, args)

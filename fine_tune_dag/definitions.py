@@ -37,11 +37,13 @@ def build_definitions(
     executor: str = "",
     artifacts_url: str = "",
     sweep_file: str = "sweeps.yaml",
+    warehouse_url: str | dg.EnvVar = "",
 ) -> dg.Definitions:
     """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double).
 
     `executor` ("", "multiprocess", "in_process" or "k8s") and `artifacts_url` (an fsspec URL that
-    adapters and reports are mirrored to) are what changes on a cluster (deploy/README.md). The sweep
+    adapters and reports are mirrored to) and `warehouse_url` (a PostgreSQL database in place of the DuckDB
+    file) are what changes on a cluster (deploy/README.md). The sweep
     assets exist when `sweep_file` does.
     """
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
@@ -57,7 +59,7 @@ def build_definitions(
         executor=executor_for(executor),
         resources={
             "paths": paths,
-            "warehouse": WarehouseResource(paths=paths),
+            "warehouse": WarehouseResource(paths=paths, url=warehouse_url),
             "models": ModelsResource(base_model=base_model_ref, paths=paths),
             "llm": llm or LLMResource(model=llm_model_ref, paths=paths),
             "policy": policy,
@@ -99,6 +101,8 @@ def definitions_from_settings(settings: ProjectSettings) -> dg.Definitions:
         executor=settings.executor,
         artifacts_url=settings.artifacts_url,
         sweep_file=settings.sweep_file,
+        # read at run time, so the URL never lands in the run's configuration
+        warehouse_url=dg.EnvVar("FINE_TUNE_DAG_WAREHOUSE_URL") if settings.warehouse_url else "",
     )
 
 

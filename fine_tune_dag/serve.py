@@ -58,14 +58,13 @@ class Models:
     def __init__(self, warehouse: Warehouse, index_folder: Path) -> None:
         self.warehouse, self.index_folder = warehouse, index_folder
         self._index: tuple[float, PassageIndex] | None = None
-        self._adapters: tuple[tuple[int, ...], dict[str, Path]] | None = None
+        self._adapters: tuple[object, dict[str, Path]] | None = None
 
     def adapters(self) -> dict[str, Path]:
-        """Versions and the champion, read again whenever the warehouse file or its log has changed: a
-        promotion reaches the next request, and requests in between cost no query (the event loop waits on it)."""
-        files = (self.warehouse.path, self.warehouse.path.with_name(self.warehouse.path.name + ".wal"))
-        stamp = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
-        if self._adapters is None or self._adapters[0] != stamp:
+        """Versions and the champion, read again whenever the warehouse may have changed: a promotion reaches
+        the next request, and requests in between cost a DuckDB file no query (the event loop waits on it)."""
+        changed, stamp = self.warehouse.changed_since(None if self._adapters is None else self._adapters[0])
+        if self._adapters is None or changed:
             found = {row.version: Path(row.path) for row in main_line_versions(self.warehouse).itertuples()}
             champion = current_champion(self.warehouse)
             if champion is not None:

@@ -15,6 +15,7 @@
 | FINE_TUNE_DAG_RETRAIN_CRON | AutomationPolicy's (0 3 * * *) | the nightly catch-up |
 | FINE_TUNE_DAG_EXECUTOR | (multi or in-process) | multiprocess, in_process or k8s |
 | FINE_TUNE_DAG_ARTIFACTS_URL | — | fsspec URL adapters and reports are mirrored to |
+| FINE_TUNE_DAG_WAREHOUSE_URL | — (data/warehouse.duckdb) | postgresql://user@host:5432/db: the warehouse shared by many machines; the password from PGPASSWORD, never in the URL |
 | FINE_TUNE_DAG_SWEEP_FILE | sweeps.yaml | named training configurations |
 """
 
@@ -44,6 +45,7 @@ class ProjectSettings:
     retrain_cron: str | None = None  # None: AutomationPolicy's default
     executor: str = ""
     artifacts_url: str = ""
+    warehouse_url: str = ""  # empty: the DuckDB file in the data folder
     sweep_file: str = "sweeps.yaml"
 
     @classmethod
@@ -70,6 +72,7 @@ class ProjectSettings:
             retrain_cron=env.get("FINE_TUNE_DAG_RETRAIN_CRON"),
             executor=env.get("FINE_TUNE_DAG_EXECUTOR", defaults.executor),
             artifacts_url=env.get("FINE_TUNE_DAG_ARTIFACTS_URL", defaults.artifacts_url),
+            warehouse_url=env.get("FINE_TUNE_DAG_WAREHOUSE_URL", defaults.warehouse_url),
             sweep_file=env.get("FINE_TUNE_DAG_SWEEP_FILE", defaults.sweep_file),
         )
 
@@ -85,3 +88,8 @@ class ProjectSettings:
     @property
     def layout(self) -> DataLayout:
         return DataLayout(Path(self.notes_dir), Path(self.data_dir))
+
+    @property
+    def warehouse(self) -> Path | str:
+        """The PostgreSQL URL when one is set, else the DuckDB file in the data folder."""
+        return self.warehouse_url or self.layout.warehouse

@@ -8,6 +8,8 @@ import pytest
 from fine_tune_dag_testkit.models import build_tiny_model
 from fine_tune_dag_testkit.scripted import ScriptedLLM
 
+from fine_tune_dag_tests.postgres import postgres_server  # noqa: F401  (a shared fixture)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

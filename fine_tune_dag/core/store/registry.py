@@ -48,7 +48,7 @@ def latest_evaluation(db: Warehouse) -> pd.Series | None:
 def evaluation_summary(db: Warehouse, adapter_version: str) -> dict[str, dict[str, float]]:
     """Contender → metric → value for the evaluation of one adapter, in evaluation order."""
     rows = db.query(
-        "SELECT contender, metric, value FROM evaluation_metrics WHERE adapter_version = ? ORDER BY rowid",
+        "SELECT contender, metric, value FROM evaluation_metrics WHERE adapter_version = ? ORDER BY position",
         [adapter_version],
     )
     summary: dict[str, dict[str, float]] = {}
@@ -73,9 +73,11 @@ def record_evaluation(
                 "contender_version": contender_versions.get(contender, ""),
                 "metric": metric,
                 "value": value,
+                "position": position,
             }
-            for contender, values in summary.items()
-            for metric, value in values.items()
+            for position, (contender, metric, value) in enumerate(
+                (contender, metric, value) for contender, values in summary.items() for metric, value in values.items()
+            )
         ]
     )
     db.insert_rows("evaluations", pd.DataFrame([evaluation]))

@@ -1,19 +1,31 @@
-"""The DuckDB warehouse: every tabular asset, the LLM cache and the adapter registry.
+"""The warehouse: every tabular asset, the LLM cache and the adapter registry, in DuckDB's SQL.
 
-DuckDB allows one writing process at a time, so connections are short-lived and opening one
-retries with backoff while another process holds the lock.
+One machine: an embedded DuckDB file. DuckDB allows one writing process at a time, so connections are
+short-lived and opening one retries with backoff while another process holds the lock.
+
+Many machines: the same tables in PostgreSQL (a `postgresql://` URL), reached through DuckDB's postgres
+extension, so every query keeps DuckDB's dialect and no caller changes. PostgreSQL's row versioning lets
+any number of processes write at once; a write that loses a race to a concurrent one is retried whole.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
+import re
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import duckdb
 import pandas as pd
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+T = TypeVar("T")
 
 SCHEMA: dict[str, str] = {
     "raw_notes": """
@@ -91,7 +103,9 @@ SCHEMA: dict[str, str] = {
         test_nll DOUBLE, previous_nll DOUBLE, reason VARCHAR, run_id VARCHAR, PRIMARY KEY (version, promoted_at)""",
 }
 
-# Columns added after a table first shipped: applied to warehouses created by older versions.
+# Columns added after a table first shipped, applied to DuckDB files created by older versions. CREATE_SCHEMA
+# builds them into the tables of a new database (PostgreSQL warehouses are all new, and the postgres
+# extension passes an ALTER's DuckDB type names to PostgreSQL verbatim).
 MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS status VARCHAR DEFAULT 'ok'",
     "ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS messages VARCHAR",
@@ -106,47 +120,115 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS test_token_f1 DOUBLE",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS method VARCHAR DEFAULT 'sft'",
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS parent_version VARCHAR",
+    # the order metrics were recorded in: PostgreSQL has no insertion order to read back
+    "ALTER TABLE evaluation_metrics ADD COLUMN IF NOT EXISTS position INTEGER DEFAULT 0",
 )
 
+
+def _schema_with_additions() -> dict[str, str]:
+    """SCHEMA with every migrated column in place, for creating a table from nothing."""
+    tables = dict(SCHEMA)
+    for statement in MIGRATIONS:
+        table, column = re.fullmatch(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (.+)", statement).groups()
+        tables[table] += f", {column}"
+    return tables
+
+
+CREATE_SCHEMA = _schema_with_additions()
 _LOCK_MARKERS = ("lock", "Conflicting")
-_SCHEMA_READY: set[tuple[str, int]] = set()  # (database file, inode): a recreated file is set up again
+# a write that raced a concurrent one (PostgreSQL's serialization failures, DuckDB's write conflicts): retried whole
+_CONFLICT_MARKERS = ("could not serialize", "deadlock detected", "Transaction conflict", "duplicate key value")
+_SCHEMA_READY: set[tuple[str, int]] = set()  # (database, inode or 0): a recreated file is set up again
+_ATTACHED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}  # (url, pid): one attachment per process
+_ATTACH_LOCK = threading.Lock()
+
+
+def is_postgres_url(location: Path | str) -> bool:
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
 
 
 class Warehouse:
-    def __init__(self, path: Path | str, lock_timeout_s: float = 120.0) -> None:
-        self.path = Path(path)
+    """`location`: a DuckDB file, or a PostgreSQL URL (`postgresql://user@host:5432/database`)."""
+
+    def __init__(self, location: Path | str, lock_timeout_s: float = 120.0) -> None:
+        self.url = str(location) if is_postgres_url(location) else ""
+        self.path = Path("postgresql") if self.url else Path(location)
         self.lock_timeout_s = lock_timeout_s
+
+    def __repr__(self) -> str:
+        return f"Warehouse({_without_password(self.url) if self.url else str(self.path)!r})"
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.05
-        while True:
-            try:
-                con = duckdb.connect(str(self.path))
-                break
-            except duckdb.IOException as error:
-                if not any(m in str(error) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
+        con = self._open_postgres() if self.url else self._open_file()
         try:
             self._ensure_schema(con)
             yield con
         finally:
             con.close()
 
+    def _open_file(self) -> duckdb.DuckDBPyConnection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as error:
+                if not any(m in str(error) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    def _open_postgres(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on this process's one in-memory DuckDB that has the PostgreSQL database attached: attaching
+        costs tens of milliseconds, a cursor nothing, and each cursor runs its own PostgreSQL transaction."""
+        key = (self.url, os.getpid())
+        with _ATTACH_LOCK:
+            if key not in _ATTACHED:
+                database = duckdb.connect()
+                load_postgres_extension(database)
+                database.execute(f"ATTACH '{self.url.replace(chr(39), chr(39) * 2)}' AS warehouse (TYPE postgres)")
+                _ATTACHED[key] = database
+            cursor = _ATTACHED[key].cursor()
+        cursor.execute("USE warehouse")
+        return cursor
+
     def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Tables and migrations once per database file and process, not on every short connection."""
-        key = (str(self.path.resolve()), self.path.stat().st_ino)
+        """Tables and migrations once per database and process, not on every short connection."""
+        key = (self.url, 0) if self.url else (str(self.path.resolve()), self.path.stat().st_ino)
         if key in _SCHEMA_READY:
             return
-        for table, columns in SCHEMA.items():
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-        for statement in MIGRATIONS:
-            con.execute(statement)
+        statements = [f"CREATE TABLE IF NOT EXISTS {table} ({columns})" for table, columns in CREATE_SCHEMA.items()]
+        for statement in statements if self.url else [*statements, *MIGRATIONS]:
+            # processes starting together race to create the same tables: the loser finds them made
+            self._retry_conflicts(partial(con.execute, statement))
         _SCHEMA_READY.add(key)
+
+    def _retry_conflicts(self, attempt: Callable[[], T], tries: int = 6) -> T:
+        for count in range(1, tries + 1):
+            try:
+                return attempt()
+            except duckdb.Error as error:
+                if count == tries or not any(m in str(error) for m in _CONFLICT_MARKERS):
+                    raise
+                time.sleep(0.01 * 2**count * (1 + random.random()))
+        raise AssertionError("unreachable")
+
+    def changed_since(self, stamp: object) -> tuple[bool, object]:
+        """Whether the registry may have changed since `stamp` (None: never read), and the new stamp. A file's
+        stamp is its and its log's modification times, costing no query; PostgreSQL's is one small query."""
+        if self.url:
+            new: object = tuple(
+                self.query(
+                    "SELECT (SELECT count(*) FROM adapters) AS adapters, "
+                    "(SELECT max(promoted_at) FROM champion_history) AS promoted"
+                ).iloc[0]
+            )
+        else:
+            files = (self.path, self.path.with_name(self.path.name + ".wal"))
+            new = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
+        return stamp is None or new != stamp, new
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         with self.connect() as con:
@@ -154,26 +236,64 @@ class Warehouse:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self.connect() as con:
-            con.execute(sql, list(params))
+            self._retry_conflicts(lambda: con.execute(sql, list(params)))
 
     def replace_rows(self, table: str, rows: pd.DataFrame, where: dict[str, Any] | None = None) -> None:
         """Delete the rows matching `where` (all rows when None) and insert `rows`, in one transaction."""
         where = where or {}
         condition = " AND ".join(f"{column} = ?" for column in where) or "TRUE"
         with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            con.execute(f"DELETE FROM {table} WHERE {condition}", list(where.values()))
-            if len(rows):
-                con.register("incoming_rows", rows)
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_rows")
-                con.unregister("incoming_rows")
-            con.execute("COMMIT")
+
+            def replace() -> None:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(f"DELETE FROM {table} WHERE {condition}", list(where.values()))
+                    if len(rows):
+                        _insert(con, table, rows, "INSERT")
+                    con.execute("COMMIT")
+                except duckdb.Error:
+                    with suppress(duckdb.TransactionException):  # a failed COMMIT has already ended it
+                        con.execute("ROLLBACK")
+                    raise
+
+            self._retry_conflicts(replace)
 
     def insert_rows(self, table: str, rows: pd.DataFrame) -> None:
         """Insert, replacing rows with the same primary key (re-materializing the same thing)."""
         if not len(rows):
             return
         with self.connect() as con:
-            con.register("incoming_rows", rows)
-            con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM incoming_rows")
-            con.unregister("incoming_rows")
+            self._retry_conflicts(lambda: _insert(con, table, rows, "INSERT OR REPLACE"))
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame, verb: str) -> None:
+    """Only the frame's columns are named, so the table's defaults fill the rest on either engine (DuckDB's
+    `BY NAME` would send PostgreSQL explicit NULLs)."""
+    columns = ", ".join(f'"{column}"' for column in rows.columns)
+    con.register("incoming_rows", rows)
+    try:
+        con.execute(f"{verb} INTO {table} ({columns}) SELECT {columns} FROM incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
+
+
+def load_postgres_extension(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB's postgres extension: from the `duckdb-ext-postgres` wheel when installed (offline machines;
+    it is built for the duckdb it pins), otherwise from DuckDB's extension repository."""
+    wheel = importlib.util.find_spec("duckdb_ext")
+    if wheel is not None and wheel.submodule_search_locations:
+        folder = Path(next(iter(wheel.submodule_search_locations))) / "extensions"
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute(f"SET extension_directory = '{folder}'")
+    else:
+        con.execute("INSTALL postgres")
+    con.execute("LOAD postgres")
+
+
+def _without_password(url: str) -> str:
+    """A URL fit for logs: `user:secret@host` becomes `user@host`."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, _, credentials = head.partition("://")
+    return f"{scheme}://{credentials.split(':', 1)[0]}@{tail}"
