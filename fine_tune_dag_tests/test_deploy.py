@@ -113,7 +113,7 @@ def test_cluster_dagster_yaml_loads_as_a_dagster_instance(cluster_instance: dict
     assert launcher_class.__name__ == "K8sRunLauncher"
     assert launcher_config["load_incluster_config"] is True
     assert storage_class.__name__ == "DagsterPostgresStorage"
-    assert pg_url_from_config(storage_config) == "postgresql://dagster:not-a-secret@postgres.test:5432/dagster"
+    assert pg_url_from_config(storage_config) == "postgresql+psycopg2://dagster:not-a-secret@postgres.test:5432/dagster"
     assert cluster_instance["run_coordinator_data"][0].__name__ == "QueuedRunCoordinator"
 
 

@@ -24,9 +24,9 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 
 @dg.asset(
     partitions_def=notes_partitions,
+    # no pool: its LLM calls hold nothing another note needs, and its one write is a short transaction
     deps=[raw_notes],
     group_name="ingest",
-    pool="duckdb",
     kinds={"python", "duckdb"},
     code_version=f"chunking-1+{BOUNDARY_TEMPLATE.tag}+{fingerprint(ChunkingSettings())}",
 )

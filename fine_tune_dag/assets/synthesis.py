@@ -26,9 +26,9 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 
 @dg.asset(
     partitions_def=notes_partitions,
+    # no pool: its LLM calls hold nothing another note needs, and its one write is a short transaction
     deps=[passages],
     group_name="dataset",
-    pool="duckdb",
     kinds={"python", "duckdb"},
     code_version="+".join(["synthesis-1", *(t.tag for t in TEMPLATES.values()), fingerprint(SynthesisSettings())]),
 )

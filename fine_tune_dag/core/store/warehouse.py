@@ -58,6 +58,10 @@ SCHEMA: dict[str, str] = {
         template_version VARCHAR, variables VARCHAR, prompt_hash VARCHAR, input_tokens INTEGER,
         output_tokens INTEGER, latency_s DOUBLE, cost_usd DOUBLE, cache_hit BOOLEAN, status VARCHAR,
         detail VARCHAR, run_id VARCHAR, asset VARCHAR, partition VARCHAR""",
+    # the LLM quota every process shares (core/llm/quota.py): each quota's slots and its lock row (slot_id '')
+    "llm_quota_slots": """
+        quota VARCHAR, slot_id VARCHAR, sent_at DOUBLE, deadline DOUBLE, tokens INTEGER, settled BOOLEAN,
+        PRIMARY KEY (quota, slot_id)""",
     "request_log_pairs": """
         pair_id VARCHAR PRIMARY KEY, source VARCHAR, template VARCHAR, system VARCHAR, question VARCHAR,
         answer VARCHAR, created_at TIMESTAMP""",
@@ -141,6 +145,7 @@ _CONFLICT_MARKERS = ("could not serialize", "deadlock detected", "Transaction co
 _SCHEMA_READY: set[tuple[str, int]] = set()  # (database, inode or 0): a recreated file is set up again
 _ATTACHED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}  # (url, pid): one attachment per process
 _ATTACH_LOCK = threading.Lock()
+_OPEN_LOCK = threading.Lock()
 
 
 def is_postgres_url(location: Path | str) -> bool:
@@ -173,7 +178,8 @@ class Warehouse:
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                with _OPEN_LOCK:  # duckdb's cache of open files races when threads open the same file at once
+                    return duckdb.connect(str(self.path))
             except duckdb.IOException as error:
                 if not any(m in str(error) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
                     raise
