@@ -69,6 +69,9 @@ def test_note_runs_make_llm_calls_at_once_under_the_projects_one_slot_pools(tmp_
     assert set(note_of.values()) == set(TOPICS)
     # a call of one note reached the stub while a call of another was in flight: no slot was held through them
     overlapping = {
-        (note_of[a.index], note_of[b.index]) for a in calls for b in calls if a.received_at < b.received_at < a.finished_at
+        (note_of[a.index], note_of[b.index])
+        for a in calls
+        for b in calls
+        if a.received_at < b.received_at < a.finished_at
     }
     assert any(first != second for first, second in overlapping), overlapping
