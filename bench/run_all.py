@@ -51,6 +51,12 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
         ["--requests", "4", "--clients", "2", "--max-tokens", "8", "--swap-requests", "8"],
     ),
     "training_mfu": (["--steps", "4"], ["--steps", "2", "--batch-size", "4"]),  # on a GPU also the 1.2B model
+    # 24 notes at each of 1, 2, 4, 8 concurrent runs against a 1–2 s stub; then 1,000 and 10,000 notes with
+    # 200 of them run (the rest projected): near 25 minutes on 2 cores
+    "scale": (
+        ["--notes-per-level", "24", "--notes-scale", "1000", "10000", "--processed", "200"],
+        ["--notes-per-level", "4", "--levels", "1", "4", "--notes-scale", "100", "--processed", "8"],
+    ),
 }
 # The benchmark a script's rows are named by, the first word of their table lines, where it is not the script's
 # name: how rows read back from RESULTS.md are told apart by script.
