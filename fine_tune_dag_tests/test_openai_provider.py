@@ -180,8 +180,9 @@ def resource(**fields) -> LLMResource:
 
 def test_the_resource_builds_one_paced_client_and_judges_by_default(tmp_path):
     llm = resource(provider="openai", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1")
-    openai_client = llm.client()
-    assert isinstance(openai_client, OpenAICompatibleLLM) and openai_client is llm.client()  # one per process
+    openai_client = llm.client(Warehouse(tmp_path / "w.duckdb"))
+    assert isinstance(openai_client, OpenAICompatibleLLM)
+    assert openai_client is llm.client(Warehouse(tmp_path / "w.duckdb"))  # one per process and quota warehouse
     assert openai_client.settings.requests_per_minute == OpenAISettings.requests_per_minute
     assert llm.price_table()["gpt-4o-mini"] == (0.15, 0.60)
     context = SimpleNamespace(

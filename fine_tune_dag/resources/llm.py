@@ -31,7 +31,7 @@ def _local_client(model_path: Path, device: str, dtype: str, batch_size: int, se
 
 @lru_cache(maxsize=2)
 def _gemini_client(api_key: str, settings: GeminiSettings, seed: int) -> GeminiLLM:
-    """One client (and one rate limiter) per process, so parallel assets in a run share the quota."""
+    """One client (and one rate limiter) per process and quota warehouse, so its threads share one limiter."""
     return GeminiLLM(api_key, settings, seed)
 
 
@@ -73,24 +73,30 @@ class LLMResource(dg.ConfigurableResource):
         default=None, description="gemini, openai: client-side pacing; unset: the provider's (250k, 200k)"
     )
     timeout_s: float = 60.0
+    shared_quota: bool = Field(
+        default=True,
+        description="gemini, openai: pace every process and machine under one quota, kept in the warehouse the "
+        "assets use (the provider's limit holds however many workers run); off: each process paces itself alone",
+    )
     prices: dict[str, list[float]] = Field(
         default_factory=dict, description="model → [USD per 1M input tokens, per 1M output]; adds to the defaults"
     )
     paths: dg.ResourceDependency[ProjectPaths]
 
-    def client(self) -> LLMClient:
+    def client(self, warehouse: Warehouse | None = None) -> LLMClient:
+        """This process's client; a hosted provider's is paced under the quota shared through `warehouse`."""
         if self.provider == "gemini":
-            return _gemini_client(self.api_key, self._remote_settings(GeminiSettings), self.seed)
+            return _gemini_client(self.api_key, self._remote_settings(GeminiSettings, warehouse), self.seed)
         if self.provider == "openai":
             if self.model == BUNDLED_MODEL:
                 raise ValueError("provider 'openai' needs `model`: the name the server serves (gpt-4o-mini, llama3.2…)")
-            return _openai_client(self.api_key, self._remote_settings(OpenAISettings), self.seed)
+            return _openai_client(self.api_key, self._remote_settings(OpenAISettings, warehouse), self.seed)
         if self.provider != "local":
             raise ValueError(f"unknown LLM provider '{self.provider}'; available: {', '.join(PROVIDERS)}")
         resolved = resolve_model(self.model, self.paths.models)
         return _local_client(resolved.path, self.device, self.dtype, self.batch_size, self.seed)
 
-    def _remote_settings(self, kind: type[RemoteSettingsT]) -> RemoteSettingsT:
+    def _remote_settings(self, kind: type[RemoteSettingsT], warehouse: Warehouse | None) -> RemoteSettingsT:
         """A hosted provider's settings from these fields; pacing left unset keeps the provider's default."""
         pacing = {"requests_per_minute": self.requests_per_minute, "tokens_per_minute": self.tokens_per_minute}
         return kind(
@@ -98,6 +104,7 @@ class LLMResource(dg.ConfigurableResource):
             max_concurrency=self.max_concurrency,
             timeout_s=self.timeout_s,
             base_url=self.base_url,
+            quota_warehouse=(warehouse.url or str(warehouse.path.resolve())) if self.shared_quota and warehouse else "",
             **{name: value for name, value in pacing.items() if value is not None},
         )
 
@@ -110,7 +117,7 @@ class LLMResource(dg.ConfigurableResource):
         }
         # local: several batches a call, so a finished row's place goes to the next request (decoding.decode)
         chunk = self.batch_size * 4 if self.provider == "local" else self.max_concurrency * 2
-        return CachedLLM(self.client(), warehouse, chunk_size=chunk, prices=self.price_table(), origin=origin)
+        return CachedLLM(self.client(warehouse), warehouse, chunk_size=chunk, prices=self.price_table(), origin=origin)
 
     def judge(self, mode: str, warehouse: Warehouse, context: dg.AssetExecutionContext) -> CachedLLM | None:
         """The pairwise judge a stage asked for: 'llm' always, 'auto' when the provider is a hosted one (Gemini or

@@ -6,11 +6,13 @@ the backoff, and honouring the server's retry hint avoids hammering it when it d
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 
 @dataclass
@@ -21,16 +23,56 @@ class Slot:
     tokens: int
     waited: float = 0.0
     settled: bool = False  # answered; until then the request may still be on its way to the server
+    deadline: float = math.inf  # in flight, the server receives it by then or never (inf: no such bound)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The pacing arithmetic every limiter shares: which slots still count, and how long until one more fits.
+
+    A settled slot counts for one window from its answer: the server saw the request at some point
+    before that, so the server's own count over any window never exceeds the limit, whatever the network
+    delayed. A slot in flight counts until a window after its deadline: the request may still reach the
+    server late, beside the ones sent after it.
+    """
+
+    requests: int
+    tokens: int
+    seconds: float = 60.0
+
+    def cost(self, tokens: int) -> int:
+        """A request's tokens as counted: at least one, at most the whole budget (it must fit some day)."""
+        return min(max(tokens, 1), self.tokens)
+
+    def leaves_at(self, slot: Slot) -> float:
+        return (slot.sent_at if slot.settled else slot.deadline) + self.seconds
+
+    def counting(self, slots: Iterable[Slot], now: float) -> list[Slot]:
+        """The slots still in the window at `now`, the soonest to leave first."""
+        return sorted((slot for slot in slots if self.leaves_at(slot) > now), key=self.leaves_at)
+
+    def wait(self, slots: Sequence[Slot], tokens: int, now: float) -> float:
+        """0 when one more request of `tokens` fits beside `slots` (as `counting` orders them), else the seconds
+        until enough of them leave. Waiting on a slot in flight, look again shortly: its answer may come any
+        moment, and it leaves a window after that."""
+        used = sum(slot.tokens for slot in slots)
+        if len(slots) < self.requests and used + tokens <= self.tokens:
+            return 0.0
+        need = len(slots) - self.requests + 1
+        freed = accumulate(slot.tokens for slot in slots)
+        last = next(
+            slot
+            for count, (slot, gone) in enumerate(zip(slots, freed), start=1)
+            if count >= need and used - gone + tokens <= self.tokens
+        )
+        if last.settled:
+            return max(self.leaves_at(last) - now, 0.001)
+        return min(self.leaves_at(last) - now, max(last.sent_at + self.seconds - now, self.seconds / 100))
 
 
 class RateLimiter:
-    """A sliding window (one minute unless told) over requests and tokens; `acquire` blocks until both fit.
-
-    A slot counts from the moment its answer arrives once settled: the server saw the request at some
-    point before that, so the server's own count over any window never exceeds the limit, whatever
-    the network delayed. A slot still in flight never leaves the window: a request held up on its way (a
-    busy machine, a slow connection) may reach the server late, beside the ones sent after it.
-    """
+    """A sliding window (one minute unless told) over requests and tokens, for this process's threads;
+    `acquire` blocks until both fit. A slot still in flight never leaves the window (no deadline)."""
 
     def __init__(
         self,
@@ -42,49 +84,38 @@ class RateLimiter:
     ) -> None:
         if requests_per_minute < 1 or tokens_per_minute < 1:
             raise ValueError("rate limits must be at least 1 per minute")
-        self.requests_per_minute = requests_per_minute
-        self.tokens_per_minute = tokens_per_minute
-        self._clock, self._sleep, self.window_s = clock, sleep, window_s
+        self.window = Window(requests_per_minute, tokens_per_minute, window_s)
+        self._clock, self._sleep = clock, sleep
         self._slots: list[Slot] = []
         self._lock = threading.Lock()
 
     def acquire(self, tokens: int) -> Slot:
         """Reserve one request of `tokens` tokens (capped at the per-minute budget), waiting as needed."""
-        tokens = min(max(tokens, 1), self.tokens_per_minute)
+        tokens = self.window.cost(tokens)
         waited = 0.0
         while True:
-            with self._lock:
-                now = self._clock()
-                self._slots = sorted(
-                    (s for s in self._slots if not s.settled or now - s.sent_at < self.window_s), key=_sent_at
-                )
-                used = sum(s.tokens for s in self._slots)
-                if len(self._slots) < self.requests_per_minute and used + tokens <= self.tokens_per_minute:
-                    slot = Slot(now, tokens, waited)
-                    self._slots.append(slot)
-                    return slot
-                wait = self._wait_until_fits(now, tokens, used)
-            self._sleep(wait)
-            waited += wait
+            admitted = self._admit(tokens, waited)
+            if isinstance(admitted, Slot):
+                return admitted
+            self._sleep(admitted)
+            waited += admitted
 
     def settle(self, slot: Slot) -> None:
         """The request behind `slot` is answered: count it from now."""
         with self._lock:
             slot.sent_at, slot.settled = self._clock(), True
 
-    def _wait_until_fits(self, now: float, tokens: int, used: int) -> float:
-        """Seconds until enough of the window's oldest entries expire for one more request of `tokens`."""
-        freed, need_requests = 0, len(self._slots) - self.requests_per_minute + 1
-        for count, slot in enumerate(self._slots, start=1):
-            freed += slot.tokens
-            if count >= need_requests and used - freed + tokens <= self.tokens_per_minute:
-                # a slot in flight frees the window only a window after its answer: look again shortly
-                return max(slot.sent_at + self.window_s - now, 0.001 if slot.settled else self.window_s / 100)
-        return self.window_s
-
-
-def _sent_at(slot: Slot) -> float:
-    return slot.sent_at
+    def _admit(self, tokens: int, waited: float) -> Slot | float:
+        """In one step no other acquirer interleaves with: the slot taken now, or the seconds to wait."""
+        with self._lock:
+            now = self._clock()
+            self._slots = self.window.counting(self._slots, now)
+            wait = self.window.wait(self._slots, tokens, now)
+            if wait:
+                return wait
+            slot = Slot(now, tokens, waited)
+            self._slots.append(slot)
+            return slot
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
+from fine_tune_dag.core.llm.quota import SharedRateLimiter, quota_key
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
+from fine_tune_dag.core.store.warehouse import Warehouse
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -42,6 +44,18 @@ class RemoteSettings:
     timeout_s: float = 60.0
     base_url: str = ""  # another endpoint (a proxy, a local server, the stub the tests use)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # a warehouse (DuckDB file or PostgreSQL URL) whose quota table paces every process and machine that names
+    # it; empty: this process alone. Not in the repr: a URL may hold a password.
+    quota_warehouse: str = field(default="", repr=False)
+
+
+def limiter_for(settings: RemoteSettings, key: str) -> RateLimiter:
+    """The shared quota `key` when the settings name a warehouse, otherwise this process's own window."""
+    pacing = (settings.requests_per_minute, settings.tokens_per_minute)
+    if not settings.quota_warehouse:
+        return RateLimiter(*pacing, window_s=settings.rate_window_s)
+    warehouse = Warehouse(settings.quota_warehouse)
+    return SharedRateLimiter(warehouse, key, *pacing, in_flight_s=settings.timeout_s, window_s=settings.rate_window_s)
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,9 @@ class Failure:
 
 
 class RemoteLLM(ABC, Generic[Response]):
-    """Requests fan out over a thread pool; each one is paced by one limiter shared by the whole client,
-    then retried until it succeeds, fails for good, or runs out of attempts.
+    """Requests fan out over a thread pool; each one is paced by one limiter shared by the whole client (and,
+    with `quota_warehouse`, by every process naming that warehouse), then retried until it succeeds, fails for
+    good, or runs out of attempts.
 
     A request that fails does not cancel the others: they finish before its error is raised.
     """
@@ -67,9 +82,7 @@ class RemoteLLM(ABC, Generic[Response]):
         self.settings = settings
         self.model_name = settings.model
         self.label = label  # names the provider and model in errors
-        self._limiter = RateLimiter(
-            settings.requests_per_minute, settings.tokens_per_minute, window_s=settings.rate_window_s
-        )
+        self._limiter = limiter_for(settings, quota_key(self.provider, settings.model, settings.base_url))
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
 

@@ -1,0 +1,121 @@
+"""One LLM quota for every worker process and machine: the window's slots live in the warehouse.
+
+Each quota (provider, model, endpoint) has one lock row beside its slots. An acquirer updates that row
+first, so its transaction holds the row until it commits: on PostgreSQL a concurrent acquirer's update
+waits for that commit and then fails as a serialization failure (the postgres extension runs REPEATABLE
+READ), and is retried whole; a DuckDB file admits one process at a time anyway. Reading the window,
+deciding and inserting the slot therefore never interleave with another acquirer's.
+
+A worker that dies between acquiring and settling leaves its slot unsettled. It cannot count for ever:
+the client gives up on a request `in_flight_s` (its timeout) after sending it, so the server received it
+by then or never, and the slot leaves the window a window after that deadline, whether or not its process
+still lives. That never undercounts, and bounds how long a killed worker's slots hold capacity. Rows
+that left the window are deleted by the next acquirer. Times are wall-clock (`time.time`), since
+processes and machines compare them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import duckdb
+
+from fine_tune_dag.core.llm.ratelimit import RateLimiter, Slot
+from fine_tune_dag.core.store.warehouse import _CONFLICT_MARKERS, Warehouse
+
+TABLE = "llm_quota_slots"
+_LOCK_ROW = ""  # the slot_id of each quota's lock row
+
+
+@dataclass
+class StoredSlot(Slot):
+    slot_id: str = ""
+
+
+def quota_key(provider: str, model: str, base_url: str) -> str:
+    """Who shares a quota: the provider's model at one endpoint (any user:password left out of the URL)."""
+    parts = urlsplit(base_url)
+    endpoint = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return f"{provider}/{model}/{endpoint}"
+
+
+class SharedRateLimiter(RateLimiter):
+    """`RateLimiter`'s window over the slots of every process using `warehouse`, for quota `key`."""
+
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        key: str,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        in_flight_s: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        window_s: float = 60.0,
+    ) -> None:
+        super().__init__(requests_per_minute, tokens_per_minute, clock, sleep, window_s)
+        self.warehouse, self.key, self.in_flight_s = warehouse, key, in_flight_s
+
+    def settle(self, slot: Slot) -> None:
+        """Count `slot` from now, for every process (its row may be gone already: then it left the window)."""
+        super().settle(slot)
+        self.warehouse.execute(
+            f"UPDATE {TABLE} SET sent_at = ?, settled = TRUE WHERE quota = ? AND slot_id = ?",
+            [slot.sent_at, self.key, slot.slot_id],
+        )
+
+    def _admit(self, tokens: int, waited: float) -> StoredSlot | float:
+        """This process's threads take turns; other processes' acquirers are kept out by the lock row."""
+        with self._lock:
+            while True:
+                try:
+                    with self.warehouse.connect() as con:
+                        return self._admit_in(con, tokens, waited)
+                except duckdb.Error as error:
+                    if not any(marker in str(error) for marker in _CONFLICT_MARKERS):
+                        raise
+                # another acquirer committed first: the lock row is free again, so try at once (jittered)
+                time.sleep(random.uniform(0.0, 0.01))
+
+    def _admit_in(self, con: duckdb.DuckDBPyConnection, tokens: int, waited: float) -> StoredSlot | float:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            now = self._clock()
+            (touched,) = con.execute(
+                f"UPDATE {TABLE} SET sent_at = ? WHERE quota = ? AND slot_id = ?", [now, self.key, _LOCK_ROW]
+            ).fetchone()
+            if not touched:  # the quota's first use: a racing creator fails on the key and retries
+                con.execute(
+                    f"INSERT INTO {TABLE} (quota, slot_id, sent_at) VALUES (?, ?, ?)", [self.key, _LOCK_ROW, now]
+                )
+            stored = [
+                StoredSlot(sent_at, tokens, settled=settled, deadline=deadline, slot_id=slot_id)
+                for slot_id, sent_at, tokens, settled, deadline in con.execute(
+                    f"SELECT slot_id, sent_at, tokens, settled, deadline FROM {TABLE} WHERE quota = ? AND slot_id <> ?",
+                    [self.key, _LOCK_ROW],
+                ).fetchall()
+            ]
+            counting = self.window.counting(stored, now)
+            if gone := {slot.slot_id for slot in stored} - {slot.slot_id for slot in counting}:
+                marks = ", ".join("?" * len(gone))
+                con.execute(f"DELETE FROM {TABLE} WHERE quota = ? AND slot_id IN ({marks})", [self.key, *gone])
+            admitted: StoredSlot | float = self.window.wait(counting, tokens, now)
+            if not admitted:
+                admitted = StoredSlot(now, tokens, waited, deadline=now + self.in_flight_s, slot_id=uuid.uuid4().hex)
+                con.execute(
+                    f"INSERT INTO {TABLE} (quota, slot_id, sent_at, deadline, tokens, settled) "
+                    "VALUES (?, ?, ?, ?, ?, FALSE)",
+                    [self.key, admitted.slot_id, admitted.sent_at, admitted.deadline, admitted.tokens],
+                )
+            con.execute("COMMIT")
+        except duckdb.Error:
+            with suppress(duckdb.TransactionException):  # a failed COMMIT has already ended it
+                con.execute("ROLLBACK")
+            raise
+        return admitted
