@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from fine_tune_dag.core.llm.types import LLMClient, LLMRequest, LLMResult
+from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -61,7 +62,7 @@ def scripted_llm_resource(llm: ScriptedLLM, paths: ProjectPaths) -> LLMResource:
     reach exactly the object the test counts calls on."""
 
     class ScriptedLLMResource(LLMResource):
-        def client(self) -> LLMClient:
+        def client(self, warehouse: Warehouse | None = None) -> LLMClient:
             return llm
 
     return ScriptedLLMResource(paths=paths)
