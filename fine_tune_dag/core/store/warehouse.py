@@ -194,6 +194,8 @@ class Warehouse:
             if key not in _ATTACHED:
                 database = duckdb.connect()
                 load_postgres_extension(database)
+                # PostgreSQL's text cannot hold NUL, which a model's output may: it is dropped, the rest kept
+                database.execute("SET GLOBAL pg_null_byte_replacement = ''")
                 database.execute(f"ATTACH '{self.url.replace(chr(39), chr(39) * 2)}' AS warehouse (TYPE postgres)")
                 _ATTACHED[key] = database
             cursor = _ATTACHED[key].cursor()
