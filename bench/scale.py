@@ -319,21 +319,25 @@ class Workers:
             got.append(payload)
         return got
 
-    def run(self, setup: Setup, keys: list[str], concurrency: int) -> list[RunResult]:
-        """Every key as its own run, at most `concurrency` at once (workers 0..concurrency-1)."""
+    def run(self, setup: Setup, keys: list[str], concurrency: int, budget_s: float | None = None) -> list[RunResult]:
+        """Every key as its own run, at most `concurrency` at once (workers 0..concurrency-1); with `budget_s`, no
+        run starts after that many seconds (the runs in flight finish)."""
         active = range(min(concurrency, len(self.inboxes)))
         for i in active:
             self.inboxes[i].put(("setup", setup))
         self._await("setup", len(active))
-        pending, results = list(reversed(keys)), []
+        pending, results, sent = list(reversed(keys)), [], 0
+        deadline = time.time() + budget_s if budget_s else float("inf")
         for i in active:
             if pending:
                 self.inboxes[i].put(("run", pending.pop()))
-        while len(results) < len(keys):
+                sent += 1
+        while len(results) < sent:
             _, worker, result = self.outbox.get(timeout=600)
             results.append(result)
-            if pending:
+            if pending and time.time() < deadline:
                 self.inboxes[worker].put(("run", pending.pop()))
+                sent += 1
         return results
 
     def close(self) -> None:
@@ -480,7 +484,9 @@ def graphql_timings(root: Path, notes: Path, data: Path, instance: dg.DagsterIns
     return timings
 
 
-def measure_scale(workers: Workers, root: Path, notes: int, processed: int, concurrency: int) -> Scale:
+def measure_scale(
+    workers: Workers, root: Path, notes: int, processed: int, concurrency: int, budget_s: float | None
+) -> Scale:
     folder = root / f"scale-{notes}"
     notes_dir, data, home = folder / "notes", folder / "data", folder / "home"
     write_sample_notes(notes_dir, notes)
@@ -513,7 +519,7 @@ def measure_scale(workers: Workers, root: Path, notes: int, processed: int, conc
         before = storage_bytes(home)
         setup = Setup(str(home), str(notes_dir), str(data), stub.base_url)
         started = time.time()
-        runs = workers.run(setup, keys, concurrency)
+        runs = workers.run(setup, keys, concurrency, budget_s)
         figures.processing_wall_s = time.time() - started
         figures.processed, figures.failed = len(runs), sum(not r.success for r in runs)
         figures.mean_run_s = statistics.mean(r.ended - r.started for r in runs)
@@ -531,7 +537,7 @@ def measure_scale(workers: Workers, root: Path, notes: int, processed: int, conc
         )
         # what the daemon does with a default tick's requests: a run each (snapshots, planned events), in turn
         job = defs.resolve_job_def(notes_job.name)
-        queued = sorted(instance.get_dynamic_partitions("notes"))[processed : processed + DEFAULT_NOTES_PER_TICK]
+        queued = sorted(instance.get_dynamic_partitions("notes"))[len(runs) : len(runs) + DEFAULT_NOTES_PER_TICK]
         figures.create_runs_s, _ = timed(
             lambda: [
                 instance.create_run_for_job(job, run_config=RUN_CONFIG, tags={"dagster/partition": key})
@@ -661,6 +667,12 @@ def main() -> None:
     parser.add_argument("--notes-scale", type=int, nargs="*", default=[1000, 10000], help="note counts to scale to")
     parser.add_argument("--processed", type=int, default=200, help="notes run through the stub at each scale")
     parser.add_argument("--scale-concurrency", type=int, default=8, help="concurrent runs at each scale")
+    parser.add_argument(
+        "--processing-budget-s",
+        type=float,
+        default=420,
+        help="at each scale, no note run starts after this many seconds: fewer than --processed when runs are slow",
+    )
     add_json_argument(parser)
     args = parser.parse_args()
     if args.levels[0] != 1:
@@ -687,7 +699,16 @@ def main() -> None:
             scales = []
             for notes in args.notes_scale:
                 print(f"scale: {notes} notes", flush=True)
-                scales.append(measure_scale(workers, root, notes, min(args.processed, notes), args.scale_concurrency))
+                scales.append(
+                    measure_scale(
+                        workers,
+                        root,
+                        notes,
+                        min(args.processed, notes),
+                        args.scale_concurrency,
+                        args.processing_budget_s,
+                    )
+                )
     finally:
         workers.close()
     rows = throughput_rows(levels, latency, start)
