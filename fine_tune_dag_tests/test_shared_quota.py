@@ -15,9 +15,10 @@ import pytest
 from fine_tune_dag_testkit.gemini_stub import GeminiStub, StubReply, requests_per_window
 
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
-from fine_tune_dag.core.llm.quota import TABLE, SharedRateLimiter
+from fine_tune_dag.core.llm.quota import SharedRateLimiter
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
 from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.store.quota_slots import TABLE
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 KEY = "AIzaTEST-not-a-real-key-5f2c"

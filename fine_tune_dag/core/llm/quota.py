@@ -27,10 +27,14 @@ from urllib.parse import urlsplit
 import duckdb
 
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, Slot
-from fine_tune_dag.core.store.warehouse import _CONFLICT_MARKERS, Warehouse
-
-TABLE = "llm_quota_slots"
-_LOCK_ROW = ""  # the slot_id of each quota's lock row
+from fine_tune_dag.core.store.quota_slots import (
+    delete_quota_slots,
+    insert_quota_slot,
+    lock_quota,
+    quota_slots,
+    settle_quota_slot,
+)
+from fine_tune_dag.core.store.warehouse import Warehouse, is_write_conflict
 
 
 @dataclass
@@ -65,10 +69,7 @@ class SharedRateLimiter(RateLimiter):
     def settle(self, slot: Slot) -> None:
         """Count `slot` from now, for every process (its row may be gone already: then it left the window)."""
         super().settle(slot)
-        self.warehouse.execute(
-            f"UPDATE {TABLE} SET sent_at = ?, settled = TRUE WHERE quota = ? AND slot_id = ?",
-            [slot.sent_at, self.key, slot.slot_id],
-        )
+        settle_quota_slot(self.warehouse, self.key, slot.slot_id, slot.sent_at)
 
     def _admit(self, tokens: int, waited: float) -> StoredSlot | float:
         """This process's threads take turns; other processes' acquirers are kept out by the lock row."""
@@ -78,7 +79,7 @@ class SharedRateLimiter(RateLimiter):
                     with self.warehouse.connect() as con:
                         return self._admit_in(con, tokens, waited)
                 except duckdb.Error as error:
-                    if not any(marker in str(error) for marker in _CONFLICT_MARKERS):
+                    if not is_write_conflict(error):
                         raise
                 # another acquirer committed first: the lock row is free again, so try at once (jittered)
                 time.sleep(random.uniform(0.0, 0.01))
@@ -87,32 +88,18 @@ class SharedRateLimiter(RateLimiter):
         con.execute("BEGIN TRANSACTION")
         try:
             now = self._clock()
-            (touched,) = con.execute(
-                f"UPDATE {TABLE} SET sent_at = ? WHERE quota = ? AND slot_id = ?", [now, self.key, _LOCK_ROW]
-            ).fetchone()
-            if not touched:  # the quota's first use: a racing creator fails on the key and retries
-                con.execute(
-                    f"INSERT INTO {TABLE} (quota, slot_id, sent_at) VALUES (?, ?, ?)", [self.key, _LOCK_ROW, now]
-                )
+            lock_quota(con, self.key, now)
             stored = [
                 StoredSlot(sent_at, tokens, settled=settled, deadline=deadline, slot_id=slot_id)
-                for slot_id, sent_at, tokens, settled, deadline in con.execute(
-                    f"SELECT slot_id, sent_at, tokens, settled, deadline FROM {TABLE} WHERE quota = ? AND slot_id <> ?",
-                    [self.key, _LOCK_ROW],
-                ).fetchall()
+                for slot_id, sent_at, tokens, settled, deadline in quota_slots(con, self.key)
             ]
             counting = self.window.counting(stored, now)
             if gone := {slot.slot_id for slot in stored} - {slot.slot_id for slot in counting}:
-                marks = ", ".join("?" * len(gone))
-                con.execute(f"DELETE FROM {TABLE} WHERE quota = ? AND slot_id IN ({marks})", [self.key, *gone])
+                delete_quota_slots(con, self.key, gone)
             admitted: StoredSlot | float = self.window.wait(counting, tokens, now)
             if not admitted:
                 admitted = StoredSlot(now, tokens, waited, deadline=now + self.in_flight_s, slot_id=uuid.uuid4().hex)
-                con.execute(
-                    f"INSERT INTO {TABLE} (quota, slot_id, sent_at, deadline, tokens, settled) "
-                    "VALUES (?, ?, ?, ?, ?, FALSE)",
-                    [self.key, admitted.slot_id, admitted.sent_at, admitted.deadline, admitted.tokens],
-                )
+                insert_quota_slot(con, self.key, admitted.slot_id, admitted.sent_at, admitted.deadline, tokens)
             con.execute("COMMIT")
         except duckdb.Error:
             with suppress(duckdb.TransactionException):  # a failed COMMIT has already ended it

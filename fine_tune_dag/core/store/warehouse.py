@@ -148,6 +148,11 @@ _ATTACH_LOCK = threading.Lock()
 _OPEN_LOCK = threading.Lock()
 
 
+def is_write_conflict(error: Exception) -> bool:
+    """A write that raced a concurrent one and may simply be tried again."""
+    return any(marker in str(error) for marker in _CONFLICT_MARKERS)
+
+
 def is_postgres_url(location: Path | str) -> bool:
     return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
 
@@ -218,7 +223,7 @@ class Warehouse:
             try:
                 return attempt()
             except duckdb.Error as error:
-                if count == tries or not any(m in str(error) for m in _CONFLICT_MARKERS):
+                if count == tries or not is_write_conflict(error):
                     raise
                 time.sleep(0.01 * 2**count * (1 + random.random()))
         raise AssertionError("unreachable")
