@@ -1,6 +1,9 @@
 """`fine-tune-dag`: run the graph from a terminal, with a progress bar, on the same Dagster instance
 the web UI reads, so every run shows up there too."""
 
+# Each command imports what it uses inside its handler: `--help`, report, requests, rejected, lineage and
+# estimate start without torch or transformers (fine_tune_dag_tests/test_cli_startup.py keeps it so). The
+# parser's defaults come from torch-free settings modules.
 from __future__ import annotations
 
 import argparse
@@ -13,55 +16,40 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
-import pandas as pd
-import transformers
-from tqdm import tqdm
-
-from fine_tune_dag.annotate import serve
-from fine_tune_dag.assets.champion import BEATS_CHAMPION
-from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.modeling.efficacy import recommendation
-from fine_tune_dag.core.modeling.generation import GenerationSettings, load_generation_settings
-from fine_tune_dag.core.modeling.inference import (
-    export_merged,
-    load_adapter_model,
-    load_base_model,
-    model_card,
-    push_adapter,
-    stream_answer,
-)
-from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model
-from fine_tune_dag.core.modeling.report import METRIC_LABELS
-from fine_tune_dag.core.modeling.sft import TrainingSettings
-from fine_tune_dag.core.retrieval.index import PassageIndex, RetrievalSettings
-from fine_tune_dag.core.retrieval.prompt import cited_notes
-from fine_tune_dag.core.store.blind import blind_progress
-from fine_tune_dag.core.store.labels import progress
-from fine_tune_dag.core.store.notes import rejected_notes, synthesized_note_hashes
-from fine_tune_dag.core.store.registry import (
-    METRIC_COLUMNS,
-    current_champion,
-    evaluation_summary,
-    latest_evaluation,
-    lineage_text,
-    resolve_adapter,
-)
-from fine_tune_dag.core.store.request_log import LISTED_COLUMNS, read_requests, summarize_requests
-from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
-from fine_tune_dag.core.text.ingest import NoteParseError, discover_notes, parse_note
-from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
-from fine_tune_dag.definitions import definitions_from_settings, llm_from_settings
+from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
+from fine_tune_dag.core.retrieval.settings import RetrievalSettings
 from fine_tune_dag.settings import ProjectSettings
+
+if TYPE_CHECKING:
+    import dagster as dg
+    import pandas as pd
+
+    from fine_tune_dag.core.store.warehouse import Warehouse
+
+BASE_MODEL_ONLY = "base"  # `generate --adapter base`: no adapter, to hear what fine-tuning changed
 
 
 def _instance() -> dg.DagsterInstance:
     """The persistent instance under DAGSTER_HOME when set (as `make` does), else a throwaway one."""
+    import dagster as dg
+
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def _warehouse(settings: ProjectSettings) -> Warehouse:
+    from fine_tune_dag.core.store.warehouse import Warehouse
+
+    return Warehouse(settings.warehouse)
+
+
+def _quiet_model_loading() -> None:
+    """One progress bar (ours) instead of one per model load, for the commands that load models."""
+    import transformers
+
+    transformers.logging.disable_progress_bar()
 
 
 def _job_run_config(job: dg.JobDefinition, run_config: dict | None, log_level: str) -> dict:
@@ -86,179 +74,15 @@ def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
 
 def register_note_partitions(instance: dg.DagsterInstance, notes_dir: Path) -> list[str]:
     """Add a `notes` partition for every note file not yet registered; returns all current keys."""
+    from fine_tune_dag.assets.partitions import notes_partitions
+    from fine_tune_dag.core.text.ingest import discover_notes
+
     keys = sorted(discover_notes(notes_dir))
     known = set(instance.get_dynamic_partitions(notes_partitions.name))
     new = [k for k in keys if k not in known]
     if new:
         instance.add_dynamic_partitions(notes_partitions.name, new)
     return keys
-
-
-def print_latest_report(settings: ProjectSettings) -> bool:
-    db = Warehouse(settings.warehouse)
-    evaluation = latest_evaluation(db)
-    if evaluation is None:
-        print("no evaluation report yet")
-        return False
-    summary = evaluation_summary(db, evaluation.adapter_version)
-    names = list(summary)
-    report = Path(evaluation.report_path).resolve()
-    print(f"\nReport: {report} (and {report.with_suffix('.html').name}, self-contained)")
-    print(f"Adapter {evaluation.adapter_version} on {evaluation.test_examples} held-out items:")
-    labels = {metric: label.split(" (")[0] for metric, label in METRIC_LABELS.items()}
-    width = max(map(len, labels.values())) + 2
-    print("  " + " " * width + "".join(f"{name:>12}" for name in names))
-    for metric, label in labels.items():
-        print("  " + f"{label:<{width}}" + "".join(f"{summary[n].get(metric, float('nan')):>12.3f}" for n in names))
-    if "voice_perplexity" in summary["tuned"]:  # evaluations from before voice items have no verdict
-        print("\nWas fine-tuning worth it? " + recommendation(summary).replace("**", ""))
-    champion = current_champion(db)
-    print(f"  champion: {'none yet' if champion is None else champion.version}")
-    return True
-
-
-def print_requests(db: Warehouse, args: argparse.Namespace) -> None:
-    log = read_requests(db, args.template, args.status, args.since, args.run_id)
-    summary = summarize_requests(log)
-    print(
-        f"{summary['requests']} requests: {summary['calls']} calls, {summary['cache_hits']} cache hits "
-        f"({summary['cache_hit_rate']:.0%}), {summary['input_tokens']} input and {summary['output_tokens']} output "
-        f"tokens, ${summary['cost_usd']:.4f}, {summary['rejected']} blocked or empty"
-    )
-    if len(log):
-        print(log[LISTED_COLUMNS].head(args.limit).to_string(index=False, max_colwidth=28))
-
-
-def print_estimate(settings: ProjectSettings) -> None:
-    """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
-    notes_dir = settings.layout.notes
-    db = Warehouse(settings.warehouse)
-    llm = llm_from_settings(settings)
-    history = History.from_warehouse(db, llm.provider)
-    synthesized = synthesized_note_hashes(db)
-    total, rows = CostEstimate(), []
-    for note_id, path in discover_notes(notes_dir).items():
-        try:
-            note = parse_note(path, notes_dir)
-        except NoteParseError as error:
-            print(f"skipped {error.path}: {error.reason}", file=sys.stderr)
-            continue
-        if synthesized.get(note_id) == note.sha256:
-            continue
-        expected = estimate_note(note_id, note.text, note.title, history, llm.model, llm.price_table())
-        total.add(expected)
-        rows.append([note.path, expected.requests, expected.input_tokens, expected.output_tokens, expected.cost_usd])
-    training = expected_training_tokens(
-        total.candidate_pairs, history, 1 - DEFAULT_TEST_FRACTION, TrainingSettings.epochs
-    )
-    print(f"{len(rows)} notes to synthesize with {llm.provider} model {llm.model}:")
-    if rows:
-        frame = pd.DataFrame(rows, columns=["note", "requests", "input tokens", "output tokens", "cost USD"])
-        print(frame.to_string(index=False, max_colwidth=48))
-    print(
-        f"total: {total.requests} requests, {total.input_tokens} input + {total.output_tokens} output tokens, "
-        f"${total.cost_usd:.4f}; then about {training} training tokens "
-        f"(keep rate {history.keep_rate:.0%}, {history.pair_tokens:.0f} tokens a pair, {TrainingSettings.epochs:g} epochs)"
-    )
-
-
-BASE_MODEL_ONLY = "base"  # `generate --adapter base`: no adapter, to hear what fine-tuning changed
-
-
-def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: Path | None) -> None:
-    """Stream an answer from the adapter in `folder`, or from the base model alone (None). Decoding follows the
-    adapter's saved settings (the defaults for the base model), with the options given here over them; which
-    model answered, and how, goes to stderr so that stdout is the answer alone."""
-    if folder is None:
-        model_dir = resolve_model(settings.base_model, settings.layout.models).path
-        model, tokenizer = load_base_model(model_dir), load_tokenizer(model_dir)
-        saved, who = GenerationSettings(), "base model"
-    else:
-        model, tokenizer = load_adapter_model(folder)
-        saved, who = load_generation_settings(folder), f"adapter {folder.name}"
-    given = {option.name: getattr(args, option.name) for option in fields(GenerationSettings)}
-    generation = replace(saved, **{name: value for name, value in given.items() if value is not None})
-    how = ", ".join(f"{name} {value}" for name, value in asdict(generation).items())
-    passages = PassageIndex.load(settings.layout.index).search(args.prompt, args.top_k) if args.rag else []
-    print(f"{who} answers{' with retrieval' if args.rag else ''} ({how}):", file=sys.stderr, flush=True)
-    for piece in stream_answer(model, tokenizer, args.prompt, args.system, passages=passages, **asdict(generation)):
-        print(piece, end="", flush=True)
-    print()
-    if passages:
-        print("Notes used: " + ", ".join(cited_notes(passages)))
-
-
-def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> None:
-    """The adapter merged into its base as a transformers folder, as GGUF files with an Ollama Modelfile each, or
-    both (the GGUF files are written from a merged folder, kept only when asked for)."""
-    if merged is None and gguf_dir is None:
-        raise ValueError("say where: --merged DIR (transformers), --gguf DIR (llama.cpp and Ollama), or both")
-    with tempfile.TemporaryDirectory(prefix="merged-") as scratch:
-        merged_dir = export_merged(folder, merged or Path(scratch) / folder.name)  # the files are named after it
-        if merged is not None:
-            print(f"merged model written to {merged_dir}")
-        if gguf_dir is not None:
-            from fine_tune_dag.core.modeling.gguf_export import export_gguf, write_ollama_modelfile
-
-            tokenizer, saved = load_tokenizer(merged_dir), load_generation_settings(merged_dir)
-            for written in export_gguf(merged_dir, gguf_dir):
-                print(f"{written} (Ollama: {write_ollama_modelfile(written, tokenizer, saved)})")
-
-
-def use_adapter(args: argparse.Namespace, settings: ProjectSettings) -> int:
-    """generate, export and push: the registry's adapter by name, or an adapter folder (generate: or `base`)."""
-    try:
-        if args.command == "generate" and args.adapter == BASE_MODEL_ONLY:
-            answer_prompt(args, settings, None)
-            return 0
-        folder = Path(args.adapter) if Path(args.adapter).is_dir() else None
-        row = None if folder else resolve_adapter(Warehouse(settings.warehouse), args.adapter)
-        folder = folder or Path(row.path)
-        if args.command == "generate":
-            answer_prompt(args, settings, folder)
-        elif args.command == "export":
-            export_adapter(folder, args.merged, args.gguf)
-        else:
-            token = os.environ.get("HF_TOKEN", "")
-            if not token:
-                raise RuntimeError("set HF_TOKEN to push to the Hugging Face Hub")
-            metrics = (
-                {}
-                if row is None
-                else {m: float(row[f"test_{m}"]) for m in METRIC_COLUMNS if pd.notna(row[f"test_{m}"])}
-            )
-            card = model_card(
-                folder, metrics, "" if row is None else row.dataset_version, "" if row is None else row.base_model
-            )
-            print(f"pushed to {push_adapter(folder, args.repo_id, token, card, private=not args.public)}")
-    except (KeyError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as error:
-        print(f"fine-tune-dag {args.command}: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def print_rejected(db: Warehouse) -> None:
-    rows = rejected_notes(db)
-    for row in rows.itertuples():
-        print(f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)")
-    print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
-
-
-def annotate(settings: ProjectSettings, who: str | None, port: int, blind: bool) -> int:
-    """Serve the preference page (or, `blind`, the "which did the author write?" page) until Ctrl-C; it starts
-    even with nothing to label, so the page can say why."""
-    who = (who or "").strip() or os.environ.get("USER") or getpass.getuser()
-    db = Warehouse(settings.warehouse)
-    done, total = blind_progress(db, who) if blind else progress(db, who)
-    keys = "left/right arrows: the author's text" if blind else "left/right arrows: better answer, down: tie, s: skip"
-    print(f"Annotating as {who}: http://127.0.0.1:{port}  ({keys}; Ctrl-C to stop)")
-    what, source = ("blind trials", "eval_report") if blind else ("comparisons", "preference_candidates")
-    if total:
-        print(f"{done} of {total} {what} answered", flush=True)
-    else:
-        print(f"no {what} yet: {source} must be materialized first", flush=True)
-    serve(db, who, port, mode="blind" if blind else "preference")
-    return 0
 
 
 @dataclass
@@ -277,6 +101,11 @@ def materialize_graph(
     defs: dg.Definitions, instance: dg.DagsterInstance, notes_dir: Path, run_config: dict | None = None
 ) -> GraphRun:
     """Every note partition, then dataset, training and evaluation; a bad note fails only itself."""
+    from tqdm import tqdm
+
+    from fine_tune_dag.assets.champion import BEATS_CHAMPION
+    from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
+
     keys = register_note_partitions(instance, notes_dir)
     notes = defs.resolve_job_def(notes_job.name)
     notes_config = _job_run_config(notes, run_config, "CRITICAL")  # failures are summarized below
@@ -303,7 +132,10 @@ def materialize_graph(
     return GraphRun(keys, failed, failure, promoted=model_run.success)
 
 
-def run_demo(settings: ProjectSettings) -> int:
+def run_demo(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    from fine_tune_dag.definitions import definitions_from_settings
+
+    _quiet_model_loading()
     started = time.perf_counter()
     defs = definitions_from_settings(settings)
     print(f"notes: {settings.layout.notes.resolve()}  data: {settings.layout.data.resolve()}")
@@ -316,16 +148,240 @@ def run_demo(settings: ProjectSettings) -> int:
         return 1
     if not run.promoted:
         print("the new adapter did not pass the promotion gate (see the report); the champion is unchanged")
-    return 0 if print_latest_report(settings) else 1
+    return print_latest_report(settings, args)
+
+
+def register(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    keys = register_note_partitions(_instance(), args.notes_dir)
+    print(f"{len(keys)} note partitions registered from {args.notes_dir}")
+    return 0
+
+
+def print_latest_report(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    from fine_tune_dag.core.modeling.efficacy import METRIC_LABELS, recommendation
+    from fine_tune_dag.core.store.registry import current_champion, evaluation_summary, latest_evaluation
+
+    db = _warehouse(settings)
+    evaluation = latest_evaluation(db)
+    if evaluation is None:
+        print("no evaluation report yet")
+        return 1
+    summary = evaluation_summary(db, evaluation.adapter_version)
+    names = list(summary)
+    report = Path(evaluation.report_path).resolve()
+    print(f"\nReport: {report} (and {report.with_suffix('.html').name}, self-contained)")
+    print(f"Adapter {evaluation.adapter_version} on {evaluation.test_examples} held-out items:")
+    labels = {metric: label.split(" (")[0] for metric, label in METRIC_LABELS.items()}
+    width = max(map(len, labels.values())) + 2
+    print("  " + " " * width + "".join(f"{name:>12}" for name in names))
+    for metric, label in labels.items():
+        print("  " + f"{label:<{width}}" + "".join(f"{summary[n].get(metric, float('nan')):>12.3f}" for n in names))
+    if "voice_perplexity" in summary["tuned"]:  # evaluations from before voice items have no verdict
+        print("\nWas fine-tuning worth it? " + recommendation(summary).replace("**", ""))
+    champion = current_champion(db)
+    print(f"  champion: {'none yet' if champion is None else champion.version}")
+    return 0
+
+
+def print_lineage(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    from fine_tune_dag.core.store.registry import lineage_text
+
+    print(lineage_text(_warehouse(settings)))
+    return 0
+
+
+def print_requests(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    from fine_tune_dag.core.store.request_log import LISTED_COLUMNS, read_requests, summarize_requests
+
+    log = read_requests(_warehouse(settings), args.template, args.status, args.since, args.run_id)
+    summary = summarize_requests(log)
+    print(
+        f"{summary['requests']} requests: {summary['calls']} calls, {summary['cache_hits']} cache hits "
+        f"({summary['cache_hit_rate']:.0%}), {summary['input_tokens']} input and {summary['output_tokens']} output "
+        f"tokens, ${summary['cost_usd']:.4f}, {summary['rejected']} blocked or empty"
+    )
+    if len(log):
+        print(log[LISTED_COLUMNS].head(args.limit).to_string(index=False, max_colwidth=28))
+    return 0
+
+
+def print_rejected(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    from fine_tune_dag.core.store.notes import rejected_notes
+
+    rows = rejected_notes(_warehouse(settings))
+    for row in rows.itertuples():
+        print(f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)")
+    print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
+    return 0
+
+
+def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
+    import pandas as pd
+
+    from fine_tune_dag.core.llm.openai_compat import OPENAI_PRICES
+    from fine_tune_dag.core.llm.types import DEFAULT_PRICES
+    from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+    from fine_tune_dag.core.store.notes import synthesized_note_hashes
+    from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
+    from fine_tune_dag.core.text.ingest import NoteParseError, discover_notes, parse_note
+    from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
+
+    notes_dir = settings.layout.notes
+    db = _warehouse(settings)
+    provider, model = settings.llm_choice()
+    prices = {**DEFAULT_PRICES, **OPENAI_PRICES}  # LLMResource.price_table() with no prices of its own
+    history = History.from_warehouse(db, provider)
+    synthesized = synthesized_note_hashes(db)
+    total, rows = CostEstimate(), []
+    for note_id, path in discover_notes(notes_dir).items():
+        try:
+            note = parse_note(path, notes_dir)
+        except NoteParseError as error:
+            print(f"skipped {error.path}: {error.reason}", file=sys.stderr)
+            continue
+        if synthesized.get(note_id) == note.sha256:
+            continue
+        expected = estimate_note(note_id, note.text, note.title, history, model, prices)
+        total.add(expected)
+        rows.append([note.path, expected.requests, expected.input_tokens, expected.output_tokens, expected.cost_usd])
+    training = expected_training_tokens(
+        total.candidate_pairs, history, 1 - DEFAULT_TEST_FRACTION, TrainingSettings.epochs
+    )
+    print(f"{len(rows)} notes to synthesize with {provider} model {model}:")
+    if rows:
+        frame = pd.DataFrame(rows, columns=["note", "requests", "input tokens", "output tokens", "cost USD"])
+        print(frame.to_string(index=False, max_colwidth=48))
+    print(
+        f"total: {total.requests} requests, {total.input_tokens} input + {total.output_tokens} output tokens, "
+        f"${total.cost_usd:.4f}; then about {training} training tokens "
+        f"(keep rate {history.keep_rate:.0%}, {history.pair_tokens:.0f} tokens a pair, {TrainingSettings.epochs:g} epochs)"
+    )
+    return 0
+
+
+def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: Path | None) -> None:
+    """Stream an answer from the adapter in `folder`, or from the base model alone (None). Decoding follows the
+    adapter's saved settings (the defaults for the base model), with the options given here over them; which
+    model answered, and how, goes to stderr so that stdout is the answer alone."""
+    from fine_tune_dag.core.modeling.generation import load_generation_settings
+    from fine_tune_dag.core.modeling.inference import load_adapter_model, load_base_model, stream_answer
+    from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model
+    from fine_tune_dag.core.retrieval.index import PassageIndex
+    from fine_tune_dag.core.retrieval.prompt import cited_notes
+
+    if folder is None:
+        model_dir = resolve_model(settings.base_model, settings.layout.models).path
+        model, tokenizer = load_base_model(model_dir), load_tokenizer(model_dir)
+        saved, who = GenerationSettings(), "base model"
+    else:
+        model, tokenizer = load_adapter_model(folder)
+        saved, who = load_generation_settings(folder), f"adapter {folder.name}"
+    given = {option.name: getattr(args, option.name) for option in fields(GenerationSettings)}
+    generation = replace(saved, **{name: value for name, value in given.items() if value is not None})
+    how = ", ".join(f"{name} {value}" for name, value in asdict(generation).items())
+    passages = PassageIndex.load(settings.layout.index).search(args.prompt, args.top_k) if args.rag else []
+    print(f"{who} answers{' with retrieval' if args.rag else ''} ({how}):", file=sys.stderr, flush=True)
+    for piece in stream_answer(model, tokenizer, args.prompt, args.system, passages=passages, **asdict(generation)):
+        print(piece, end="", flush=True)
+    print()
+    if passages:
+        print("Notes used: " + ", ".join(cited_notes(passages)))
+
+
+def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> None:
+    """The adapter merged into its base as a transformers folder, as GGUF files with an Ollama Modelfile each, or
+    both (the GGUF files are written from a merged folder, kept only when asked for)."""
+    from fine_tune_dag.core.modeling.inference import export_merged
+
+    if merged is None and gguf_dir is None:
+        raise ValueError("say where: --merged DIR (transformers), --gguf DIR (llama.cpp and Ollama), or both")
+    with tempfile.TemporaryDirectory(prefix="merged-") as scratch:
+        merged_dir = export_merged(folder, merged or Path(scratch) / folder.name)  # the files are named after it
+        if merged is not None:
+            print(f"merged model written to {merged_dir}")
+        if gguf_dir is not None:
+            from fine_tune_dag.core.modeling.generation import load_generation_settings
+            from fine_tune_dag.core.modeling.gguf_export import export_gguf, write_ollama_modelfile
+            from fine_tune_dag.core.modeling.models import load_tokenizer
+
+            tokenizer, saved = load_tokenizer(merged_dir), load_generation_settings(merged_dir)
+            for written in export_gguf(merged_dir, gguf_dir):
+                print(f"{written} (Ollama: {write_ollama_modelfile(written, tokenizer, saved)})")
+
+
+def push_to_hub(folder: Path, row: pd.Series | None, args: argparse.Namespace) -> None:
+    """The adapter with a model card (the registry's test metrics, dataset and base model when it has them)."""
+    import pandas as pd
+
+    from fine_tune_dag.core.modeling.inference import model_card, push_adapter
+    from fine_tune_dag.core.store.registry import METRIC_COLUMNS
+
+    token = os.environ.get("HF_TOKEN", "")
+    if not token:
+        raise RuntimeError("set HF_TOKEN to push to the Hugging Face Hub")
+    metrics = {} if row is None else {m: float(row[f"test_{m}"]) for m in METRIC_COLUMNS if pd.notna(row[f"test_{m}"])}
+    card = model_card(
+        folder, metrics, "" if row is None else row.dataset_version, "" if row is None else row.base_model
+    )
+    print(f"pushed to {push_adapter(folder, args.repo_id, token, card, private=not args.public)}")
+
+
+def use_adapter(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """generate, export and push: the registry's adapter by name, or an adapter folder (generate: or `base`)."""
+    from fine_tune_dag.core.store.registry import resolve_adapter
+
+    _quiet_model_loading()
+    try:
+        if args.command == "generate" and args.adapter == BASE_MODEL_ONLY:
+            answer_prompt(args, settings, None)
+            return 0
+        folder = Path(args.adapter) if Path(args.adapter).is_dir() else None
+        row = None if folder else resolve_adapter(_warehouse(settings), args.adapter)
+        folder = folder or Path(row.path)
+        if args.command == "generate":
+            answer_prompt(args, settings, folder)
+        elif args.command == "export":
+            export_adapter(folder, args.merged, args.gguf)
+        else:
+            push_to_hub(folder, row, args)
+    except (KeyError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as error:
+        print(f"fine-tune-dag {args.command}: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def annotate(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """Serve the preference page (or, --blind, the "which did the author write?" page) until Ctrl-C; it starts
+    even with nothing to label, so the page can say why."""
+    from fine_tune_dag.annotate import serve
+    from fine_tune_dag.core.store.blind import blind_progress
+    from fine_tune_dag.core.store.labels import progress
+
+    blind, port = args.blind, args.port
+    who = (args.who or "").strip() or os.environ.get("USER") or getpass.getuser()
+    db = _warehouse(settings)
+    done, total = blind_progress(db, who) if blind else progress(db, who)
+    keys = "left/right arrows: the author's text" if blind else "left/right arrows: better answer, down: tie, s: skip"
+    print(f"Annotating as {who}: http://127.0.0.1:{port}  ({keys}; Ctrl-C to stop)")
+    what, source = ("blind trials", "eval_report") if blind else ("comparisons", "preference_candidates")
+    if total:
+        print(f"{done} of {total} {what} answered", flush=True)
+    else:
+        print(f"no {what} yet: {source} must be materialized first", flush=True)
+    serve(db, who, port, mode="blind" if blind else "preference")
+    return 0
 
 
 def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """`fine-tune-dag serve`: the API and playground until interrupted; the key comes from the environment."""
     import uvicorn
 
+    from fine_tune_dag.core.modeling.models import resolve_model
     from fine_tune_dag.core.serving.engine import Engine
     from fine_tune_dag.serve import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
 
+    _quiet_model_loading()
     api_key = os.environ.get(API_KEY_VARIABLE, "")
     try:
         check_binding(args.host, api_key)
@@ -333,7 +389,7 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fine-tune-dag serve: {error}", file=sys.stderr)
         return 1
-    warehouse = Warehouse(settings.warehouse)
+    warehouse = _warehouse(settings)
     engine = Engine(base, recorder(warehouse), args.batch_size, args.queue_size)
     engine.start()
     print(
@@ -350,11 +406,24 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    transformers.logging.disable_progress_bar()  # one progress bar (ours) instead of one per model load
-    warnings.filterwarnings("ignore", category=FutureWarning)
+COMMANDS = {  # each command's handler, called with the settings over --notes-dir/--data-dir and the arguments
+    "demo": run_demo,
+    "report": print_latest_report,
+    "register": register,
+    "lineage": print_lineage,
+    "generate": use_adapter,
+    "export": use_adapter,
+    "push": use_adapter,
+    "rejected": print_rejected,
+    "estimate": print_estimate,
+    "requests": print_requests,
+    "annotate": annotate,
+    "serve": serve_models,
+}
+
+
+def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fine-tune-dag", description=__doc__)
-    environment = ProjectSettings.from_environment()
     parser.add_argument("--notes-dir", type=Path, default=Path(environment.notes_dir))
     parser.add_argument("--data-dir", type=Path, default=Path(environment.data_dir))
     commands = parser.add_subparsers(dest="command", required=True)
@@ -404,33 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--port", type=int, default=8000)
     serve_parser.add_argument("--batch-size", type=int, default=8, help="requests decoded together")
     serve_parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more get a 429")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    environment = ProjectSettings.from_environment()
+    args = build_parser(environment).parse_args(argv)
     settings = environment.with_folders(args.notes_dir, args.data_dir)
-    if args.command == "demo":
-        return run_demo(settings)
-    if args.command == "register":
-        keys = register_note_partitions(_instance(), args.notes_dir)
-        print(f"{len(keys)} note partitions registered from {args.notes_dir}")
-        return 0
-    if args.command in ("generate", "export", "push"):
-        return use_adapter(args, settings)
-    if args.command == "estimate":
-        print_estimate(settings)
-        return 0
-    if args.command == "requests":
-        print_requests(Warehouse(settings.warehouse), args)
-        return 0
-    if args.command == "rejected":
-        print_rejected(Warehouse(settings.warehouse))
-        return 0
-    if args.command == "annotate":
-        return annotate(settings, args.who, args.port, args.blind)
-    if args.command == "lineage":
-        print(lineage_text(Warehouse(settings.warehouse)))
-        return 0
-    if args.command == "serve":
-        return serve_models(settings, args)
-    return 0 if print_latest_report(settings) else 1
+    return COMMANDS[args.command](settings, args)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from fine_tune_dag.automation.conditions import with_automation
 from fine_tune_dag.automation.jobs import ALL_ASSETS, JOBS
 from fine_tune_dag.automation.schedules import build_retrain_schedule
 from fine_tune_dag.automation.sensors import automation_sensor, new_notes_sensor
-from fine_tune_dag.core.modeling.models import BUNDLED_MODEL
+from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
-from fine_tune_dag.resources.llm import DEFAULT_GEMINI_MODEL, LLMResource
+from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
@@ -72,19 +72,20 @@ def llm_from_settings(settings: ProjectSettings) -> LLMResource:
     """The local model, Gemini, or an OpenAI-compatible server, keys read from the environment at run time
     (never stored)."""
     paths = ProjectPaths(notes_dir=settings.notes_dir, data_dir=settings.data_dir)
-    if settings.llm_provider == "openai":
+    provider, model = settings.llm_choice()
+    if provider == "openai":
         return LLMResource(
             provider="openai",
-            model=settings.llm_model,
+            model=model,
             base_url=settings.llm_base_url,
             api_key=dg.EnvVar("OPENAI_API_KEY") if settings.openai_key_set else "",
             paths=paths,
         )
-    if settings.llm_provider != "gemini":
-        return LLMResource(model=settings.llm_model or BUNDLED_MODEL, paths=paths)
+    if provider == "local":
+        return LLMResource(model=model, paths=paths)
     return LLMResource(
         provider="gemini",
-        model=settings.llm_model or DEFAULT_GEMINI_MODEL,
+        model=model,
         api_key=dg.EnvVar(settings.gemini_key_variable),
         requests_per_minute=settings.gemini_requests_per_minute,
         paths=paths,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from fine_tune_dag.core.modeling.models import BUNDLED_MODEL
+from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
 from fine_tune_dag.core.store.layout import DataLayout
 
 
@@ -84,6 +84,17 @@ class ProjectSettings:
         """The automation policy fields set in the environment (the rest keep the policy's defaults)."""
         values = {"retrain_min_new_examples": self.retrain_min_new_examples, "retrain_cron": self.retrain_cron}
         return {name: value for name, value in values.items() if value is not None}
+
+    def llm_choice(self) -> tuple[str, str]:
+        """The LLM stages' provider (local, gemini or openai) and model: FINE_TUNE_DAG_LLM_MODEL, else the
+        provider's default; an OpenAI-compatible server has none, its model must be named."""
+        if self.llm_provider == "openai":
+            return "openai", self.llm_model
+        if self.llm_provider == "gemini":
+            from fine_tune_dag.core.llm.gemini import GeminiSettings  # the Gemini client loads only for Gemini
+
+            return "gemini", self.llm_model or GeminiSettings.model
+        return "local", self.llm_model or BUNDLED_MODEL
 
     @property
     def layout(self) -> DataLayout:

@@ -19,8 +19,8 @@ from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
 from fine_tune_dag.core.modeling.dpo import DpoSettings
 from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
 from fine_tune_dag.core.modeling.preferences import PreferenceSettings
-from fine_tune_dag.core.modeling.sft import TrainingSettings
-from fine_tune_dag.core.retrieval.index import RetrievalSettings
+from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+from fine_tune_dag.core.retrieval.settings import RetrievalSettings
 from fine_tune_dag.core.text.chunking import BOUNDARY_MAX_NEW_TOKENS, ChunkingSettings
 from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
 from fine_tune_dag.core.text.synthesis import SynthesisSettings

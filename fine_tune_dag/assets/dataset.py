@@ -14,7 +14,7 @@ from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pa
 from fine_tune_dag.core.metadata_keys import DATASET_VERSION, TRAIN_PAIRS
 from fine_tune_dag.core.modeling.chat import render_training_example
 from fine_tune_dag.core.modeling.models import load_tokenizer
-from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.modeling.training_settings import TrainingSettings
 from fine_tune_dag.core.store.notes import kept_pairs, note_files, paths_outside, trainable_notes
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.markdown import length_summary, preview

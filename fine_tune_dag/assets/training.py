@@ -7,7 +7,7 @@ from fine_tune_dag.assets.config import TrainingConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.modeling.training_settings import TrainingSettings
 from fine_tune_dag.core.store.fingerprint import fingerprint
 from fine_tune_dag.core.workflows.adapters import train_and_register
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource

@@ -1,6 +1,7 @@
 import dagster as dg
 
-from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, ResolvedModel, resolve_model
+from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
+from fine_tune_dag.core.modeling.models import ResolvedModel, resolve_model
 from fine_tune_dag.resources.paths import ProjectPaths
 
 

@@ -32,6 +32,20 @@ CONTENDER_ROLES = {
     "tuned": "the new adapter (fine-tuned)",
     "tuned+rag": "the new adapter + retrieval",
 }
+METRIC_LABELS = {
+    "nll": "answer NLL (lower is better)",
+    "perplexity": "perplexity (lower is better)",
+    "rouge_l": "ROUGE-L F1 (higher is better)",
+    "token_f1": "token F1 (higher is better)",
+    "unsupported": "unsupported content (lower is better)",
+    "style_distance": "style distance to the author (lower is better)",
+    "words": "words per answer",
+    "voice_perplexity": "voice perplexity of held-out passages (lower is better)",
+    "authorship": "written notes attributed to the author (higher is better)",
+    "cited_right": "right note cited by retrieval (higher is better)",
+    "loops": "generations looping (lower is better)",
+    "memorized": "generations regurgitating the train split (lower is better)",
+}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.modeling.generation import GenerationSettings
+from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 
 # file type name: (what general.file_type says, what a 2-D weight is stored as)
 GGUF_TYPES: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {

@@ -21,7 +21,8 @@ from peft.helpers import disable_input_dtype_casting
 from transformers import get_scheduler
 
 from fine_tune_dag.core.modeling.chat import TokenizedExample
-from fine_tune_dag.core.modeling.generation import GenerationSettings, save_generation_settings
+from fine_tune_dag.core.modeling.generation import save_generation_settings
+from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.models import select_device, select_dtype
 
 

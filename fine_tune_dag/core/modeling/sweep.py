@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from fine_tune_dag.core.modeling.sft import TrainingSettings
+from fine_tune_dag.core.modeling.training_settings import TrainingSettings
 from fine_tune_dag.core.text.markdown import table
 
 SWEPT_FIELDS = frozenset(f.name for f in fields(TrainingSettings)) - {"device", "dtype", "seed", "logging_steps"}

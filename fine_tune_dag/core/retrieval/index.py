@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,30 +21,13 @@ import bm25s
 import numpy as np
 import pandas as pd
 
+from fine_tune_dag.core.retrieval.settings import RetrievalSettings
+
 if TYPE_CHECKING:
     from fine_tune_dag.core.retrieval.embeddings import Encoder
 
-METHODS = ("bm25", "embeddings")
 INDEX_FORMAT = 1  # bump when the stored layout changes: an index of another format is rebuilt whole
 MANIFEST, ENTRIES, VECTORS = "manifest.json", "passages.jsonl", "embeddings.npy"
-
-
-@dataclass(frozen=True)
-class RetrievalSettings:
-    method: str = field(default="bm25", metadata={"help": "'bm25' (no model needed) or 'embeddings'"})
-    embedding_model: str = field(
-        default="",
-        metadata={"help": "path or Hub id of a transformers model whose mean-pooled states embed passages"},
-    )
-    top_k: int = field(default=3, metadata={"help": "passages retrieved per question"})
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown retrieval method '{self.method}': use one of {METHODS}")
-        if self.method == "embeddings" and not self.embedding_model:
-            raise ValueError("retrieval by embeddings needs embedding_model (a model folder or Hub id)")
-        if self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
 
 
 @dataclass(frozen=True)

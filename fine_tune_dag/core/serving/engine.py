@@ -19,7 +19,8 @@ from typing import Any, Callable
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.decoding import Decoding, decode
-from fine_tune_dag.core.modeling.generation import GenerationSettings, continuation_text, load_generation_settings
+from fine_tune_dag.core.modeling.generation import continuation_text, load_generation_settings
+from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.inference import load_base_model
 from fine_tune_dag.core.modeling.models import load_tokenizer
 from fine_tune_dag.core.serving.requests import ChatRequest

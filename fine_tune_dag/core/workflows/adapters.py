@@ -18,7 +18,8 @@ from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIR
 from fine_tune_dag.core.modeling.loop import TrainingRun, next_adapter_version, save_adapter
 from fine_tune_dag.core.modeling.models import ResolvedModel
 from fine_tune_dag.core.modeling.report import plot_loss_curve
-from fine_tune_dag.core.modeling.sft import TrainingSettings, mix_weights, train_lora
+from fine_tune_dag.core.modeling.sft import mix_weights, train_lora
+from fine_tune_dag.core.modeling.training_settings import TrainingSettings
 from fine_tune_dag.core.store.artifacts import ArtifactStore
 from fine_tune_dag.core.store.fingerprint import fingerprint
 from fine_tune_dag.core.store.layout import DataLayout

@@ -29,7 +29,7 @@ from fine_tune_dag.core.modeling.evaluation import (
     write_notes,
     written_notes,
 )
-from fine_tune_dag.core.modeling.generation import GenerationSettings
+from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
     load_tokenizer,
