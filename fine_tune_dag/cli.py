@@ -219,7 +219,6 @@ def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
     import pandas as pd
 
-    from fine_tune_dag.core.llm.openai_compat import OPENAI_PRICES
     from fine_tune_dag.core.llm.types import DEFAULT_PRICES
     from fine_tune_dag.core.modeling.training_settings import TrainingSettings
     from fine_tune_dag.core.store.notes import synthesized_note_hashes
@@ -230,7 +229,6 @@ def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     notes_dir = settings.layout.notes
     db = _warehouse(settings)
     provider, model = settings.llm_choice()
-    prices = {**DEFAULT_PRICES, **OPENAI_PRICES}  # LLMResource.price_table() with no prices of its own
     history = History.from_warehouse(db, provider)
     synthesized = synthesized_note_hashes(db)
     total, rows = CostEstimate(), []
@@ -242,7 +240,7 @@ def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
             continue
         if synthesized.get(note_id) == note.sha256:
             continue
-        expected = estimate_note(note_id, note.text, note.title, history, model, prices)
+        expected = estimate_note(note_id, note.text, note.title, history, model, DEFAULT_PRICES)
         total.add(expected)
         rows.append([note.path, expected.requests, expected.input_tokens, expected.output_tokens, expected.cost_usd])
     training = expected_training_tokens(

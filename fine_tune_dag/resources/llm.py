@@ -10,7 +10,7 @@ from pydantic import Field
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm.local import LocalLLM
-from fine_tune_dag.core.llm.openai_compat import OPENAI_PRICES, OpenAICompatibleLLM, OpenAISettings
+from fine_tune_dag.core.llm.openai_compat import OpenAICompatibleLLM, OpenAISettings
 from fine_tune_dag.core.llm.remote import RemoteSettings
 from fine_tune_dag.core.llm.types import DEFAULT_PRICES, LLMClient
 from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
@@ -127,4 +127,4 @@ class LLMResource(dg.ConfigurableResource):
         return None
 
     def price_table(self) -> dict[str, tuple[float, float]]:
-        return {**DEFAULT_PRICES, **OPENAI_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}
+        return {**DEFAULT_PRICES, **{model: (p[0], p[1]) for model, p in self.prices.items()}}

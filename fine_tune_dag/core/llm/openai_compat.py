@@ -23,14 +23,6 @@ from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 
 NO_KEY = "not-needed"  # what the SDK, which insists on a key, sends to servers that ask for none
 
-# USD per million input and output tokens, for OpenAI's own models (a local server's are free).
-OPENAI_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1": (2.00, 8.00),
-}
-
 
 class OpenAICompatibleError(RemoteLLMError):
     """A call that cannot succeed (bad request, bad key, retries exhausted); the message never holds the key."""

@@ -60,11 +60,16 @@ class LLMClient(Protocol):
         """One result per request, in order."""
 
 
-# USD per million input and output tokens; local models cost nothing. Override per resource.
+# USD per million input and output tokens, Gemini's and OpenAI's own models; local models and servers cost
+# nothing. Override per resource (LLMResource.prices).
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gemini-2.5-flash": (0.30, 2.50),
     "gemini-2.5-flash-lite": (0.10, 0.40),
     "gemini-2.5-pro": (1.25, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
 }
 
 

@@ -138,7 +138,7 @@ def kept_pairs(db: Warehouse, source: str, note_ids: list[str], writing_seed: in
         return writing_examples(note_passages(db, note_ids), writing_seed).drop(columns="passage_index")
     if source == "notes":
         return db.query(
-            "SELECT pair_id, note_id, mode, NULL AS system, question, answer FROM qa_pairs "
+            "SELECT pair_id, note_id, mode, NULL::VARCHAR AS system, question, answer FROM qa_pairs "
             "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
             [note_ids],
         )
