@@ -13,6 +13,7 @@ from fine_tune_dag_testkit.notes import SAMPLE_TOPICS, write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
+from fine_tune_dag.core.metadata_keys import PEAK_MEMORY_MIB
 from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
 from fine_tune_dag.core.store.splits import train_split
 from fine_tune_dag.core.store.warehouse import Warehouse
@@ -105,6 +106,14 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph, scripted_llm
     assert "data:image/png;base64" in materialization.metadata["report_markdown"].value
     qa = instance.get_latest_materialization_event(dg.AssetKey("qa_pairs")).asset_materialization
     assert {"kept", "rejected", "rejection_rate", "llm_calls", "llm_cache_hits"} <= set(qa.metadata)
+    # every heavy stage shows the most memory its process held while it ran; training holds a model, parsing none
+    peaks = {
+        name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata[
+            PEAK_MEMORY_MIB
+        ].value
+        for name in ("base_model", "passages", "qa_pairs", "dataset_splits", "lora_adapter", "eval_report")
+    }
+    assert all(peak > 50 for peak in peaks.values()), peaks
 
     calls_first = scripted_llm.total_calls
     assert calls_first > 0

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from fine_tune_dag.assets.common import llm_usage_metadata, stage_failures
+from fine_tune_dag.assets.common import llm_usage_metadata, reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import ChunkingConfig
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
@@ -30,6 +30,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     kinds={"python", "duckdb"},
     code_version=f"chunking-1+{BOUNDARY_TEMPLATE.tag}+{fingerprint(ChunkingSettings())}",
 )
+@reports_peak_memory
 def passages(
     context: dg.AssetExecutionContext, config: ChunkingConfig, warehouse: WarehouseResource, llm: LLMResource
 ) -> dg.MaterializeResult:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 
 from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.llm.types import LLMUsage
+from fine_tune_dag.core.memory import PeakMemory
+from fine_tune_dag.core.metadata_keys import PEAK_MEMORY_MIB
 from fine_tune_dag.core.text.markdown import Markdown
 
 
@@ -21,6 +24,24 @@ def stage_failures() -> Iterator[None]:
         yield
     except StageError as error:
         raise dg.Failure(description=str(error), metadata=error.metadata, allow_retries=False) from error
+
+
+StageFunction = TypeVar("StageFunction", bound=Callable[..., Any])
+
+
+def reports_peak_memory(stage: StageFunction) -> StageFunction:
+    """The stage's materialization carries the most memory its process held while it ran, so the UI shows
+    which stage needs what (below `@dg.asset`; Dagster reads the wrapped function's parameters)."""
+
+    @functools.wraps(stage)
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        with PeakMemory() as peak:
+            result = stage(*args, **kwargs)
+        if isinstance(result, dg.MaterializeResult):
+            return result._replace(metadata={**(result.metadata or {}), PEAK_MEMORY_MIB: peak.mib})
+        return result
+
+    return measured  # type: ignore[return-value]
 
 
 def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import pandas as pd
 
-from fine_tune_dag.assets.common import stage_failures
+from fine_tune_dag.assets.common import reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import SplitConfig
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
@@ -45,6 +45,7 @@ def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
     kinds={"python", "duckdb"},
     code_version="splits-3",
 )
+@reports_peak_memory
 def dataset_splits(
     context: dg.AssetExecutionContext,
     config: SplitConfig,

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from fine_tune_dag.assets.common import reports_peak_memory
 from fine_tune_dag.core.modeling.models import ModelResolutionError, count_parameters, load_causal_lm, load_tokenizer
 from fine_tune_dag.resources.models import ModelsResource
 
@@ -11,6 +12,7 @@ from fine_tune_dag.resources.models import ModelsResource
     kinds={"pytorch"},
     code_version="models-1",
 )
+@reports_peak_memory
 def base_model(context: dg.AssetExecutionContext, models: ModelsResource) -> dg.MaterializeResult:
     """Converted (GGUF), downloaded (Hub) or found (local folder) once, then loaded from disk."""
     try:

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from fine_tune_dag.assets.chunking import passages
-from fine_tune_dag.assets.common import as_metadata, stage_failures
+from fine_tune_dag.assets.common import as_metadata, reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import RetrievalConfig
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.errors import StageError
@@ -14,6 +14,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 
 
 @dg.asset(deps=[passages], group_name="retrieval", kinds={"python"}, code_version="retrieval-1")
+@reports_peak_memory
 def retrieval_index(
     context: dg.AssetExecutionContext, config: RetrievalConfig, paths: ProjectPaths, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:

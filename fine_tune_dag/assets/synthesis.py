@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from fine_tune_dag.assets.chunking import passages
-from fine_tune_dag.assets.common import llm_usage_metadata, stage_failures
+from fine_tune_dag.assets.common import llm_usage_metadata, reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import SynthesisConfig
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.store.fingerprint import fingerprint
@@ -32,6 +32,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     kinds={"python", "duckdb"},
     code_version="+".join(["synthesis-1", *(t.tag for t in TEMPLATES.values()), fingerprint(SynthesisSettings())]),
 )
+@reports_peak_memory
 def qa_pairs(
     context: dg.AssetExecutionContext, config: SynthesisConfig, warehouse: WarehouseResource, llm: LLMResource
 ) -> dg.MaterializeResult:
