@@ -16,7 +16,8 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
 @dg.asset(
     partitions_def=notes_partitions,
     group_name="ingest",
-    pool="duckdb",
+    # no pool: parsing holds nothing another note needs, and its writes are short transactions (at 8 concurrent
+    # note runs the one `duckdb` slot held through parsing cost 23 s a run in bench/scale.py)
     kinds={"python", "duckdb"},
     code_version="ingest-1",
 )
