@@ -210,6 +210,26 @@ def test_find_note_returns_the_file_or_names_key_and_folder(tmp_path: Path) -> N
     assert key in str(error.value) and str(tmp_path) in str(error.value)
 
 
+def test_find_note_takes_the_sensors_path_without_walking_the_folder_and_never_a_wrong_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fine_tune_dag.core.text.ingest as ingest
+
+    (tmp_path / "sub").mkdir()
+    note, other = tmp_path / "sub" / "Chain Wear.md", tmp_path / "bees.md"
+    note.write_text("# Chain wear\n", encoding="utf-8")
+    other.write_text("# Bees\n", encoding="utf-8")
+    key = note_partition_key("sub/Chain Wear.md")
+    walks: list[Path] = []
+    monkeypatch.setattr(ingest, "discover_notes", lambda folder: walks.append(folder) or discover_notes(folder))
+    assert find_note(tmp_path, key, hint="sub/Chain Wear.md") == note and walks == []
+    # a hint naming another note's file, or a file since renamed, is not trusted: the folder decides
+    assert find_note(tmp_path, key, hint="bees.md") == note and walks == [tmp_path]
+    note.rename(tmp_path / "sub" / "Chain.md")
+    with pytest.raises(FileNotFoundError):
+        find_note(tmp_path, key, hint="sub/Chain Wear.md")
+
+
 # --- Markdown and text ----------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.tags import NOTE_PATH_TAG
 from fine_tune_dag.core.store.notes import reject_note, save_parsed_note
 from fine_tune_dag.core.text.estimate import History, estimate_note
 from fine_tune_dag.core.text.ingest import NoteParseError, find_note, parse_note
@@ -29,7 +30,7 @@ def raw_notes(
     db = warehouse.get()
     path: Path | None = None
     try:
-        path = find_note(paths.notes, note_id)
+        path = find_note(paths.notes, note_id, context.run.tags.get(NOTE_PATH_TAG))
         note = parse_note(path, paths.notes)
     except NoteParseError as error:
         reject_note(db, note_id, error.path, error.reason, context.run_id, path)

@@ -1,7 +1,9 @@
-"""Op tags for the steps that want an accelerator.
+"""Op tags for the steps that want an accelerator, and the run tag naming a note run's file.
 
 `dagster-k8s` reads `dagster-k8s/config` to shape the step's pod (see deploy/); local executors ignore it.
 """
+
+NOTE_PATH_TAG = "fine_tune_dag/note"  # new_notes_sensor's runs: the note's path relative to the notes folder
 
 GPU_STEP_TAGS = {
     "dagster-k8s/config": {

