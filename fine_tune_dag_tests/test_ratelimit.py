@@ -16,6 +16,7 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
+        assert self.now < 1000, "waiting for ever"
 
 
 class AnsweredAtOnce(RateLimiter):

@@ -20,6 +20,7 @@ from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
 from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.store.quota_slots import TABLE
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag_tests.test_ratelimit import FakeClock
 
 KEY = "AIzaTEST-not-a-real-key-5f2c"
 WINDOW_S = 2.0
@@ -36,18 +37,6 @@ VICTIM_TIMEOUT_S = 1.5
 # warehouse backs off while another process holds it) can spread one window's admissions over more than a window
 REACHED = LIMIT - 1
 SPAWN = multiprocessing.get_context("spawn")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        assert self.now < 1000, "waiting for ever"
 
 
 # (operation, slot name, at, tokens): acquire or settle, the clock moved on to `at` first when still behind
