@@ -57,6 +57,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
         ["--notes-per-level", "24", "--notes-scale", "1000", "10000", "--processed", "200"],
         ["--notes-per-level", "4", "--levels", "1", "4", "--notes-scale", "100", "--processed", "8"],
     ),
+    # the graph on N and 2N notes (scripted teacher), generate, --help, a 1B random model; quick: N only, no 1B
+    "memory": (["--notes", "30"], ["--notes", "26", "--skip-1b", "--single"]),
 }
 # The benchmark a script's rows are named by, the first word of their table lines, where it is not the script's
 # name: how rows read back from RESULTS.md are told apart by script.
