@@ -83,4 +83,4 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/adapters data/reports data/exports $(DAGSTER_HOME)
+	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/warehouse.duckdb.quota.sqlite* data/adapters data/reports data/exports $(DAGSTER_HOME)

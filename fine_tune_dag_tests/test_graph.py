@@ -106,11 +106,11 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph, scripted_llm
     assert "data:image/png;base64" in materialization.metadata["report_markdown"].value
     qa = instance.get_latest_materialization_event(dg.AssetKey("qa_pairs")).asset_materialization
     assert {"kept", "rejected", "rejection_rate", "llm_calls", "llm_cache_hits"} <= set(qa.metadata)
-    # every heavy stage shows the most memory its process held while it ran; training holds a model, parsing none
+    # every heavy stage shows the most memory its process held while it ran
     peaks = {
-        name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata[
-            PEAK_MEMORY_MIB
-        ].value
+        name: instance.get_latest_materialization_event(dg.AssetKey(name))
+        .asset_materialization.metadata[PEAK_MEMORY_MIB]
+        .value
         for name in ("base_model", "passages", "qa_pairs", "dataset_splits", "lora_adapter", "eval_report")
     }
     assert all(peak > 50 for peak in peaks.values()), peaks

@@ -15,10 +15,10 @@ import pytest
 from fine_tune_dag_testkit.gemini_stub import GeminiStub, StubReply, requests_per_window
 
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
-from fine_tune_dag.core.llm.quota import SharedRateLimiter
+from fine_tune_dag.core.llm.quota import SharedRateLimiter, quota_key
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
 from fine_tune_dag.core.llm.types import LLMRequest
-from fine_tune_dag.core.store.quota_slots import TABLE
+from fine_tune_dag.core.store.quota_slots import QuotaSlots, quota_slots
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag_tests.test_ratelimit import FakeClock
 
@@ -76,8 +76,9 @@ def test_the_shared_limiter_decides_as_the_in_process_one(tmp_path):
     expected = [(0.0, 0.0), (1.0, 0.0), (3.0, 0.0), (62.0, 57.0), (122.0, 52.0), (182.0, 60.0)]
     assert run_script(here, here_clock) == expected
     assert run_script(shared, shared_clock) == expected
-    rows = warehouse.query(f"SELECT sent_at, settled FROM {TABLE} WHERE quota = 'k' AND slot_id <> ''")
-    assert rows.values.tolist() == [[182.0, False]]  # f in flight; the rows of slots that left were deleted
+    with QuotaSlots(warehouse).transaction() as con:
+        rows = [(sent_at, settled) for _, sent_at, _, settled, _ in quota_slots(con, "k")]
+    assert rows == [(182.0, False)]  # f in flight; the rows of slots that left were deleted
 
 
 def test_a_dead_processs_slot_leaves_a_window_after_its_deadline(tmp_path):
@@ -88,8 +89,8 @@ def test_a_dead_processs_slot_leaves_a_window_after_its_deadline(tmp_path):
     )
     dead.acquire(1)  # never settled: its process was killed
     assert alive.acquire(1).waited == pytest.approx(65.0)  # sent at 0, answered by 5 or never, gone at 65
-    rows = warehouse.query(f"SELECT sent_at FROM {TABLE} WHERE quota = 'k' AND slot_id <> ''")
-    assert list(rows["sent_at"]) == [pytest.approx(65.0)]  # the dead slot's row is gone
+    with QuotaSlots(warehouse).transaction() as con:
+        assert [sent_at for _, sent_at, *_ in quota_slots(con, "k")] == [pytest.approx(65.0)]  # the dead slot's is gone
 
 
 def test_the_resource_paces_hosted_providers_under_the_quota_of_the_assets_warehouse(tmp_path):
@@ -105,7 +106,7 @@ def test_the_resource_paces_hosted_providers_under_the_quota_of_the_assets_wareh
     context = SimpleNamespace(run=SimpleNamespace(run_id="r"), asset_key=dg.AssetKey("qa"), has_partition_key=False)
     client = llm.cached(warehouse, context).client
     limiter = client._limiter
-    assert isinstance(limiter, SharedRateLimiter) and limiter.warehouse.path == warehouse.path.resolve()
+    assert isinstance(limiter, SharedRateLimiter) and limiter.slots.warehouse.path == warehouse.path.resolve()
     assert limiter.key == "gemini/m/http://127.0.0.1:9" and limiter.in_flight_s == llm.timeout_s
     assert llm.client(Warehouse(tmp_path / "w.duckdb")) is client  # one per process: its threads share the limiter
     assert type(llm.client()._limiter) is RateLimiter  # no warehouse named: this process alone
@@ -126,9 +127,9 @@ def worker(settings: GeminiSettings, tag: str, count: int, go) -> None:
     assert [result.status for result in results] == ["ok"] * count
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb-file", "postgres"])
 def quota_warehouse(request, tmp_path) -> str:
-    if request.param == "duckdb":
+    if request.param == "duckdb-file":  # the slots in a SQLite file beside it
         return str(tmp_path / "w.duckdb")
     server = request.getfixturevalue("postgres_server")
     return server.url(server.create_database("quota"))
@@ -177,11 +178,12 @@ def test_a_killed_workers_slots_expire_and_the_rest_get_the_whole_limit(quota_wa
         go.set()
         assert finish(survivors) == [0, 0, 0]
         arrivals = stub.requests
+        key = quota_key(GeminiLLM.provider, settings.model, settings.base_url)
     lost = [r.received_at for r in arrivals if "victim" in r.prompt_text]
     assert len(lost) == 3 and len(arrivals) == 3 + 18
     assert requests_per_window((r.received_at for r in arrivals), WINDOW_S) <= LIMIT  # the dead worker's too
     expired = max(lost) + VICTIM_TIMEOUT_S + WINDOW_S
     after = [r.received_at for r in arrivals if r.received_at >= expired]
     assert requests_per_window(after, WINDOW_S) >= REACHED  # the dead slots' capacity came back (leaked: 3)
-    left = Warehouse(quota_warehouse).query(f"SELECT count(*) AS n FROM {TABLE} WHERE NOT settled")
-    assert left["n"].iloc[0] == 0  # the dead slots' rows were deleted
+    with QuotaSlots(Warehouse(quota_warehouse)).transaction() as con:
+        assert not [row for row in quota_slots(con, key) if not row[3]]  # the dead slots' rows were deleted

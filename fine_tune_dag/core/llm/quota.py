@@ -1,9 +1,10 @@
-"""One LLM quota for every worker process and machine: the window's slots live in the warehouse.
+"""One LLM quota for every worker process and machine: the window's slots live beside the warehouse
+(in PostgreSQL's `llm_quota_slots`, or a SQLite file next to a DuckDB one: core/store/quota_slots.py).
 
 Each quota (provider, model, endpoint) has one lock row beside its slots. An acquirer updates that row
 first, so its transaction holds the row until it commits: on PostgreSQL a concurrent acquirer's update
 waits for that commit and then fails as a serialization failure (the postgres extension runs REPEATABLE
-READ), and is retried whole; a DuckDB file admits one process at a time anyway. Reading the window,
+READ), and is retried whole; SQLite's write lock admits one acquirer at a time anyway. Reading the window,
 deciding and inserting the slot therefore never interleave with another acquirer's.
 
 A worker that dies between acquiring and settling leaves its slot unsettled. It cannot count for ever:
@@ -20,14 +21,15 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
 
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, Slot
 from fine_tune_dag.core.store.quota_slots import (
+    QuotaSlots,
     delete_quota_slots,
     insert_quota_slot,
     lock_quota,
@@ -64,19 +66,20 @@ class SharedRateLimiter(RateLimiter):
         window_s: float = 60.0,
     ) -> None:
         super().__init__(requests_per_minute, tokens_per_minute, clock, sleep, window_s)
-        self.warehouse, self.key, self.in_flight_s = warehouse, key, in_flight_s
+        self.slots, self.key, self.in_flight_s = QuotaSlots(warehouse), key, in_flight_s
 
     def settle(self, slot: Slot) -> None:
         """Count `slot` from now, for every process (its row may be gone already: then it left the window)."""
         super().settle(slot)
-        settle_quota_slot(self.warehouse, self.key, slot.slot_id, slot.sent_at)
+        with self.slots.transaction() as con:
+            settle_quota_slot(con, self.key, slot.slot_id, slot.sent_at)
 
     def _admit(self, tokens: int, waited: float) -> StoredSlot | float:
         """This process's threads take turns; other processes' acquirers are kept out by the lock row."""
         with self._lock:
             while True:
                 try:
-                    with self.warehouse.connect() as con:
+                    with self.slots.transaction() as con:
                         return self._admit_in(con, tokens, waited)
                 except duckdb.Error as error:
                     if not is_write_conflict(error):
@@ -84,25 +87,18 @@ class SharedRateLimiter(RateLimiter):
                 # another acquirer committed first: the lock row is free again, so try at once (jittered)
                 time.sleep(random.uniform(0.0, 0.01))
 
-    def _admit_in(self, con: duckdb.DuckDBPyConnection, tokens: int, waited: float) -> StoredSlot | float:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            now = self._clock()
-            lock_quota(con, self.key, now)
-            stored = [
-                StoredSlot(sent_at, tokens, settled=settled, deadline=deadline, slot_id=slot_id)
-                for slot_id, sent_at, tokens, settled, deadline in quota_slots(con, self.key)
-            ]
-            counting = self.window.counting(stored, now)
-            if gone := {slot.slot_id for slot in stored} - {slot.slot_id for slot in counting}:
-                delete_quota_slots(con, self.key, gone)
-            admitted: StoredSlot | float = self.window.wait(counting, tokens, now)
-            if not admitted:
-                admitted = StoredSlot(now, tokens, waited, deadline=now + self.in_flight_s, slot_id=uuid.uuid4().hex)
-                insert_quota_slot(con, self.key, admitted.slot_id, admitted.sent_at, admitted.deadline, tokens)
-            con.execute("COMMIT")
-        except duckdb.Error:
-            with suppress(duckdb.TransactionException):  # a failed COMMIT has already ended it
-                con.execute("ROLLBACK")
-            raise
+    def _admit_in(self, con: Any, tokens: int, waited: float) -> StoredSlot | float:
+        now = self._clock()
+        lock_quota(con, self.key, now)
+        stored = [
+            StoredSlot(sent_at, tokens, settled=settled, deadline=deadline, slot_id=slot_id)
+            for slot_id, sent_at, tokens, settled, deadline in quota_slots(con, self.key)
+        ]
+        counting = self.window.counting(stored, now)
+        if gone := {slot.slot_id for slot in stored} - {slot.slot_id for slot in counting}:
+            delete_quota_slots(con, self.key, gone)
+        admitted: StoredSlot | float = self.window.wait(counting, tokens, now)
+        if not admitted:
+            admitted = StoredSlot(now, tokens, waited, deadline=now + self.in_flight_s, slot_id=uuid.uuid4().hex)
+            insert_quota_slot(con, self.key, admitted.slot_id, admitted.sent_at, admitted.deadline, tokens)
         return admitted

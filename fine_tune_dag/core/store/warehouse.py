@@ -58,7 +58,7 @@ SCHEMA: dict[str, str] = {
         template_version VARCHAR, variables VARCHAR, prompt_hash VARCHAR, input_tokens INTEGER,
         output_tokens INTEGER, latency_s DOUBLE, cost_usd DOUBLE, cache_hit BOOLEAN, status VARCHAR,
         detail VARCHAR, run_id VARCHAR, asset VARCHAR, partition VARCHAR""",
-    # the LLM quota every process shares (core/llm/quota.py): each quota's slots and its lock row (slot_id '')
+    # the LLM quota every machine shares, on PostgreSQL (a DuckDB file's sit in SQLite beside it: core/store/quota_slots.py)
     "llm_quota_slots": """
         quota VARCHAR, slot_id VARCHAR, sent_at DOUBLE, deadline DOUBLE, tokens INTEGER, settled BOOLEAN,
         PRIMARY KEY (quota, slot_id)""",
