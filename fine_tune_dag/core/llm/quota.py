@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import duckdb
@@ -37,6 +37,8 @@ from fine_tune_dag.core.store.quota_slots import (
     settle_quota_slot,
 )
 from fine_tune_dag.core.store.warehouse import Warehouse, is_write_conflict
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -71,21 +73,24 @@ class SharedRateLimiter(RateLimiter):
     def settle(self, slot: Slot) -> None:
         """Count `slot` from now, for every process (its row may be gone already: then it left the window)."""
         super().settle(slot)
-        with self.slots.transaction() as con:
-            settle_quota_slot(con, self.key, slot.slot_id, slot.sent_at)
+        self._transaction(lambda con: settle_quota_slot(con, self.key, slot.slot_id, slot.sent_at))
 
     def _admit(self, tokens: int, waited: float) -> StoredSlot | float:
         """This process's threads take turns; other processes' acquirers are kept out by the lock row."""
         with self._lock:
-            while True:
-                try:
-                    with self.slots.transaction() as con:
-                        return self._admit_in(con, tokens, waited)
-                except duckdb.Error as error:
-                    if not is_write_conflict(error):
-                        raise
-                # another acquirer committed first: the lock row is free again, so try at once (jittered)
-                time.sleep(random.uniform(0.0, 0.01))
+            return self._transaction(lambda con: self._admit_in(con, tokens, waited))
+
+    def _transaction(self, work: Callable[[Any], T]) -> T:
+        """`work` in one transaction, run again whole when it raced another process's (PostgreSQL)."""
+        while True:
+            try:
+                with self.slots.transaction() as con:
+                    return work(con)
+            except duckdb.Error as error:
+                if not is_write_conflict(error):
+                    raise
+            # another transaction committed first: the rows are free again, so try at once (jittered)
+            time.sleep(random.uniform(0.0, 0.01))
 
     def _admit_in(self, con: Any, tokens: int, waited: float) -> StoredSlot | float:
         now = self._clock()
