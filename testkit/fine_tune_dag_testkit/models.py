@@ -25,7 +25,6 @@ _TOKENIZER_TEXT = [
 ] * 20
 
 
-
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     """A 2-layer Llama with a byte-level BPE tokenizer whose pad token is its EOS, like the bundled model."""
     bpe = ByteLevelBPETokenizer()
