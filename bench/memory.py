@@ -71,16 +71,7 @@ RUN_CONFIG = {
         },
     }
 }
-LLAMA_1B = dict(
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=49152,  # the bundled tokenizer's
-    max_position_embeddings=4096,
-    tie_word_embeddings=True,
-)
+BUNDLED_VOCAB = 49152  # the bundled tokenizer's, so the project's loaders and renderer work on the 1B model
 
 
 def run_child(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
@@ -140,13 +131,16 @@ def child_graph(notes: int, model: Path, root: Path, out: Path) -> None:
 
 def child_build(folder: Path, tokenizer_from: Path) -> None:
     import torch
+    from training_mfu import LLAMA_1B  # imports torch: only in this child
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from fine_tune_dag.core.modeling.models import load_tokenizer
 
     torch.manual_seed(0)
-    # saved in bfloat16 as published 1B checkpoints are; each stage loads it in its own dtype
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA_1B), dtype=torch.bfloat16)
+    # training_mfu's 1B shape over the bundled vocabulary, saved in bfloat16 as published 1B checkpoints are;
+    # each stage loads it in its own dtype
+    config = LlamaConfig(**{**LLAMA_1B.to_dict(), "vocab_size": BUNDLED_VOCAB})
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
     load_tokenizer(tokenizer_from).save_pretrained(folder)
     print(json.dumps({"params": sum(p.numel() for p in model.parameters())}))
