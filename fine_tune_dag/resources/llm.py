@@ -104,7 +104,7 @@ class LLMResource(dg.ConfigurableResource):
             max_concurrency=self.max_concurrency,
             timeout_s=self.timeout_s,
             base_url=self.base_url,
-            quota_warehouse=(warehouse.url or str(warehouse.path.resolve())) if self.shared_quota and warehouse else "",
+            quota_warehouse=warehouse.location if self.shared_quota and warehouse else "",
             **{name: value for name, value in pacing.items() if value is not None},
         )
 

@@ -165,6 +165,11 @@ class Warehouse:
         self.path = Path("postgresql") if self.url else Path(location)
         self.lock_timeout_s = lock_timeout_s
 
+    @property
+    def location(self) -> str:
+        """What names this warehouse to another process: its URL, or its file's absolute path."""
+        return self.url or str(self.path.resolve())
+
     def __repr__(self) -> str:
         return f"Warehouse({_without_password(self.url) if self.url else str(self.path)!r})"
 
