@@ -1,5 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from fine_tune_dag.core.modeling import models
 from fine_tune_dag.core.modeling.models import (
@@ -60,3 +64,52 @@ def test_auto_dtype_on_cpu_is_bfloat16_only_with_amx(monkeypatch, amx: bool, exp
     monkeypatch.setattr(models, "cpu_has_bf16_matrix_units", lambda: amx)
     assert select_dtype("auto", "cpu") == expected
     assert select_dtype("float32", "cpu") == torch.float32
+
+
+_LOADING_CHILD = """
+import sys
+import torch
+from transformers import AutoModelForCausalLM
+from fine_tune_dag.core.memory import peak_rss_mib, reset_peak_rss, resident_bytes
+from fine_tune_dag.core.modeling import models
+models.CONVERTED_AT_ONCE_BYTES = 8 << 20
+start = resident_bytes() / 2**20
+reset_peak_rss()
+if sys.argv[2] == "ours":
+    models.load_causal_lm(sys.argv[1], "cpu", torch.bfloat16)
+else:
+    AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+print(peak_rss_mib() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-block peaks are read on Linux")
+def test_a_float32_checkpoint_loaded_as_bfloat16_holds_its_weights_once(tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=16000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    float32_mib = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors")) / 2**20  # 155 MiB
+
+    def peak_above_imports(loader: str) -> float:
+        child = subprocess.run(
+            [sys.executable, "-c", _LOADING_CHILD, str(tmp_path), loader], capture_output=True, text=True
+        )
+        assert child.returncode == 0, child.stderr
+        return float(child.stdout.splitlines()[-1])
+
+    assert peak_above_imports("transformers") > float32_mib  # the mapped float32 file and the bfloat16 copy
+    assert peak_above_imports("ours") < 0.5 * float32_mib + 24  # the bfloat16 weights and one 8 MiB chunk
+
+    ours = models.load_causal_lm(tmp_path, "cpu", torch.bfloat16)
+    theirs = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight  # still tied
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == reference.keys()
+    assert all(mine[name].dtype == torch.bfloat16 and torch.equal(mine[name], reference[name]) for name in mine)

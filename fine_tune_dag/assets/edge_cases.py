@@ -61,7 +61,9 @@ def edge_cases(
 
     test = split_items(db, "test")
     with model.disable_adapter():
-        scores = answer_nll(model, tokenizer, [r["messages"] for r in records_of(test)], config.batch_size)
+        scores = answer_nll(
+            model, tokenizer, [r["messages"] for r in records_of(test)], config.batch_size, config.memory_budget_gb
+        )
     test["nll_per_token"] = scores["nll_sum"] / scores["answer_tokens"].clip(lower=1)
     user_cases, problems = read_user_cases(paths.data / USER_CASES_FILE)
     for problem in problems:
@@ -84,10 +86,24 @@ def edge_cases(
         prompts = [render_prompt_ids(tokenizer, chat_messages(system, q)) for q in todo["question"]]
         if name == "base":
             with model.disable_adapter():
-                outputs = generate_batch(model, tokenizer, prompts, config.max_new_tokens, batch_size=config.batch_size)
+                outputs = generate_batch(
+                    model,
+                    tokenizer,
+                    prompts,
+                    config.max_new_tokens,
+                    batch_size=config.batch_size,
+                    memory_budget_gb=config.memory_budget_gb,
+                )
         else:
             model.set_adapter(name)
-            outputs = generate_batch(model, tokenizer, prompts, config.max_new_tokens, batch_size=config.batch_size)
+            outputs = generate_batch(
+                model,
+                tokenizer,
+                prompts,
+                config.max_new_tokens,
+                batch_size=config.batch_size,
+                memory_budget_gb=config.memory_budget_gb,
+            )
         answers = pd.DataFrame({"case_id": todo["case_id"], "model": name, "answer": outputs, "created_at": now})
         db.insert_rows("edge_case_answers", answers)
         written += len(answers)

@@ -7,6 +7,7 @@ Linux keeps a process's peak (VmHWM) and lets the process reset it to the curren
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 from pathlib import Path
@@ -24,6 +25,15 @@ def peak_rss_mib() -> float:
                 return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def resident_bytes() -> int:
+    """What this process holds now (Linux), or its peak so far elsewhere: an upper bound on it."""
+    if _STATUS.is_file():
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return int(peak_rss_mib() * 2**20)
 
 
 def reset_peak_rss() -> bool:
@@ -50,3 +60,36 @@ class PeakMemory:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.mib = round(peak_rss_mib(), 1)
+
+
+# glibc's mallopt parameter: allocations at least this large get their own mapping, returned on free
+_M_MMAP_THRESHOLD = -3
+# Tensors at least this large are mapped and unmapped on their own. glibc's default starts at 128 KiB but rises
+# to each freed mapping's size (up to 32 MiB), after which activations and caches of every size come from the
+# heap; a training step on the bundled model then left ~1.3 GiB of freed holes resident (bench/memory.py).
+LARGE_ALLOCATION_BYTES = 2 * 2**20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # musl's malloc has no such settings
+
+
+def hand_freed_memory_back() -> bool:
+    """From now on, large blocks (tensors) go back to the system when freed instead of staying resident in the
+    heap; False where the C library is not glibc (macOS's and musl's allocators return them already)."""
+    libc = _glibc()
+    return libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES) == 1
+
+
+def release_free_heap() -> None:
+    """Give the heap's free pages back to the system (glibc keeps them after a stage, or a training step, that
+    freed them)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

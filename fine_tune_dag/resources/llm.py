@@ -13,6 +13,7 @@ from fine_tune_dag.core.llm.local import LocalLLM
 from fine_tune_dag.core.llm.openai_compat import OpenAICompatibleLLM, OpenAISettings
 from fine_tune_dag.core.llm.remote import RemoteSettings
 from fine_tune_dag.core.llm.types import DEFAULT_PRICES, LLMClient
+from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
 from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -24,9 +25,11 @@ RemoteSettingsT = TypeVar("RemoteSettingsT", bound=RemoteSettings)
 
 
 @lru_cache(maxsize=2)
-def _local_client(model_path: Path, device: str, dtype: str, batch_size: int, seed: int) -> LocalLLM:
+def _local_client(
+    model_path: Path, device: str, dtype: str, batch_size: int, seed: int, memory_budget_gb: float
+) -> LocalLLM:
     """One loaded model per process, shared by every partition a run materializes."""
-    return LocalLLM(model_path, device=device, dtype=dtype, batch_size=batch_size, seed=seed)
+    return LocalLLM(model_path, device, dtype, batch_size, seed, memory_budget_gb)
 
 
 @lru_cache(maxsize=2)
@@ -52,6 +55,10 @@ class LLMResource(dg.ConfigurableResource):
         description="local: Hub id, folder or bundled:…; gemini: model name; openai: the name the server serves",
     )
     batch_size: int = 8
+    memory_budget_gb: float = Field(
+        default=DEFAULT_MEMORY_BUDGET_GB,
+        description="local: the most the process may hold; fewer requests decode at once where batch_size won't fit",
+    )
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
@@ -94,7 +101,7 @@ class LLMResource(dg.ConfigurableResource):
         if self.provider != "local":
             raise ValueError(f"unknown LLM provider '{self.provider}'; available: {', '.join(PROVIDERS)}")
         resolved = resolve_model(self.model, self.paths.models)
-        return _local_client(resolved.path, self.device, self.dtype, self.batch_size, self.seed)
+        return _local_client(resolved.path, self.device, self.dtype, self.batch_size, self.seed, self.memory_budget_gb)
 
     def _remote_settings(self, kind: type[RemoteSettingsT], warehouse: Warehouse | None) -> RemoteSettingsT:
         """A hosted provider's settings from these fields; pacing left unset keeps the provider's default."""

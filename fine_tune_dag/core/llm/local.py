@@ -9,6 +9,7 @@ from typing import Sequence
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
 from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer, select_device, select_dtype
 
 
@@ -17,11 +18,19 @@ class LocalLLM:
 
     provider = "local"
 
-    def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", batch_size: int = 8, seed: int = 0):
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 8,
+        seed: int = 0,
+        memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    ):
         self.model_path = Path(model_path)
         self.model_name = self.model_path.name
         self.device, self.dtype_name = device, dtype
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.memory_budget_gb = batch_size, seed, memory_budget_gb
         self._loaded: tuple | None = None
 
     def _model(self) -> tuple:
@@ -41,7 +50,14 @@ class LocalLLM:
             prompts = [render_prompt_ids(tokenizer, requests[i].chat()) for i in indices]
             started = time.perf_counter()
             outputs = generate_batch(
-                model, tokenizer, prompts, max_new_tokens, temperature, batch_size=self.batch_size, seed=self.seed
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens,
+                temperature,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                memory_budget_gb=self.memory_budget_gb,
             )
             latency = (time.perf_counter() - started) / len(indices)
             for i, prompt, output in zip(indices, prompts, outputs):

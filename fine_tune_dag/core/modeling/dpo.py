@@ -22,15 +22,18 @@ from typing import Callable, Sequence
 import torch
 from peft import PeftModel
 
+from fine_tune_dag.core.memory import release_free_heap
 from fine_tune_dag.core.modeling.chat import Message, TokenizedExample, render_training_example
 from fine_tune_dag.core.modeling.loop import (
     TrainingRun,
     answer_token_losses,
     base_precision,
     collate,
+    fit_memory_budget,
     optimizer_and_schedule,
     seeded_device,
 )
+from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
 from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 
 
@@ -53,6 +56,13 @@ class DpoSettings:
         default="auto", metadata={"help": "base weights: auto, bfloat16 or float32; the adapter trains in float32"}
     )
     logging_steps: int = field(default=5, metadata={"help": "how often progress is logged"})
+    memory_budget_gb: float = field(
+        default=DEFAULT_MEMORY_BUDGET_GB,
+        metadata={
+            "help": "the most the training process may hold: above it, gradient checkpointing and then fewer pairs "
+            "per forward pass (the same pairs per step) keep the activations within it"
+        },
+    )
 
 
 PreferencePair = tuple[TokenizedExample, TokenizedExample]  # chosen, rejected
@@ -127,6 +137,9 @@ def train_dpo(
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     pad_id = tokenizer.pad_token_id
     ref_chosen, ref_rejected = reference_logps(model, examples, settings.batch_size, pad_id)
+    sides = [side for pair in examples for side in pair]
+    plan = fit_memory_budget(model, dtype, 2 * settings.batch_size, sides, settings.memory_budget_gb, False)
+    pairs_per_pass = max(1, plan.micro_batch // 2)  # a pass reads both sides of each pair
     model.train()
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
@@ -141,6 +154,7 @@ def train_dpo(
         str(dtype).removeprefix("torch."),
         examples=len(examples),
         dropped_too_long=dropped,
+        memory_plan=plan,
     )
     rng = random.Random(settings.seed)
     order: list[int] = []
@@ -151,24 +165,38 @@ def train_dpo(
             rng.shuffle(epoch)
             order += epoch
         rows, order = order[: settings.batch_size], order[settings.batch_size :]
-        batch = [examples[i] for i in rows]
-        run.tokens += sum(len(side.input_ids) for pair in batch for side in pair)
-        with base_precision(model, device, dtype) as autocast:
-            with autocast:
-                chosen, rejected = answer_logps(model, batch, pad_id)
-            loss, chosen_rewards, rejected_rewards = dpo_loss(
-                chosen.float(),
-                rejected.float(),
-                ref_chosen[rows].to(device),
-                ref_rejected[rows].to(device),
-                settings.beta,
+        run.tokens += sum(len(side.input_ids) for i in rows for side in examples[i])
+        passes = []
+        for start in range(0, len(rows), pairs_per_pass):
+            part = rows[start : start + pairs_per_pass]
+            with base_precision(model, device, dtype) as autocast:
+                with autocast:
+                    chosen, rejected = answer_logps(model, [examples[i] for i in part], pad_id)
+                loss, chosen_rewards, rejected_rewards = dpo_loss(
+                    chosen.float(),
+                    rejected.float(),
+                    ref_chosen[part].to(device),
+                    ref_rejected[part].to(device),
+                    settings.beta,
+                )
+                (loss * (len(part) / len(rows))).backward()  # the step's loss is the mean over all its pairs
+            passes.append(
+                (
+                    loss.detach() * (len(part) / len(rows)),
+                    chosen.detach(),
+                    rejected.detach(),
+                    chosen_rewards,
+                    rejected_rewards,
+                )
             )
-            loss.backward()
+        loss = torch.stack([p[0] for p in passes]).sum()
+        chosen, rejected, chosen_rewards, rejected_rewards = (torch.cat([p[k] for p in passes]) for k in range(1, 5))
         torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
         learning_rate = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        release_free_heap()
         margins = chosen_rewards - rejected_rewards
         metrics = {
             "step": step,

@@ -27,6 +27,13 @@ from fine_tune_dag.core.modeling.chat import Message, render_prompt_ids, render_
 from fine_tune_dag.core.modeling.generation import generate_batch
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.loop import answer_token_losses, collate
+from fine_tune_dag.core.modeling.memory_budget import (
+    DEFAULT_MEMORY_BUDGET_GB,
+    ModelShape,
+    available_bytes,
+    fitting_rows,
+    reading_bytes,
+)
 from fine_tune_dag.core.modeling.statistics import Interval, bootstrap_mean, win_rate
 from fine_tune_dag.core.retrieval.index import PassageIndex
 from fine_tune_dag.core.retrieval.prompt import cited_notes, retrieval_messages
@@ -50,6 +57,12 @@ class EvaluationSettings:
     )
     retrieval_top_k: int = field(default=3, metadata={"help": "passages retrieval puts in context"})
     batch_size: int = field(default=8, metadata={"help": "items per generation and scoring batch"})
+    memory_budget_gb: float = field(
+        default=DEFAULT_MEMORY_BUDGET_GB,
+        metadata={
+            "help": "the most the evaluation process may hold: fewer items go in a batch where more would not fit"
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
     dtype: str = field(
         default="float32",
@@ -61,7 +74,13 @@ class EvaluationSettings:
 
 
 @torch.inference_mode()
-def answer_nll(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Message]], batch_size: int) -> pd.DataFrame:
+def answer_nll(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    batch_size: int,
+    memory_budget_gb: float | None = None,
+) -> pd.DataFrame:
     """Summed NLL and token count of each reference answer (with its EOS) given its prompt.
 
     Batches are cut from the items sorted by length: in input order, padding to each batch's longest item
@@ -70,6 +89,13 @@ def answer_nll(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Mess
     examples = [render_training_example(tokenizer, messages) for messages in conversations]
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     rows: list[dict[str, float]] = [{}] * len(examples)
+    if memory_budget_gb is not None and examples:
+        shape, longest = ModelShape.of(model.config), len(examples[order[-1]].input_ids)
+        batch_size = fitting_rows(
+            batch_size,
+            lambda count: reading_bytes(shape, count, longest, model.dtype.itemsize),
+            available_bytes(memory_budget_gb),
+        )
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in chosen], tokenizer.pad_token_id).items()}
@@ -160,7 +186,11 @@ def voice_scores(
     for contender in contenders:
         with contender_weights(model, contender.adapter):
             scores[contender.name] = answer_nll(
-                model, tokenizer, list(contender.voice)[: settings.max_voice_items], settings.batch_size
+                model,
+                tokenizer,
+                list(contender.voice)[: settings.max_voice_items],
+                settings.batch_size,
+                settings.memory_budget_gb,
             )
     return scores
 
@@ -204,6 +234,7 @@ def write_notes(
         batch_size=settings.batch_size,
         seed=generation.seed,
         no_repeat_ngram_size=generation.no_repeat_ngram_size,
+        memory_budget_gb=settings.memory_budget_gb,
     )
 
 
@@ -222,7 +253,7 @@ def evaluate_contender(
     `attrs["seconds"]` says where the time went ({"nll": …, "generation": …}), so a slow evaluation can be
     traced to a contender and a stage."""
     started = time.perf_counter()
-    scores = answer_nll(model, tokenizer, conversations, settings.batch_size)
+    scores = answer_nll(model, tokenizer, conversations, settings.batch_size, settings.memory_budget_gb)
     scored = time.perf_counter()
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
     generations = generate_batch(
@@ -233,6 +264,7 @@ def evaluate_contender(
         batch_size=settings.batch_size,
         on_batch=on_progress,
         no_repeat_ngram_size=GenerationSettings.no_repeat_ngram_size,
+        memory_budget_gb=settings.memory_budget_gb,
     )
     seconds = {"nll": scored - started, "generation": time.perf_counter() - scored}
     references = [messages[-1]["content"] for messages in conversations]

@@ -17,12 +17,14 @@ from typing import Any, Callable, Sequence
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from fine_tune_dag.core.memory import release_free_heap
 from fine_tune_dag.core.modeling.chat import Message, TokenizedExample, render_training_example
 from fine_tune_dag.core.modeling.loop import (
     TrainingRun,
     answer_token_losses,
     base_precision,
     collate,
+    fit_memory_budget,
     held_out_loss,
     length_grouped_batches,
     optimizer_and_schedule,
@@ -79,17 +81,6 @@ def lora_config(settings: TrainingSettings) -> LoraConfig:
     )
 
 
-def enable_gradient_checkpointing(model: PeftModel) -> None:
-    """Non-reentrant checkpointing of every decoder layer: it replays the same dropout masks and reaches the
-    adapter's gradients without the frozen embeddings' output requiring grad (transformers also sets that
-    hook for input-id models, which reentrant checkpointing would need)."""
-    base = model.get_base_model()
-    if hasattr(base, "activation_checkpointing_enable"):  # the name since transformers 5.x; the old one warns
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
 def train_lora(
     model_path: Path,
     conversations: Sequence[Sequence[Message]],
@@ -114,8 +105,9 @@ def train_lora(
     held_out = [examples[i] for i in eval_ids]
     examples = [examples[i] for i in train_ids]
     model = get_peft_model(load_causal_lm(model_path, device, dtype), lora_config(settings))
-    if settings.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+    plan = fit_memory_budget(
+        model, dtype, settings.batch_size, examples, settings.memory_budget_gb, settings.gradient_checkpointing
+    )
     model.train()
     per_step = settings.batch_size * settings.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(examples) / per_step)
@@ -132,6 +124,7 @@ def train_lora(
         examples=len(examples),
         dropped_too_long=dropped,
         eval_examples=len(held_out),
+        memory_plan=plan,
     )
     eval_every = settings.eval_steps if settings.eval_steps > 0 else steps_per_epoch
     loop = _LoopState()
@@ -147,7 +140,11 @@ def train_lora(
             loop.micro_batches[: settings.gradient_accumulation_steps],
             loop.micro_batches[settings.gradient_accumulation_steps :],
         )
-        batches = [collate([examples[i] for i in rows], tokenizer.pad_token_id) for rows in current]
+        batches = [
+            collate([examples[i] for i in rows[start : start + plan.micro_batch]], tokenizer.pad_token_id)
+            for rows in current
+            for start in range(0, len(rows), plan.micro_batch)
+        ]
         # counted on the host before the batches move, so the device is read once a step, not per micro-batch
         answer_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         run.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
@@ -165,6 +162,7 @@ def train_lora(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        release_free_heap()
         metrics = {
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),

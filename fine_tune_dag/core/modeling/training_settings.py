@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
+
 
 @dataclass(frozen=True)
 class TrainingSettings:
@@ -67,5 +69,15 @@ class TrainingSettings:
     )
     gradient_checkpointing: bool = field(
         default=False,
-        metadata={"help": "recompute layer activations in backward: less memory for longer sequences, slower steps"},
+        metadata={
+            "help": "recompute layer activations in backward: less memory for longer sequences, slower steps "
+            "(turned on by itself when the batch would not fit memory_budget_gb)"
+        },
+    )
+    memory_budget_gb: float = field(
+        default=DEFAULT_MEMORY_BUDGET_GB,
+        metadata={
+            "help": "the most the training process may hold: above it, gradient checkpointing and then smaller "
+            "micro-batches (the same examples per step) keep the activations within it"
+        },
     )
