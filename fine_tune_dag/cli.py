@@ -45,15 +45,11 @@ def _warehouse(settings: ProjectSettings) -> Warehouse:
     return Warehouse(settings.warehouse)
 
 
-def _before_loading_models() -> None:
-    """For the commands that load models: one progress bar (ours) instead of one per model load, and freed
-    tensors handed back to the system rather than kept in the heap."""
+def _quiet_model_loading() -> None:
+    """One progress bar (ours) instead of one per model load, for the commands that load models."""
     import transformers
 
-    from fine_tune_dag.core.memory import hand_freed_memory_back
-
     transformers.logging.disable_progress_bar()
-    hand_freed_memory_back()
 
 
 def _job_run_config(job: dg.JobDefinition, run_config: dict | None, log_level: str) -> dict:
@@ -139,7 +135,7 @@ def materialize_graph(
 def run_demo(settings: ProjectSettings, args: argparse.Namespace) -> int:
     from fine_tune_dag.definitions import definitions_from_settings
 
-    _before_loading_models()
+    _quiet_model_loading()
     started = time.perf_counter()
     defs = definitions_from_settings(settings)
     print(f"notes: {settings.layout.notes.resolve()}  data: {settings.layout.data.resolve()}")
@@ -333,7 +329,7 @@ def use_adapter(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """generate, export and push: the registry's adapter by name, or an adapter folder (generate: or `base`)."""
     from fine_tune_dag.core.store.registry import resolve_adapter
 
-    _before_loading_models()
+    _quiet_model_loading()
     try:
         if args.command == "generate" and args.adapter == BASE_MODEL_ONLY:
             answer_prompt(args, settings, None)
@@ -383,7 +379,7 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     from fine_tune_dag.core.serving.engine import Engine
     from fine_tune_dag.serve import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
 
-    _before_loading_models()
+    _quiet_model_loading()
     api_key = os.environ.get(API_KEY_VARIABLE, "")
     try:
         check_binding(args.host, api_key)

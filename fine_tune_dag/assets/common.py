@@ -12,7 +12,7 @@ import dagster as dg
 
 from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.llm.types import LLMUsage
-from fine_tune_dag.core.memory import PeakMemory, hand_freed_memory_back, release_free_heap
+from fine_tune_dag.core.memory import PeakMemory, release_free_heap
 from fine_tune_dag.core.metadata_keys import PEAK_MEMORY_MIB
 from fine_tune_dag.core.text.markdown import Markdown
 
@@ -31,13 +31,12 @@ StageFunction = TypeVar("StageFunction", bound=Callable[..., Any])
 
 def reports_peak_memory(stage: StageFunction) -> StageFunction:
     """The stage's materialization carries the most memory its process held while it ran, so the UI shows
-    which stage needs what (below `@dg.asset`; Dagster reads the wrapped function's parameters). Its freed
-    tensors go back to the system as it runs, and its freed heap when it ends, so the next stage (in-process
-    runs share one process) starts from what is still in use."""
+    which stage needs what (below `@dg.asset`; Dagster reads the wrapped function's parameters). The heap it
+    freed goes back to the system when it ends, so the next stage (in-process runs share one process) starts
+    from what is still in use."""
 
     @functools.wraps(stage)
     def measured(*args: Any, **kwargs: Any) -> Any:
-        hand_freed_memory_back()
         with PeakMemory() as peak:
             try:
                 result = stage(*args, **kwargs)

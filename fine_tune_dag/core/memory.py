@@ -10,8 +10,10 @@ from __future__ import annotations
 import ctypes
 import resource
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Iterator
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -64,10 +66,12 @@ class PeakMemory:
 
 # glibc's mallopt parameter: allocations at least this large get their own mapping, returned on free
 _M_MMAP_THRESHOLD = -3
-# Tensors at least this large are mapped and unmapped on their own. glibc's default starts at 128 KiB but rises
-# to each freed mapping's size (up to 32 MiB), after which activations and caches of every size come from the
-# heap; a training step on the bundled model then left ~1.3 GiB of freed holes resident (bench/memory.py).
+# Within `freed_tensors_returned`, tensors at least this large are mapped and unmapped on their own. glibc's
+# default starts at 128 KiB but rises to each freed mapping's size, after which activations of every size come
+# from the heap: a training step on the bundled model left ~1.3 GiB of freed holes resident (bench/memory.py).
 LARGE_ALLOCATION_BYTES = 2 * 2**20
+# glibc's own ceiling for that rising threshold, where it settles in a process that has freed large tensors
+HEAP_ALLOCATION_CEILING_BYTES = 32 * 2**20
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -80,11 +84,26 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "gnu_get_libc_version") else None  # musl's malloc has no such settings
 
 
-def hand_freed_memory_back() -> bool:
-    """From now on, large blocks (tensors) go back to the system when freed instead of staying resident in the
-    heap; False where the C library is not glibc (macOS's and musl's allocators return them already)."""
+def _large_allocations_mapped_from(size: int) -> bool:
     libc = _glibc()
-    return libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES) == 1
+    return libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, size) == 1
+
+
+@contextmanager
+def freed_tensors_returned() -> Iterator[bool]:
+    """Inside, blocks of 2 MiB and more (tensors) go back to the system when freed instead of staying resident in
+    the heap; yields False where the C library is not glibc (macOS's allocator returns them already).
+
+    Each such block then costs fresh pages, so this is for training, whose steps free GiBs of activations of
+    changing shapes; decoding runs about a fifth slower under it, for no lower peak. Afterwards large blocks come
+    from the heap again, as in a process where glibc's threshold has risen to its ceiling."""
+    changed = _large_allocations_mapped_from(LARGE_ALLOCATION_BYTES)
+    try:
+        yield changed
+    finally:
+        if changed:
+            _large_allocations_mapped_from(HEAP_ALLOCATION_CEILING_BYTES)
+            release_free_heap()
 
 
 def release_free_heap() -> None:

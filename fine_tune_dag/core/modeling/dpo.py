@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 from peft import PeftModel
 
-from fine_tune_dag.core.memory import release_free_heap
+from fine_tune_dag.core.memory import freed_tensors_returned, release_free_heap
 from fine_tune_dag.core.modeling.chat import Message, TokenizedExample, render_training_example
 from fine_tune_dag.core.modeling.loop import (
     TrainingRun,
@@ -116,6 +116,7 @@ def dpo_loss(
     return loss, chosen_rewards.detach(), rejected_rewards.detach()
 
 
+@freed_tensors_returned()  # a step frees GiBs of activations whose shapes change with the batch
 def train_dpo(
     model_path: Path,
     adapter_dir: Path,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from fine_tune_dag.core.memory import release_free_heap
+from fine_tune_dag.core.memory import freed_tensors_returned, release_free_heap
 from fine_tune_dag.core.modeling.chat import Message, TokenizedExample, render_training_example
 from fine_tune_dag.core.modeling.loop import (
     TrainingRun,
@@ -81,6 +81,7 @@ def lora_config(settings: TrainingSettings) -> LoraConfig:
     )
 
 
+@freed_tensors_returned()  # a step frees GiBs of activations whose shapes change with the batch
 def train_lora(
     model_path: Path,
     conversations: Sequence[Sequence[Message]],
