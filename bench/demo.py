@@ -5,7 +5,8 @@ Runs `make demo` in a child process with an empty data folder (FINE_TUNE_DAG_DAT
 does: converting the bundled model, then every asset. Make itself puts the instance settings (dagster.yaml) into
 the new home, as on a first run; its `install` step is skipped (`-o install`), because the benchmarks run in the
 installed environment and an install is not the demo's work. The notes are the shipped ones, only ever read.
-Reports the wall time and the peak resident memory of the largest process.
+Reports the wall time and the peak resident memory of the largest process, sampled every 50 ms (VmHWM between
+samples, so a spike between two samples still counts).
 
     python bench/demo.py
 """
@@ -19,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import Row, add_json_argument, peak_rss_mib, report
+from results import LargestProcessPeak, Row, add_json_argument, report
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_PEAK_LIMIT_MIB = 2.5e9 / 2**20  # issue 19's target: make demo within 2.5 GB
 
 
 def main() -> None:
@@ -39,14 +41,25 @@ def main() -> None:
             "FINE_TUNE_DAG_NOTES_DIR": str(args.notes_dir),
         }
         started = time.perf_counter()
-        subprocess.run(["make", "-o", "install", "demo", f"DAGSTER_HOME={home}"], env=env, check=True, cwd=REPO)
+        make = subprocess.Popen(["make", "-o", "install", "demo", f"DAGSTER_HOME={home}"], env=env, cwd=REPO)
+        with LargestProcessPeak(make.pid) as peak:
+            if make.wait() != 0:
+                raise subprocess.CalledProcessError(make.returncode, make.args)
         wall = time.perf_counter() - started
         converted = [p.name for p in (data / "models").iterdir()]
     print(f"\nmodels converted into the empty data folder: {', '.join(converted)}\n")
     report(
         [
             Row("demo", "make demo from empty folders: wall time", wall, None, None, "s"),
-            Row("demo", "make demo from empty folders: peak RSS", peak_rss_mib(children=True), None, None, "MiB"),
+            Row(
+                "demo",
+                "make demo from empty folders: peak RSS of the largest process; ≤2.5 GB",
+                peak.mib,
+                DEMO_PEAK_LIMIT_MIB,
+                DEMO_PEAK_LIMIT_MIB / peak.mib,
+                "MiB",
+                target=1.0,
+            ),
         ],
         args.json,
     )

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,47 @@ def peak_rss_mib(children: bool = False) -> float:
     """Peak resident memory of this process (or of its finished children) so far, in MiB."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
+
+
+class LargestProcessPeak:
+    """The most any one process of a tree (`root` and its descendants) held, sampled every `interval` seconds
+    while the block runs. getrusage cannot say it for a tree whose stages reset their peak (VmHWM) to
+    report their own, as the project's heavy assets do."""
+
+    def __init__(self, root: int, interval: float = 0.05) -> None:
+        self.root, self.interval, self.mib = root, interval, 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "LargestProcessPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _tree(self) -> list[int]:
+        found, queue = [], [self.root]
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            try:
+                queue += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            except OSError:
+                pass
+        return found
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval):
+            for pid in self._tree():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith(("VmHWM:", "VmRSS:")):  # the peak since its last reset, or now
+                        self.mib = max(self.mib, int(line.split()[1]) / 1024)
 
 
 def machine() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import weakref
 
 import pytest
 
@@ -30,6 +31,7 @@ def test_a_block_reports_its_own_peak_not_an_earlier_blocks():
 _FRAGMENTING_CHILD = """
 import contextlib
 import sys
+import weakref
 from fine_tune_dag.core.memory import freed_tensors_returned, resident_bytes
 warm = b"w" * (8 << 20)
 del warm  # glibc now takes blocks up to this large from the heap, unless told otherwise
@@ -64,3 +66,20 @@ def test_release_free_heap_returns_what_small_blocks_left_behind():
     before = resident_bytes()
     release_free_heap()
     assert (before - resident_bytes()) >> 20 > 150, keep[:1]
+
+
+def test_a_stage_that_loads_its_own_model_lets_the_synthesis_model_go(tiny_model_dir):
+    from fine_tune_dag.assets.common import loads_its_own_model
+    from fine_tune_dag.core.llm.types import LLMRequest
+    from fine_tune_dag.resources import llm
+
+    teacher = llm._local_client(tiny_model_dir, "cpu", "float32", 2, 0, 4.0)
+    teacher.complete([LLMRequest((("user", "Say one word."),), "test", "1", max_new_tokens=2)])
+    loaded = weakref.ref(teacher._loaded[0])
+    del teacher
+
+    @loads_its_own_model
+    def training(context: object) -> str:
+        return "alive" if loaded() is not None else "let go"
+
+    assert training(None) == "let go"

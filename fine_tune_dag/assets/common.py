@@ -15,6 +15,7 @@ from fine_tune_dag.core.llm.types import LLMUsage
 from fine_tune_dag.core.memory import PeakMemory, release_free_heap
 from fine_tune_dag.core.metadata_keys import PEAK_MEMORY_MIB
 from fine_tune_dag.core.text.markdown import Markdown
+from fine_tune_dag.resources.llm import release_local_llms
 
 
 @contextmanager
@@ -47,6 +48,19 @@ def reports_peak_memory(stage: StageFunction) -> StageFunction:
         return result
 
     return measured  # type: ignore[return-value]
+
+
+def loads_its_own_model(stage: StageFunction) -> StageFunction:
+    """`reports_peak_memory` for a stage that loads a model of its own (training, evaluation, edge cases,
+    preferences): the model the local LLM keeps loaded for synthesis is let go first, so an in-process run (the
+    demo's) holds one model at a time."""
+
+    @functools.wraps(stage)
+    def alone(*args: Any, **kwargs: Any) -> Any:
+        release_local_llms()
+        return stage(*args, **kwargs)
+
+    return reports_peak_memory(alone)  # type: ignore[arg-type]
 
 
 def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:

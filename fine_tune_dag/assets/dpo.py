@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from fine_tune_dag.assets.common import as_metadata, reports_peak_memory, stage_failures
+from fine_tune_dag.assets.common import as_metadata, loads_its_own_model, stage_failures
 from fine_tune_dag.assets.config import DpoConfig
 from fine_tune_dag.assets.preferences import preference_pairs
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
@@ -29,7 +29,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     kinds={"pytorch"},
     code_version=f"dpo-1+{fingerprint(DpoSettings())}",
 )
-@reports_peak_memory
+@loads_its_own_model
 def dpo_adapter(
     context: dg.AssetExecutionContext,
     config: DpoConfig,

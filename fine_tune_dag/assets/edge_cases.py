@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from fine_tune_dag.assets.common import reports_peak_memory, stage_failures
+from fine_tune_dag.assets.common import loads_its_own_model, stage_failures
 from fine_tune_dag.assets.config import EdgeCaseConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
@@ -43,7 +43,7 @@ USER_CASES_FILE = "edge_cases.jsonl"
     kinds={"pytorch", "duckdb"},
     code_version="edge-cases-1",
 )
-@reports_peak_memory
+@loads_its_own_model
 def edge_cases(
     context: dg.AssetExecutionContext, config: EdgeCaseConfig, paths: ProjectPaths, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from fine_tune_dag.assets.common import as_metadata, reports_peak_memory, stage_failures
+from fine_tune_dag.assets.common import as_metadata, loads_its_own_model, stage_failures
 from fine_tune_dag.assets.config import EvaluationConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.dpo import dpo_adapter
@@ -30,7 +30,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     kinds={"pytorch", "markdown"},
     code_version=f"evaluation-3+{fingerprint(EvaluationSettings())}",
 )
-@reports_peak_memory
+@loads_its_own_model
 def eval_report(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from fine_tune_dag.assets.common import reports_peak_memory, stage_failures
+from fine_tune_dag.assets.common import loads_its_own_model, stage_failures
 from fine_tune_dag.assets.config import PreferenceCandidatesConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.edge_cases import edge_cases
@@ -56,7 +56,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     kinds={"pytorch", "duckdb"},
     code_version=f"preference-candidates-1+{fingerprint(PreferenceSettings())}",
 )
-@reports_peak_memory
+@loads_its_own_model
 def preference_candidates(
     context: dg.AssetExecutionContext,
     config: PreferenceCandidatesConfig,

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from fine_tune_dag.assets.common import as_metadata, reports_peak_memory, stage_failures
+from fine_tune_dag.assets.common import as_metadata, loads_its_own_model, stage_failures
 from fine_tune_dag.assets.config import TrainingConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
@@ -24,7 +24,7 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     kinds={"pytorch"},
     code_version=f"training-2+{fingerprint(TrainingSettings())}",
 )
-@reports_peak_memory
+@loads_its_own_model
 def lora_adapter(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,

@@ -1,5 +1,6 @@
 """The LLM every asset talks to; which provider answers is configuration, not asset code."""
 
+import gc
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +31,13 @@ def _local_client(
 ) -> LocalLLM:
     """One loaded model per process, shared by every partition a run materializes."""
     return LocalLLM(model_path, device, dtype, batch_size, seed, memory_budget_gb)
+
+
+def release_local_llms() -> None:
+    """Let go of the local models kept loaded for synthesis, so a stage that loads a model of its own holds one
+    model, not two (the next synthesis loads it again)."""
+    _local_client.cache_clear()
+    gc.collect()
 
 
 @lru_cache(maxsize=2)
