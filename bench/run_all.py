@@ -180,13 +180,14 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="where to write the table")
     args = parser.parse_args()
     now = datetime.now(timezone.utc)
+    ran = {
+        name: run_script(name, SCRIPTS[name][1 if args.quick else 0], now.strftime("%Y-%m-%d"))
+        for name in SCRIPTS
+        if args.only is None or name in args.only
+    }
+    # read once the scripts are done, so rows another `--only` run wrote meanwhile are carried, not overwritten
     earlier = read_earlier(args.results) if args.only else {}
-    sections = []
-    for name in SCRIPTS:
-        if args.only is None or name in args.only:
-            sections.append(run_script(name, SCRIPTS[name][1 if args.quick else 0], now.strftime("%Y-%m-%d")))
-        elif name in earlier:
-            sections.append(earlier[name])
+    sections = [ran[name] if name in ran else earlier[name] for name in SCRIPTS if name in ran or name in earlier]
     rerun = [s for s in sections if not s.carried]
     print("\n" + "\n".join([*table_header(), *(line for s in rerun for line in s.lines)]))
     for s in rerun:
