@@ -14,7 +14,7 @@ from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.edge_cases import hardest_for_base, read_user_cases, side_by_side
-from fine_tune_dag.core.modeling.evaluation import answer_nll
+from fine_tune_dag.core.modeling.evaluation import answer_nll, contender_weights
 from fine_tune_dag.core.modeling.generation import generate_batch
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
@@ -84,18 +84,7 @@ def edge_cases(
         if todo.empty:
             continue
         prompts = [render_prompt_ids(tokenizer, chat_messages(system, q)) for q in todo["question"]]
-        if name == "base":
-            with model.disable_adapter():
-                outputs = generate_batch(
-                    model,
-                    tokenizer,
-                    prompts,
-                    config.max_new_tokens,
-                    batch_size=config.batch_size,
-                    memory_budget_gb=config.memory_budget_gb,
-                )
-        else:
-            model.set_adapter(name)
+        with contender_weights(model, None if name == "base" else name):
             outputs = generate_batch(
                 model,
                 tokenizer,
