@@ -80,8 +80,10 @@ def convert_gguf(gguf_file: Path, destination: Path) -> None:
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
+    with torch.device("meta"):  # takes the loaded tensors themselves: one copy of the weights, not two
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), assign=True)
+    plain.tie_weights()
 
     def write(tmp: Path) -> None:
         plain.save_pretrained(tmp)
