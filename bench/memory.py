@@ -13,7 +13,7 @@
    evaluation through the project's own functions, each in a fresh process, peak RSS as a multiple of the
    weights in the dtype the stage loads them in (generation and evaluation float32, training its `auto`).
 
-Every child's peak is its own (os.wait4's rusage for that child), imports included.
+Every child's peak is its own (its VmHWM, sampled every 20 ms), imports included.
 
     python bench/memory.py [--notes 30] [--skip-1b] [--json rows.json]
 """
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import Row, add_json_argument, report
+from results import LargestProcessPeak, Row, add_json_argument, report
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = "memory"
@@ -75,18 +75,22 @@ BUNDLED_VOCAB = 49152  # the bundled tokenizer's, so the project's loaders and r
 
 
 def run_child(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Peak RSS (MiB) of this one child, its wall time, and its output; raises if it failed."""
+    """Peak RSS (MiB) of this one child, its wall time, and its output; raises if it failed.
+
+    Sampled from the child's own VmHWM: the rusage of a child started by vfork and exec reports at least this
+    process's peak (Linux carries the old address space's peak over exec), which made a 0.8 GB `generate` read as
+    this bench's 1.6 GB."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
+        with LargestProcessPeak(child.pid, interval=0.02) as peak:
+            child.wait()
         wall = time.perf_counter() - started
         out.seek(0)
         text = out.read().decode(errors="replace")
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} … failed ({child.returncode}):\n{text[-3000:]}")
-    return usage.ru_maxrss / 1024, wall, text
+    return peak.mib, wall, text
 
 
 def me(*args: str) -> list[str]:
