@@ -69,7 +69,10 @@ def preference_data(tokenizer: Any, count: int) -> list[Pair]:
 
 def dpo_settings(pairs: int, steps: int, batch_size: int) -> DpoSettings:
     """Our defaults, with the epochs that make `steps` optimizer steps; progress reported every step."""
-    return DpoSettings(batch_size=batch_size, epochs=steps * batch_size / pairs, logging_steps=1)
+    # no memory budget: every step runs its pairs in one pass, as TRL's do
+    return DpoSettings(
+        batch_size=batch_size, epochs=steps * batch_size / pairs, logging_steps=1, memory_budget_gb=math.inf
+    )
 
 
 def total_steps(settings: DpoSettings, pairs: int) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import tempfile
 from dataclasses import replace
@@ -157,7 +158,8 @@ def train_trl(
 def side_settings(side: str, steps: int) -> TrainingSettings:
     """Our defaults; held-out scoring is the benchmark's, so the loop's own held-out split is off, and progress
     is reported every step, where the turns are taken."""
-    settings = TrainingSettings(max_steps=steps, eval_fraction=0.0, logging_steps=1)
+    # no memory budget: the steps run as configured, checkpointed only on the side that says so, like TRL's
+    settings = TrainingSettings(max_steps=steps, eval_fraction=0.0, logging_steps=1, memory_budget_gb=math.inf)
     return replace(settings, gradient_checkpointing=True) if side == "ours-checkpointed" else settings
 
 

@@ -26,6 +26,7 @@ reach". The first step (warm-up, kernel selection) is not timed.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,13 @@ def measure(model_path: Path, steps: int, batch_size: int, examples: int) -> Mea
         logged.append({**metrics, "head_rows": head_rows[0]})
 
     settings = TrainingSettings(
-        max_steps=steps, batch_size=batch_size, dtype="bfloat16", eval_fraction=0.0, logging_steps=1, checkpoint_steps=0
+        max_steps=steps,
+        batch_size=batch_size,
+        dtype="bfloat16",
+        eval_fraction=0.0,
+        logging_steps=1,
+        checkpoint_steps=0,
+        memory_budget_gb=math.inf,  # the FLOPs counted are those of the configured steps, never recomputed
     )
     hook = register_module_forward_hook(count_head_rows)  # train_lora builds the model inside: a global hook
     try:

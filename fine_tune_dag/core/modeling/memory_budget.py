@@ -11,6 +11,8 @@ Coefficients were read off the bundled model (SmolLM2, LoRA on every linear laye
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -101,7 +103,9 @@ class TrainingPlan:
 
 
 def available_bytes(budget_gb: float) -> int:
-    """The budget less what this process holds now; what the next allocations may take."""
+    """The budget less what this process holds now; what the next allocations may take (no limit: `math.inf`)."""
+    if math.isinf(budget_gb):
+        return sys.maxsize
     return max(0, int(budget_gb * GIB) - resident_bytes())
 
 
