@@ -184,13 +184,14 @@ def load_causal_lm(path: Path, device: str = "cpu", dtype: torch.dtype = torch.f
     """
     files = sorted(Path(path).glob("*.safetensors"))
     stored = _stored_dtype(files[0]) if files else None
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=stored if stored not in (None, dtype) else dtype)
-    if stored not in (None, dtype) and _converts_in_place(model, files):
+    converting = stored not in (None, dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=stored if converting else dtype)
+    if converting and _converts_in_place(model, files):
         for chunk in _checkpoint_chunks(files, dtype):
             model.load_state_dict(chunk, strict=False, assign=True)
         model.tie_weights()
         model.config.dtype = dtype
-    elif stored not in (None, dtype):
+    elif converting:
         model = model.to(dtype)
     return model.to(device)
 
