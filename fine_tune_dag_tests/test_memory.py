@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import weakref
 
 import pytest
+import torch
 
 from fine_tune_dag.core.memory import PeakMemory, peak_rss_mib, release_free_heap, resident_bytes
 
@@ -66,6 +68,44 @@ def test_release_free_heap_returns_what_small_blocks_left_behind():
     before = resident_bytes()
     release_free_heap()
     assert (before - resident_bytes()) >> 20 > 150, keep[:1]
+
+
+# bfloat16 matmuls, forward and backward, over 150 sequence lengths, as training steps and decoding meet them
+_NEW_SHAPES_CHILD = """
+import fine_tune_dag
+import torch
+from fine_tune_dag.core.memory import release_free_heap, resident_bytes
+layer = torch.nn.Linear(576, 1536, dtype=torch.bfloat16)
+inputs = torch.randn(8, 300, 576, dtype=torch.bfloat16)
+def steps(lengths):
+    for length in lengths:
+        layer(inputs[:, :length].clone().requires_grad_()).sum().backward()
+steps(range(100, 105))
+release_free_heap()
+before = resident_bytes()
+steps(range(105, 255))
+release_free_heap()
+print((resident_bytes() - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    reason="oneDNN's bfloat16 kernels, measured by resident memory",
+)
+def test_importing_the_package_bounds_what_kernels_for_new_shapes_keep():
+    def held_after_new_shapes(capacity: str | None) -> int:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+        }
+        if capacity is not None:  # as a user who sets them would: the package leaves them be
+            env |= {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": capacity, "LRU_CACHE_CAPACITY": capacity}
+        child = subprocess.run([sys.executable, "-c", _NEW_SHAPES_CHILD], capture_output=True, text=True, env=env)
+        assert child.returncode == 0, child.stderr
+        return int(child.stdout)
+
+    assert held_after_new_shapes("1024") > 250  # the libraries' default: every shape's kernels stay (~3 MiB each)
+    assert held_after_new_shapes(None) < 60
 
 
 def test_a_stage_that_loads_its_own_model_lets_the_synthesis_model_go(tiny_model_dir):

@@ -93,13 +93,48 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -
     return batches
 
 
+def _scored_tokens(logits: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's NLL and whether its most likely token was the wanted one."""
+    logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits, wanted, reduction="none"), logits.argmax(-1) == wanted
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Cross-entropy over rows of logits, `chunk` rows of float32 at a time, keeping only the logits themselves
+    for backward, which recomputes each chunk's softmax and writes its gradient over it. Autograd would keep every
+    row's float32 log-softmax (twice the size of bfloat16 logits) and hold its gradient beside it. Softmax and its gradient are per row,
+    so the numbers are the same bits as the unchunked loss."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, wanted: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(logits, wanted)
+        ctx.chunk = chunk
+        scored = [_scored_tokens(logits[i : i + chunk], wanted[i : i + chunk]) for i in range(0, len(wanted), chunk)]
+        hit = torch.cat([h for _, h in scored])
+        ctx.mark_non_differentiable(hit)
+        return torch.cat([n for n, _ in scored]), hit
+
+    @staticmethod
+    def backward(ctx: Any, grad_nll: torch.Tensor, _grad_hit: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, wanted = ctx.saved_tensors
+        for i in range(0, len(wanted), ctx.chunk):  # each chunk's gradient replaces its logits, needed no more
+            with torch.enable_grad():
+                part = logits[i : i + ctx.chunk].detach().requires_grad_()
+                nll, _ = _scored_tokens(part, wanted[i : i + ctx.chunk])
+                (grad,) = torch.autograd.grad(nll, part, grad_nll[i : i + ctx.chunk])
+            logits[i : i + ctx.chunk] = grad
+        return logits, None, None
+
+
 def answer_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-example summed NLL, answer-token count and correct-prediction count.
 
     The output layer runs only on positions that predict an answer token: most of a sequence is
-    prompt, and the vocabulary projection is a large share of the compute. Without gradients it runs on
-    `OUTPUT_CHUNK_BYTES` of logits at a time: scoring eight held-out passages at once otherwise held 0.7 GiB of
-    float32 logits and their softmax on the bundled model.
+    prompt, and the vocabulary projection is a large share of the compute. The loss takes `OUTPUT_CHUNK_BYTES` of
+    float32 logits at a time: eight rows' float32 logits, softmax and gradients held about 0.7 GiB of a
+    training step's peak on the bundled model, and as much when scoring held-out passages. Without gradients the
+    projection itself runs a chunk at a time too; with them it runs once, so training's numbers are those of the
+    unchunked step.
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     hidden = base.get_decoder()(
@@ -109,18 +144,18 @@ def answer_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[tor
     positions = (targets != -100).nonzero(as_tuple=True)
     states, wanted = hidden[:, :-1][positions], targets[positions]
     output = base.get_output_embeddings()
-    chunk = len(wanted) if torch.is_grad_enabled() else max(1, OUTPUT_CHUNK_BYTES // (4 * output.out_features))
-    token_nll, right = [], []
-    for start in range(0, max(len(wanted), 1), chunk):
-        logits = output(states[start : start + chunk]).float()
-        token_nll.append(torch.nn.functional.cross_entropy(logits, wanted[start : start + chunk], reduction="none"))
-        right.append(logits.argmax(-1) == wanted[start : start + chunk])
+    chunk = max(1, OUTPUT_CHUNK_BYTES // (4 * output.out_features))
+    if torch.is_grad_enabled():
+        token_nll, right = _ChunkedCrossEntropy.apply(output(states), wanted, chunk)
+    else:
+        scored = [
+            _scored_tokens(output(states[i : i + chunk]), wanted[i : i + chunk]) for i in range(0, len(wanted), chunk)
+        ]
+        token_nll, right = torch.cat([n for n, _ in scored]), torch.cat([h for _, h in scored])
     rows = positions[0]
     count = torch.bincount(rows, minlength=targets.shape[0])
-    nll = torch.zeros(targets.shape[0], dtype=torch.float32, device=hidden.device).index_add(
-        0, rows, torch.cat(token_nll)
-    )
-    correct = torch.bincount(rows[torch.cat(right)], minlength=targets.shape[0])
+    nll = torch.zeros(targets.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, rows, token_nll)
+    correct = torch.bincount(rows[right], minlength=targets.shape[0])
     return nll, count, correct
 
 

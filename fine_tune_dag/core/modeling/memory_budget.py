@@ -57,10 +57,10 @@ def layer_activation_bytes(shape: ModelShape, tokens: int, length: int, element:
     return tokens * per_token
 
 
-def output_layer_bytes(shape: ModelShape, answer_tokens: int) -> int:
-    """Float32 log-probabilities over the vocabulary at each answer position (kept for backward), and their
-    gradient."""
-    return 2 * answer_tokens * shape.vocab * 4
+def output_layer_bytes(shape: ModelShape, answer_tokens: int, element: int) -> int:
+    """The logits at each answer position, kept for backward, which writes their gradient over them
+    (`loop.answer_token_losses`)."""
+    return answer_tokens * shape.vocab * element
 
 
 def training_bytes(
@@ -71,7 +71,7 @@ def training_bytes(
     tokens = rows * length
     layer = layer_activation_bytes(shape, tokens, length, element)
     kept = shape.layers * tokens * shape.hidden * element + layer if checkpointing else shape.layers * layer
-    return kept + output_layer_bytes(shape, rows * answer_tokens)
+    return kept + output_layer_bytes(shape, rows * answer_tokens, element)
 
 
 def reading_bytes(shape: ModelShape, rows: int, length: int, element: int) -> int:
