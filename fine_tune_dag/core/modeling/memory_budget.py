@@ -19,7 +19,7 @@ from typing import Any, Callable
 from fine_tune_dag.core.memory import resident_bytes
 
 GIB = 2**30
-DEFAULT_MEMORY_BUDGET_GB = 4.0  # an 8 GB laptop, with room for the system, a browser and the Dagster UI
+DEFAULT_MEMORY_BUDGET_GB = 2.5  # an 8 GB laptop, with room for the system, a browser and the Dagster UI
 HEADROOM = 1.5  # estimates below are of live tensors; the allocator and temporaries need room around them
 
 
