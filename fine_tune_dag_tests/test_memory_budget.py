@@ -4,6 +4,7 @@ training, scoring and generation that follow the plan without changing what they
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -152,6 +153,45 @@ def test_the_training_loss_keeps_only_the_logits_for_backward_and_changes_no_bit
     assert torch.equal(right, (states @ weight.T).float().argmax(-1) == wanted)
     # no float32 log-probabilities over the vocabulary wait for backward, only the bfloat16 logits
     assert [t.dtype for t in saved if t.shape == (37, 500)] == [torch.bfloat16]
+
+
+def test_keeping_rows_rebuilds_the_cache_a_layer_at_a_time_and_lets_each_old_layer_go():
+    from fine_tune_dag.core.modeling import decoding
+
+    layers, rows, heads, width, size = 3, 3, 2, 5, 4
+    keys = [
+        torch.arange(rows * heads * width * size, dtype=torch.float32).reshape(rows, heads, width, size) + layer
+        for layer in range(layers)
+    ]
+    values = [-k for k in keys]
+    attends = torch.ones((rows, width), dtype=torch.bool)
+    attends[1, :2] = False  # row 1 is left-padded by two columns
+    read = decoding.Prefill(decoding.KVSlots(keys, values), attends, torch.zeros((rows, 7)), width)
+    lanes = decoding.Lanes.start(read, [0, 1, 2], [[1] * 5, [1] * 3, [1] * 5], new_tokens=4)
+    old = [weakref.ref(t) for t in keys + values]
+    expected_key, expected_value = keys[2][1, :, 2:].clone(), values[2][1, :, 2:].clone()
+    del keys, values
+    alive_when_rebuilt = []
+
+    def rebuild(layers: list[torch.Tensor], move):
+        def watched(tensor):
+            alive_when_rebuilt.append(sum(ref() is not None for ref in old))
+            return move(tensor)
+
+        return rebuild_layer_by_layer(layers, watched)
+
+    rebuild_layer_by_layer = decoding._rebuilt_layer_by_layer
+    decoding._rebuilt_layer_by_layer = rebuild
+    try:
+        kept = lanes.keep([1], spare=2)
+    finally:
+        decoding._rebuilt_layer_by_layer = rebuild_layer_by_layer
+    # keys: 3, 2 and 1 old layers left as each is rebuilt (all 3 values still there); values: 3, 2, 1
+    assert alive_when_rebuilt == [6, 5, 4, 3, 2, 1]
+    assert all(ref() is None for ref in old)  # the lane still exists, its cache does not
+    assert torch.equal(kept.read.cache.keys[2][0, :, :3], expected_key)  # row 1 without its padding
+    assert torch.equal(kept.read.cache.values[2][0, :, :3], expected_value)
+    assert kept.read.cache.keys[2].shape == (1, heads, 3 + 2, size)
 
 
 def test_generation_and_scoring_take_fewer_rows_when_the_budget_is_short(tiny_model_dir: Path, monkeypatch):
