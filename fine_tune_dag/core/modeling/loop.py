@@ -102,14 +102,15 @@ def _scored_tokens(logits: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Te
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Cross-entropy over rows of logits, `chunk` rows of float32 at a time, keeping only the logits themselves
     for backward, which recomputes each chunk's softmax and writes its gradient over it. Autograd would keep every
-    row's float32 log-softmax (twice the size of bfloat16 logits) and hold its gradient beside it. Softmax and its gradient are per row,
-    so the numbers are the same bits as the unchunked loss."""
+    row's float32 log-softmax (twice the size of bfloat16 logits) and hold its gradient beside it. Softmax and its
+    gradient are per row, so the numbers are the same bits as the unchunked loss."""
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, wanted: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(logits, wanted)
         ctx.chunk = chunk
-        scored = [_scored_tokens(logits[i : i + chunk], wanted[i : i + chunk]) for i in range(0, len(wanted), chunk)]
+        starts = range(0, max(len(wanted), 1), chunk)  # one empty chunk where no position is scored
+        scored = [_scored_tokens(logits[i : i + chunk], wanted[i : i + chunk]) for i in starts]
         hit = torch.cat([h for _, h in scored])
         ctx.mark_non_differentiable(hit)
         return torch.cat([n for n, _ in scored]), hit
@@ -148,9 +149,8 @@ def answer_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[tor
     if torch.is_grad_enabled():
         token_nll, right = _ChunkedCrossEntropy.apply(output(states), wanted, chunk)
     else:
-        scored = [
-            _scored_tokens(output(states[i : i + chunk]), wanted[i : i + chunk]) for i in range(0, len(wanted), chunk)
-        ]
+        starts = range(0, max(len(wanted), 1), chunk)
+        scored = [_scored_tokens(output(states[i : i + chunk]), wanted[i : i + chunk]) for i in starts]
         token_nll, right = torch.cat([n for n, _ in scored]), torch.cat([h for _, h in scored])
     rows = positions[0]
     count = torch.bincount(rows, minlength=targets.shape[0])
