@@ -155,7 +155,7 @@ def test_the_training_loss_keeps_only_the_logits_for_backward_and_changes_no_bit
     assert [t.dtype for t in saved if t.shape == (37, 500)] == [torch.bfloat16]
 
 
-def test_keeping_rows_rebuilds_the_cache_a_layer_at_a_time_and_lets_each_old_layer_go():
+def test_keeping_rows_rebuilds_the_cache_a_layer_at_a_time_and_lets_each_old_layer_go(monkeypatch):
     from fine_tune_dag.core.modeling import decoding
 
     layers, rows, heads, width, size = 3, 3, 2, 5, 4
@@ -181,11 +181,8 @@ def test_keeping_rows_rebuilds_the_cache_a_layer_at_a_time_and_lets_each_old_lay
         return rebuild_layer_by_layer(layers, watched)
 
     rebuild_layer_by_layer = decoding._rebuilt_layer_by_layer
-    decoding._rebuilt_layer_by_layer = rebuild
-    try:
-        kept = lanes.keep([1], spare=2)
-    finally:
-        decoding._rebuilt_layer_by_layer = rebuild_layer_by_layer
+    monkeypatch.setattr(decoding, "_rebuilt_layer_by_layer", rebuild)
+    kept = lanes.keep([1], spare=2)
     # keys: 3, 2 and 1 old layers left as each is rebuilt (all 3 values still there); values: 3, 2, 1
     assert alive_when_rebuilt == [6, 5, 4, 3, 2, 1]
     assert all(ref() is None for ref in old)  # the lane still exists, its cache does not
