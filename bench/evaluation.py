@@ -114,16 +114,17 @@ def by_contender(
     one at a time, the two sides in turn contender by contender, so a change in the machine's load falls on both."""
     picked = range(0, len(sources), max(len(sources) // sample, 1))[:sample]
     few_sources = [sources[i] for i in picked]
+    notes, few_notes = list(range(len(sources))), list(picked)  # timings only: no interval is read
     on_sample = replace(settings, max_examples=sample)
     one_at_a_time = replace(on_sample, batch_size=1)
     everything: dict[str, pd.DataFrame] = {}
     batched: dict[str, pd.DataFrame] = {}
     alone: dict[str, pd.DataFrame] = {}
     for contender in contenders:
-        everything |= compare_contenders(model, tokenizer, [contender], sources, settings)
+        everything |= compare_contenders(model, tokenizer, [contender], sources, notes, settings)
         few = replace(contender, conversations=[contender.conversations[i] for i in picked])
-        batched |= compare_contenders(model, tokenizer, [few], few_sources, on_sample)
-        alone |= compare_contenders(model, tokenizer, [few], few_sources, one_at_a_time)
+        batched |= compare_contenders(model, tokenizer, [few], few_sources, few_notes, on_sample)
+        alone |= compare_contenders(model, tokenizer, [few], few_sources, few_notes, one_at_a_time)
     return everything, batched, alone
 
 

@@ -192,7 +192,8 @@ def child_llama(kind: str, model: Path, root: Path) -> None:
         tokenizer = load_tokenizer(model)
         lm = load_causal_lm(model)
         conversations = _conversations(2)
-        evaluate_contender(lm, tokenizer, conversations, settings, [c[-1]["content"] for c in conversations])
+        sources = [c[-1]["content"] for c in conversations]
+        evaluate_contender(lm, tokenizer, conversations, settings, sources, sources)
 
 
 # ---- the parent ----------------------------------------------------------------------------------------------

@@ -139,8 +139,9 @@ def test_results_are_the_share_of_picks_that_took_the_models_text_for_the_author
         record_blind_pick(db, trial, labeler, "left", side_id(trial, whose))
     old = blind_trial_id("v-old", *OLD_TRIALS[0])
     record_blind_pick(db, old, LABELER, "right", side_id(old, "model"))
-    assert blind_results(db) == blind_results(db, "v-new") == (4, Interval(0.5, 0.0, 1.0))
-    assert blind_results(db, "v-old") == (1, Interval(0.0, 0.0, 0.0))
+    assert blind_results(db) == blind_results(db, "v-new") == (4, Interval(0.5, 0.0, 1.0, 3, 4))
+    picks, share = blind_results(db, "v-old")
+    assert (picks, share.value, share.notes, share.decided) == (1, 0.0, 1, False)  # one trial: no interval
     count, share = blind_results(db, "v-missing")
     assert count == 0 and math.isnan(share.value)
 

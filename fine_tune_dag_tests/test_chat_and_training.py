@@ -82,7 +82,7 @@ def test_prompt_tokens_identical_in_training_evaluation_and_generation(tiny_mode
         return hook
 
     handle = model.get_decoder().register_forward_pre_hook(capture("evaluation"), with_kwargs=True)
-    evaluate_contender(model, tiny_tokenizer, [messages], EvaluationSettings(max_new_tokens=2), ["source"])
+    evaluate_contender(model, tiny_tokenizer, [messages], EvaluationSettings(max_new_tokens=2), ["source"], ["a.md"])
     handle.remove()
 
     generation_model = load_causal_lm(tiny_model_dir)

@@ -33,7 +33,7 @@ def test_voice_perplexity_is_token_weighted_and_the_ratio_is_paired():
     assert perplexity(frame) == pytest.approx(math.exp(2.0))
     ratio = perplexity_ratio(voice(1.0, 2.0, 3.0), voice(2.0, 3.0, 4.0))
     assert ratio.value == pytest.approx(math.exp(-1.0)) and ratio.low == ratio.high == pytest.approx(math.exp(-1.0))
-    gap = voice_gap(voice(1.0, 2.0), voice(2.0, 2.0))
+    gap = voice_gap(voice(1.0, 2.0), voice(2.0, 2.0), ["a.md", "b.md"])
     assert gap.value == pytest.approx(-0.5) and gap.low == pytest.approx(-1.0) and gap.high == pytest.approx(0.0)
 
 
@@ -47,7 +47,7 @@ def test_efficacy_counts_loops_regurgitation_and_right_citations():
     }
     voices = {"base": voice(3.0, 3.0), "tuned": voice(2.0, 2.5), "tuned+rag": voice(2.0, 2.5)}
     result = measure_efficacy(
-        qa, voices, {"tuned": ["A note."]}, ["a.md", "b.md"], None, SharedRuns([TRAIN]), max_shared_words=10
+        qa, voices, {"tuned": ["A note."]}, ["a.md", "b.md"], ["a.md", "b.md"], None, SharedRuns([TRAIN]), max_shared_words=10
     )
     assert result.metrics["base"]["loops"] == 0.5 and result.metrics["tuned"]["loops"] == 0.0
     assert result.metrics["tuned"]["memorized"] == pytest.approx(1 / 3)  # one of three generations copies 19 > 10 words

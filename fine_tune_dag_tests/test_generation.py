@@ -260,7 +260,7 @@ def test_evaluation_answers_and_writing_do_not_depend_on_the_batch_size(tiny_mod
     answers, writing = [], []
     for batch_size in (1, 2, 4, len(QUESTIONS)):
         chosen = replace(settings, batch_size=batch_size)
-        answers.append(evaluate_contender(model, tiny_tokenizer, conversations, chosen, sources)["generation"].tolist())
+        answers.append(evaluate_contender(model, tiny_tokenizer, conversations, chosen, sources, sources)["generation"].tolist())
         writing.append(write_notes(model, tiny_tokenizer, conversations, chosen, GenerationSettings(max_new_tokens=16)))
     assert all(answers[0]) and all(a == answers[0] for a in answers)
     assert all(w == writing[0] for w in writing) and writing[0] != answers[0]

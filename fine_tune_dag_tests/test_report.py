@@ -19,6 +19,7 @@ def per_item(nll: float, rouge: float) -> pd.DataFrame:
             "unsupported": [0.5, 0.0],
             "words": [3, 1],
             "source": ["I wrote ref1.", "I wrote ref2."],
+            "note": ["a.md", "b.md"],
         }
     )
 

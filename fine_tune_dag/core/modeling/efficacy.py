@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from fine_tune_dag.core.modeling.statistics import Interval, bootstrap_mean
+from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean, paired_difference
 from fine_tune_dag.core.store.promotion import strongest_untuned
 from fine_tune_dag.core.text.metrics import SharedRuns, has_repetition_loop
 
@@ -79,9 +79,10 @@ def perplexity_ratio(mine: pd.DataFrame, theirs: pd.DataFrame, samples: int = 10
     return Interval(value, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5)))
 
 
-def voice_gap(mine: pd.DataFrame, theirs: pd.DataFrame, seed: int = 0) -> Interval:
-    """Mean per-token NLL difference per passage (negative: `mine` is closer to the author's words)."""
-    return bootstrap_mean((per_token(mine) - per_token(theirs)).tolist(), seed=seed)
+def voice_gap(mine: pd.DataFrame, theirs: pd.DataFrame, notes: Sequence[str], seed: int = 0) -> Interval:
+    """Per-token NLL difference on the same passages (negative: `mine` is closer to the author's words), paired,
+    resampling notes."""
+    return paired_difference(mine["nll_sum"], theirs["nll_sum"], notes, mine["answer_tokens"], seed=seed)
 
 
 def measure_efficacy(
@@ -89,6 +90,7 @@ def measure_efficacy(
     voice: Mapping[str, pd.DataFrame],
     written: Mapping[str, list[str]],
     item_notes: Sequence[str],
+    voice_notes: Sequence[str],
     classifier: AuthorshipClassifier | None,
     shared: SharedRuns,
     max_shared_words: int,
@@ -105,8 +107,8 @@ def measure_efficacy(
         mine["loops"] = float(np.mean([has_repetition_loop(text) for text in generations])) if generations else 0.0
         mine["memorized"] = float(np.mean([run > max_shared_words for run in runs])) if runs else 0.0
         mine["longest_shared_run"] = float(max(runs, default=0))
-        spread["unsupported"] = bootstrap_mean(answers["unsupported"].tolist(), seed=seed)
-        spread["rouge_l"] = bootstrap_mean(answers["rouge_l"].tolist(), seed=seed)
+        spread["unsupported"] = clustered_mean(answers["unsupported"].tolist(), item_notes, seed=seed)
+        spread["rouge_l"] = clustered_mean(answers["rouge_l"].tolist(), item_notes, seed=seed)
         if name in voice and not voice[name].empty:
             mine["voice_nll"] = float(voice[name]["nll_sum"].sum() / max(voice[name]["answer_tokens"].sum(), 1))
             mine["voice_perplexity"] = perplexity(voice[name])
@@ -115,20 +117,20 @@ def measure_efficacy(
             mine["voice_nll"] = mine["voice_perplexity"] = math.nan
             mine["voice_items"] = 0.0
         if name in written and classifier is not None:
-            spread["authorship"] = classifier.attributed_share(written[name], seed=seed)
+            spread["authorship"] = classifier.attributed_share(written[name], voice_notes[: len(written[name])], seed=seed)
             mine["authorship"] = spread["authorship"].value
         else:
             mine["authorship"] = math.nan
         if name in RETRIEVAL:
             right = [note in cited for note, cited in zip(item_notes, answers["cited"])]
-            spread["cited_right"] = bootstrap_mean([float(r) for r in right], seed=seed)
+            spread["cited_right"] = clustered_mean([float(r) for r in right], item_notes, seed=seed)
             mine["cited_right"] = spread["cited_right"].value
         else:
             mine["cited_right"] = math.nan
         metrics[name], intervals[name] = mine, spread
     rival = strongest_untuned(metrics)
     if "tuned" in voice and rival is not None:
-        gap = voice_gap(voice["tuned"], voice[rival], seed)
+        gap = voice_gap(voice["tuned"], voice[rival], voice_notes, seed)
         metrics["tuned"].update(voice_gap=gap.value, voice_gap_low=gap.low, voice_gap_high=gap.high)
         for other in {"base", "prompted", rival} & set(voice):
             intervals["tuned"][f"voice_ratio_vs_{other}"] = perplexity_ratio(voice["tuned"], voice[other], seed=seed)

@@ -34,7 +34,7 @@ from fine_tune_dag.core.modeling.memory_budget import (
     fitting_rows,
     reading_bytes,
 )
-from fine_tune_dag.core.modeling.statistics import Interval, bootstrap_mean, win_rate
+from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean, win_rate
 from fine_tune_dag.core.retrieval.index import PassageIndex
 from fine_tune_dag.core.retrieval.prompt import cited_notes, retrieval_messages
 from fine_tune_dag.core.text.metrics import rouge_l_f1, style_distance, token_f1, unsupported_share, words
@@ -244,11 +244,12 @@ def evaluate_contender(
     conversations: Sequence[Sequence[Message]],
     settings: EvaluationSettings,
     sources: Sequence[str],
+    notes: Sequence[str],
     on_progress: Callable[[int], None] | None = None,
     cited: Sequence[Sequence[str]] = (),
 ) -> pd.DataFrame:
-    """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share, and the
-    notes retrieval cited (empty without retrieval).
+    """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share, the note
+    it was drawn from (what intervals resample) and the notes retrieval cited (empty without retrieval).
 
     `attrs["seconds"]` says where the time went ({"nll": …, "generation": …}), so a slow evaluation can be
     traced to a contender and a stage."""
@@ -278,6 +279,7 @@ def evaluate_contender(
         unsupported=[unsupported_share(g, source) for g, source in zip(generations, sources)],
         words=[len(words(g)) for g in generations],
         source=list(sources),
+        note=list(notes),
         cited=cited,
     )
     per_item.attrs["seconds"] = seconds
@@ -306,7 +308,8 @@ def summarize(per_item: pd.DataFrame) -> dict[str, float]:
 
 def win_rates(results: dict[str, pd.DataFrame], challenger: str, seed: int = 0) -> list[tuple[str, str, Interval]]:
     """The challenger against every other contender, item by item: on answer likelihood (per-token NLL,
-    lower wins) and on overlap with the reference (mean of ROUGE-L and token F1, higher wins)."""
+    lower wins) and on overlap with the reference (mean of ROUGE-L and token F1, higher wins); intervals
+    resample notes."""
     mine = results[challenger]
     rows = []
     for name, other in results.items():
@@ -316,10 +319,10 @@ def win_rates(results: dict[str, pd.DataFrame], challenger: str, seed: int = 0) 
             (
                 name,
                 "answer likelihood",
-                win_rate(_per_token(mine), _per_token(other), higher_is_better=False, seed=seed),
+                win_rate(_per_token(mine), _per_token(other), mine["note"], higher_is_better=False, seed=seed),
             )
         )
-        rows.append((name, "overlap", win_rate(_overlap(mine), _overlap(other), seed=seed)))
+        rows.append((name, "overlap", win_rate(_overlap(mine), _overlap(other), mine["note"], seed=seed)))
     return rows
 
 
@@ -360,10 +363,14 @@ def verdict_choice(verdict: str, flipped: bool) -> float | None:
     return 0.5 if choice == "TIE" else float((choice == "A") != flipped)
 
 
-def judged_outcomes(verdicts: Sequence[str], flipped: Sequence[bool]) -> list[float]:
-    """1 when the challenger's answer was preferred, 0.5 for a tie; unreadable verdicts are left out."""
-    outcomes = [verdict_choice(verdict, flip) for verdict, flip in zip(verdicts, flipped)]
-    return [outcome for outcome in outcomes if outcome is not None]
+def judged_outcomes(
+    verdicts: Sequence[str], flipped: Sequence[bool], notes: Sequence[str]
+) -> tuple[list[float], list[str]]:
+    """1 when the challenger's answer was preferred, 0.5 for a tie, with each item's note; unreadable verdicts
+    are left out."""
+    read = [(verdict_choice(v, flip), note) for v, flip, note in zip(verdicts, flipped, notes)]
+    kept = [(outcome, note) for outcome, note in read if outcome is not None]
+    return [outcome for outcome, _ in kept], [note for _, note in kept]
 
 
 def judged_win_rates(
@@ -378,7 +385,8 @@ def judged_win_rates(
         if name == challenger:
             continue
         requests, flipped = judge_requests(results[challenger], other, seed)
-        rows.append((name, "LLM judge", bootstrap_mean(judged_outcomes(complete(requests), flipped), seed=seed)))
+        outcomes, notes = judged_outcomes(complete(requests), flipped, other["note"])
+        rows.append((name, "LLM judge", clustered_mean(outcomes, notes, seed=seed)))
     return rows
 
 
@@ -395,17 +403,19 @@ def compare_contenders(
     tokenizer: Any,
     contenders: Sequence[Contender],
     sources: Sequence[str],
+    notes: Sequence[str],
     settings: EvaluationSettings,
     on_progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every contender from one loaded model, on the same first `max_examples` items."""
     chosen_sources = list(sources)[: settings.max_examples]
+    chosen_notes = list(notes)[: settings.max_examples]
     results = {}
     for contender in contenders:
         chosen = list(contender.conversations)[: settings.max_examples]
         report = partial(on_progress, contender.name) if on_progress else None
         with contender_weights(model, contender.adapter):
             results[contender.name] = evaluate_contender(
-                model, tokenizer, chosen, settings, chosen_sources, report, contender.cited
+                model, tokenizer, chosen, settings, chosen_sources, chosen_notes, report, contender.cited
             )
     return results

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from fine_tune_dag.core.modeling.statistics import Interval, bootstrap_mean
+from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 AUTHOR, MODEL = "author", "model"
@@ -128,8 +128,8 @@ def blind_results(db: Warehouse, adapter_version: str | None = None) -> tuple[in
     took the model's text for the author's, with a bootstrap interval: 0.5 means people cannot tell."""
     version, params = (_NEWEST_VERSION, []) if adapter_version is None else ("?", [adapter_version])
     picks = db.query(
-        "SELECT l.picked FROM blind_labels l JOIN blind_trials t USING (trial_id) "
+        "SELECT l.picked, l.trial_id FROM blind_labels l JOIN blind_trials t USING (trial_id) "
         f"WHERE t.adapter_version = {version} ORDER BY l.trial_id, l.labeler",
         params,
-    )["picked"]
-    return len(picks), bootstrap_mean([float(p == MODEL) for p in picks])
+    )
+    return len(picks), clustered_mean([float(p == MODEL) for p in picks["picked"]], picks["trial_id"].tolist())

@@ -15,7 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from fine_tune_dag.core.modeling.statistics import Interval, bootstrap_mean
+from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean
 
 REFERENCE_WRITING = Path(__file__).with_name("reference_writing.txt")
 AUTHOR, OTHER = 1, 0
@@ -56,10 +56,10 @@ class AuthorshipClassifier:
         column = list(self._pipeline.classes_).index(AUTHOR)
         return [float(p) for p in self._pipeline.predict_proba(list(texts))[:, column]]
 
-    def attributed_share(self, texts: Sequence[str], seed: int = 0) -> Interval:
+    def attributed_share(self, texts: Sequence[str], notes: Sequence[str], seed: int = 0) -> Interval:
         """Share of texts the classifier attributes to the author (probability above 0.5), with a bootstrap
         interval: a few dozen generations leave a wide one."""
-        return bootstrap_mean([float(p > 0.5) for p in self.author_probability(texts)], seed=seed)
+        return clustered_mean([float(p > 0.5) for p in self.author_probability(texts)], notes, seed=seed)
 
 
 def reference_writing() -> list[str]:

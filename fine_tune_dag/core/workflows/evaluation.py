@@ -192,7 +192,9 @@ def evaluate_adapter(
     def log_progress(contender: str, count: int) -> None:
         log.info(f"{contender}: generated {count} more answers")
 
-    results = compare_contenders(model, tokenizer, contenders, test["source"].tolist(), settings, log_progress)
+    results = compare_contenders(
+        model, tokenizer, contenders, test["source"].tolist(), test["note_id"].tolist(), settings, log_progress
+    )
     log.info(f"voice: scoring {len(voice)} held-out passages under each of {len(contenders)} contenders")
     voice_nll = voice_scores(model, tokenizer, contenders, settings)
     log.info(f"writing up to {settings.max_written_notes} notes per contender for authorship, loops and memorization")
@@ -201,7 +203,7 @@ def evaluate_adapter(
     train = train_split(db)
     shared = SharedRuns([*train["answer"].dropna().unique(), *train["passage"].dropna().unique()])
     efficacy = measure_efficacy(
-        results, voice_nll, written, test["path"].tolist(), classifier, shared, policy.max_shared_words, settings.seed
+        results, voice_nll, written, test["path"].tolist()[: settings.max_examples], voice_items["note_id"].tolist()[: len(voice)], classifier, shared, policy.max_shared_words, settings.seed
     )
     summary = {name: summarize(frame) | efficacy.metrics[name] for name, frame in results.items()}
     save_blind_trials(
