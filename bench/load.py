@@ -254,8 +254,7 @@ def run_load(notes: int, root: Path) -> LoadFigures:
         notes_per_tick=notes,
         settle_seconds=0,
         retrain_min_new_examples=1,
-        min_nll_improvement=-1.0,
-        metric_tolerance=1.0,
+        promote_always=True,
     )
     llm = ScriptedLLM()
     defs = scripted_definitions(root / "notes", root / "data", model, policy, llm=llm)

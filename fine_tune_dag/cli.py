@@ -151,6 +151,49 @@ def run_demo(settings: ProjectSettings, args: argparse.Namespace) -> int:
     return print_latest_report(settings, args)
 
 
+def run_crossval(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """The cost estimate first, then every fold not yet run (each a Dagster run the UI shows), then the verdict."""
+    from tqdm import tqdm
+
+    from fine_tune_dag.assets.crossval import CROSSVAL_FOLDS, CROSSVAL_VERDICT
+    from fine_tune_dag.automation.jobs import crossval_job, crossval_verdict_job
+    from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
+    from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+    from fine_tune_dag.core.workflows.crossval import estimate_crossval, fold_key
+    from fine_tune_dag.definitions import definitions_from_settings
+
+    settings = replace(settings, crossval_folds=args.folds or settings.crossval_folds)
+    folds = settings.crossval_folds
+    print(f"estimate: {estimate_crossval(_warehouse(settings), folds, TrainingSettings(), EvaluationSettings()).text}")
+    if args.estimate:
+        return 0
+    _quiet_model_loading()
+    defs, instance = definitions_from_settings(settings), _instance()
+    run_config = {"ops": {CROSSVAL_FOLDS: {"config": {}}, CROSSVAL_VERDICT: {"config": {}}}}
+    job = defs.resolve_job_def(crossval_job.name)
+    for fold in tqdm(range(folds), desc="cross-validation folds", unit="fold"):
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=fold_key(fold, folds),
+            run_config=_job_run_config(job, run_config, "WARNING"),
+            raise_on_error=False,
+        )
+        if not result.success:
+            print(f"{fold_key(fold, folds)} failed: {_failure_reason(result)} (rerun to resume)", file=sys.stderr)
+            return 1
+    verdict_job = defs.resolve_job_def(crossval_verdict_job.name)
+    result = verdict_job.execute_in_process(
+        instance=instance, run_config=_job_run_config(verdict_job, run_config, "WARNING"), raise_on_error=False
+    )
+    if not result.success:
+        print(f"the cross-validated verdict failed: {_failure_reason(result)}", file=sys.stderr)
+        return 1
+    metadata = result.asset_materializations_for_node(CROSSVAL_VERDICT)[0].metadata
+    print(f"\nCross-validated verdict: {metadata['verdict'].value.replace('**', '')}")
+    print(f"Report: {metadata['report'].value}")
+    return 0
+
+
 def register(settings: ProjectSettings, args: argparse.Namespace) -> int:
     keys = register_note_partitions(_instance(), args.notes_dir)
     print(f"{len(keys)} note partitions registered from {args.notes_dir}")
@@ -158,7 +201,7 @@ def register(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def print_latest_report(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    from fine_tune_dag.core.modeling.efficacy import METRIC_LABELS, recommendation
+    from fine_tune_dag.core.modeling.efficacy import METRIC_LABELS
     from fine_tune_dag.core.store.registry import current_champion, evaluation_summary, latest_evaluation
 
     db = _warehouse(settings)
@@ -176,8 +219,8 @@ def print_latest_report(settings: ProjectSettings, args: argparse.Namespace) -> 
     print("  " + " " * width + "".join(f"{name:>12}" for name in names))
     for metric, label in labels.items():
         print("  " + f"{label:<{width}}" + "".join(f"{summary[n].get(metric, float('nan')):>12.3f}" for n in names))
-    if "voice_perplexity" in summary["tuned"]:  # evaluations from before voice items have no verdict
-        print("\nWas fine-tuning worth it? " + recommendation(summary).replace("**", ""))
+    if isinstance(evaluation.recommendation, str):  # evaluations from before the verdict was recorded have none
+        print("\nWas fine-tuning worth it? " + evaluation.recommendation.replace("**", ""))
     champion = current_champion(db)
     print(f"  champion: {'none yet' if champion is None else champion.version}")
     return 0
@@ -406,6 +449,7 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 COMMANDS = {  # each command's handler, called with the settings over --notes-dir/--data-dir and the arguments
     "demo": run_demo,
+    "crossval": run_crossval,
     "report": print_latest_report,
     "register": register,
     "lineage": print_lineage,
@@ -427,6 +471,11 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="materialize the whole graph on the notes folder and print the report")
     commands.add_parser("report", help="print the latest evaluation report's path and headline numbers")
+    crossval = commands.add_parser(
+        "crossval", help="a cross-validated verdict: k folds by note, each training and evaluating an adapter"
+    )
+    crossval.add_argument("--folds", type=int, help=f"folds by note (default {environment.crossval_folds})")
+    crossval.add_argument("--estimate", action="store_true", help="print what it will cost, run nothing")
     commands.add_parser("register", help="add a `notes` partition for every note file (for the web UI)")
     commands.add_parser("lineage", help="which notes and dataset version led to which adapter and report")
     adapter_help = "champion (default), latest, a version, or an adapter folder"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from fine_tune_dag.assets.crossval import build_crossval_assets
 from fine_tune_dag.assets.sweep import build_sweep_assets
 from fine_tune_dag.automation.conditions import with_automation
 from fine_tune_dag.automation.jobs import ALL_ASSETS, JOBS
@@ -38,20 +39,21 @@ def build_definitions(
     artifacts_url: str = "",
     sweep_file: str = "sweeps.yaml",
     warehouse_url: str | dg.EnvVar = "",
+    crossval_folds: int = 5,
 ) -> dg.Definitions:
     """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double).
 
     `executor` ("", "multiprocess", "in_process" or "k8s") and `artifacts_url` (an fsspec URL that
     adapters and reports are mirrored to) and `warehouse_url` (a PostgreSQL database in place of the DuckDB
     file) are what changes on a cluster (deploy/README.md). The sweep
-    assets exist when `sweep_file` does.
+    assets exist when `sweep_file` does; `crossval_folds` partitions the cross-validated verdict.
     """
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
     policy = policy or AutomationPolicy()
     assets, checks = with_automation(ALL_ASSETS, policy.retrain_min_new_examples)
     sweeps = build_sweep_assets(Path(sweep_file)) if Path(sweep_file).is_file() else []
     return dg.Definitions(
-        assets=[*assets, *sweeps],
+        assets=[*assets, *sweeps, *build_crossval_assets(crossval_folds)],
         asset_checks=checks,
         jobs=JOBS,
         sensors=[new_notes_sensor, automation_sensor()],
@@ -102,6 +104,7 @@ def definitions_from_settings(settings: ProjectSettings) -> dg.Definitions:
         executor=settings.executor,
         artifacts_url=settings.artifacts_url,
         sweep_file=settings.sweep_file,
+        crossval_folds=settings.crossval_folds,
         # read at run time, so the URL never lands in the run's configuration
         warehouse_url=dg.EnvVar("FINE_TUNE_DAG_WAREHOUSE_URL") if settings.warehouse_url else "",
     )

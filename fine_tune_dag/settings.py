@@ -17,6 +17,7 @@
 | FINE_TUNE_DAG_ARTIFACTS_URL | — | fsspec URL adapters and reports are mirrored to |
 | FINE_TUNE_DAG_WAREHOUSE_URL | — (data/warehouse.duckdb) | postgresql://user@host:5432/db: the warehouse shared by many machines; the password from PGPASSWORD, never in the URL |
 | FINE_TUNE_DAG_SWEEP_FILE | sweeps.yaml | named training configurations |
+| FINE_TUNE_DAG_CROSSVAL_FOLDS | 5 | folds by note of the cross-validated verdict (`crossval_folds` partitions) |
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ProjectSettings:
     artifacts_url: str = ""
     warehouse_url: str = ""  # empty: the DuckDB file in the data folder
     sweep_file: str = "sweeps.yaml"
+    crossval_folds: int = 5  # folds by note of the cross-validated verdict
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ProjectSettings:
@@ -74,6 +76,7 @@ class ProjectSettings:
             artifacts_url=env.get("FINE_TUNE_DAG_ARTIFACTS_URL", defaults.artifacts_url),
             warehouse_url=env.get("FINE_TUNE_DAG_WAREHOUSE_URL", defaults.warehouse_url),
             sweep_file=env.get("FINE_TUNE_DAG_SWEEP_FILE", defaults.sweep_file),
+            crossval_folds=int(env.get("FINE_TUNE_DAG_CROSSVAL_FOLDS", defaults.crossval_folds)),
         )
 
     def with_folders(self, notes_dir: Path | str, data_dir: Path | str) -> ProjectSettings:

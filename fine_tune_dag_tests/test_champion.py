@@ -7,96 +7,107 @@ from fine_tune_dag_testkit.scripted import scripted_definitions
 from transformers import AutoModelForCausalLM
 
 from fine_tune_dag.cli import main, materialize_graph
-from fine_tune_dag.core.store.promotion import PromotionPolicy, judge_challenger, promotion_verdict
+from fine_tune_dag.core.modeling.statistics import Interval
+from fine_tune_dag.core.store.promotion import PromotionPolicy, interval_metrics, judge_challenger
 from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
 from fine_tune_dag.core.store.warehouse import Warehouse
 
-POLICY = PromotionPolicy(min_nll_improvement=0.05, metric_tolerance=0.02)
+POLICY = PromotionPolicy()
+NAN = float("nan")
 
 
-def metrics(nll: float, rouge_l: float = 0.3, token_f1: float = 0.3) -> dict[str, float]:
-    return {"nll": nll, "perplexity": 0.0, "rouge_l": rouge_l, "token_f1": token_f1}
+def gap(value: float, low: float, high: float, notes: int = 4, items: int = 18) -> Interval:
+    return Interval(value, low, high, notes, items)
 
 
-def test_gate_needs_the_nll_margin():
-    assert promotion_verdict(metrics(0.95), metrics(1.0), POLICY, "champion").passed  # exactly 5% better
-    assert not promotion_verdict(metrics(0.96), metrics(1.0), POLICY, "champion").passed
-    assert not promotion_verdict(metrics(1.2), metrics(1.0), POLICY, "champion").passed
+BETTER, WORSE, TIE = gap(-0.3, -0.45, -0.15), gap(0.3, 0.15, 0.45), gap(-0.02, -0.1, 0.04)
 
 
-def test_gate_refuses_a_regression_beyond_the_tolerance():
-    verdict = promotion_verdict(metrics(0.5, rouge_l=0.27), metrics(1.0, rouge_l=0.3), POLICY, "champion")
-    assert not verdict.passed and "rouge_l worsened 0.0300" in verdict.text
-    assert promotion_verdict(metrics(0.5, token_f1=0.29), metrics(1.0), POLICY, "champion").passed
+def contenders(**gaps: Interval) -> dict[str, dict[str, float]]:
+    """Summaries where the new adapter's paired gaps (mine − theirs, per token) are `gaps`, keyed
+    `<measure>_vs_<other>`; every contender named in a key is present."""
+    others = {key.split("_vs_")[1] for key in gaps}
+    summary: dict[str, dict[str, float]] = {name: {"nll": 1.0} for name in sorted(others)}
+    summary["tuned"] = {"nll": 0.9, "memorized": 0.0}
+    for key, interval in gaps.items():
+        summary["tuned"] |= interval_metrics(key, interval)
+    return summary
 
 
-def test_without_a_champion_the_base_model_is_the_incumbent():
-    summary = {"base": metrics(1.0), "tuned": metrics(0.9)}
-    assert judge_challenger(summary, POLICY).passed
-    summary["champion"] = metrics(0.89)
-    verdict = judge_challenger(summary, POLICY)
-    assert not verdict.passed and "vs champion" in verdict.text
+UNTUNED_BEATEN = {
+    "voice_vs_base": BETTER,
+    "voice_vs_prompted": BETTER,
+    "voice_vs_base+rag": BETTER,
+    "nll_vs_base": BETTER,
+    "nll_vs_prompted": BETTER,
+}
 
 
-def voiced(nll: float, voice_nll: float, **extra: float) -> dict[str, float]:
-    return metrics(nll) | {
-        "voice_nll": voice_nll,
-        "voice_perplexity": 2.718281828**voice_nll,
-        "memorized": 0.0,
-        **extra,
-    }
+def test_the_gate_passes_an_adapter_better_than_every_untuned_contender_beyond_noise():
+    verdict = judge_challenger(contenders(**UNTUNED_BEATEN), POLICY)
+    assert verdict.passed and verdict.promotes and not verdict.uncertain
+    assert "better than prompted beyond noise: voice (per-token NLL of your held-out passages) vs prompted: " in (
+        verdict.text
+    )
+    assert "gap -0.300 [-0.450, -0.150] over 4 notes, 18 items" in verdict.text
 
 
-def gap(value: float, low: float, high: float, items: int = 20) -> dict[str, float]:
-    return {"voice_gap": value, "voice_gap_low": low, "voice_gap_high": high, "voice_items": items}
+def test_the_gate_refuses_an_adapter_that_loses_to_prompting_or_only_ties_with_it():
+    verdict = judge_challenger(contenders(**(UNTUNED_BEATEN | {"voice_vs_prompted": WORSE})), POLICY)
+    assert not verdict.passed and not verdict.uncertain
+    assert verdict.reasons == (
+        "worse than prompted, which needs no fine-tuning, beyond noise: voice (per-token NLL of your held-out "
+        "passages) vs prompted: gap 0.300 [0.150, 0.450] over 4 notes, 18 items",
+    )
+    verdict = judge_challenger(contenders(**(UNTUNED_BEATEN | {"nll_vs_prompted": TIE})), POLICY)
+    assert not verdict.passed and verdict.uncertain and "not better than prompted beyond noise" in verdict.text
 
 
-def test_an_adapter_that_loses_to_prompting_is_not_promoted():
-    summary = {
-        "base": voiced(1.0, 3.0),
-        "prompted": voiced(1.0, 2.5),
-        "base+rag": voiced(1.0, 2.8),
-        "tuned": voiced(0.5, 2.6, **gap(0.1, 0.05, 0.15)),  # far better NLL than base, worse voice than prompting
-    }
+def test_the_gate_refuses_against_a_champion_that_is_better_on_voice_and_passes_a_tie():
+    better_champion = UNTUNED_BEATEN | {"voice_vs_champion": gap(0.2, 0.1, 0.3), "nll_vs_champion": TIE}
+    verdict = judge_challenger(contenders(**better_champion), POLICY)
+    assert not verdict.passed and not verdict.uncertain
+    assert verdict.text.startswith("worse than the champion beyond the margin: voice")
+    # a retrained adapter no worse than the champion replaces it: newer notes must not be blocked by a tie
+    tie = UNTUNED_BEATEN | {"voice_vs_champion": TIE, "nll_vs_champion": TIE}
+    verdict = judge_challenger(contenders(**tie), POLICY)
+    assert verdict.passed and "not worse than the champion beyond the margin" in verdict.text
+    straddling = UNTUNED_BEATEN | {"voice_vs_champion": gap(0.02, -0.05, 0.09), "nll_vs_champion": TIE}
+    verdict = judge_challenger(contenders(**straddling), POLICY)
+    assert not verdict.passed and verdict.uncertain and "may be worse than the champion by more than" in verdict.text
+
+
+def test_nothing_passes_because_it_had_no_items():
+    no_answers = {key: value for key, value in UNTUNED_BEATEN.items() if not key.startswith("nll")}
+    summary = contenders(**no_answers) | {"prompted": {"nll": NAN}, "base": {"nll": NAN}}
     verdict = judge_challenger(summary, POLICY)
     assert not verdict.passed and not verdict.uncertain
-    assert "loses to prompted, which needs no fine-tuning: voice perplexity 13.46 vs prompted 12.18" in verdict.text
-    summary["tuned"] = voiced(0.5, 2.2, **gap(-0.3, -0.4, -0.2))
-    verdict = judge_challenger(summary, POLICY)
-    assert verdict.passed and "beats prompted beyond noise" in verdict.text
+    assert verdict.reasons == ("answer NLL (per token) not judged: no held-out items to compare on",)
+    lenient = PromotionPolicy(promote_when_uncertain=True)
+    assert not judge_challenger(summary, lenient).promotes  # a missing measure is not an uncertain one
 
 
-def test_too_few_items_or_an_interval_spanning_zero_is_uncertain_and_holds_unless_configured():
-    summary = {
-        "base": voiced(1.0, 3.0),
-        "prompted": voiced(1.0, 2.5),
-        "tuned": voiced(0.5, 2.2, **gap(-0.3, -0.4, -0.2, items=2)),
-    }
-    verdict = judge_challenger(summary, POLICY)
-    assert not verdict.passed and verdict.uncertain
-    assert "too few test items to judge: 2 held-out passages < 5" in verdict.text
-    summary["tuned"] = voiced(0.5, 2.4, **gap(-0.1, -0.3, 0.1))
-    verdict = judge_challenger(summary, POLICY)
-    assert not verdict.passed and verdict.uncertain and "too close to call against prompted" in verdict.text
-    lenient = PromotionPolicy(min_nll_improvement=0.05, promote_when_uncertain=True)
-    verdict = judge_challenger(summary, lenient)
-    assert verdict.passed and "promoted although uncertain" in verdict.text
+def test_too_few_notes_or_a_straddling_interval_is_uncertain_and_holds_unless_configured():
+    few = {key: gap(-0.3, -0.4, -0.2, notes=2) for key in UNTUNED_BEATEN}
+    verdict = judge_challenger(contenders(**few), POLICY)
+    assert not verdict.passed and verdict.uncertain and "too few held-out notes to judge (2 < 3)" in verdict.text
+    one = {key: gap(-0.3, NAN, NAN, notes=1) for key in UNTUNED_BEATEN}
+    assert not judge_challenger(contenders(**one), POLICY).passed
+    lenient = judge_challenger(contenders(**few), PromotionPolicy(promote_when_uncertain=True))
+    assert not lenient.passed and lenient.promotes and "promote_when_uncertain is set" in lenient.text
+    losing = judge_challenger(contenders(**(few | {"voice_vs_base": WORSE})), PromotionPolicy(promote_when_uncertain=True))
+    assert not losing.promotes  # a loss beyond noise is never promoted for being uncertain elsewhere
+    assert judge_challenger(contenders(**(few | {"voice_vs_base": WORSE})), PromotionPolicy(promote_always=True)).promotes
 
 
 def test_the_gate_refuses_a_regurgitating_adapter():
-    summary = {"base": voiced(1.0, 3.0), "tuned": voiced(0.5, 1.0, **gap(-2.0, -2.2, -1.8), memorized=0.25)}
+    summary = contenders(**UNTUNED_BEATEN)
+    summary["tuned"]["memorized"] = 0.25
     verdict = judge_challenger(summary, POLICY)
     assert not verdict.passed
     assert "regurgitates: 25% of its generations share a run of more than 40 words with the train split" in verdict.text
     summary["tuned"]["memorized"] = 0.05  # at the allowed share
     assert judge_challenger(summary, POLICY).passed
-
-
-def test_without_qa_items_the_gate_decides_on_voice():
-    nan = float("nan")
-    summary = {"base": voiced(nan, 3.0), "tuned": voiced(nan, 2.0, **gap(-1.0, -1.2, -0.8))}
-    verdict = judge_challenger(summary, POLICY)
-    assert verdict.passed and "no held-out Q&A items" in verdict.text
 
 
 def run_config(learning_rate: float, steps: int) -> dict:

@@ -65,7 +65,7 @@ def trained(tmp_path, tiny_model_dir):
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 6)
     policy = AutomationPolicy(
-        retrain_min_new_examples=1, settle_seconds=0, min_nll_improvement=-1.0, metric_tolerance=1.0
+        retrain_min_new_examples=1, settle_seconds=0, promote_always=True
     )
     defs = scripted_definitions(notes, data, tiny_model_dir, policy)
     with dg.instance_for_test() as instance:

@@ -29,7 +29,7 @@ def daemon(tmp_path, tiny_model_dir, scripted_llm):
     write_sample_notes(notes, 6)
     # every challenger passes the gate here: promotion has its own tests (test_champion.py)
     policy = AutomationPolicy(
-        retrain_min_new_examples=THRESHOLD, settle_seconds=0, min_nll_improvement=-1.0, metric_tolerance=1.0
+        retrain_min_new_examples=THRESHOLD, settle_seconds=0, promote_always=True
     )
     defs = scripted_definitions(notes, data, tiny_model_dir, policy, llm=scripted_llm)
     with dg.instance_for_test() as instance:

@@ -192,7 +192,7 @@ def test_comparisons_labels_and_a_dpo_adapter_through_the_graph(tmp_path: Path, 
     with the DPO contender → promoted through the same gate."""
     notes, data = tmp_path / "notes", tmp_path / "data"
     write_sample_notes(notes, 6)
-    permissive = AutomationPolicy(min_nll_improvement=-1.0, metric_tolerance=1.0)  # the gate has its own tests
+    permissive = AutomationPolicy(promote_always=True)  # the gate has its own tests
     defs = scripted_definitions(notes, data, tiny_model_dir, permissive)
     instance = dg.DagsterInstance.ephemeral()
     evaluation = {"config": {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}}

@@ -37,7 +37,7 @@ def test_two_configurations_trained_ranked_and_the_winner_promoted(tmp_path, tin
     write_sample_notes(notes, 6)
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("configurations:\n  still: {learning_rate: 1.0e-9}\n  moving: {learning_rate: 5.0e-2}\n")
-    policy = AutomationPolicy(min_nll_improvement=0.0, metric_tolerance=1.0)
+    policy = AutomationPolicy(promote_always=True)
     defs = scripted_definitions(notes, data, tiny_model_dir, policy, sweep_file=str(sweep))
     base = {"max_steps": 8, "batch_size": 4, "warmup_ratio": 0.0, "eval_fraction": 0.0, "dtype": "float32"}
     evaluation = {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}

@@ -37,8 +37,9 @@ def build_beats_champion(automation_condition: dg.AutomationCondition) -> dg.Ass
         asset=eval_report,
         blocking=True,
         automation_condition=automation_condition,
-        description="The evaluated adapter beats the champion (or the base model) by the NLL margin, "
-        "and no generation metric regresses beyond the tolerance. Blocks champion_adapter when it fails.",
+        description="The evaluated adapter beats every contender without fine-tuning on voice and answer NLL "
+        "beyond noise, and is not worse than the champion beyond the margin (paired intervals resampling "
+        "held-out notes). Blocks champion_adapter when it fails.",
     )
     def beats_champion(warehouse: WarehouseResource, policy: AutomationPolicy) -> dg.AssetCheckResult:
         with stage_failures():
@@ -49,17 +50,16 @@ def build_beats_champion(automation_condition: dg.AutomationCondition) -> dg.Ass
 
 
 def _check_result(version: str, summary: dict, verdict: PromotionVerdict) -> dg.AssetCheckResult:
-    incumbent = "champion" if "champion" in summary else "base"
     return dg.AssetCheckResult(
-        passed=verdict.passed,
+        passed=verdict.promotes,
         severity=dg.AssetCheckSeverity.ERROR,
         description=verdict.text,
         metadata={
             "challenger": version,
-            "incumbent": incumbent,
-            "nll_improvement": round(verdict.nll_improvement, 4),
+            "incumbent": "champion" if "champion" in summary else "none yet",
+            "uncertain": verdict.uncertain,
+            "reasons": dg.MetadataValue.md("\n".join(f"- {reason}" for reason in verdict.reasons)),
             "challenger_nll": round(summary["tuned"]["nll"], 4),
-            "incumbent_nll": round(summary[incumbent]["nll"], 4),
         },
     )
 
@@ -81,7 +81,7 @@ def champion_adapter(
     previous = current_champion(db)
     if previous is not None and previous.version == version:
         context.log.info(f"{version} is already the champion")
-    elif not verdict.passed:
+    elif not verdict.promotes:
         keeping = "no champion yet" if previous is None else f"the champion stays {previous.version}"
         raise dg.Failure(
             description=f"adapter {version} did not pass the promotion gate ({verdict.text}); {keeping}",

@@ -149,3 +149,10 @@ class LeaderboardConfig(dg.Config):
 
 
 RetrievalConfig = settings_config("RetrievalConfig", RetrievalSettings)
+
+
+class CrossvalConfig(dg.Config):
+    """The same on every fold and on the verdict: the folds' results are kept per dataset and training settings."""
+
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="how each fold's adapter is trained")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="how each fold is evaluated")

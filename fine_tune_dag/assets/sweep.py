@@ -116,7 +116,7 @@ def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
             summary = evaluation_summary(db, winner.adapter_version)
             verdict = judge_challenger(summary, policy.promotion())
             champion = current_champion(db)
-            if verdict.passed:
+            if verdict.promotes:
                 previous_nll = summary.get("champion", {}).get("nll")
                 promote(
                     db, winner.adapter_version, float(winner.nll), champion, previous_nll, verdict.text, context.run_id

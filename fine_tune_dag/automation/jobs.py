@@ -4,6 +4,7 @@ import dagster as dg
 
 from fine_tune_dag.assets.champion import champion_adapter
 from fine_tune_dag.assets.chunking import passages
+from fine_tune_dag.assets.crossval import CROSSVAL_FOLDS, CROSSVAL_VERDICT
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.dpo import dpo_adapter
 from fine_tune_dag.assets.edge_cases import edge_cases
@@ -56,5 +57,26 @@ preference_job = dg.define_asset_job(
     "and promotion if it passes the gate.",
 )
 
-JOBS = [notes_job, dataset_job, retrain_job, train_and_evaluate_job, comparisons_job, preference_job]
+# The cross-validation assets are built per number of folds (assets/crossval.py), so selected by key.
+crossval_job = dg.define_asset_job(
+    "crossval_job",
+    selection=dg.AssetSelection.assets(CROSSVAL_FOLDS),
+    description="One fold of the cross-validated verdict: train on the other folds' notes, evaluate on this one's.",
+)
+crossval_verdict_job = dg.define_asset_job(
+    "crossval_verdict_job",
+    selection=dg.AssetSelection.assets(CROSSVAL_VERDICT),
+    description="Pool every fold's items and decide: was fine-tuning worth it, on every note held out once?",
+)
+
+JOBS = [
+    notes_job,
+    dataset_job,
+    retrain_job,
+    train_and_evaluate_job,
+    comparisons_job,
+    preference_job,
+    crossval_job,
+    crossval_verdict_job,
+]
 TRAINING_JOBS = (retrain_job, train_and_evaluate_job)  # the jobs that train an adapter

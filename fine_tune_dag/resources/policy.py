@@ -18,19 +18,22 @@ class AutomationPolicy(dg.ConfigurableResource):
     )
     retrain_cron: str = Field(default="0 3 * * *", description="retrain_schedule: when to catch smaller growth")
     retrain_timezone: str = "UTC"
-    min_nll_improvement: float = Field(
-        default=PromotionPolicy.min_nll_improvement, description="relative NLL gain a challenger needs"
+    champion_margin: float = Field(
+        default=PromotionPolicy.champion_margin,
+        description="per-token NLL (nats) on voice and answers by which a newcomer may trail the champion, at the "
+        "upper bound of its paired interval (0.05: about 5% perplexity)",
     )
-    metric_tolerance: float = Field(
-        default=PromotionPolicy.metric_tolerance,
-        description="largest worsening allowed in ROUGE-L, token F1 or the unsupported-content share",
-    )
-    min_test_items: int = Field(
-        default=PromotionPolicy.min_test_items, description="held-out passages below which voice cannot decide"
+    min_test_notes: int = Field(
+        default=PromotionPolicy.min_test_notes, description="held-out notes below which an interval decides nothing"
     )
     promote_when_uncertain: bool = Field(
         default=PromotionPolicy.promote_when_uncertain,
-        description="promote on too few test items or a voice interval that spans no difference",
+        description="promote when every comparison that held the newcomer back was within noise or short of notes",
+    )
+    promote_always: bool = Field(
+        default=PromotionPolicy.promote_always,
+        description="every evaluated adapter becomes the champion whatever the evidence, for trying things out "
+        "(the report and the check still say what the gate found)",
     )
     max_shared_words: int = Field(
         default=PromotionPolicy.max_shared_words,
@@ -42,10 +45,10 @@ class AutomationPolicy(dg.ConfigurableResource):
 
     def promotion(self) -> PromotionPolicy:
         return PromotionPolicy(
-            self.min_nll_improvement,
-            self.metric_tolerance,
-            self.min_test_items,
+            self.champion_margin,
+            self.min_test_notes,
             self.promote_when_uncertain,
+            self.promote_always,
             self.max_shared_words,
             self.max_memorized_share,
         )

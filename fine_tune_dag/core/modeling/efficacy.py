@@ -1,29 +1,39 @@
-"""Was fine-tuning worth it? Voice, authorship, grounding, loops and memorization for every contender, with
-intervals, and the recommendation the report opens with.
+"""Was fine-tuning worth it? Voice, authorship, grounding, loops and memorization for every contender, paired
+comparisons between every two of them, and the one recommendation the report opens with.
 
 Voice is the perplexity of the author's held-out passages under the writing-task prompt (token-weighted);
-authorship the share of a contender's written notes a classifier attributes to the author; grounding the
-unsupported-content share and ROUGE-L of Q&A answers, and with retrieval whether the right note was cited.
+authorship the share of a contender's written notes (cut to one length) that a classifier trained on the author
+against other writers attributes to the author; grounding the unsupported-content share of Q&A answers, and
+with retrieval whether the right note was cited. Every interval resamples held-out notes; every comparison is
+paired over the items both contenders were scored on.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from itertools import permutations
 
 import numpy as np
 import pandas as pd
 
-from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean, paired_difference
-from fine_tune_dag.core.store.promotion import strongest_untuned
+from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean, clustered_ratio, paired_difference
+from fine_tune_dag.core.store.promotion import (
+    AUTHORSHIP,
+    GROUNDING,
+    RETRIEVAL,
+    VERDICT_MEASURES,
+    VOICE,
+    ANSWER_NLL,
+    Measure,
+    PromotionVerdict,
+    gap_key,
+    interval_metrics,
+    stored_gap,
+)
 from fine_tune_dag.core.text.metrics import SharedRuns, has_repetition_loop
 
-if TYPE_CHECKING:  # scikit-learn loads only where a classifier is trained
-    from fine_tune_dag.core.text.authorship import AuthorshipClassifier
-
-RETRIEVAL = ("base+rag", "tuned+rag")
 CONTENDER_ROLES = {
     "base": "base model, zero-shot",
     "prompted": "base model, best prompt (few-shot of your own train passages)",
@@ -32,6 +42,9 @@ CONTENDER_ROLES = {
     "tuned": "the new adapter (fine-tuned)",
     "tuned+rag": "the new adapter + retrieval",
 }
+# What running each costs, cheapest first: a longer prompt, an index, an adapter already trained, a new one.
+COST_ORDER = ("base", "prompted", "base+rag", "champion", "tuned", "tuned+rag")
+ADAPTER_CONTENDERS = ("tuned", "tuned+rag")  # recommended only when the gate passed the new adapter
 METRIC_LABELS = {
     "nll": "answer NLL (lower is better)",
     "perplexity": "perplexity (lower is better)",
@@ -49,15 +62,33 @@ METRIC_LABELS = {
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """The held-out items behind each figure, and the notes they come from."""
+
+    voice_notes: Sequence[str]  # one per scored passage
+    qa_notes: Sequence[str]  # one per Q&A item
+    written_notes: Sequence[str]  # one per written note (the first passages' prompts)
+
+    @property
+    def notes(self) -> int:
+        return len({*self.voice_notes, *self.qa_notes})
+
+    @property
+    def text(self) -> str:
+        return (
+            f"{self.notes} held-out notes: {len(self.voice_notes)} passages (voice) from {len(set(self.voice_notes))} "
+            f"notes, {len(self.qa_notes)} Q&A items from {len(set(self.qa_notes))} notes, {len(self.written_notes)} "
+            f"written notes per writing contender from {len(set(self.written_notes))} notes"
+        )
+
+
+@dataclass(frozen=True)
 class Efficacy:
-    """Per contender: metrics that go into the summary (and the registry), and their intervals."""
+    """Per contender: metrics that go into the summary (and the registry) and their intervals."""
 
     metrics: dict[str, dict[str, float]]
     intervals: dict[str, dict[str, Interval]]
-
-
-def per_token(frame: pd.DataFrame) -> np.ndarray:
-    return (frame["nll_sum"] / frame["answer_tokens"].clip(lower=1)).to_numpy(dtype=float)
+    held_out: HeldOut = field(default_factory=lambda: HeldOut((), (), ()))
 
 
 def perplexity(frame: pd.DataFrame) -> float:
@@ -66,40 +97,72 @@ def perplexity(frame: pd.DataFrame) -> float:
     return float(math.exp(min(nll, 50.0)))
 
 
-def perplexity_ratio(mine: pd.DataFrame, theirs: pd.DataFrame, samples: int = 1000, seed: int = 0) -> Interval:
-    """Perplexity of `mine` over `theirs` on the same passages, with a paired bootstrap interval over passages:
-    0.7 means 30% lower."""
-    if mine.empty:
-        return Interval(float("nan"), float("nan"), float("nan"))
-    a, b, tokens = (mine["nll_sum"].to_numpy(), theirs["nll_sum"].to_numpy(), mine["answer_tokens"].to_numpy())
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(a), size=(samples, len(a)))
-    ratios = np.exp((a[draws].sum(1) - b[draws].sum(1)) / np.maximum(tokens[draws].sum(1), 1))
-    value = math.exp((a.sum() - b.sum()) / max(tokens.sum(), 1))
-    return Interval(value, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5)))
+def voice_perplexity(frame: pd.DataFrame, notes: Sequence[str], seed: int = 0) -> Interval:
+    """Perplexity with an interval resampling notes (the exponential keeps the bootstrap's percentiles)."""
+    nll = clustered_ratio(frame["nll_sum"], frame["answer_tokens"], notes, seed=seed)
+    return Interval(*(math.exp(min(x, 50.0)) for x in (nll.value, nll.low, nll.high)), nll.notes, nll.items)
 
 
-def voice_gap(mine: pd.DataFrame, theirs: pd.DataFrame, notes: Sequence[str], seed: int = 0) -> Interval:
-    """Per-token NLL difference on the same passages (negative: `mine` is closer to the author's words), paired,
-    resampling notes."""
-    return paired_difference(mine["nll_sum"], theirs["nll_sum"], notes, mine["answer_tokens"], seed=seed)
+def _per_item_scores(
+    measure: Measure,
+    name: str,
+    qa: Mapping[str, pd.DataFrame],
+    voice: Mapping[str, pd.DataFrame],
+    attributed: Mapping[str, list[float]],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A contender's per-item numerators and weights on a measure, or None where it was not measured."""
+    if measure is VOICE and name in voice and not voice[name].empty:
+        return voice[name]["nll_sum"].to_numpy(float), voice[name]["answer_tokens"].to_numpy(float)
+    if measure is ANSWER_NLL and name in qa and not qa[name].empty:
+        return qa[name]["nll_sum"].to_numpy(float), qa[name]["answer_tokens"].to_numpy(float)
+    if measure is GROUNDING and name in qa and not qa[name].empty:
+        return qa[name]["unsupported"].to_numpy(float), np.ones(len(qa[name]))
+    if measure is AUTHORSHIP and attributed.get(name):
+        return np.asarray(attributed[name], dtype=float), np.ones(len(attributed[name]))
+    return None
+
+
+def paired_comparisons(
+    qa: Mapping[str, pd.DataFrame],
+    voice: Mapping[str, pd.DataFrame],
+    attributed: Mapping[str, list[float]],
+    held_out: HeldOut,
+    seed: int = 0,
+) -> dict[str, dict[str, Interval]]:
+    """Every contender against every other on voice, answer NLL, authorship and grounding, paired over the items
+    both were scored on: contender → `<measure>_vs_<other>` → interval of mine − theirs."""
+    notes_of = {VOICE: held_out.voice_notes, ANSWER_NLL: held_out.qa_notes, GROUNDING: held_out.qa_notes}
+    notes_of[AUTHORSHIP] = held_out.written_notes
+    names = list(dict.fromkeys([*qa, *voice]))
+    gaps: dict[str, dict[str, Interval]] = {name: {} for name in names}
+    for measure in (VOICE, ANSWER_NLL, AUTHORSHIP, GROUNDING):
+        for mine, theirs in permutations(names, 2):
+            a = _per_item_scores(measure, mine, qa, voice, attributed)
+            b = _per_item_scores(measure, theirs, qa, voice, attributed)
+            if a is None or b is None:
+                continue
+            notes = list(notes_of[measure])[: len(a[0])]
+            gaps[mine][gap_key(measure, theirs)] = paired_difference(a[0], b[0], notes, a[1], seed=seed)
+    return gaps
 
 
 def measure_efficacy(
     qa: Mapping[str, pd.DataFrame],
     voice: Mapping[str, pd.DataFrame],
     written: Mapping[str, list[str]],
-    item_notes: Sequence[str],
-    voice_notes: Sequence[str],
-    classifier: AuthorshipClassifier | None,
+    attributed: Mapping[str, list[float]],
+    held_out: HeldOut,
+    qa_paths: Sequence[str],
     shared: SharedRuns,
     max_shared_words: int,
     seed: int = 0,
 ) -> Efficacy:
-    """`item_notes` is the note path of each Q&A item, to check retrieval cited the right one."""
+    """`attributed` holds, per writing contender, 1 for each written note the classifier attributes to the author
+    (none without a classifier); `qa_paths` the note path of each Q&A item, to check retrieval cited it."""
     metrics: dict[str, dict[str, float]] = {}
     intervals: dict[str, dict[str, Interval]] = {}
-    for name, answers in qa.items():
+    for name in dict.fromkeys([*qa, *voice]):
+        answers = qa.get(name, pd.DataFrame(columns=["generation", "unsupported", "rouge_l", "cited"]))
         mine: dict[str, float] = {}
         spread: dict[str, Interval] = {}
         generations = answers["generation"].tolist() + written.get(name, [])
@@ -107,72 +170,122 @@ def measure_efficacy(
         mine["loops"] = float(np.mean([has_repetition_loop(text) for text in generations])) if generations else 0.0
         mine["memorized"] = float(np.mean([run > max_shared_words for run in runs])) if runs else 0.0
         mine["longest_shared_run"] = float(max(runs, default=0))
-        spread["unsupported"] = clustered_mean(answers["unsupported"].tolist(), item_notes, seed=seed)
-        spread["rouge_l"] = clustered_mean(answers["rouge_l"].tolist(), item_notes, seed=seed)
-        if name in voice and not voice[name].empty:
-            mine["voice_nll"] = float(voice[name]["nll_sum"].sum() / max(voice[name]["answer_tokens"].sum(), 1))
-            mine["voice_perplexity"] = perplexity(voice[name])
-            mine["voice_items"] = float(len(voice[name]))
+        qa_notes = list(held_out.qa_notes)[: len(answers)]
+        spread["unsupported"] = clustered_mean(answers["unsupported"].tolist(), qa_notes, seed=seed)
+        spread["rouge_l"] = clustered_mean(answers["rouge_l"].tolist(), qa_notes, seed=seed)
+        frame = voice.get(name)
+        if frame is not None and not frame.empty:
+            spread["voice_perplexity"] = voice_perplexity(frame, list(held_out.voice_notes)[: len(frame)], seed)
+            mine["voice_nll"] = math.log(spread["voice_perplexity"].value)
         else:
-            mine["voice_nll"] = mine["voice_perplexity"] = math.nan
-            mine["voice_items"] = 0.0
-        if name in written and classifier is not None:
-            spread["authorship"] = classifier.attributed_share(written[name], voice_notes[: len(written[name])], seed=seed)
-            mine["authorship"] = spread["authorship"].value
-        else:
-            mine["authorship"] = math.nan
-        if name in RETRIEVAL:
-            right = [note in cited for note, cited in zip(item_notes, answers["cited"])]
-            spread["cited_right"] = clustered_mean([float(r) for r in right], item_notes, seed=seed)
-            mine["cited_right"] = spread["cited_right"].value
-        else:
-            mine["cited_right"] = math.nan
+            mine["voice_nll"] = math.nan
+        if attributed.get(name):
+            notes = list(held_out.written_notes)[: len(attributed[name])]
+            spread["authorship"] = clustered_mean(attributed[name], notes, seed=seed)
+        if name in RETRIEVAL and len(answers):
+            right = [float(path in cited) for path, cited in zip(qa_paths, answers["cited"])]
+            spread["cited_right"] = clustered_mean(right, qa_notes, seed=seed)
         metrics[name], intervals[name] = mine, spread
-    rival = strongest_untuned(metrics)
-    if "tuned" in voice and rival is not None:
-        gap = voice_gap(voice["tuned"], voice[rival], voice_notes, seed)
-        metrics["tuned"].update(voice_gap=gap.value, voice_gap_low=gap.low, voice_gap_high=gap.high)
-        for other in {"base", "prompted", rival} & set(voice):
-            intervals["tuned"][f"voice_ratio_vs_{other}"] = perplexity_ratio(voice["tuned"], voice[other], seed=seed)
+    for name, gaps in paired_comparisons(qa, voice, attributed, held_out, seed).items():
+        intervals[name].update(gaps)
     for name, spread in intervals.items():  # recorded with the evaluation, so the registry keeps the intervals
         for key, interval in spread.items():
-            metrics[name].update({key: interval.value, f"{key}_low": interval.low, f"{key}_high": interval.high})
-    return Efficacy(metrics, intervals)
+            metrics[name].update(interval_metrics(key, interval))
+        for key in ("voice_perplexity", "authorship", "cited_right"):
+            metrics[name].setdefault(key, math.nan)
+    return Efficacy(metrics, intervals, held_out)
 
 
-def recommendation(summary: Mapping[str, Mapping[str, float]]) -> str:
-    """Tune, retrieve, both, or neither, from voice and grounding, each beyond noise: the adapter's voice
-    interval against the strongest contender without fine-tuning, and a retrieval contender's whole
-    unsupported-content interval below what the plain models invent."""
-    tuned = summary["tuned"]
-    rival = strongest_untuned(summary)
-    voice_wins = rival is not None and tuned.get("voice_gap_high", math.nan) < 0
-    plain = min(summary[name]["unsupported"] for name in ("base", "tuned"))
-    retrieval_grounds = any(
-        summary[name].get("unsupported_high", math.nan) < plain for name in RETRIEVAL if name in summary
-    )
-    voice_text = (
-        f"the adapter writes more like you than {rival} (voice perplexity {tuned['voice_perplexity']:.1f} against "
-        f"{summary[rival]['voice_perplexity']:.1f}, beyond noise)"
-        if voice_wins
-        else "the adapter does not write measurably more like you than "
-        + (
-            f"{rival} (voice perplexity {tuned['voice_perplexity']:.1f} against {summary[rival]['voice_perplexity']:.1f})"
-            if rival
-            else "the base model"
+@dataclass(frozen=True)
+class Verdict:
+    """What the report opens with: the recommended contender (None when nothing can be recommended), in words."""
+
+    choice: str | None
+    text: str
+
+
+_ADVICE = {
+    "base": "**Base model**: nothing measured beat the base model as it is",
+    "prompted": "**Prompt**: the base model with your own passages as examples",
+    "base+rag": "**Retrieve**: the base model with retrieval over your notes",
+    "champion": "**Keep the champion**: the current adapter",
+    "tuned": "**Tune**: the new adapter",
+    "tuned+rag": "**Both**: the new adapter with retrieval over your notes",
+}
+
+
+AUTHORSHIP_DECIDES = "authorship_decides"  # 0 when the classifier's own calibration is too poor to decide anything
+
+
+def verdict_measures(summary: Mapping[str, Mapping[str, float]]) -> tuple[Measure, ...]:
+    """Voice, authorship and grounding; authorship only while its classifier can tell the author from others."""
+    decides = summary.get("tuned", {}).get(AUTHORSHIP_DECIDES, 1.0) == 1.0
+    return tuple(m for m in VERDICT_MEASURES if m is not AUTHORSHIP or decides)
+
+
+def beaten_by(summary: Mapping[str, Mapping[str, float]], name: str) -> list[str]:
+    """Why `name` cannot be recommended: every contender that beats it beyond noise on voice, authorship or
+    grounding, in words."""
+    losses = []
+    for other in summary:
+        for measure in verdict_measures(summary):
+            gap = stored_gap(summary, other, measure, name)
+            if other != name and gap is not None and measure.better(gap):
+                losses.append(f"{other} beats {name} on {measure.label} ({gap})")
+    return losses
+
+
+def wins_of(summary: Mapping[str, Mapping[str, float]], name: str) -> list[str]:
+    """The measures on which `name` beats some contender beyond noise, in words."""
+    return [
+        f"{measure.label} over {other}"
+        for measure in verdict_measures(summary)
+        for other in summary
+        if other != name and (gap := stored_gap(summary, name, measure, other)) is not None and measure.better(gap)
+    ]
+
+
+def what_would_decide(held_out_notes: int, min_notes: int, blind_picks: int) -> str:
+    steps = []
+    if held_out_notes < min_notes:
+        steps.append(f"more notes (only {held_out_notes} held out), or a cross-validated verdict (`fine-tune-dag crossval`)")
+    steps.append("a larger base model")
+    if blind_picks == 0:
+        steps.append("blind readings (`fine-tune-dag annotate --blind`)")
+    return ", ".join(steps)
+
+
+def recommendation(
+    summary: Mapping[str, Mapping[str, float]],
+    gate: PromotionVerdict,
+    held_out_notes: int,
+    min_notes: int = 5,
+    blind_picks: int = 0,
+) -> Verdict:
+    """The cheapest contender that no other beats beyond noise on voice, authorship or grounding, among those
+    that may be recommended (the new adapter only when the gate passed it)."""
+    names = [name for name in COST_ORDER if name in summary]
+    eligible = [name for name in names if name not in ADAPTER_CONTENDERS or gate.passed]
+    unbeaten = [name for name in eligible if not beaten_by(summary, name)]
+    decided = {name: wins_of(summary, name) for name in names}
+    notes = [f"{name} is better beyond noise on {', '.join(wins)}" for name, wins in decided.items() if wins]
+    if not gate.passed and "tuned" in summary:
+        notes.append(f"the promotion gate refused the new adapter ({gate.text})")
+    evidence = "; ".join(notes) if notes else "no contender is better than another beyond noise on any measure"
+    decide = what_would_decide(held_out_notes, min_notes, blind_picks)
+    if not unbeaten:
+        return Verdict(
+            None,
+            f"**Undecided**: every contender that may be recommended loses to another beyond noise on some measure, "
+            f"so the measures disagree — {evidence}. What would decide it: {decide}.",
         )
-    )
-    grounding_text = (
-        "retrieval grounds answers in your notes better than the model alone"
-        if retrieval_grounds
-        else "retrieval does not ground answers better than the model alone"
-    )
-    if voice_wins and retrieval_grounds:
-        advice = "**Both**: use the tuned model with retrieval (`tuned+rag`)"
-    elif voice_wins:
-        advice = "**Tune**: the tuned model alone"
-    elif retrieval_grounds:
-        advice = "**Retrieve**: the base model with retrieval; fine-tuning did not pay for itself on these notes yet"
-    else:
-        advice = "**Prompt**: neither fine-tuning nor retrieval beat prompting the base model on these notes yet"
-    return f"{advice} — {voice_text}; {grounding_text}."
+    choice = unbeaten[0]
+    if all(not wins for wins in decided.values()):
+        return Verdict(
+            choice,
+            f"{_ADVICE[choice]} — nothing is decided: {evidence}, so the cheapest contender stands. "
+            f"What would decide it: {decide}.",
+        )
+    others = [name for name in unbeaten[1:] if name != choice]
+    tie = f" ({', '.join(others)} also unbeaten, at a higher cost)" if others else ""
+    return Verdict(choice, f"{_ADVICE[choice]}{tie} — {evidence}. What would decide more: {decide}.")

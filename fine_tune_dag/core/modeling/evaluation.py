@@ -49,7 +49,11 @@ class EvaluationSettings:
         default=64, metadata={"help": "held-out passages whose perplexity measures voice (all of them when fewer)"}
     )
     max_written_notes: int = field(
-        default=8, metadata={"help": "notes each contender writes for the authorship, loop and memorization checks"}
+        default=64,
+        metadata={
+            "help": "held-out passages each writing contender writes a note beside, for authorship, the blind test, "
+            "loops and memorization (all of them when fewer)"
+        },
     )
     written_max_new_tokens: int = field(default=96, metadata={"help": "length of each written note, in tokens"})
     few_shot_passages: int = field(
@@ -71,6 +75,10 @@ class EvaluationSettings:
         metadata={"help": "weights: float32 (answers do not change with the batch size), bfloat16 or auto (faster)"},
     )
     seed: int = field(default=0, metadata={"help": "few-shot examples and bootstrap resampling"})
+    min_held_out_notes: int = field(
+        default=5,
+        metadata={"help": "held-out notes below which the report says its intervals are rough and offers crossval"},
+    )
 
 
 @torch.inference_mode()

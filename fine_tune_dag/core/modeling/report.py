@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -18,9 +18,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
-from fine_tune_dag.core.modeling.efficacy import CONTENDER_ROLES, METRIC_LABELS, Efficacy
+from fine_tune_dag.core.modeling.efficacy import (
+    AUTHORSHIP_DECIDES,
+    CONTENDER_ROLES,
+    METRIC_LABELS,
+    Efficacy,
+    HeldOut,
+    Verdict,
+)
 from fine_tune_dag.core.modeling.statistics import Interval
+from fine_tune_dag.core.store.promotion import (
+    ANSWER_NLL,
+    AUTHORSHIP,
+    GROUNDING,
+    VOICE,
+    Measure,
+    PromotionVerdict,
+    stored_gap,
+)
 from fine_tune_dag.core.text.markdown import table  # noqa: E402
+
+if TYPE_CHECKING:  # scikit-learn loads only where a classifier is trained
+    from fine_tune_dag.core.store.blind import BlindReading
+    from fine_tune_dag.core.text.authorship import Calibration
 
 CONTENDER_COLORS = {
     "base": "tab:gray",
@@ -35,7 +55,7 @@ CONTENDER_COLORS = {
 @dataclass(frozen=True)
 class ReportFiles:
     markdown: Path
-    loss_curve: Path
+    loss_curve: Path | None  # None for a verdict with no adapter of its own (cross-validation)
     metrics_chart: Path
     text: str
 
@@ -87,15 +107,15 @@ def _cell(summary: Mapping[str, float], intervals: Mapping[str, Interval], metri
 def worth_it_table(summary: Mapping[str, Mapping[str, float]], efficacy: Efficacy, costs: Mapping[str, str]) -> str:
     """Every contender on voice, authorship, grounding, loops and cost: the answer to "was it worth it?"."""
     rows = []
+    undecided = " (cannot decide: see the calibration)" if summary.get("tuned", {}).get(AUTHORSHIP_DECIDES) == 0 else ""
     for name, values in summary.items():
         spread = efficacy.intervals.get(name, {})
-        ratio = efficacy.intervals.get("tuned", {}).get("voice_ratio_vs_base") if name == "tuned" else None
         rows.append(
             [
                 name,
                 CONTENDER_ROLES.get(name, name),
-                _cell(values, {}, "voice_perplexity", 2) + (f" (×{ratio} of base)" if ratio else ""),
-                _cell(values, spread, "authorship"),
+                _cell(values, spread, "voice_perplexity"),
+                _cell(values, spread, "authorship") + undecided,
                 _cell(values, spread, "unsupported"),
                 _cell(values, spread, "rouge_l"),
                 _cell(values, spread, "cited_right"),
@@ -109,11 +129,11 @@ def worth_it_table(summary: Mapping[str, Mapping[str, float]], efficacy: Efficac
         [
             "contender",
             "how it answers",
-            "voice perplexity (lower: more like you)",
+            "voice perplexity [95% CI] (lower: more like you)",
             "written notes attributed to you [95% CI]",
             "unsupported content [95% CI]",
             "ROUGE-L [95% CI]",
-            "right note cited",
+            "right note cited [95% CI]",
             "looping",
             "regurgitating",
             "cost",
@@ -121,8 +141,44 @@ def worth_it_table(summary: Mapping[str, Mapping[str, float]], efficacy: Efficac
     )
 
 
-def plot_worth_it(summary: Mapping[str, Mapping[str, float]], path: Path) -> Path:
-    """Voice perplexity, authorship and unsupported content per contender, side by side."""
+def _reading(measure: Measure, gap: Interval) -> str:
+    if not gap.decided:
+        return f"cannot tell ({gap.notes} note{'s' * (gap.notes != 1)})"
+    if measure.better(gap):
+        return "**better beyond noise**"
+    if measure.worse(gap):
+        return "**worse beyond noise**"
+    return "within noise"
+
+
+def comparisons_table(summary: Mapping[str, Mapping[str, float]], mine: str = "tuned") -> str:
+    """The new adapter against every other contender, paired over the same items, each interval resampling notes."""
+    rows = []
+    for measure in (VOICE, AUTHORSHIP, GROUNDING, ANSWER_NLL):
+        for other in summary:
+            gap = stored_gap(summary, mine, measure, other)
+            if other == mine or gap is None:
+                continue
+            rows.append(
+                [f"{mine} vs {other}", measure.label, str(gap), f"{gap.notes} notes, {gap.items} items", _reading(measure, gap)]
+            )
+    return table(rows, ["comparison", "measure", "difference (mine − theirs) [95% CI]", "rests on", "reading"])
+
+
+def not_judged(held_out: HeldOut, calibration_text: str | None) -> list[str]:
+    """What this evaluation could not judge, in words, so a missing figure is never read as a pass."""
+    gaps = []
+    if not held_out.qa_notes:
+        gaps.append("answer NLL and grounding: no held-out Q&A items (the held-out notes kept no pair)")
+    if not held_out.voice_notes:
+        gaps.append("voice, authorship and the blind test: no held-out passages")
+    if held_out.voice_notes and calibration_text is None:
+        gaps.append("authorship: no train passages to train the classifier on")
+    return gaps
+
+
+def plot_worth_it(summary: Mapping[str, Mapping[str, float]], efficacy: Efficacy, path: Path) -> Path:
+    """Voice perplexity, authorship and unsupported content per contender, each with its 95% interval."""
     names = [
         ("voice_perplexity", "voice perplexity (lower is better)"),
         ("authorship", "attributed to you (higher is better)"),
@@ -131,10 +187,18 @@ def plot_worth_it(summary: Mapping[str, Mapping[str, float]], path: Path) -> Pat
     figure, axes = plt.subplots(1, len(names), figsize=(14, 3.4))
     contenders = list(summary)
     for axis, (metric, label) in zip(axes, names):
+        spreads = [efficacy.intervals.get(c, {}).get(metric) for c in contenders]
         values = [summary[c].get(metric, math.nan) for c in contenders]
+        heights = [0 if math.isnan(v) else v for v in values]
+        errors = [
+            [v - s.low if s and s.decided else 0 for v, s in zip(heights, spreads)],
+            [s.high - v if s and s.decided else 0 for v, s in zip(heights, spreads)],
+        ]
         axis.bar(
             contenders,
-            [0 if math.isnan(v) else v for v in values],
+            heights,
+            yerr=errors,
+            capsize=4,
             color=[CONTENDER_COLORS.get(c, "tab:purple") for c in contenders],
         )
         axis.set_title(label, fontsize=9)
@@ -143,7 +207,7 @@ def plot_worth_it(summary: Mapping[str, Mapping[str, float]], path: Path) -> Pat
             axis.annotate(
                 "—" if math.isnan(value) else f"{value:.2f}",
                 (x, 0 if math.isnan(value) else value),
-                ha="center",
+                ha="left",
                 va="bottom",
                 fontsize=8,
             )
@@ -223,6 +287,99 @@ def examples_table(results: dict[str, pd.DataFrame], count: int) -> str:
     return table(rows, ["question", "reference", *names], limit=220)
 
 
+def verdict_section(
+    summary: Mapping[str, Mapping[str, float]],
+    efficacy: Efficacy,
+    gate: PromotionVerdict,
+    verdict: Verdict,
+    calibration: Calibration | None,
+    blind: BlindReading | None,
+    costs: Mapping[str, str],
+    min_held_out_notes: int,
+) -> str:
+    """The answer first, then everything it rests on: the gate, the held-out counts, the table, the paired
+    comparisons, the classifier's own calibration and the blind test."""
+    held_out = efficacy.held_out
+    overridden = [f"promoted all the same: `{gate.override}` is set"] if gate.override else []
+    gate_lines = "\n".join(f"- {reason}" for reason in (*gate.reasons, *overridden))
+    text = f"""{verdict.text}
+
+**Promotion gate: {"passes" if gate.passed else "does not pass"}.**
+
+{gate_lines}
+
+**Held out:** {held_out.text}. Every interval below resamples these notes (passages of one note are not
+independent), and every comparison is paired over the items both contenders were scored on.
+"""
+    if held_out.notes < min_held_out_notes:
+        text += (
+            f"\n**Few held-out notes ({held_out.notes} < {min_held_out_notes}):** intervals from so few notes are rough "
+            "and rarely decide anything. Ask for a cross-validated verdict (`fine-tune-dag crossval`: k folds by "
+            "note, each training and evaluating an adapter), which judges the method on every note.\n"
+        )
+    gaps = not_judged(held_out, calibration.text if calibration else None)
+    if gaps:
+        text += "\n**Not judged:** " + "; ".join(gaps) + ".\n"
+    text += f"""
+{worth_it_table(summary, efficacy, costs)}
+
+![voice, authorship and grounding](worth_it.png)
+
+### The new adapter against each contender
+
+{comparisons_table(summary)}
+
+Voice: perplexity of your held-out notes' own passages under "write a note about …" (retrieval never hands a
+contender the passage it is scored on); its difference is in nats per token (−0.1 is about 10% lower perplexity).
+Authorship: share of the notes a contender wrote, each cut to the same number of words, that a classifier trained
+on your train passages against other writers only (never on any contender's output) attributes to you.
+Unsupported content: share of an answer's content words absent from its source passage. Looping: share of
+generations stuck repeating a phrase. Regurgitating: share of generations that copy a long run of words from the
+train split.
+
+**The authorship classifier's own calibration** (cross-validated by note): {calibration.text if calibration else "not measured"}
+"""
+    text += f"\n**Blind test:** {blind.text}\n" if blind is not None else ""
+    return text
+
+
+def _write(folder: Path, text: str, loss_curve: Path | None, metrics_chart: Path) -> ReportFiles:
+    return _write(folder, text, loss_curve, metrics_chart)
+
+
+def write_verdict_report(
+    folder: Path,
+    title: str,
+    summary: dict[str, dict[str, float]],
+    efficacy: Efficacy,
+    gate: PromotionVerdict,
+    verdict: Verdict,
+    calibration: Calibration | None,
+    facts: dict[str, Any],
+    min_held_out_notes: int,
+) -> ReportFiles:
+    """A verdict with what it rests on and no adapter of its own to show: the cross-validated verdict."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics_chart = plot_metrics(summary, folder / "metrics.png")
+    plot_worth_it(summary, efficacy, folder / "worth_it.png")
+    text = f"""# {title}
+
+## Was fine-tuning worth it on your notes?
+
+{verdict_section(summary, efficacy, gate, verdict, calibration, None, {}, min_held_out_notes)}
+## Metrics pooled over the folds
+
+{metrics_table(summary)}
+
+![metrics](metrics.png)
+
+## How it was run
+
+{table(list(facts.items()), ["fact", "value"])}
+"""
+    return _write(folder, text, None, metrics_chart)
+
+
 def write_report(
     folder: Path,
     title: str,
@@ -230,47 +387,29 @@ def write_report(
     results: dict[str, pd.DataFrame],
     training_steps: pd.DataFrame,
     facts: dict[str, Any],
-    promotion: str,
+    gate: PromotionVerdict,
+    verdict: Verdict,
+    efficacy: Efficacy,
     head_to_head: Sequence[tuple[str, str, Interval]] = (),
     edge_cases: str = "",
     examples: int = 6,
-    efficacy: Efficacy | None = None,
-    advice: str = "",
-    uncertain: bool = False,
-    blind: tuple[int, Interval] | None = None,
+    calibration: Calibration | None = None,
+    blind: BlindReading | None = None,
     costs: Mapping[str, str] | None = None,
     written: str = "",
+    min_held_out_notes: int = 5,
 ) -> ReportFiles:
-    """`promotion` is the gate's verdict in words: whether this adapter may replace the champion, and why.
-    `head_to_head` holds the new adapter's win rates against each other contender, with intervals; `advice`
-    the recommendation the report opens with, from `efficacy`; `blind` the blind test of the champion so far
-    (picks, share of picks that took the model for the author)."""
+    """`gate` is whether this adapter may replace the champion, and why; `verdict` the recommendation the report
+    opens with; `head_to_head` the new adapter's win rates against each other contender, with intervals."""
     folder.mkdir(parents=True, exist_ok=True)
     loss_curve = plot_loss_curve(training_steps, folder / "loss_curve.png")
     metrics_chart = plot_metrics(summary, folder / "metrics.png")
+    plot_worth_it(summary, efficacy, folder / "worth_it.png")
     text = f"""# {title}
 
 ## Was fine-tuning worth it on your notes?
 
-{advice}
-
-**Promotion gate:** {promotion}
-"""
-    if uncertain:
-        text += "\n**Too few test items to judge:** the comparison with prompting and retrieval is within noise.\n"
-    if efficacy is not None:
-        plot_worth_it(summary, folder / "worth_it.png")
-        text += f"""
-{worth_it_table(summary, efficacy, costs or {})}
-
-![voice, authorship and grounding](worth_it.png)
-
-Voice: perplexity of your held-out notes' own passages under "write a note about …" (retrieval never hands a
-contender the passage it is scored on). Authorship: share of the notes a contender wrote that a classifier,
-trained on your train passages against other writing, attributes to you. Unsupported content: share of an
-answer's content words absent from its source passage. Looping: share of generations stuck repeating a phrase.
-Regurgitating: share of generations that copy a long run of words from the train split.
-"""
+{verdict_section(summary, efficacy, gate, verdict, calibration, blind, costs or {}, min_held_out_notes)}"""
     if written:
         text += f"""
 ### Your voice, side by side
@@ -280,14 +419,6 @@ defaults).
 
 {written}
 """
-    if blind is not None:
-        picks, share = blind
-        text += (
-            f"\n**Blind test** (`fine-tune-dag annotate --blind`): people took the champion's writing for yours in "
-            f"{share} of {picks} picks; 0.5 means they cannot tell.\n"
-            if picks
-            else "\n**Blind test:** no picks yet — run `fine-tune-dag annotate --blind` to see if people can tell.\n"
-        )
     text += f"""
 
 ## Metrics on the test split
@@ -298,8 +429,8 @@ defaults).
 
 ## Head to head: the new adapter against each contender
 
-Share of test items the new adapter wins (ties count half), with a 95% bootstrap interval; above
-0.5 with the whole interval above 0.5 is a win beyond noise.
+Share of test items the new adapter wins (ties count half), with a 95% interval that resamples held-out notes;
+a win beyond noise needs the whole interval above 0.5.
 
 {table([[f"tuned vs {name}", basis, str(rate)] for name, basis, rate in head_to_head], ["comparison", "judged on", "win rate [95% CI]"])}
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from fine_tune_dag.core.store.fingerprint import fingerprint
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.writing import WRITE, WRITING_MODES
 
@@ -26,6 +27,21 @@ _SPLIT_ROWS_SQL = """
 
 def _split_rows(db: Warehouse, side: str, excluded_modes: Sequence[str]) -> pd.DataFrame:
     return db.query(_SPLIT_ROWS_SQL, [side, list(excluded_modes)])
+
+
+def dataset_rows(db: Warehouse) -> pd.DataFrame:
+    """Every row of the current dataset, both sides, with its passage and note file: what cross-validation
+    deals into folds of its own."""
+    return pd.concat([_split_rows(db, side, ()) for side in ("train", "test")], ignore_index=True)
+
+
+def notes_key(db: Warehouse, dataset_version: str) -> str:
+    """Which notes, at which content, a dataset version was built from, whatever their split: a verdict
+    cross-validated on these notes holds for an adapter trained on all of them."""
+    notes = db.query(
+        "SELECT path, sha256 FROM dataset_notes WHERE dataset_version = ? ORDER BY path", [dataset_version]
+    )
+    return fingerprint(list(zip(notes["path"], notes["sha256"])))
 
 
 def split_items(db: Warehouse, side: str) -> pd.DataFrame:

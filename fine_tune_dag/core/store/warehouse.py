@@ -102,6 +102,9 @@ SCHEMA: dict[str, str] = {
     "evaluation_metrics": """
         adapter_version VARCHAR, contender VARCHAR, contender_version VARCHAR, metric VARCHAR, value DOUBLE,
         PRIMARY KEY (adapter_version, contender, metric)""",
+    "crossval_verdicts": """
+        created_at TIMESTAMP, dataset_version VARCHAR, notes_key VARCHAR, folds INTEGER, notes INTEGER,
+        choice VARCHAR, verdict VARCHAR, gate_passed BOOLEAN, report_path VARCHAR, PRIMARY KEY (notes_key, created_at)""",
     "champion_history": """
         promoted_at TIMESTAMP, version VARCHAR, previous_version VARCHAR, dataset_version VARCHAR,
         test_nll DOUBLE, previous_nll DOUBLE, reason VARCHAR, run_id VARCHAR, PRIMARY KEY (version, promoted_at)""",
@@ -126,6 +129,8 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS parent_version VARCHAR",
     # the order metrics were recorded in: PostgreSQL has no insertion order to read back
     "ALTER TABLE evaluation_metrics ADD COLUMN IF NOT EXISTS position INTEGER DEFAULT 0",
+    # the verdict in words, computed once by the evaluation and shown wherever it is read
+    "ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS recommendation VARCHAR",
 )
 
 

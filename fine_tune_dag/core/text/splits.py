@@ -30,6 +30,15 @@ def split_by_note_hash(note_id: str, test_fraction: float, salt: str = SPLIT_SAL
     return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
 
 
+def folds_by_note_hash(note_ids: Iterable[str], folds: int, salt: str = SPLIT_SALT) -> dict[str, int]:
+    """Each note's fold (0 … folds − 1) for cross-validation: notes ordered by their hash and dealt in turn, so
+    folds differ in size by one note at most and a note's fold depends on the notes there are, not on order."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    ordered = sorted(set(note_ids), key=lambda n: hashlib.sha256(f"{salt}:{n}".encode("utf-8")).hexdigest())
+    return {note: position % folds for position, note in enumerate(ordered)}
+
+
 def assign_splits(kept_pairs: pd.DataFrame, test_fraction: float, system_prompt: str) -> pd.DataFrame:
     """One row per kept pair with its split and the system prompt it is trained and evaluated with.
 

@@ -3,30 +3,40 @@ on the held-out notes, write its report and record it: the step eval_report and 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
+from peft import PeftModel
 
-from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.modeling.chat import chat_messages
 from fine_tune_dag.core.modeling.edge_cases import side_by_side
-from fine_tune_dag.core.modeling.efficacy import measure_efficacy, recommendation
+from fine_tune_dag.core.modeling.efficacy import (
+    ADAPTER_CONTENDERS,
+    AUTHORSHIP_DECIDES,
+    METRIC_LABELS,
+    Efficacy,
+    HeldOut,
+    Verdict,
+    measure_efficacy,
+    recommendation,
+)
 from fine_tune_dag.core.modeling.evaluation import (
     Contender,
     EvaluationSettings,
     best_prompt_conversations,
     compare_contenders,
-    contender_weights,
     judged_win_rates,
     pick_examples,
     retrieval_conversations,
     summarize,
     voice_scores,
     win_rates,
-    write_notes,
     written_notes,
 )
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
@@ -40,16 +50,17 @@ from fine_tune_dag.core.modeling.models import (
 from fine_tune_dag.core.modeling.report import write_report
 from fine_tune_dag.core.retrieval.index import PassageIndex
 from fine_tune_dag.core.store.artifacts import ArtifactStore
-from fine_tune_dag.core.store.blind import blind_results, save_blind_trials
+from fine_tune_dag.core.store.blind import BlindTrial, blind_results, save_blind_trials
 from fine_tune_dag.core.store.edge_cases import edge_case_answers, edge_cases, versions_up_to
 from fine_tune_dag.core.store.layout import DataLayout
-from fine_tune_dag.core.store.promotion import PromotionPolicy, judge_challenger
+from fine_tune_dag.core.store.crossval import crossval_verdict_for
+from fine_tune_dag.core.store.promotion import CROSSVAL_TUNE_NOTES, PromotionPolicy, interval_metrics, judge_challenger
 from fine_tune_dag.core.store.registry import current_champion, record_evaluation
-from fine_tune_dag.core.store.splits import split_items, train_split, writing_items
+from fine_tune_dag.core.store.splits import notes_key, split_items, train_split, writing_items
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.authorship import AuthorshipClassifier, reference_writing
+from fine_tune_dag.core.text.authorship import AuthorshipClassifier, Calibration, calibrate, reference_writing
 from fine_tune_dag.core.text.markdown import Markdown, table
-from fine_tune_dag.core.text.metrics import SharedRuns
+from fine_tune_dag.core.text.metrics import SharedRuns, words
 from fine_tune_dag.core.text.splits import records_of
 from fine_tune_dag.core.workflows.adapters import Log
 
@@ -87,6 +98,8 @@ def contender_costs(results: dict[str, pd.DataFrame], adapter: pd.Series, champi
 
 def written_side_by_side(voice: list[list[dict[str, str]]], written: dict[str, list[str]], count: int = 4) -> str:
     """The author's held-out passages beside what each contender wrote on the same prompt."""
+    if not written:
+        return ""
     rows = [
         [messages[-2]["content"], messages[-1]["content"], *(notes[i] for notes in written.values())]
         for i, messages in enumerate(voice[: min(count, *(len(notes) for notes in written.values()))])
@@ -104,48 +117,93 @@ def load_index(layout: DataLayout, log: Log) -> PassageIndex | None:
 
 
 def authorship_classifier(
-    model: Any, tokenizer: Any, train_writing: pd.DataFrame, settings: EvaluationSettings, log: Log
-) -> AuthorshipClassifier | None:
-    """Trained on the author's train passages against the base model's writing on the same kind of prompts
-    (train notes only) and the shipped reference writing of other authors."""
+    train_writing: pd.DataFrame, settings: EvaluationSettings, log: Log
+) -> tuple[AuthorshipClassifier | None, Calibration | None]:
+    """Trained on the author's train passages against the shipped writing of other authors only, never on a
+    contender's output; calibrated by cross-validation over the author's train notes."""
     if train_writing.empty:
         log.warning("no train passages: authorship not measured")
-        return None
-    prompts = [chat_messages(r.system, r.question, r.answer) for r in train_writing.itertuples(index=False)]
-    with contender_weights(model, None):
-        imitations = write_notes(
-            model, tokenizer, prompts[: settings.max_written_notes], settings, GenerationSettings()
-        )
-    return AuthorshipClassifier.fit(
-        train_writing["answer"].tolist(), imitations + reference_writing(), seed=settings.seed
-    )
+        return None, None
+    others = reference_writing()
+    passages, notes = train_writing["answer"].tolist(), train_writing["note_id"].tolist()
+    classifier = AuthorshipClassifier.fit(passages, [p.text for p in others], seed=settings.seed)
+    return classifier, calibrate(passages, notes, others, seed=settings.seed)
 
 
-def evaluate_adapter(
-    db: Warehouse,
-    adapter: pd.Series,
-    settings: EvaluationSettings,
-    layout: DataLayout,
+@dataclass
+class HeldOutResults:
+    """Everything the contenders produced on the held-out notes, item by item: what the report, the gate and a
+    cross-validated verdict (which pools several of these) are computed from."""
+
+    qa: dict[str, pd.DataFrame]
+    voice: dict[str, pd.DataFrame]
+    written: dict[str, list[str]]
+    attributed: dict[str, list[float]]
+    held_out: HeldOut
+    voice_prompts: list[list[dict[str, str]]]
+    qa_paths: list[str]
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """What one evaluation holds out and what it may learn from: Q&A items and writing items (voice) of the
+    held-out notes, and the writing items of the train notes (few-shot examples, the authorship classifier)."""
+
+    qa: pd.DataFrame
+    voice: pd.DataFrame
+    train_writing: pd.DataFrame
+
+    @classmethod
+    def of_dataset(cls, db: Warehouse) -> HeldOutSplit:
+        return cls(split_items(db, "test"), writing_items(db, "test"), writing_items(db, "train"))
+
+
+def outcome_summary(
+    outcome: HeldOutResults,
+    train: pd.DataFrame,
     policy: PromotionPolicy,
-    store: ArtifactStore,
-    log: Log,
-    judge: Judge | None = None,
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Evaluate one registered adapter against base, best-prompted base, base + retrieval, the champion and
-    itself with retrieval; write and record its report. `judge` (an LLM's `complete`) adds judged win rates.
-    Returns the summary and the metadata."""
-    test = split_items(db, "test")
-    voice_items = writing_items(db, "test")
-    if test.empty and voice_items.empty:
-        raise StageError("the test split is empty: add notes or raise dataset_splits.test_fraction")
-    store.fetch(f"adapters/{adapter.version}", Path(adapter.path))  # trained in another pod: from object storage
-    device = select_device(settings.device)
-    base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(settings.dtype, device))
-    adapter_paths = {"tuned": adapter.path}
+    seed: int,
+    calibration: Calibration | None,
+) -> tuple[dict[str, dict[str, float]], Efficacy]:
+    """Every contender's figures and paired comparisons, the classifier's calibration and how long the written
+    notes run against the author's; `train` (rows with `answer` and `passage`) is what a generation must not
+    regurgitate."""
+    shared = SharedRuns([*train["answer"].dropna().unique(), *train["passage"].dropna().unique()])
+    efficacy = measure_efficacy(
+        outcome.qa,
+        outcome.voice,
+        outcome.written,
+        outcome.attributed,
+        outcome.held_out,
+        outcome.qa_paths,
+        shared,
+        policy.max_shared_words,
+        seed,
+    )
+    summary = {name: summarize(frame) | efficacy.metrics[name] for name, frame in outcome.qa.items()}
+    for name, texts in outcome.written.items():
+        summary[name]["written_words"] = float(np.median([len(words(t)) for t in texts])) if texts else math.nan
+    passages = [messages[-1]["content"] for messages in outcome.voice_prompts[: len(outcome.held_out.written_notes)]]
+    summary["tuned"]["author_words"] = float(np.median([len(words(p)) for p in passages])) if passages else math.nan
+    if calibration is not None:
+        summary["tuned"][AUTHORSHIP_DECIDES] = float(calibration.decides)
+        summary["tuned"] |= interval_metrics("calibration_recall", calibration.recall)
+        summary["tuned"] |= interval_metrics("calibration_false_positives", calibration.false_positive_rate)
+    return summary, efficacy
+
+
+def held_out_contenders(
+    split: HeldOutSplit,
+    settings: EvaluationSettings,
+    index: PassageIndex | None,
+    champion: bool,
+) -> tuple[list[Contender], pd.DataFrame, pd.DataFrame]:
+    """The contenders and the held-out items they are asked: the Q&A items and the writing items (voice)."""
+    test = split.qa.head(settings.max_examples)
+    voice_items = split.voice.head(settings.max_voice_items)
     conversations = [r["messages"] for r in records_of(test)]
     voice = [chat_messages(r.system, r.question, r.answer) for r in voice_items.itertuples(index=False)]
-    voice = voice[: settings.max_voice_items]
-    train_writing = writing_items(db, "train")
+    train_writing = split.train_writing
     examples = pick_examples(
         list(zip(train_writing["question"], train_writing["answer"])),
         count=settings.few_shot_passages,
@@ -162,60 +220,117 @@ def evaluate_adapter(
             writes=True,
         ),
     ]
-    index = load_index(layout, log)
     retrieval: tuple[list, list, list] | None = None
     if index is not None:
         asked, cited = retrieval_conversations(conversations, index, settings.retrieval_top_k)
-        own_notes = voice_items["note_id"].tolist()[: len(voice)]
-        voice_asked, _ = retrieval_conversations(voice, index, settings.retrieval_top_k, own_notes)
+        voice_asked, _ = retrieval_conversations(voice, index, settings.retrieval_top_k, voice_items["note_id"].tolist())
         retrieval = (asked, voice_asked, cited)
         contenders.append(Contender("base+rag", None, asked, voice_asked, cited=cited))
+    if champion:
+        contenders.append(Contender("champion", "champion", conversations, voice, writes=True))
+    contenders.append(Contender("tuned", "tuned", conversations, voice, writes=True))
+    if retrieval is not None:
+        contenders.append(Contender("tuned+rag", "tuned", retrieval[0], retrieval[1], cited=retrieval[2]))
+    return contenders, test, voice_items
+
+
+def run_contenders(
+    model: PeftModel,
+    tokenizer: Any,
+    contenders: Sequence[Contender],
+    test: pd.DataFrame,
+    voice_items: pd.DataFrame,
+    classifier: AuthorshipClassifier | None,
+    settings: EvaluationSettings,
+    log: Log,
+) -> HeldOutResults:
+    """Answers, voice scores and written notes of every contender on the same held-out items, whatever the
+    held-out split lacks (no Q&A items, no passages)."""
+
+    def log_progress(contender: str, count: int) -> None:
+        log.info(f"{contender}: generated {count} more answers")
+
+    qa = compare_contenders(
+        model, tokenizer, contenders, test["source"].tolist(), test["note_id"].tolist(), settings, log_progress
+    )
+    log.info(f"voice: scoring {len(voice_items)} held-out passages under each of {len(contenders)} contenders")
+    voice = voice_scores(model, tokenizer, contenders, settings)
+    written_count = min(len(voice_items), settings.max_written_notes)
+    log.info(f"writing {written_count} notes per writing contender for authorship, loops and memorization")
+    written = written_notes(model, tokenizer, contenders, settings, GenerationSettings(seed=settings.seed))
+    attributed = {name: classifier.attributed(texts) for name, texts in written.items()} if classifier else {}
+    notes = voice_items["note_id"].tolist()
+    held_out = HeldOut(notes, test["note_id"].tolist(), notes[:written_count])
+    prompts = [list(c.voice) for c in contenders if c.name == "tuned"][0] if contenders else []
+    return HeldOutResults(qa, voice, written, attributed, held_out, prompts, test["path"].tolist())
+
+
+def evaluate_adapter(
+    db: Warehouse,
+    adapter: pd.Series,
+    settings: EvaluationSettings,
+    layout: DataLayout,
+    policy: PromotionPolicy,
+    store: ArtifactStore,
+    log: Log,
+    judge: Judge | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Evaluate one registered adapter against base, best-prompted base, base + retrieval, the champion and
+    itself with retrieval; write and record its report. `judge` (an LLM's `complete`) adds judged win rates.
+    Returns the summary and the metadata."""
+    store.fetch(f"adapters/{adapter.version}", Path(adapter.path))  # trained in another pod: from object storage
+    device = select_device(settings.device)
+    base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(settings.dtype, device))
+    adapter_paths = {"tuned": adapter.path}
     versions = {"tuned": adapter.version}
     champion = current_champion(db)
     if champion is not None and champion.version != adapter.version:
         if champion.base_model_path == adapter.base_model_path:
             store.fetch(f"adapters/{champion.version}", Path(champion.path))
             adapter_paths["champion"] = champion.path
-            contenders.append(Contender("champion", "champion", conversations, voice, writes=True))
             versions["champion"] = champion.version
         else:
             log.warning(
                 f"champion {champion.version} was trained on {champion.base_model}, not {adapter.base_model}: "
                 "the newcomer is judged against the base model"
             )
-    contenders.append(Contender("tuned", "tuned", conversations, voice, writes=True))
-    if retrieval is not None:
-        contenders.append(Contender("tuned+rag", "tuned", retrieval[0], retrieval[1], cited=retrieval[2]))
+    split = HeldOutSplit.of_dataset(db)
+    contenders, test, voice_items = held_out_contenders(split, settings, load_index(layout, log), "champion" in versions)
+    if test.empty and voice_items.empty:
+        log.warning("nothing is held out: the report can judge nothing (add notes or raise test_fraction)")
     model = with_adapters(base, adapter_paths)
     tokenizer = load_tokenizer(Path(adapter.path))
-
-    def log_progress(contender: str, count: int) -> None:
-        log.info(f"{contender}: generated {count} more answers")
-
-    results = compare_contenders(
-        model, tokenizer, contenders, test["source"].tolist(), test["note_id"].tolist(), settings, log_progress
-    )
-    log.info(f"voice: scoring {len(voice)} held-out passages under each of {len(contenders)} contenders")
-    voice_nll = voice_scores(model, tokenizer, contenders, settings)
-    log.info(f"writing up to {settings.max_written_notes} notes per contender for authorship, loops and memorization")
-    written = written_notes(model, tokenizer, contenders, settings, GenerationSettings(seed=settings.seed))
-    classifier = authorship_classifier(model, tokenizer, train_writing, settings, log)
-    train = train_split(db)
-    shared = SharedRuns([*train["answer"].dropna().unique(), *train["passage"].dropna().unique()])
-    efficacy = measure_efficacy(
-        results, voice_nll, written, test["path"].tolist()[: settings.max_examples], voice_items["note_id"].tolist()[: len(voice)], classifier, shared, policy.max_shared_words, settings.seed
-    )
-    summary = {name: summarize(frame) | efficacy.metrics[name] for name, frame in results.items()}
-    save_blind_trials(
+    classifier, calibration = authorship_classifier(split.train_writing, settings, log)
+    outcome = run_contenders(model, tokenizer, contenders, test, voice_items, classifier, settings, log)
+    summary, efficacy = outcome_summary(outcome, train_split(db), policy, settings.seed, calibration)
+    evidence = "the held-out notes of this dataset"
+    crossval = crossval_verdict_for(db, notes_key(db, adapter.dataset_version)) if outcome.held_out.notes == 0 else None
+    if crossval is not None and crossval.choice in ADAPTER_CONTENDERS and crossval.gate_passed:
+        summary["tuned"][CROSSVAL_TUNE_NOTES] = float(crossval.notes)
+        evidence = f"a cross-validated verdict on every note ({crossval.report_path}): {crossval.verdict}"
+    saved = save_blind_trials(
         db,
         adapter.version,
-        [(messages[-2]["content"], messages[-1]["content"], text) for messages, text in zip(voice, written["tuned"])],
+        [
+            BlindTrial(note, messages[-2]["content"], messages[-1]["content"], text)
+            for note, messages, text in zip(
+                outcome.held_out.written_notes, outcome.voice_prompts, outcome.written.get("tuned", [])
+            )
+        ],
+        seed=settings.seed,
     )
-    head_to_head = win_rates(results, "tuned", seed=settings.seed)
+    blind = blind_results(db, adapter.version)
+    head_to_head = win_rates(outcome.qa, "tuned", seed=settings.seed)
     if judge is not None:
-        head_to_head += judged_win_rates(results, "tuned", judge, seed=settings.seed)
+        head_to_head += judged_win_rates(outcome.qa, "tuned", judge, seed=settings.seed)
     gate = judge_challenger(summary, policy)
-    advice = recommendation(summary)
+    verdict = recommendation(summary, gate, outcome.held_out.notes, settings.min_held_out_notes, blind.picks)
+    if CROSSVAL_TUNE_NOTES in summary["tuned"]:
+        verdict = Verdict(
+            str(crossval.choice),
+            f"{crossval.verdict}\n\nThis adapter was trained on every note after that cross-validated verdict: "
+            "nothing is held out from it, so the tables below have nothing to show.",
+        )
     steps = pd.read_csv(Path(adapter.path) / "metrics.csv")
     facts = {
         "adapter": adapter.version,
@@ -225,39 +340,45 @@ def evaluate_adapter(
         "method": method_text(adapter),
         "trained on": f"{adapter.train_examples} {'preference pairs' if adapter.method == 'dpo' else 'examples'}, "
         f"{adapter.train_tokens} tokens, {adapter.train_seconds:.0f} s on {adapter.device}",
-        "test items evaluated": f"{len(results['base'])} Q&A items, {len(voice)} held-out passages (voice)",
+        "held out": outcome.held_out.text,
+        "judged on": evidence,
         "evaluated on": str(device),
     }
     files = write_report(
         layout.reports / adapter.version,
         f"Evaluation of {'DPO ' if adapter.method == 'dpo' else ''}adapter {adapter.version}",
         summary,
-        results,
+        outcome.qa,
         steps,
         facts,
-        promotion=("passes" if gate.passed else "does not pass") + f" — {gate.text}",
+        gate=gate,
+        verdict=verdict,
         head_to_head=head_to_head,
         edge_cases=tracked_edge_cases(db, adapter.version),
         efficacy=efficacy,
-        advice=advice,
-        uncertain=gate.uncertain,
-        blind=blind_results(db, versions.get("champion")) if "champion" in versions else None,
-        costs=contender_costs(results, adapter, champion),
-        written=written_side_by_side(voice, written),
+        calibration=calibration,
+        blind=blind,
+        costs=contender_costs(outcome.qa, adapter, champion),
+        written=written_side_by_side(outcome.voice_prompts, outcome.written),
+        min_held_out_notes=settings.min_held_out_notes,
     )
     evaluation = {
         "adapter_version": adapter.version,
-        "dataset_version": str(test["dataset_version"].iloc[0]),
+        "dataset_version": str(adapter.dataset_version),
         "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
         "report_path": str(files.markdown),
-        "test_examples": len(results["base"]),
+        "test_examples": len(test),
         "champion_version": versions.get("champion"),
         "device": str(device),
+        "recommendation": verdict.text,
     }
     record_evaluation(db, evaluation, summary, versions)
     published = store.publish(files.markdown.parent, f"reports/{adapter.version}")
     headline = {
-        f"{name}_{metric}": round(value, 4) for name, values in summary.items() for metric, value in values.items()
+        f"{name}_{metric}": round(value, 4)
+        for name, values in summary.items()
+        for metric, value in values.items()
+        if metric in METRIC_LABELS
     }
     return summary, {
         "report": files.markdown,
@@ -268,9 +389,12 @@ def evaluate_adapter(
         "method": adapter.method,
         "champion_version": versions.get("champion", "none"),
         "device": str(device),
-        "test_examples": len(results["base"]),
-        "recommendation": advice,
+        "test_examples": len(test),
+        "held_out": outcome.held_out.text,
+        "recommendation": verdict.text,
         "promotion_gate": gate.text,
+        "blind_trials": f"{saved.new} new, {saved.left_out} left out (the model wrote nothing)",
+        "authorship_calibration": calibration.text if calibration else "not measured",
         "voice_perplexity": {name: round(values["voice_perplexity"], 3) for name, values in summary.items()},
         "win_rates": Markdown(
             table([[f"tuned vs {n}", basis, str(rate)] for n, basis, rate in head_to_head], ["", "on", "win rate"])
