@@ -126,6 +126,9 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE adapters ADD COLUMN IF NOT EXISTS parent_version VARCHAR",
     # the order metrics were recorded in: PostgreSQL has no insertion order to read back
     "ALTER TABLE evaluation_metrics ADD COLUMN IF NOT EXISTS position INTEGER DEFAULT 0",
+    # the note a blind trial's passage came from (its bootstrap cluster) and the side its author text is shown on
+    "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS note_id VARCHAR",
+    "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS author_side VARCHAR",
 )
 
 
