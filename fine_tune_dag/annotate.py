@@ -19,6 +19,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ class Mode:
     page: str  # the page's file, beside this module
     item: str  # the state's key for what is shown (None when all is answered)
     item_id: str  # the field naming it in a choice
-    next_item: Callable[[Warehouse, str, random.Random], dict[str, str] | None]
+    next_item: Callable[[Warehouse, str], dict[str, str] | None]
     record: Callable[[Warehouse, str, str, str, str], str]  # (db, item id, labeler, side, shown_left)
     progress: Callable[[Warehouse, str], tuple[int, int]]
 
@@ -70,10 +71,15 @@ class Mode:
         return (self.item_id, "side", "shown_left")
 
 
-MODES = {  # page, item, item_id, next_item, record, progress
-    "preference": Mode("annotate.html", "comparison", "candidate_id", next_comparison, record_choice, progress),
-    "blind": Mode("annotate_blind.html", "trial", "trial_id", next_blind_trial, record_blind_pick, blind_progress),
-}
+def _modes(rng: random.Random) -> dict[str, Mode]:
+    """Each mode by name (page, item, item_id, next_item, record, progress). A comparison's left answer is drawn
+    from `rng` as it is shown; a blind trial's order was drawn when it was saved, so the page shows that."""
+    return {
+        "preference": Mode(
+            "annotate.html", "comparison", "candidate_id", partial(next_comparison, rng=rng), record_choice, progress
+        ),
+        "blind": Mode("annotate_blind.html", "trial", "trial_id", next_blind_trial, record_blind_pick, blind_progress),
+    }
 
 
 def _bad_request(reason: str) -> JSONResponse:
@@ -83,24 +89,24 @@ def _bad_request(reason: str) -> JSONResponse:
 def annotation_app(
     db: Warehouse, labeler: str, rng: random.Random | None = None, mode: str = "preference"
 ) -> Starlette:
-    """The page and its two JSON endpoints for one labeler; `rng` decides which text goes on the left, `mode`
-    is `preference` (which answer is better) or `blind` (which text did the author write).
+    """The page and its two JSON endpoints for one labeler; `mode` is `preference` (which answer is better, `rng`
+    deciding which goes on the left) or `blind` (which text did the author write, in the order stored with it).
 
     Handlers are async and call DuckDB directly, so requests are handled one after another: a single
     person labels, and serial writes keep their choices in order."""
     if not labeler.strip():
         raise ValueError("annotating needs the name of who is labelling")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    kind = MODES[mode]
-    rng = rng or random.Random()
+    modes = _modes(rng or random.Random())
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {', '.join(modes)}, not {mode!r}")
+    kind = modes[mode]
     page = _packaged(kind.page)
     fields = ", ".join(kind.fields)
 
     def state() -> dict[str, Any]:
         done, total = kind.progress(db, labeler)
         return {
-            kind.item: kind.next_item(db, labeler, rng),
+            kind.item: kind.next_item(db, labeler),
             "progress": {"done": done, "total": total},
             "labeler": labeler,
         }

@@ -131,6 +131,9 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE evaluation_metrics ADD COLUMN IF NOT EXISTS position INTEGER DEFAULT 0",
     # the verdict in words, computed once by the evaluation and shown wherever it is read
     "ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS recommendation VARCHAR",
+    # the note a blind trial's passage came from (its bootstrap cluster) and the side its author text is shown on
+    "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS note_id VARCHAR",
+    "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS author_side VARCHAR",
 )
 
 
