@@ -24,6 +24,10 @@ from pathlib import Path
 from results import Row, format_row, machine, table_header
 
 BENCH = Path(__file__).resolve().parent
+README = BENCH.parent / "README.md"
+# README.md quotes these benchmarks' rows between markers; run_all writes them there from the table it records,
+# and fine_tune_dag_tests/test_docs.py checks the two agree.
+QUOTED_IN_README = ("efficacy",)
 
 # script → (full sizes, quick sizes)
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
@@ -171,6 +175,20 @@ def results_markdown(sections: list[Section], stamp: str, quick: bool, only: lis
     return "\n".join(lines) + "\n"
 
 
+def quote_in_readme(readme: Path, sections: list[Section]) -> None:
+    """Each quoted benchmark's rows, as recorded, between its markers in README.md."""
+    text = readme.read_text()
+    for section in sections:
+        name = table_name(section.script)
+        if name not in QUOTED_IN_README:
+            continue
+        begin, end = f"<!-- {name} rows from bench/RESULTS.md -->", f"<!-- end of {name} rows -->"
+        if begin in text and end in text:
+            block = "\n".join(["```", *table_header(), *section.lines, "```"])
+            text = text[: text.index(begin) + len(begin)] + "\n" + block + "\n" + text[text.index(end) :]
+    readme.write_text(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not figures to record")
@@ -194,6 +212,8 @@ def main() -> int:
         if s.error:
             print(f"{s.script}: FAILED ({s.error})")
     args.results.write_text(results_markdown(sections, now.strftime("%Y-%m-%d %H:%M UTC"), args.quick, args.only))
+    if not args.quick:
+        quote_in_readme(README, sections)
     print(
         f"\nwritten to {args.results}"
         + (f", {len(sections) - len(rerun)} scripts' rows carried over" if args.only else "")

@@ -344,7 +344,11 @@ train split.
 
 
 def _write(folder: Path, text: str, loss_curve: Path | None, metrics_chart: Path) -> ReportFiles:
-    return _write(folder, text, loss_curve, metrics_chart)
+    markdown = folder / "report.md"
+    markdown.write_text(text, encoding="utf-8")
+    files = ReportFiles(markdown, loss_curve, metrics_chart, text)
+    files.write_html()
+    return files
 
 
 def write_verdict_report(
@@ -453,8 +457,4 @@ the base model and each adapter version.
 
 {edge_cases}
 """
-    markdown = folder / "report.md"
-    markdown.write_text(text, encoding="utf-8")
-    files = ReportFiles(markdown, loss_curve, metrics_chart, text)
-    files.write_html()
-    return files
+    return _write(folder, text, loss_curve, metrics_chart)
