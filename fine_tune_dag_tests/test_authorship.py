@@ -1,113 +1,205 @@
-"""The authorship classifier on two hand-made voices: a beekeeper's terse notes and encyclopedic prose."""
+"""The authorship classifier: learned from the author's passages against the shipped reference writers only,
+scored at one length and one formatting, and checked by note-wise cross-validation on the sample notes."""
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
-from fine_tune_dag.core.modeling.statistics import Interval
-from fine_tune_dag.core.text.authorship import AuthorshipClassifier, reference_writing
+from fine_tune_dag.core.text.authorship import (
+    MAX_FALSE_POSITIVE_RATE,
+    MIN_RECALL,
+    SCORED_WORDS,
+    AuthorshipClassifier,
+    calibrate,
+    length_matched,
+    reference_writing,
+)
+from fine_tune_dag.core.text.ingest import parse_note
 from fine_tune_dag.core.text.metrics import words
 
-BEEKEEPER = [
-    "checked hive 2 this morning. queen seen, eggs in 4 frames. I added a super, bees calm. smoke barely needed.",
-    "rain again so I stayed out of the hives. fed hive 3 a litre of 1:1 syrup through the top feeder.",
-    "hive 1 bearding on the front at 6pm, hot day. I propped the lid for air. no swarm cells yet, will look sat.",
-    "found 3 queen cells on frame 7 of hive 2. I split it: old queen + 4 frames into the nuc box. fingers crossed.",
-    "mites: did a sugar roll on hive 3, 4 mites per 300 bees. not great. I'll treat after the honey comes off.",
-    "took 2 frames of honey off hive 1, capped, maybe 5 kg. spun it in the kitchen, everything sticky, worth it.",
-    "nuc from the split is bringing in orange pollen. I saw the new queen on frame 3, marked her blue.",
-    "wasps at the entrance of hive 3 all afternoon. I narrowed the entrance to one bee space. they're fighting back.",
-    "winter check: hefted all three hives, 1 and 2 heavy, 3 light. I put a fondant block on 3 and closed up fast.",
-    "cold snap, bees clustered tight. I didn't open anything, just listened at the side of each box. hum in all three.",
-    "first cleansing flight today, 11 degrees. dead bees on the landing board of hive 2 but lots flying. phew.",
-    "ordered new frames and foundation, 30 of each. I need to fix the broken stand under hive 1 before spring.",
-    # held out
-    "hive 2 is angry today, stung twice through the gloves. I think a skunk has been scratching at the entrance.",
-    "swapped the brood boxes on hive 1 so the queen has room to move up. I'll check for eggs on thursday.",
-    "lime trees in flower, the smell is everywhere. I added a second super on hive 1, they're filling fast.",
-    "hive 3 queenless I think, no eggs, no young larvae. I gave them a frame of eggs from hive 1 to raise a queen.",
-    "harvest done. I got 14 jars from hive 1 and 9 from hive 2. labels printed, gave two to the neighbours.",
-    "cleaned the extractor and stored the supers with wax moth protection. I'm tired but the shed smells of honey.",
-]
-ENCYCLOPEDIA = [
-    "The Danube is the second-longest river in Europe, flowing some 2,850 kilometres from the Black Forest to the "
-    "Black Sea through ten countries.",
-    "Basalt is a fine-grained volcanic rock formed from the rapid cooling of lava rich in magnesium and iron. It "
-    "constitutes most of the oceanic crust.",
-    "The Treaty of Westphalia, concluded in 1648, ended the Thirty Years' War and is frequently cited as the origin of "
-    "the modern system of sovereign states.",
-    "Photosynthesis is the process by which green plants and certain other organisms convert light energy into "
-    "chemical energy stored in glucose.",
-    "The violin is a bowed string instrument with four strings tuned in perfect fifths. It is the smallest and "
-    "highest-pitched member of its family.",
-    "Mount Kilimanjaro, located in north-eastern Tanzania, is the highest mountain in Africa, with its summit at "
-    "approximately 5,895 metres above sea level.",
-    "The printing press, developed by Johannes Gutenberg around 1440, enabled the mass production of books and "
-    "contributed to the spread of literacy across Europe.",
-    "Copper is a chemical element with the symbol Cu and atomic number 29. It is a soft, malleable and ductile metal "
-    "with very high thermal and electrical conductivity.",
-    "The Byzantine Empire, also referred to as the Eastern Roman Empire, persisted for nearly a millennium after the "
-    "fall of the western provinces in the fifth century.",
-    "Glaciers are persistent bodies of dense ice that move under their own weight. They form where the accumulation "
-    "of snow exceeds its ablation over many years.",
-    "The Pacific Ocean is the largest and deepest of the world's oceanic divisions, extending from the Arctic in the "
-    "north to the Southern Ocean in the south.",
-    "Impressionism was an art movement that originated in France in the latter half of the nineteenth century, "
-    "characterised by visible brushstrokes and an emphasis on light.",
-    # held out
-    "The human heart is a muscular organ that pumps blood through the circulatory system. In adults it weighs "
-    "approximately 250 to 350 grams.",
-    "Latin is a classical language belonging to the Italic branch of the Indo-European languages. It was originally "
-    "spoken in the region around Rome known as Latium.",
-    "The Sahara is the largest hot desert in the world, covering much of North Africa. Its climate has alternated "
-    "between wet and dry periods over the past several hundred thousand years.",
-    "Penicillin, discovered by Alexander Fleming in 1928, was the first widely used antibiotic and remains an "
-    "important treatment for bacterial infections.",
-    "The city of Kyoto served as the imperial capital of Japan for more than one thousand years and is renowned for "
-    "its temples, shrines and gardens.",
-    "Granite is a coarse-grained intrusive igneous rock composed mainly of quartz, alkali feldspar and plagioclase. "
-    "It is widely used as a building material.",
-]
-TRAIN = 12
+SAMPLE_NOTES = Path(__file__).resolve().parents[1] / "data" / "notes"
+# Twenty words that appear in no note and no reference passage: a tail whose every n-gram is new.
+FOREIGN = (
+    "zqx vormel quandrix plethwick jorvane skelt mubrion fandle trevisk oplander gruntwhistle yarrowquin "
+    "belzaph crunkle dorriwan vespitch quillamor snade ottrevane blisk"
+)
 
 
-def test_the_classifier_tells_the_beekeeper_from_the_encyclopedia_on_held_out_texts():
-    classifier = AuthorshipClassifier.fit(BEEKEEPER[:TRAIN], ENCYCLOPEDIA[:TRAIN])
-    author, other = classifier.attributed_share(BEEKEEPER[TRAIN:], list(range(len(BEEKEEPER[TRAIN:])))), classifier.attributed_share(ENCYCLOPEDIA[TRAIN:], list(range(len(ENCYCLOPEDIA[TRAIN:]))))
-    assert author.value >= 0.75 and other.value <= 0.25, (author, other)
-    # The wistful last note ("I'm tired but the shed smells of honey") reads least like the terse ones.
-    assert (author, other) == (Interval(5 / 6, 0.5, 1.0, 6, 6), Interval(0.0, 0.0, 0.0, 6, 6))
-    probabilities = classifier.author_probability([BEEKEEPER[0], BEEKEEPER[-1], ENCYCLOPEDIA[-1]])
-    assert probabilities[0] > 0.5 > probabilities[1] > probabilities[2]
+def sample_passages() -> tuple[list[str], list[str]]:
+    """The sample author's Markdown and plain-text notes as passages of at least SCORED_WORDS words, each with
+    its note's file name: a note's paragraphs joined in order until long enough (a lone "Good dog. Old dog."
+    is too short to attribute), a short tail joined to the passage before it."""
+    texts: list[str] = []
+    notes: list[str] = []
+    for path in sorted([*SAMPLE_NOTES.glob("*.md"), *SAMPLE_NOTES.glob("*.txt")]):
+        passages: list[str] = []
+        current = ""
+        for paragraph in re.split(r"\n\s*\n", parse_note(path, SAMPLE_NOTES).text):
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+            if len(length_matched(current, SCORED_WORDS).split()) == SCORED_WORDS:
+                passages.append(current)
+                current = ""
+        if current and passages:
+            passages[-1] = f"{passages[-1]}\n\n{current}"
+        texts += passages
+        notes += [path.name] * len(passages)
+    return texts, notes
 
 
-def test_two_fits_on_the_same_texts_give_the_same_probabilities():
-    texts = BEEKEEPER[TRAIN:] + ENCYCLOPEDIA[TRAIN:]
-    first = AuthorshipClassifier.fit(BEEKEEPER[:TRAIN], ENCYCLOPEDIA[:TRAIN]).author_probability(texts)
-    second = AuthorshipClassifier.fit(BEEKEEPER[:TRAIN], ENCYCLOPEDIA[:TRAIN]).author_probability(texts)
-    assert first == second and len(first) == len(texts) and all(0.0 < p < 1.0 for p in first)
-    assert AuthorshipClassifier.fit(BEEKEEPER[:TRAIN], ENCYCLOPEDIA[:TRAIN]).author_probability([]) == []
+@pytest.fixture(scope="module")
+def sample() -> tuple[list[str], list[str]]:
+    return sample_passages()
 
 
-def test_the_beekeeper_is_told_from_the_shipped_reference_writing():
-    classifier = AuthorshipClassifier.fit(BEEKEEPER[:TRAIN], reference_writing())
-    assert classifier.attributed_share(BEEKEEPER[TRAIN:], list(range(len(BEEKEEPER[TRAIN:])))).value >= 0.75
-    assert classifier.attributed_share(ENCYCLOPEDIA, list(range(len(ENCYCLOPEDIA)))).value <= 0.25
+@pytest.fixture(scope="module")
+def classifier(sample: tuple[list[str], list[str]]) -> AuthorshipClassifier:
+    return AuthorshipClassifier.fit(sample[0], [passage.text for passage in reference_writing()])
 
 
-def test_the_reference_writing_is_many_passages_of_other_voices_without_the_header():
+def test_length_matched_drops_headings_and_markup_and_keeps_the_first_n_words():
+    text = (
+        "# Chain wear\n\n## How I check it\n\n- Three readings, **always** three.\n"
+        "2. One near the   quick link.\n> Quoted, then\n\n---\n\nplain words at the end."
+    )
+    assert length_matched(text, 5) == "Three readings, always three. One"
+    assert length_matched(text, 100) == (
+        "Three readings, always three. One near the quick link. Quoted, then plain words at the end."
+    )
+    assert length_matched("one two three", 2) == "one two"
+    assert length_matched("## only a heading", SCORED_WORDS) == ""
+
+
+def test_a_text_and_the_same_text_with_200_more_words_get_the_same_probability(
+    classifier: AuthorshipClassifier, sample: tuple[list[str], list[str]]
+):
+    passage = next(text for text in sample[0] if not text.startswith("#"))
+    assert len(words(passage)) > SCORED_WORDS and classifier.words == SCORED_WORDS
+    longer = f"{passage}\n\n{' '.join([FOREIGN] * 10)}"
+    listed = f"## A heading\n\n- **{passage}**"
+    reference = next(p.text for p in reference_writing() if p.register == "model-like")
+    probabilities = classifier.author_probability([passage, longer, listed, reference, reference + " " + FOREIGN * 10])
+    assert probabilities[0] == probabilities[1] == probabilities[2], probabilities
+    assert probabilities[3] == probabilities[4], probabilities
+    assert classifier.attributed([passage, reference]) == [float(probabilities[0] > 0.5), float(probabilities[3] > 0.5)]
+
+
+def test_training_texts_are_cut_into_windows_and_a_tail_under_half_a_window_is_dropped(
+    sample: tuple[list[str], list[str]]
+):
+    """Author texts of exactly two windows: twenty words more are a tail under half a window and change
+    nothing; forty are over half, become a window of their own, and change what is learned."""
+    cut = [length_matched(text, 2 * SCORED_WORDS) for text in sample[0]]
+    author = [text for text in cut if len(text.split()) == 2 * SCORED_WORDS]
+    other = [passage.text for passage in reference_writing()]
+    probes = [sample[0][1], other[0], FOREIGN]
+    assert len(author) == 4
+    plain = AuthorshipClassifier.fit(author, other).author_probability(probes)
+    short_tail = AuthorshipClassifier.fit([f"{text} {FOREIGN}" for text in author], other).author_probability(probes)
+    long_tail = AuthorshipClassifier.fit([f"{text} {FOREIGN} {FOREIGN}" for text in author], other)
+    assert short_tail == plain
+    assert long_tail.author_probability(probes) != plain
+
+
+def test_two_fits_on_the_same_texts_give_the_same_probabilities(sample: tuple[list[str], list[str]]):
+    other = [passage.text for passage in reference_writing()]
+    probes = sample[0][:5] + other[:5]
+    first = AuthorshipClassifier.fit(sample[0], other, seed=3).author_probability(probes)
+    second = AuthorshipClassifier.fit(sample[0], other, seed=3).author_probability(probes)
+    assert first == second and len(first) == len(probes) and all(0.0 < p < 1.0 for p in first)
+    assert AuthorshipClassifier.fit(sample[0], other).author_probability([]) == []
+
+
+def test_on_the_sample_notes_the_classifier_finds_the_author_and_rarely_mistakes_other_writers(
+    sample: tuple[list[str], list[str]]
+):
+    """Measured: 26 of the 27 held-out passages of 10 notes found; 23 of the 166 passages by 42 writers taken
+    for the author's, nearly all plain first-person or model-like prose on the author's subjects."""
+    texts, notes = sample
+    assert (len(texts), len(set(notes))) == (27, 10)
+    calibration = calibrate(texts, notes, reference_writing())
+    recall, false_positives = calibration.recall, calibration.false_positive_rate
+    assert (recall.notes, recall.items, false_positives.notes, false_positives.items) == (10, 27, 42, 166)
+    assert calibration.folds == 5 and calibration.decides, calibration
+    assert recall.value == pytest.approx(26 / 27) and false_positives.value == pytest.approx(23 / 166)
+    assert (recall.low, false_positives.low, false_positives.high) == pytest.approx((0.889, 0.066, 0.214), abs=0.001)
+    assert calibration.reason == (
+        "the classifier finds 96% of your own held-out passages and takes 14% of other writers' for yours"
+    )
+
+
+FIVE_REGISTERS = {
+    "Margaret Hollis",
+    "a modern recipe column",
+    "an encyclopedia",
+    "a local newspaper reporter",
+    "software documentation",
+}
+FIVE_FIRST_PERSON = {"Alan Birch", "Colin Marsh", "Danny Whitlock", "Gareth Pryce", "Kiran Mehta"}
+
+
+@pytest.mark.parametrize(
+    ("author_writers", "failing"),
+    [(FIVE_REGISTERS, ["finds only", "takes"]), (FIVE_FIRST_PERSON, ["takes"])],
+    ids=["five-voices-in-five-registers", "five-plain-first-person-voices"],
+)
+def test_calibration_cannot_decide_when_the_author_is_several_other_writers(
+    author_writers: set[str], failing: list[str]
+):
+    """Each writer is one "note": five voices in five registers have nothing in common to learn, so a held-out
+    one is not found; five plain first-person voices teach the classifier a register, not a person, and it
+    then takes the other first-person writers for the author."""
+    reference = reference_writing()
+    mine = [p for p in reference if p.writer.split(",")[0] in author_writers]
+    assert len({p.writer for p in mine}) == 5
+    calibration = calibrate([p.text for p in mine], [p.writer for p in mine], [p for p in reference if p not in mine])
+    assert not calibration.decides and calibration.folds == 5
+    assert (calibration.recall.value < MIN_RECALL) == ("finds only" in failing), calibration
+    assert calibration.false_positive_rate.value > MAX_FALSE_POSITIVE_RATE, calibration
+    assert [phrase for phrase in ("finds only", "takes") if phrase in calibration.reason] == failing
+
+
+def test_calibration_cannot_decide_on_two_notes(sample: tuple[list[str], list[str]]):
+    texts, notes = sample
+    two = [(text, note) for text, note in zip(texts, notes) if note in sorted(set(notes))[:2]]
+    calibration = calibrate([text for text, _ in two], [note for _, note in two], reference_writing())
+    assert not calibration.decides and calibration.folds == 0
+    assert calibration.reason == "too few notes to check the classifier: 2, and it takes at least 3"
+    assert math.isnan(calibration.recall.value) and math.isnan(calibration.false_positive_rate.value)
+
+
+def test_the_reference_set_is_many_writers_and_registers_each_passage_with_its_source():
     passages = reference_writing()
-    assert len(passages) >= 20
-    assert all(60 <= len(words(p)) <= 150 for p in passages), [len(words(p)) for p in passages]
-    assert passages[0].startswith("It is a truth universally acknowledged")
-    assert not [p for p in passages if p.startswith("#") or "\n" in p]
-    assert len(set(passages)) == len(passages)
+    writers = Counter(p.writer for p in passages)
+    registers: dict[str, set[str]] = {}
+    for passage in passages:
+        registers.setdefault(passage.register, set()).add(passage.writer)
+    assert len(passages) >= 150 and len(writers) >= 15 and len(registers) >= 10, (len(passages), len(writers))
+    assert len(registers["plain first-person"]) >= 5 and len(registers["model-like"]) >= 2
+    assert all(writers[w] >= 6 for w in registers["plain first-person"] | registers["model-like"])
+    assert all(60 <= len(words(p.text)) <= 150 for p in passages), [len(words(p.text)) for p in passages]
+    assert all(p.source.startswith(("written for this project", "public domain: ")) for p in passages)
+    assert len({p.text for p in passages}) == len(passages)
+    assert not [p for p in passages if p.text.startswith("#")]
+    austen = next(p for p in passages if p.writer == "Jane Austen")
+    assert austen.register == "literary fiction"
+    assert austen.source == "public domain: Jane Austen, Pride and Prejudice (1813)"
+    assert austen.text.startswith("It is a truth universally acknowledged")
 
 
 @pytest.mark.parametrize(
     ("author", "other", "missing"),
-    [([], ENCYCLOPEDIA, "no author texts"), (BEEKEEPER, [], "no other texts")],
+    [
+        ([], ["some other writing", "and more"], "no author texts"),
+        (["my own writing", "and more"], [], "no other texts"),
+        (["## only a heading"], ["some other writing", "and more"], "no author texts"),
+        (["my own writing"], ["some other writing", "and more"], "at least two author texts"),
+    ],
 )
-def test_fitting_needs_both_sides(author: list[str], other: list[str], missing: str):
+def test_fitting_needs_two_texts_on_each_side(author: list[str], other: list[str], missing: str):
     with pytest.raises(ValueError, match=missing):
         AuthorshipClassifier.fit(author, other)
