@@ -27,6 +27,7 @@ import pandas as pd
 
 from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.text.markdown import prose_words
 
 AUTHOR, MODEL = "author", "model"
 OTHER = {AUTHOR: MODEL, MODEL: AUTHOR}
@@ -38,13 +39,6 @@ NO_READINGS = (
 
 # The adapter version whose trials were saved last: the one people are asked about.
 _NEWEST_VERSION = "(SELECT adapter_version FROM blind_trials ORDER BY created_at DESC, adapter_version DESC LIMIT 1)"
-
-# Markup that says "these are notes" rather than how someone writes: a heading line, a rule (or a heading's
-# underline), and the quote and list markers a line starts with (their text stays).
-_HEADING = re.compile(r"\s{0,3}#{1,6}(\s.*)?")
-_RULE = re.compile(r"\s*([-=*_])(\s*\1){2,}\s*")
-_LINE_MARKERS = re.compile(r"^\s*(>\s*)*([-*+]\s+|\d{1,9}[.)]\s+)?")
-
 
 @dataclass(frozen=True)
 class BlindTrial:
@@ -89,17 +83,11 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' * (number != 1)}"
 
 
-def _words(text: str) -> list[str]:
-    """The words of a text with its notes' markup gone; line breaks count as spaces, so paragraphs join."""
-    lines = (line for line in text.splitlines() if not (_HEADING.fullmatch(line) or _RULE.fullmatch(line)))
-    return [word for line in lines for word in _LINE_MARKERS.sub("", line, count=1).split()]
-
-
 def matched_pair(author_text: str, model_text: str) -> tuple[str, str]:
     """The two texts as a reader should compare them: markup stripped, each one paragraph (the author's
     paragraphing is not the model's, and a cut leaves it meaningless), both cut to the shorter's word count, so
     neither length nor layout gives the author away. Empty texts when either has no words."""
-    author, model = _words(author_text), _words(model_text)
+    author, model = prose_words(author_text), prose_words(model_text)
     words = min(len(author), len(model))
     return " ".join(author[:words]), " ".join(model[:words])
 

@@ -30,6 +30,7 @@ from sklearn.pipeline import FeatureUnion
 from sklearn.utils.class_weight import compute_sample_weight
 
 from fine_tune_dag.core.modeling.statistics import NO_ITEMS, Interval, clustered_mean
+from fine_tune_dag.core.text.markdown import prose_words
 
 REFERENCE_WRITING = Path(__file__).with_name("reference_writing")
 AUTHOR, OTHER = 1, 0
@@ -50,10 +51,6 @@ CUT_FOLDS = 5
 # most anywhere between 1 and 100.
 INVERSE_REGULARIZATION = 10.0
 
-_HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
-_RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$")
-_MARKER = re.compile(r"^\s*(?:[-*+•>]|\d{1,3}[.)])\s+")
-_EMPHASIS = re.compile(r"\*+|_{2,}")
 _HEADER_FIELD = re.compile(r"^#\s*(writer|register|source):\s*(.+?)\s*$")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 
@@ -84,24 +81,28 @@ class Calibration:
     decides: bool
     reason: str
 
-
-def _prose_words(text: str) -> list[str]:
-    """The words of a text as plain prose: headings and rules dropped, list and quote markers and emphasis
-    stripped, so that formatting is the same for every writer."""
-    lines = [line for line in text.splitlines() if not (_HEADING.match(line) or _RULE.match(line))]
-    return _EMPHASIS.sub("", " ".join(_MARKER.sub("", line) for line in lines)).split()
+    @property
+    def text(self) -> str:
+        """The report's sentence: both rates with their intervals and counts, and whether authorship decides."""
+        return (
+            f"it finds {self.recall} of your own held-out passages ({self.recall.notes} notes) and takes "
+            f"{self.false_positive_rate} of other writers' passages for yours ({self.false_positive_rate.notes} "
+            f"writers), over {self.folds} folds: "
+            + (self.reason if self.decides else f"authorship cannot decide — {self.reason}")
+            + "."
+        )
 
 
 def length_matched(text: str, words: int) -> str:
     """The first `words` words of a text as plain prose: what the classifier scores, so that every text is
     judged on the same amount of writing."""
-    return " ".join(_prose_words(text)[:words])
+    return " ".join(prose_words(text)[:words])
 
 
 def _windows(text: str, words: int) -> list[str]:
     """Consecutive `words`-word windows of a text, as plain prose. A remainder under half a window is
     dropped; a text shorter than one window is kept whole."""
-    tokens = _prose_words(text)
+    tokens = prose_words(text)
     if len(tokens) <= words:
         return [" ".join(tokens)] if tokens else []
     windows = [tokens[start : start + words] for start in range(0, len(tokens), words)]

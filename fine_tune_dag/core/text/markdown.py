@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import pandas as pd
+
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
+_RULE = re.compile(r"^\s*([-=*_])(\s*\1){2,}\s*$")
+_MARKER = re.compile(r"^\s*(?:(?:>\s*)+|[-*+•]\s+|\d{1,9}[.)]\s+)")
+_EMPHASIS = re.compile(r"\*+|_{2,}")
+
+
+def prose_words(text: str) -> list[str]:
+    """The words of a text as plain prose: headings and rules dropped, list and quote markers and emphasis
+    stripped, so that formatting is the same for every writer."""
+    lines = [line for line in text.splitlines() if not (_HEADING.match(line) or _RULE.match(line))]
+    return _EMPHASIS.sub("", " ".join(_MARKER.sub("", line) for line in lines)).split()
 
 
 def cell(value: Any, limit: int = 160) -> str:
