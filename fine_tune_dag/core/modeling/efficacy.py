@@ -204,7 +204,7 @@ class Verdict:
     text: str
 
 
-_ADVICE = {
+ADVICE = {
     "base": "**Base model**: nothing measured beat the base model as it is",
     "prompted": "**Prompt**: the base model with your own passages as examples",
     "base+rag": "**Retrieve**: the base model with retrieval over your notes",
@@ -236,13 +236,17 @@ def beaten_by(summary: Mapping[str, Mapping[str, float]], name: str) -> list[str
 
 
 def wins_of(summary: Mapping[str, Mapping[str, float]], name: str) -> list[str]:
-    """The measures on which `name` beats some contender beyond noise, in words."""
-    return [
-        f"{measure.label} over {other}"
-        for measure in verdict_measures(summary)
-        for other in summary
-        if other != name and (gap := stored_gap(summary, name, measure, other)) is not None and measure.better(gap)
-    ]
+    """The measures on which `name` beats other contenders beyond noise, each with whom it beats, in words."""
+    wins = []
+    for measure in verdict_measures(summary):
+        beaten = [
+            other
+            for other in summary
+            if other != name and (gap := stored_gap(summary, name, measure, other)) is not None and measure.better(gap)
+        ]
+        if beaten:
+            wins.append(f"{measure.label} over {', '.join(beaten)}")
+    return wins
 
 
 def what_would_decide(held_out_notes: int, min_notes: int, blind_picks: int) -> str:
@@ -268,7 +272,7 @@ def recommendation(
     eligible = [name for name in names if name not in ADAPTER_CONTENDERS or gate.passed]
     unbeaten = [name for name in eligible if not beaten_by(summary, name)]
     decided = {name: wins_of(summary, name) for name in names}
-    notes = [f"{name} is better beyond noise on {', '.join(wins)}" for name, wins in decided.items() if wins]
+    notes = [f"{name} is better beyond noise on {'; and on '.join(wins)}" for name, wins in decided.items() if wins]
     if not gate.passed and "tuned" in summary:
         notes.append(f"the promotion gate refused the new adapter ({gate.text})")
     evidence = "; ".join(notes) if notes else "no contender is better than another beyond noise on any measure"
@@ -283,9 +287,9 @@ def recommendation(
     if all(not wins for wins in decided.values()):
         return Verdict(
             choice,
-            f"{_ADVICE[choice]} — nothing is decided: {evidence}, so the cheapest contender stands. "
+            f"{ADVICE[choice]} — nothing is decided: {evidence}, so the cheapest contender stands. "
             f"What would decide it: {decide}.",
         )
     others = [name for name in unbeaten[1:] if name != choice]
     tie = f" ({', '.join(others)} also unbeaten, at a higher cost)" if others else ""
-    return Verdict(choice, f"{_ADVICE[choice]}{tie} — {evidence}. What would decide more: {decide}.")
+    return Verdict(choice, f"{ADVICE[choice]}{tie} — {evidence}. What would decide more: {decide}.")
