@@ -146,6 +146,46 @@ def test_eos_ends_one_row_and_leaves_the_others(model, tiny_tokenizer, prompts):
     assert batched[:3] + batched[4:] == others[:3] + others[4:]
 
 
+def test_each_prompt_stops_at_its_own_token_limit(model, tiny_tokenizer, prompts):
+    """Rows with limits of their own, in one padded batch and in batches that rows join as others finish."""
+    limits = [3, 12, 5, 1, 8, 10]
+    ids = [alone(model, tiny_tokenizer, p) for p in prompts]
+    assert all(tiny_tokenizer.eos_token_id not in i for i in ids)  # only the limits end these rows
+    for batch_size in (2, len(prompts)):
+        rows: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+        for step in decode(model, tiny_tokenizer, prompts, limits, batch_size=batch_size):
+            for row, tokens in step.tokens.items():
+                rows[row].extend(tokens)
+        assert [rows[i] for i in range(len(prompts))] == [i[:limit] for i, limit in zip(ids, limits)]
+        assert generate_batch(model, tiny_tokenizer, prompts, limits, batch_size=batch_size) == [
+            continuation_text(tiny_tokenizer, i[:limit], ()) for i, limit in zip(ids, limits)
+        ]
+    with pytest.raises(ValueError, match="2 token limits for 6 prompts"):
+        generate_batch(model, tiny_tokenizer, prompts, [3, 4])
+
+
+def test_written_notes_may_run_as_long_as_their_reference_plus_a_margin(model, tiny_tokenizer, monkeypatch):
+    """A long passage's counterpart is not cut at a fixed length and a short one's does not run on; the setting
+    caps them all."""
+    import fine_tune_dag.core.modeling.evaluation as evaluation
+
+    asked: list[object] = []
+
+    def spy(*args: Any, **kwargs: Any) -> list[str]:
+        asked.append(args[3])
+        return generate_batch(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate_batch", spy)
+    references = ["Short.", "The chain wears slowly, then all at once.", "the bees are quiet in the cold. " * 9]
+    lengths = [len(tiny_tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references]
+    assert lengths == [5, 10, 74]
+    conversations = [chat_messages("You are me.", "Write a note about chains.", r) for r in references]
+    notes = write_notes(
+        model, tiny_tokenizer, conversations, EvaluationSettings(written_max_new_tokens=64), GenerationSettings()
+    )
+    assert asked == [[21, 26, 64]] and len(notes) == 3  # 16 tokens over each reference, at most 64
+
+
 def ngrams(ids: list[int], size: int) -> list[tuple[int, ...]]:
     return [tuple(ids[i : i + size]) for i in range(len(ids) - size + 1)]
 

@@ -5,15 +5,17 @@ import random
 import pandas as pd
 import pytest
 
-from fine_tune_dag.core.modeling.chat import render_training_example, text_messages
+from fine_tune_dag.core.modeling.chat import chat_messages, render_training_example, text_messages
 from fine_tune_dag.core.modeling.sft import TrainingSettings, mix_weights
 from fine_tune_dag.core.text.mixing import mixed_conversations, weighted
 from fine_tune_dag.core.text.splits import assign_splits, records_of
 from fine_tune_dag.core.text.writing import (
     CONTINUE_PROMPTS,
+    OPENING_PROMPTS,
     WRITE_PROMPTS,
     WRITING_SYSTEM_PROMPTS,
     continuation,
+    opening,
     passage_topic,
     writing_examples,
 )
@@ -45,16 +47,86 @@ def test_a_write_task_names_the_heading_and_answers_with_the_verbatim_passage():
     assert (start + " " + cont["answer"]).replace("\n\n", " ") in (PASSAGE + " Day 0.").replace("\n\n", " ")
 
 
-def test_topics_prefer_the_heading_then_a_short_topic_then_the_title():
-    assert passage_topic("# Moth\n\nShe sleeps.", "dogs", "File") == "Moth"
-    assert passage_topic("She sleeps.", "the shop dog", "File") == "the shop dog"
-    assert passage_topic("She sleeps.", "a long sentence an LLM returned as a topic for this passage", "Moth") == "Moth"
+ESSAY = [  # passages of a note without headings, as a PDF essay is chunked
+    "Slowness is not the old term for patience. It is the new one. I learned it at the bench, truing wheels.",
+    "The wind carries everything out of the yard. Sawdust, bees, the smell of degreaser. Moth watches it go.",
+]
+
+
+def essay(topics: list[str | None], title: str = "On Slowness") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"note_id": "essay", "passage_index": i, "text": f"{text} Part {i}.", "topic": topic, "title": title}
+            for i, (text, topic) in enumerate(zip(ESSAY * len(topics), topics))
+        ]
+    )
+
+
+def write_questions(passages: pd.DataFrame) -> list[str]:
+    return writing_examples(passages).query("mode == 'write'")["question"].tolist()
+
+
+def test_topics_prefer_the_heading_then_a_short_topic():
+    assert passage_topic("# Moth\n\nShe sleeps.", "dogs") == "Moth"
+    assert passage_topic("She sleeps.", "the shop dog") == "the shop dog"
+    assert passage_topic("She sleeps.", "a long sentence an LLM returned as a topic for this passage") is None
+    assert passage_topic("She sleeps.", None) is None
+
+
+def test_a_passage_without_heading_or_topic_is_asked_for_by_its_own_first_words():
+    assert write_questions(essay([None, None])) == [
+        "Put down the note that starts “Slowness is not the old term…”.",
+        "In your own words, the note that begins “The wind carries everything out of…”.",
+    ]
+    assert any(q.format(opening="x") == "Put down the note that starts “x”." for q in OPENING_PROMPTS)
+    assert opening("Three words only.") == "Three words only."  # no ellipsis where nothing follows
+
+
+def test_passages_of_one_note_without_headings_get_prompts_of_their_own():
+    """The chunker labels every heading-less passage of a PDF essay with the note's title, which named them all
+    alike ("… On Slowness" in seven prompts of eight)."""
+    titled = write_questions(essay(["On Slowness"] * 6))
+    assert len(set(titled)) == 6 and not any("On Slowness" in q for q in titled)
+    assert all("Slowness is not" in q or "The wind carries" in q for q in titled)
+    assert "wind" in write_questions(essay(["wind", "slowness"]))[0]  # a topic of its own still names a passage
+    assert "Market day" in write_questions(essay(["Market day"], title="Market day"))[0]  # so does a lone note's
+    section = essay(["Swarming", "Swarming"]).assign(text=["## Swarming\n\nThey go in June.", "Then they settle."])
+    assert [q.count("Swarming") for q in write_questions(section)] == [1, 0]  # its own heading; the inherited one
+
+
+def test_the_opening_prompt_changes_only_the_write_ids_of_a_passage_without_a_heading():
+    """Ids as the title prompts gave them: pretrain and continue stay, write is new; with a heading none changes."""
+    ids = writing_examples(essay(["On Slowness"] * 2)).set_index(["passage_index", "mode"])["pair_id"].to_dict()
+    assert ids[0, "pretrain"] == "bcecd519ad299d44" and ids[0, "continue"] == "eaeb4a16dc2862e6"
+    assert ids[1, "pretrain"] == "43a441d267589006" and ids[1, "continue"] == "2aa611d8ad63e147"
+    assert (ids[0, "write"], ids[1, "write"]) == ("0cec8acd772a9981", "4ce6bf96bd35a1f5")  # were bdbc…, c4fc…
+    headed = writing_examples(passages().assign(text=PASSAGE))
+    assert headed["pair_id"].tolist() == ["14949a099ebcffde", "d956f959050a5a31", "8d33633777e5df1a"]
 
 
 def test_continuation_cuts_at_a_sentence_boundary_and_needs_two_sentences():
     assert continuation("One sentence only.", random.Random(0)) is None
     start, rest = continuation("First. Second. Third. Fourth.", random.Random(0))
     assert (start, rest) == ("First. Second.", "Third. Fourth.")  # a seeded cut in the first half
+
+
+def test_a_continuation_runs_to_the_end_of_the_passage():
+    """Not the next few sentences: a cut mid-passage put EOS where the author had not stopped."""
+    text = "One. Two. Three. Four. Five. Six. Seven. Eight. Nine."
+    start, rest = continuation(text, random.Random(0))
+    assert (start, rest) == ("One. Two. Three. Four.", "Five. Six. Seven. Eight. Nine.")  # was "Five. … Eight."
+
+
+def test_every_writing_answer_ends_where_its_passage_ends_with_one_eos(tiny_tokenizer):
+    """The stop each writing task teaches is the author's own: after the passage's last words, once."""
+    long = essay([None, None]).assign(text=lambda f: f["text"] + " Then more. And more. Still more. Later. The end.")
+    for row in writing_examples(long).itertuples(index=False):
+        assert long["text"].iloc[row.passage_index].endswith(row.answer)
+        asked = row.mode != "pretrain"
+        messages = chat_messages(row.system, row.question, row.answer) if asked else text_messages(row.answer)
+        learned = [t for t in render_training_example(tiny_tokenizer, messages).labels if t != -100]
+        assert learned.count(tiny_tokenizer.eos_token_id) == 1 and learned[-1] == tiny_tokenizer.eos_token_id
+        assert tiny_tokenizer.decode(learned[:-1]) == row.answer
 
 
 def test_phrasings_vary_with_the_seed_and_stay_put_for_an_unchanged_passage():

@@ -386,8 +386,11 @@ class Lanes:
             self.finished | {len(self.rows) + s for s in other.finished},
         )
 
-    def record(self, new: list[list[int]], tokenizer: Any, stop_strings: tuple[str, ...], new_tokens: int) -> Step:
-        """Take each row's new tokens up to the first that finishes it (EOS, a stop string, the limit)."""
+    def record(
+        self, new: list[list[int]], tokenizer: Any, stop_strings: tuple[str, ...], limits: Sequence[int]
+    ) -> Step:
+        """Take each row's new tokens up to the first that finishes it (EOS, a stop string, its prompt's limit in
+        `limits`)."""
         chosen: dict[int, list[int]] = {}
         ended: list[int] = []
         tail = max((len(s) for s in stop_strings), default=0) + 4  # tokens enough to hold a stop string
@@ -396,13 +399,13 @@ class Lanes:
             if slot in self.finished:
                 continue
             taken: list[int] = []
-            lookup = self.lookups[slot]
+            lookup, limit = self.lookups[slot], limits[self.rows[slot]]
             for token in tokens:
                 taken.append(token)
                 lookup.extend([token])
                 done = produced[slot] + len(taken)
                 text = tokenizer.decode(lookup.seen[-min(tail, done) :]) if stop_strings else ""
-                if token == tokenizer.eos_token_id or done >= new_tokens or any(s in text for s in stop_strings):
+                if token == tokenizer.eos_token_id or done >= limit or any(s in text for s in stop_strings):
                     self.finished.add(slot)
                     ended.append(self.rows[slot])
                     break
@@ -415,11 +418,20 @@ class Lanes:
         return Step(chosen, ended, False)
 
 
+def token_limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    """One limit for each of `count` prompts: the same for all, or each prompt's own."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * count
+    if len(max_new_tokens) != count:
+        raise ValueError(f"{len(max_new_tokens)} token limits for {count} prompts")
+    return list(max_new_tokens)
+
+
 def decode(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     decoding: Decoding = Decoding(),
     stop_strings: Sequence[str] = (),
     batch_size: int | None = None,
@@ -428,9 +440,10 @@ def decode(
 ) -> Iterator[Step]:
     """Each step's new tokens by prompt index, for the rows decoding then, until every prompt has finished:
     at EOS (yielded), at a stop string wholly in the generated text (its last token yielded), or at
-    `max_new_tokens`. At most `batch_size` rows decode at once (all by default); as rows finish, the next
-    prompts in order take their places, so a batch is not held back by its longest answer. `arrivals(room)`, when
-    given, is asked at each step for up to `room` more prompts, which join the batch (a server's new requests).
+    `max_new_tokens` (one limit for every prompt, or one per prompt). At most `batch_size` rows decode at once (all
+    by default); as rows finish, the next prompts in order take their places, so a batch is not held back by its
+    longest answer. `arrivals(room)`, when given, is asked at each step for up to `room` more prompts, which join
+    the batch (a server's new requests) with the largest limit.
 
     Greedy decoding without an n-gram ban also reads up to `drafts` tokens proposed by `PromptLookup` in
     the same step and keeps those the model would have chosen itself (0: one token a step). Runs under
@@ -440,7 +453,7 @@ def decode(
             model,
             tokenizer,
             prompts,
-            max_new_tokens,
+            token_limits(max_new_tokens, len(prompts)),
             decoding,
             tuple(s for s in stop_strings if s),
             batch_size or len(prompts),
@@ -453,7 +466,7 @@ def _decode(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
+    limits: list[int],
     decoding: Decoding,
     stop_strings: tuple[str, ...],
     batch_size: int,
@@ -465,7 +478,8 @@ def _decode(
     generators: dict[int, torch.Generator] = {}  # by prompt, made as each is admitted
     plain = has_plain_cache(model)  # rows join a running batch, and drafts are read, only on a cache of our own
     drafts = drafts if plain else 0
-    spare = max_new_tokens + drafts + 1  # free columns a batch starts with: at least one step's
+    longest = max(limits, default=0)
+    spare = longest + drafts + 1  # free columns a batch starts with: at least one step's
     waiting = list(range(len(prompts)))[::-1]
     lanes: Lanes | None = None
 
@@ -479,6 +493,7 @@ def _decode(
             room = batch_size - len(waiting) - (len(lanes.rows) - len(lanes.finished) if lanes else 0)
             for prompt in arrivals(room) if room > 0 else ():
                 prompts.append(prompt)
+                limits.append(longest)
                 waiting.insert(0, len(prompts) - 1)
                 arrived = True
         if not waiting and lanes is None:
@@ -493,10 +508,10 @@ def _decode(
                 if decoding.temperature > 0:
                     generators.update(zip(admitted, row_generators(new, decoding.seed, device)))
                 started = Lanes.start(
-                    read_prompts(model, new, tokenizer.pad_token_id, spare), admitted, new, max_new_tokens
+                    read_prompts(model, new, tokenizer.pad_token_id, spare), admitted, new, longest
                 )
                 first = choose(started.read.logits, started)
-                step = started.record([[t] for t in first.tolist()], tokenizer, stop_strings, max_new_tokens)
+                step = started.record([[t] for t in first.tolist()], tokenizer, stop_strings, limits)
                 yield Step(step.tokens, step.finished, not waiting and not live and len(started.finished) == len(new))
                 kept = kept.join(started, spare) if kept else started
             lanes = kept
@@ -520,7 +535,7 @@ def _decode(
             lanes.read.attends[:, lanes.column - inputs.shape[1] : lanes.column] = kept_columns
         else:
             new = [[t] for t in choose(logits[:, 0], lanes).tolist()]
-        step = lanes.record(new, tokenizer, stop_strings, max_new_tokens)
+        step = lanes.record(new, tokenizer, stop_strings, limits)
         done = len(lanes.finished) == len(lanes.rows)
         yield Step(step.tokens, step.finished, done and not waiting)
         if done:

@@ -55,7 +55,13 @@ class EvaluationSettings:
             "loops and memorization (all of them when fewer)"
         },
     )
-    written_max_new_tokens: int = field(default=96, metadata={"help": "length of each written note, in tokens"})
+    written_max_new_tokens: int = field(
+        default=512,
+        metadata={
+            "help": "the longest a written note may run, in tokens; below it, each note may run as long as the "
+            "passage it stands beside, plus a sentence"
+        },
+    )
     few_shot_passages: int = field(
         default=3, metadata={"help": "the author's own train passages shown to the best-prompted base model"}
     )
@@ -223,6 +229,9 @@ def written_notes(
     return notes
 
 
+WRITTEN_MARGIN_TOKENS = 16  # about a sentence: a note a little longer than its reference is not cut off
+
+
 def write_notes(
     model: Any,
     tokenizer: Any,
@@ -230,13 +239,18 @@ def write_notes(
     settings: EvaluationSettings,
     generation: GenerationSettings,
 ) -> list[str]:
-    """The model's writing on each conversation's prompt (its last turn, the reference, is left out)."""
+    """The model's writing on each conversation's prompt (its last turn, the reference, is left out), each
+    allowed as many tokens as its reference and `WRITTEN_MARGIN_TOKENS` more: one limit for all would cut long
+    passages' counterparts short and let short ones run on, so length alone would tell the author's apart."""
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
+    answers = [messages[-1]["content"] for messages in conversations]
+    references = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
+    limits = [min(len(ids) + WRITTEN_MARGIN_TOKENS, settings.written_max_new_tokens) for ids in references]
     return generate_batch(
         model,
         tokenizer,
         prompts,
-        settings.written_max_new_tokens,
+        limits,
         temperature=generation.temperature,
         top_p=generation.top_p,
         batch_size=settings.batch_size,

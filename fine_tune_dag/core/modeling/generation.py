@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import GenerationConfig
 
-from fine_tune_dag.core.modeling.decoding import Decoding, decode
+from fine_tune_dag.core.modeling.decoding import Decoding, decode, token_limits
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.memory_budget import ModelShape, available_bytes, decoding_bytes, fitting_rows
 
@@ -73,7 +73,7 @@ def generate_batch(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     temperature: float = 0.0,
     top_p: float = 1.0,
     batch_size: int = 8,
@@ -86,17 +86,19 @@ def generate_batch(
     """Decode continuations of token-id prompts, at most `batch_size` at once, in order of length (see
     `decoding.decode`); `on_batch` hears how many more are done, about a batch at a time.
 
-    A row that reaches EOS or one of `stop_strings` is finished, and its text ends before the stop string.
+    `max_new_tokens` is one limit for every prompt or one per prompt. A row that reaches EOS or one of
+    `stop_strings` is finished, and its text ends before the stop string.
     Sampling is seeded by `seed` and each prompt, so a cached request and a fresh one agree whatever their
     batch. `no_repeat_ngram_size` > 0 forbids a row to repeat any run of that many of its own generated
     tokens (the prompt's are free to quote). `**asdict(GenerationSettings(...))` fills the decoding arguments.
     With `memory_budget_gb`, fewer rows decode at once where `batch_size` rows of the longest prompt would not fit.
     """
+    limits = token_limits(max_new_tokens, len(prompts))
     if memory_budget_gb is not None and prompts:
         shape, longest = ModelShape.of(model.config), max(len(p) for p in prompts)
         batch_size = fitting_rows(
             batch_size,
-            lambda rows: decoding_bytes(shape, rows, longest, max_new_tokens, model.dtype.itemsize),
+            lambda rows: decoding_bytes(shape, rows, longest, max(limits), model.dtype.itemsize),
             available_bytes(memory_budget_gb),
         )
     decoding = Decoding(temperature, top_p, no_repeat_ngram_size, seed)
@@ -104,7 +106,7 @@ def generate_batch(
     tokens: list[list[int]] = [[] for _ in prompts]
     unreported = 0
     for step in decode(
-        model, tokenizer, [prompts[i] for i in order], max_new_tokens, decoding, stop_strings, batch_size
+        model, tokenizer, [prompts[i] for i in order], [limits[i] for i in order], decoding, stop_strings, batch_size
     ):
         for slot, new in step.tokens.items():
             tokens[order[slot]].extend(new)

@@ -59,7 +59,7 @@ class TrainingSettings:
     mix_write: float = field(
         default=1.0, metadata={"help": "weight of the 'write a note about …' → verbatim passage tasks"}
     )
-    mix_continue: float = field(default=1.0, metadata={"help": "weight of the 'continue this' → next sentences tasks"})
+    mix_continue: float = field(default=1.0, metadata={"help": "weight of the 'continue this' → rest of the passage tasks"})
     mix_retrieval_qa: float = field(
         default=1.0,
         metadata={"help": "weight of Q&A with the source passage among distractors in context (for tuned + retrieval)"},

@@ -211,7 +211,9 @@ def held_out_contenders(
         max_words=FEW_SHOT_MAX_WORDS,
     )
     contenders = [
-        Contender("base", None, conversations, voice, writes=True),
+        # the base model writes nothing: the best-prompted base is the untuned writer to beat, and writing a
+        # note beside every held-out passage is the evaluation's costliest step
+        Contender("base", None, conversations, voice),
         Contender(
             "prompted",
             None,
