@@ -28,6 +28,8 @@ EXPECTED = {
     "edge_cases",
     "sweep_adapters",
     "sweep_leaderboard",
+    "crossval_folds",
+    "crossval_verdict",
     "request_log_pairs",
     "preference_candidates",
     "preference_pairs",

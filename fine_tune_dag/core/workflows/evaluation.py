@@ -121,8 +121,8 @@ def authorship_classifier(
 ) -> tuple[AuthorshipClassifier | None, Calibration | None]:
     """Trained on the author's train passages against the shipped writing of other authors only, never on a
     contender's output; calibrated by cross-validation over the author's train notes."""
-    if train_writing.empty:
-        log.warning("no train passages: authorship not measured")
+    if len(train_writing) < 2:
+        log.warning(f"{len(train_writing)} train passages: too few to learn the author from, authorship not measured")
         return None, None
     others = reference_writing()
     passages, notes = train_writing["answer"].tolist(), train_writing["note_id"].tolist()
