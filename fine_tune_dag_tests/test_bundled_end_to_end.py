@@ -63,14 +63,16 @@ def test_bundled_model_runs_the_whole_graph(bundled_run):
     assert adapter.device == select_device() and Path(adapter.path, "adapter_model.safetensors").exists()
     report = db.query("SELECT * FROM evaluations").iloc[0]
     summary = evaluation_summary(db, report.adapter_version)
-    base, tuned = summary["base"]["nll"], summary["tuned"]["nll"]
-    assert 0 < tuned < base  # the adapter learned something that carries over to the held-out note
-    # and it writes more like the author: the held-out note's own words are likelier under the adapter
+    # the adapter writes more like the author: the held-out note's own words are likelier under it
     assert summary["tuned"]["voice_perplexity"] < summary["base"]["voice_perplexity"]
     assert list(summary) == ["base", "prompted", "base+rag", "tuned", "tuned+rag"]
     text = Path(report.report_path).read_text()
     assert text.splitlines()[2] == "## Was fine-tuning worth it on your notes?"
-    assert f"| tuned | the new adapter (fine-tuned) | {summary['tuned']['voice_perplexity']:.2f} (×" in text
+    assert f"| tuned | the new adapter (fine-tuned) | {summary['tuned']['voice_perplexity']:.3f} [" in text
+    # one held-out note: the report says its intervals cannot decide, and judges answers only where it has any
+    assert "**Few held-out notes (1 < 5):**" in text
+    base, tuned = summary["base"]["nll"], summary["tuned"]["nll"]
+    assert 0 < tuned < base if report.test_examples else "**Not judged:** answer NLL and grounding" in text
 
 
 def test_back_translation_keeps_the_authors_words(bundled_run):
