@@ -84,7 +84,7 @@ def llm_from_settings(settings: ProjectSettings) -> LLMResource:
             paths=paths,
         )
     if provider == "local":
-        return LLMResource(model=model, paths=paths)
+        return LLMResource(model=model, generation_engine=settings.generation_engine, paths=paths)
     return LLMResource(
         provider="gemini",
         model=model,

@@ -18,6 +18,7 @@
 | FINE_TUNE_DAG_WAREHOUSE_URL | — (data/warehouse.duckdb) | postgresql://user@host:5432/db: the warehouse shared by many machines; the password from PGPASSWORD, never in the URL |
 | FINE_TUNE_DAG_SWEEP_FILE | sweeps.yaml | named training configurations |
 | FINE_TUNE_DAG_CROSSVAL_FOLDS | 5 | folds by note of the cross-validated verdict (`crossval_folds` partitions) |
+| FINE_TUNE_DAG_GENERATION_ENGINE | auto | the local teacher's engine: auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm, transformers |
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ProjectSettings:
     warehouse_url: str = ""  # empty: the DuckDB file in the data folder
     sweep_file: str = "sweeps.yaml"
     crossval_folds: int = 5  # folds by note of the cross-validated verdict
+    generation_engine: str = "auto"  # the local teacher's engine (evaluation's is its config's generation_engine)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ProjectSettings:
@@ -77,6 +79,7 @@ class ProjectSettings:
             warehouse_url=env.get("FINE_TUNE_DAG_WAREHOUSE_URL", defaults.warehouse_url),
             sweep_file=env.get("FINE_TUNE_DAG_SWEEP_FILE", defaults.sweep_file),
             crossval_folds=int(env.get("FINE_TUNE_DAG_CROSSVAL_FOLDS", defaults.crossval_folds)),
+            generation_engine=env.get("FINE_TUNE_DAG_GENERATION_ENGINE", defaults.generation_engine),
         )
 
     def with_folders(self, notes_dir: Path | str, data_dir: Path | str) -> ProjectSettings:

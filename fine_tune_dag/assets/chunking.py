@@ -75,7 +75,7 @@ def passages(
             "strategy_used": result.strategy,
             "fallback_reason": result.fallback_reason or "none",
             "passage_chars": dg.MetadataValue.json(length_summary(rows["char_count"].tolist())),
-            **llm_usage_metadata(cached.usage),
+            **llm_usage_metadata(cached.usage, cached.client),
             "preview": dg.MetadataValue.md(preview(rows, ["passage_index", "topic", "char_count", "text"])),
         }
     )

@@ -79,9 +79,12 @@ def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: convert(value) for key, value in values.items()}
 
 
-def llm_usage_metadata(usage: LLMUsage) -> dict[str, int | float]:
-    """The request-log summary every LLM-calling asset shows: calls, tokens, cost, hit rate, rejections."""
+def llm_usage_metadata(usage: LLMUsage, client: object = None) -> dict[str, int | float | str]:
+    """The request-log summary every LLM-calling asset shows: calls, tokens, cost, hit rate, rejections; and the
+    engine a local model generated with."""
+    engine = getattr(client, "engine", None)
     return {
+        **(engine.metadata() if engine is not None else {}),
         "llm_requests": usage.requests,
         "llm_calls": usage.calls,
         "llm_cache_hits": usage.cache_hits,

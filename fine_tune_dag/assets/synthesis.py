@@ -75,7 +75,7 @@ def qa_pairs(
             "rejection_rate": round(len(rejected) / len(pairs), 3) if len(pairs) else 0.0,
             "kept_by_mode": dg.MetadataValue.json(dict(Counter(kept["mode"]))),
             "rejection_reasons": dg.MetadataValue.md(table(reasons.most_common(), ["reason", "pairs"])),
-            **llm_usage_metadata(cached.usage),
+            **llm_usage_metadata(cached.usage, cached.client),
             "kept_preview": dg.MetadataValue.md(preview(kept, ["mode", "question", "answer"])),
             "rejected_preview": dg.MetadataValue.md(preview(rejected, ["mode", "reason", "question"])),
         }

@@ -110,5 +110,5 @@ def prompt_completion_pairs(
     ).drop_duplicates("pair_id")
     db.replace_rows("prompt_completion_pairs", _stamped(pairs))
     return dg.MaterializeResult(
-        metadata={"origin": origin, "prompts": len(rows), **llm_usage_metadata(cached.usage), **_metadata(pairs)}
+        metadata={"origin": origin, "prompts": len(rows), **llm_usage_metadata(cached.usage, cached.client), **_metadata(pairs)}
     )

@@ -27,10 +27,10 @@ RemoteSettingsT = TypeVar("RemoteSettingsT", bound=RemoteSettings)
 
 @lru_cache(maxsize=2)
 def _local_client(
-    model_path: Path, device: str, dtype: str, batch_size: int, seed: int, memory_budget_gb: float
+    model_path: Path, device: str, dtype: str, batch_size: int, seed: int, memory_budget_gb: float, engine: str
 ) -> LocalLLM:
     """One loaded model per process, shared by every partition a run materializes."""
-    return LocalLLM(model_path, device, dtype, batch_size, seed, memory_budget_gb)
+    return LocalLLM(model_path, device, dtype, batch_size, seed, memory_budget_gb, engine)
 
 
 def release_local_llms() -> None:
@@ -69,6 +69,11 @@ class LLMResource(dg.ConfigurableResource):
     )
     device: str = "auto"
     dtype: str = "auto"
+    generation_engine: str = Field(
+        default="auto",
+        description="local: auto (OpenVINO GenAI on CPUs, vLLM on CUDA, else transformers), openvino, vllm or "
+        "transformers",
+    )
     seed: int = 0
     api_key: str = Field(
         default="",
@@ -109,7 +114,15 @@ class LLMResource(dg.ConfigurableResource):
         if self.provider != "local":
             raise ValueError(f"unknown LLM provider '{self.provider}'; available: {', '.join(PROVIDERS)}")
         resolved = resolve_model(self.model, self.paths.models)
-        return _local_client(resolved.path, self.device, self.dtype, self.batch_size, self.seed, self.memory_budget_gb)
+        return _local_client(
+            resolved.path,
+            self.device,
+            self.dtype,
+            self.batch_size,
+            self.seed,
+            self.memory_budget_gb,
+            self.generation_engine,
+        )
 
     def _remote_settings(self, kind: type[RemoteSettingsT], warehouse: Warehouse | None) -> RemoteSettingsT:
         """A hosted provider's settings from these fields; pacing left unset keeps the provider's default."""

@@ -169,3 +169,17 @@ class GenerationEngine(ABC):
 
     def close(self) -> None:
         """Let go of the loaded models."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which engine generates, and how it holds its batch: one value for every stage, set once
+    (FINE_TUNE_DAG_GENERATION_ENGINE, or the `models` resource's `generation_engine`)."""
+
+    engine: EngineSetting = field(
+        default="auto", metadata={"help": "auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm or transformers"}
+    )
+    precision: str = field(
+        default="f32", metadata={"help": "OpenVINO's inference precision: f32 keeps greedy answers batch-invariant"}
+    )
+    max_batch: int = field(default=16, metadata={"help": "requests decoding together"})

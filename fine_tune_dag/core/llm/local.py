@@ -1,11 +1,15 @@
-"""The `local` provider: a Hugging Face causal LM on this machine, generating in batches."""
+"""The `local` provider: a Hugging Face causal LM on this machine, generating in batches on the engine chosen for
+it (OpenVINO GenAI on CPUs, vLLM on CUDA, transformers' `generate` otherwise)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from fine_tune_dag.core.generation.base import EngineChoice, EngineSettings, GenerationEngine
+from fine_tune_dag.core.generation.engines import open_engine
+from fine_tune_dag.core.generation.transformers import TransformersEngine
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.generation import generate_batch
@@ -26,19 +30,34 @@ class LocalLLM:
         batch_size: int = 8,
         seed: int = 0,
         memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+        engine: str = "auto",
     ):
         self.model_path = Path(model_path)
         self.model_name = self.model_path.name
         self.device, self.dtype_name = device, dtype
         self.batch_size, self.seed, self.memory_budget_gb = batch_size, seed, memory_budget_gb
-        self._loaded: tuple | None = None
+        self.engine_setting = engine
+        self._loaded: tuple[GenerationEngine, Any] | None = None
 
-    def _model(self) -> tuple:
+    def _model(self) -> tuple[GenerationEngine, Any]:
         if self._loaded is None:
             device = select_device(self.device)
-            model = load_causal_lm(self.model_path, device, select_dtype(self.dtype_name, device)).eval()
-            self._loaded = (model, load_tokenizer(self.model_path))
+            tokenizer = load_tokenizer(self.model_path)
+
+            def torch_model() -> Any:
+                return load_causal_lm(self.model_path, device, select_dtype(self.dtype_name, device)).eval()
+
+            settings = EngineSettings(self.engine_setting, max_batch=self.batch_size)  # type: ignore[arg-type]
+            engine = open_engine(self.model_path, {}, tokenizer, settings, device, torch_model)
+            if isinstance(engine, TransformersEngine):
+                engine.memory_budget_gb = self.memory_budget_gb
+            self._loaded = (engine, tokenizer)
         return self._loaded
+
+    @property
+    def engine(self) -> EngineChoice | None:
+        """The engine that generated, for run metadata; None while every answer came from the cache."""
+        return self._loaded[0].choice if self._loaded is not None else None
 
     def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
         model, tokenizer = self._model()
@@ -57,7 +76,6 @@ class LocalLLM:
                 temperature,
                 batch_size=self.batch_size,
                 seed=self.seed,
-                memory_budget_gb=self.memory_budget_gb,
             )
             latency = (time.perf_counter() - started) / len(indices)
             for i, prompt, output in zip(indices, prompts, outputs):

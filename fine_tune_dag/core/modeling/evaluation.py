@@ -24,6 +24,7 @@ from peft import PeftModel
 
 from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.modeling.chat import Message, render_prompt_ids, render_training_example
+from fine_tune_dag.core.generation.base import GenerationEngine
 from fine_tune_dag.core.modeling.generation import generate_batch
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.loop import answer_token_losses, collate
@@ -74,6 +75,11 @@ class EvaluationSettings:
         },
     )
     device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
+    generation_engine: str = field(
+        default="auto",
+        metadata={"help": "what generates answers and notes: auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, "
+        "vllm or transformers"},
+    )
     dtype: str = field(
         default="float32",
         # bfloat16 rounds a batch of rows differently from one row: 56% of greedy answers at batch 16 matched
@@ -215,16 +221,22 @@ def written_notes(
     contenders: Sequence[Contender],
     settings: EvaluationSettings,
     generation: GenerationSettings,
+    engine: GenerationEngine | None = None,
 ) -> dict[str, list[str]]:
     """What each writing contender writes on the first `max_written_notes` voice prompts, sampled with the
-    generation defaults a user gets (the same seed for every contender)."""
+    generation defaults a user gets (the same seed for every contender); by `engine` where given."""
     notes = {}
     for contender in contenders:
         if not contender.writes:
             continue
         with contender_weights(model, contender.adapter):
             notes[contender.name] = write_notes(
-                model, tokenizer, list(contender.voice)[: settings.max_written_notes], settings, generation
+                engine or model,
+                tokenizer,
+                list(contender.voice)[: settings.max_written_notes],
+                settings,
+                generation,
+                contender.adapter,
             )
     return notes
 
@@ -238,6 +250,7 @@ def write_notes(
     conversations: Sequence[Sequence[Message]],
     settings: EvaluationSettings,
     generation: GenerationSettings,
+    adapter: str | None = None,
 ) -> list[str]:
     """The model's writing on each conversation's prompt (its last turn, the reference, is left out), each
     allowed as many tokens as its reference and `WRITTEN_MARGIN_TOKENS` more: one limit for all would cut long
@@ -257,6 +270,7 @@ def write_notes(
         seed=generation.seed,
         no_repeat_ngram_size=generation.no_repeat_ngram_size,
         memory_budget_gb=settings.memory_budget_gb,
+        adapter=adapter,
     )
 
 
@@ -269,6 +283,8 @@ def evaluate_contender(
     notes: Sequence[str],
     on_progress: Callable[[int], None] | None = None,
     cited: Sequence[Sequence[str]] = (),
+    engine: GenerationEngine | None = None,
+    adapter: str | None = None,
 ) -> pd.DataFrame:
     """Per item: question, reference, NLL, generation, overlap with the reference, unsupported share, the note
     it was drawn from (what intervals resample) and the notes retrieval cited (empty without retrieval).
@@ -280,7 +296,7 @@ def evaluate_contender(
     scored = time.perf_counter()
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
     generations = generate_batch(
-        model,
+        engine or model,
         tokenizer,
         prompts,
         settings.max_new_tokens,
@@ -288,6 +304,7 @@ def evaluate_contender(
         on_batch=on_progress,
         no_repeat_ngram_size=GenerationSettings.no_repeat_ngram_size,
         memory_budget_gb=settings.memory_budget_gb,
+        adapter=adapter,
     )
     seconds = {"nll": scored - started, "generation": time.perf_counter() - scored}
     references = [messages[-1]["content"] for messages in conversations]
@@ -428,8 +445,10 @@ def compare_contenders(
     notes: Sequence[str],
     settings: EvaluationSettings,
     on_progress: Callable[[str, int], None] | None = None,
+    engine: GenerationEngine | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Every contender from one loaded model, on the same first `max_examples` items."""
+    """Every contender from one loaded model (its answers by `engine` where given), on the same first
+    `max_examples` items."""
     chosen_sources = list(sources)[: settings.max_examples]
     chosen_notes = list(notes)[: settings.max_examples]
     results = {}
@@ -438,6 +457,15 @@ def compare_contenders(
         report = partial(on_progress, contender.name) if on_progress else None
         with contender_weights(model, contender.adapter):
             results[contender.name] = evaluate_contender(
-                model, tokenizer, chosen, settings, chosen_sources, chosen_notes, report, contender.cited
+                model,
+                tokenizer,
+                chosen,
+                settings,
+                chosen_sources,
+                chosen_notes,
+                report,
+                contender.cited,
+                engine,
+                contender.adapter,
             )
     return results

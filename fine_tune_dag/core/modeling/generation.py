@@ -1,5 +1,5 @@
-"""Generation as callers want it: texts for prompts, batched, stopped at EOS or a stop string per row; and the
-decoding settings saved with each adapter."""
+"""Generation as callers want it: texts for prompts from an engine, stopped at EOS or a stop string per row; and
+the decoding settings saved with each adapter."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import GenerationConfig
 
-from fine_tune_dag.core.modeling.decoding import Decoding, decode, token_limits
+from fine_tune_dag.core.generation.base import Decoding, GenerationEngine, GenerationRequest, token_limits
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
-from fine_tune_dag.core.modeling.memory_budget import ModelShape, available_bytes, decoding_bytes, fitting_rows
 
 GENERATION_CONFIG = "generation_config.json"  # transformers' own file name, so other tools find it
 
@@ -68,7 +67,16 @@ def continuation_text(tokenizer: Any, tokens: Sequence[int] | torch.Tensor, stop
     return cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings).strip()
 
 
-@torch.inference_mode()
+def as_engine(model_or_engine: Any, tokenizer: Any, batch_size: int, memory_budget_gb: float | None = None) -> Any:
+    """An engine as it is; a loaded transformers model under transformers' `generate`, taking fewer rows at once
+    where `batch_size` rows would not fit `memory_budget_gb` (engines hold their own cache within their settings)."""
+    if isinstance(model_or_engine, GenerationEngine):
+        return model_or_engine
+    from fine_tune_dag.core.generation.transformers import TransformersEngine
+
+    return TransformersEngine(model_or_engine, tokenizer, batch_size, memory_budget_gb=memory_budget_gb)
+
+
 def generate_batch(
     model: Any,
     tokenizer: Any,
@@ -82,36 +90,23 @@ def generate_batch(
     stop_strings: Sequence[str] = (),
     no_repeat_ngram_size: int = 0,
     memory_budget_gb: float | None = None,
+    adapter: str | None = None,
 ) -> list[str]:
-    """Decode continuations of token-id prompts, at most `batch_size` at once, in order of length (see
-    `decoding.decode`); `on_batch` hears how many more are done, about a batch at a time.
+    """Continuations of token-id prompts from `model`: a `GenerationEngine` (`generation.engines.open_engine`), or a
+    loaded transformers model. `adapter` names the adapter that answers (None: the base model); `on_batch` hears
+    how many more are done.
 
     `max_new_tokens` is one limit for every prompt or one per prompt. A row that reaches EOS or one of
-    `stop_strings` is finished, and its text ends before the stop string.
-    Sampling is seeded by `seed` and each prompt, so a cached request and a fresh one agree whatever their
-    batch. `no_repeat_ngram_size` > 0 forbids a row to repeat any run of that many of its own generated
-    tokens (the prompt's are free to quote). `**asdict(GenerationSettings(...))` fills the decoding arguments.
-    With `memory_budget_gb`, fewer rows decode at once where `batch_size` rows of the longest prompt would not fit.
-    """
-    limits = token_limits(max_new_tokens, len(prompts))
-    if memory_budget_gb is not None and prompts:
-        shape, longest = ModelShape.of(model.config), max(len(p) for p in prompts)
-        batch_size = fitting_rows(
-            batch_size,
-            lambda rows: decoding_bytes(shape, rows, longest, max(limits), model.dtype.itemsize),
-            available_bytes(memory_budget_gb),
-        )
+    `stop_strings` is finished, and its text ends before the stop string. Sampling is seeded by `seed` and each
+    prompt, so a cached request and a fresh one agree whatever their batch. `no_repeat_ngram_size` > 0 forbids a
+    row to repeat any run of that many of its own generated tokens (the prompt's are free to quote).
+    `**asdict(GenerationSettings(...))` fills the decoding arguments."""
+    engine = as_engine(model, tokenizer, batch_size, memory_budget_gb)
     decoding = Decoding(temperature, top_p, no_repeat_ngram_size, seed)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths decode together
-    tokens: list[list[int]] = [[] for _ in prompts]
-    unreported = 0
-    for step in decode(
-        model, tokenizer, [prompts[i] for i in order], [limits[i] for i in order], decoding, stop_strings, batch_size
-    ):
-        for slot, new in step.tokens.items():
-            tokens[order[slot]].extend(new)
-        unreported += len(step.finished)
-        if on_batch is not None and unreported and (unreported >= batch_size or step.last):
-            on_batch(unreported)
-            unreported = 0
-    return [continuation_text(tokenizer, t, stop_strings) for t in tokens]
+    stops = tuple(s for s in stop_strings if s)
+    requests = [
+        GenerationRequest(tuple(prompt), limit, decoding, stops, adapter)
+        for prompt, limit in zip(prompts, token_limits(max_new_tokens, len(prompts)))
+    ]
+    finished = engine.generate(requests, on_batch)
+    return [continuation_text(tokenizer, f.tokens, stops) for f in finished]
