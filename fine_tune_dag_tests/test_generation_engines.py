@@ -88,7 +88,7 @@ def engine(sharp_model_dir: Path, adapter_dir: Path, tokenizer) -> OpenVINOEngin
 def rounded_to_f16(model):
     """The model as the engine's f16 GGUF stores it (2-D weights in float16), computed in float32 again."""
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.ndim == 2:
                 parameter.copy_(parameter.half().float())
     return model

@@ -1,8 +1,7 @@
 """Evaluation statistics and style/grounding metrics on inputs computed by hand."""
 
-import pytest
-
 import numpy as np
+import pytest
 
 from fine_tune_dag.core.modeling.statistics import clustered_mean, paired_difference, paired_outcomes, win_rate
 from fine_tune_dag.core.text.metrics import style_distance, unsupported_share

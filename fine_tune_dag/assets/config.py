@@ -122,6 +122,9 @@ class EdgeCaseConfig(dg.Config):
     )
     device: str = "auto"
     dtype: str = "auto"
+    generation_engine: str = Field(
+        default="auto", description="auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm or transformers"
+    )
 
 
 class RequestLogConfig(dg.Config):

@@ -12,9 +12,11 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.generation.base import EngineSettings
+from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.edge_cases import hardest_for_base, read_user_cases, side_by_side
-from fine_tune_dag.core.modeling.evaluation import answer_nll, contender_weights
+from fine_tune_dag.core.modeling.evaluation import answer_nll
 from fine_tune_dag.core.modeling.generation import generate_batch
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
@@ -76,6 +78,15 @@ def edge_cases(
     cases = edge_cases_table(db)
 
     system = str(test["system"].iloc[0]) if len(test) else DEFAULT_SYSTEM_PROMPT
+    engine = open_engine(
+        Path(newest.base_model_path),
+        {str(v): Path(p) for v, p in zip(adapters.version, adapters.path)},
+        tokenizer,
+        EngineSettings(config.generation_engine, max_batch=config.batch_size),  # type: ignore[arg-type]
+        device,
+        lambda: model,
+    )
+    context.log.info(f"generating with {engine.choice.engine}: {engine.choice.reason}")
     answered = edge_case_answers(db)
     done = set(zip(answered["case_id"], answered["model"]))
     written = 0
@@ -84,15 +95,14 @@ def edge_cases(
         if todo.empty:
             continue
         prompts = [render_prompt_ids(tokenizer, chat_messages(system, q)) for q in todo["question"]]
-        with contender_weights(model, None if name == "base" else name):
-            outputs = generate_batch(
-                model,
-                tokenizer,
-                prompts,
-                config.max_new_tokens,
-                batch_size=config.batch_size,
-                memory_budget_gb=config.memory_budget_gb,
-            )
+        outputs = generate_batch(
+            engine,
+            tokenizer,
+            prompts,
+            config.max_new_tokens,
+            batch_size=config.batch_size,
+            adapter=None if name == "base" else name,
+        )
         answers = pd.DataFrame({"case_id": todo["case_id"], "model": name, "answer": outputs, "created_at": now})
         db.insert_rows("edge_case_answers", answers)
         written += len(answers)
@@ -105,6 +115,7 @@ def edge_cases(
     (folder / "edge_cases.md").write_text(f"# Edge cases\n\n{markdown}\n", encoding="utf-8")
     return dg.MaterializeResult(
         metadata={
+            **engine.choice.metadata(),
             "cases": len(cases),
             "new_cases": len(new_cases),
             "from_user_file": len(user_cases),

@@ -17,6 +17,8 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.generation.base import EngineSettings
+from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.modeling.evaluation import pick_examples
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
@@ -80,8 +82,19 @@ def preference_candidates(
     if dealt:
         artifacts.get().fetch(f"adapters/{champion.version}", Path(champion.path))
         device = select_device(settings.device)
-        base = load_causal_lm(Path(champion.base_model_path), device, select_dtype(settings.dtype, device))
-        model = with_adapters(base, {"champion": champion.path})
+        tokenizer = load_tokenizer(Path(champion.path))
+        engine = open_engine(
+            Path(champion.base_model_path),
+            {"champion": Path(champion.path)},
+            tokenizer,
+            EngineSettings(settings.generation_engine, max_batch=settings.batch_size),  # type: ignore[arg-type]
+            device,
+            lambda: with_adapters(
+                load_causal_lm(Path(champion.base_model_path), device, select_dtype(settings.dtype, device)),
+                {"champion": champion.path},
+            ),
+        )
+        context.log.info(f"generating with {engine.choice.engine}: {engine.choice.reason}")
         examples = pick_examples(list(zip(train["question"], train["answer"])), seed=settings.seed)
         total = sum(1 if pairing == AUTHOR_VS_CHAMPION else 2 for _, pairing in dealt)
         done = 0
@@ -91,9 +104,8 @@ def preference_candidates(
             done += count
             context.log.info(f"generated {done}/{total} answers")
 
-        rows = generate_candidates(
-            model, load_tokenizer(Path(champion.path)), dealt, "champion", examples, settings, log_progress
-        )
+        rows = generate_candidates(engine, tokenizer, dealt, "champion", examples, settings, log_progress)
+        engine.close()
         fresh = pd.DataFrame(rows).assign(
             champion_version=champion.version, created_at=datetime.now(timezone.utc).replace(tzinfo=None)
         )

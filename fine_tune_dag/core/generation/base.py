@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 EngineName = Literal["openvino", "vllm", "transformers"]
 EngineSetting = Literal["auto", "openvino", "vllm", "transformers"]
@@ -167,6 +167,7 @@ class GenerationEngine(ABC):
             if not running.finished:
                 running.cancel()
 
+    @abstractmethod
     def close(self) -> None:
         """Let go of the loaded models."""
 

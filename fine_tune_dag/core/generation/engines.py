@@ -10,7 +10,13 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from fine_tune_dag.core.generation.base import EngineChoice, EngineSettings, EngineUnavailable, GenerationEngine, choose_engine
+from fine_tune_dag.core.generation.base import (
+    EngineChoice,
+    EngineSettings,
+    EngineUnavailable,
+    GenerationEngine,
+    choose_engine,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -19,7 +25,7 @@ def open_engine(
     base_dir: Path,
     adapters: Mapping[str, Path],
     tokenizer: Any,
-    settings: EngineSettings = EngineSettings(),
+    settings: EngineSettings | None = None,
     device: str = "cpu",
     torch_model: Callable[[], Any] | None = None,
     pinned: tuple[str | None, ...] = (None,),
@@ -27,6 +33,7 @@ def open_engine(
     """The engine `settings` choose for `device`, with the base model and `adapters` (name: folder) ready.
     Where it cannot run, the fallback: `torch_model()` (the loaded model with the same adapters; loaded here
     when not given) under transformers' `generate`, its `choice.reason` naming the model and what failed."""
+    settings = settings or EngineSettings()
     choice = choose_engine(settings.engine, device)
     try:
         if choice.engine == "openvino":

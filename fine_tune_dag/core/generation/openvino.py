@@ -162,8 +162,8 @@ class OpenVINOEngine(GenerationEngine):
                 del self._pipelines[name]
 
     def submit(self, request: GenerationRequest) -> Running:
-        import openvino as ov
         import numpy as np
+        import openvino as ov
 
         pipe = self.pipeline(request.adapter)
         self._running[request.adapter] = self._running.get(request.adapter, 0) + 1

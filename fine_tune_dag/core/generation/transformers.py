@@ -255,6 +255,11 @@ class TransformersEngine(GenerationEngine):
         self._running.append(running)
         return running
 
+    def close(self) -> None:
+        for running in self._running:
+            running.cancel()
+        self._running = []
+
     def step(self) -> None:
         for running in self._running:
             running.wait()

@@ -20,12 +20,12 @@ import pandas as pd
 
 from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean, clustered_ratio, paired_difference
 from fine_tune_dag.core.store.promotion import (
+    ANSWER_NLL,
     AUTHORSHIP,
     GROUNDING,
     RETRIEVAL,
     VERDICT_MEASURES,
     VOICE,
-    ANSWER_NLL,
     Measure,
     PromotionVerdict,
     gap_key,

@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from peft import PeftModel
 
+from fine_tune_dag.core.generation.base import GenerationEngine
 from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.modeling.chat import Message, render_prompt_ids, render_training_example
-from fine_tune_dag.core.generation.base import GenerationEngine
 from fine_tune_dag.core.modeling.generation import generate_batch
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.loop import answer_token_losses, collate

@@ -42,6 +42,9 @@ class PreferenceSettings:
     seed: int = field(default=0, metadata={"help": "which prompts, which pairing, and the sampling"})
     device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
     dtype: str = field(default="auto", metadata={"help": "base weights: auto, bfloat16 or float32"})
+    generation_engine: str = field(
+        default="auto", metadata={"help": "auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm or transformers"}
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,8 @@ def generate_candidates(
     settings: PreferenceSettings,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict[str, str]]:
-    """Both answers of every dealt prompt, from one loaded model: the champion adapter, the base model with
-    the best prompt (adapters off), or the author's passage. Returns rows for `preference_candidates`
+    """Both answers of every dealt prompt, from one engine (or loaded model): the champion adapter, the base
+    model with the best prompt, or the author's passage. Returns rows for `preference_candidates`
     (without `champion_version` and `created_at`)."""
     jobs: dict[tuple[str, float], list[tuple[int, str]]] = {}  # (source, temperature) → (prompt index, slot)
     answers: list[dict[str, str]] = [{} for _ in dealt]
@@ -110,12 +113,8 @@ def generate_candidates(
         if source == "prompted_base":
             conversations = best_prompt_conversations(conversations, examples)
         prompt_ids = [render_prompt_ids(tokenizer, c) for c in conversations]
-        if source == "champion":
-            model.set_adapter(champion_adapter)
-            texts = _generate(model, tokenizer, prompt_ids, temperature, settings, on_batch)
-        else:
-            with model.disable_adapter():
-                texts = _generate(model, tokenizer, prompt_ids, temperature, settings, on_batch)
+        adapter = champion_adapter if source == "champion" else None
+        texts = _generate(model, tokenizer, prompt_ids, temperature, settings, on_batch, adapter)
         origin = source if temperature == 0 else f"{source}@t={temperature:g}"
         for (i, slot), text in zip(slots, texts):
             answers[i][slot], answers[i][f"origin_{slot}"] = text.strip(), origin
@@ -153,6 +152,7 @@ def _generate(
     temperature: float,
     settings: PreferenceSettings,
     on_batch: Callable[[int], None] | None,
+    adapter: str | None,
 ) -> list[str]:
     return generate_batch(
         model,
@@ -163,6 +163,7 @@ def _generate(
         batch_size=settings.batch_size,
         seed=settings.seed,
         on_batch=on_batch,
+        adapter=adapter,
     )
 
 

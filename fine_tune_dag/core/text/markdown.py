@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-
 _HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
 _RULE = re.compile(r"^\s*([-=*_])(\s*\1){2,}\s*$")
 _MARKER = re.compile(r"^\s*(?:(?:>\s*)+|[-*+•]\s+|\d{1,9}[.)]\s+)")

@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
 from fine_tune_dag.core.modeling.efficacy import HeldOut, recommendation
+from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
 from fine_tune_dag.core.modeling.loop import save_adapter
 from fine_tune_dag.core.modeling.models import (
     ResolvedModel,

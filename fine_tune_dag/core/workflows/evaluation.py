@@ -53,9 +53,9 @@ from fine_tune_dag.core.modeling.report import write_report
 from fine_tune_dag.core.retrieval.index import PassageIndex
 from fine_tune_dag.core.store.artifacts import ArtifactStore
 from fine_tune_dag.core.store.blind import BlindTrial, blind_results, save_blind_trials
+from fine_tune_dag.core.store.crossval import crossval_verdict_for
 from fine_tune_dag.core.store.edge_cases import edge_case_answers, edge_cases, versions_up_to
 from fine_tune_dag.core.store.layout import DataLayout
-from fine_tune_dag.core.store.crossval import crossval_verdict_for
 from fine_tune_dag.core.store.promotion import CROSSVAL_TUNE_NOTES, PromotionPolicy, interval_metrics, judge_challenger
 from fine_tune_dag.core.store.registry import current_champion, record_evaluation
 from fine_tune_dag.core.store.splits import notes_key, split_items, train_split, writing_items
