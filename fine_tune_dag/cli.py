@@ -305,25 +305,41 @@ def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: P
     """Stream an answer from the adapter in `folder`, or from the base model alone (None). Decoding follows the
     adapter's saved settings (the defaults for the base model), with the options given here over them; which
     model answered, and how, goes to stderr so that stdout is the answer alone."""
+    from fine_tune_dag.core.generation.base import EngineSettings
+    from fine_tune_dag.core.generation.engines import open_engine
     from fine_tune_dag.core.modeling.generation import load_generation_settings
-    from fine_tune_dag.core.modeling.inference import load_adapter_model, load_base_model, stream_answer
-    from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model
+    from fine_tune_dag.core.modeling.inference import adapter_base_dir, stream_answer
+    from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model, select_device
     from fine_tune_dag.core.retrieval.index import PassageIndex
     from fine_tune_dag.core.retrieval.prompt import cited_notes
 
     if folder is None:
-        model_dir = resolve_model(settings.base_model, settings.layout.models).path
-        model, tokenizer = load_base_model(model_dir), load_tokenizer(model_dir)
-        saved, who = GenerationSettings(), "base model"
+        model_dir, adapters = resolve_model(settings.base_model, settings.layout.models).path, {}
+        tokenizer, saved, who = load_tokenizer(model_dir), GenerationSettings(), "base model"
     else:
-        model, tokenizer = load_adapter_model(folder)
-        saved, who = load_generation_settings(folder), f"adapter {folder.name}"
+        model_dir, adapters = adapter_base_dir(folder), {"adapter": folder}
+        tokenizer, saved, who = load_tokenizer(folder), load_generation_settings(folder), f"adapter {folder.name}"
+    engine = open_engine(
+        model_dir,
+        adapters,
+        tokenizer,
+        EngineSettings(settings.generation_engine),
+        select_device(),  # type: ignore[arg-type]
+    )
     given = {option.name: getattr(args, option.name) for option in fields(GenerationSettings)}
     generation = replace(saved, **{name: value for name, value in given.items() if value is not None})
     how = ", ".join(f"{name} {value}" for name, value in asdict(generation).items())
     passages = PassageIndex.load(settings.layout.index).search(args.prompt, args.top_k) if args.rag else []
-    print(f"{who} answers{' with retrieval' if args.rag else ''} ({how}):", file=sys.stderr, flush=True)
-    for piece in stream_answer(model, tokenizer, args.prompt, args.system, passages=passages, **asdict(generation)):
+    print(
+        f"{who} answers{' with retrieval' if args.rag else ''} on {engine.choice.engine} ({how}):",
+        file=sys.stderr,
+        flush=True,
+    )
+    adapter = "adapter" if adapters else None
+    pieces = stream_answer(
+        engine, tokenizer, args.prompt, args.system, passages=passages, adapter=adapter, **asdict(generation)
+    )
+    for piece in pieces:
         print(piece, end="", flush=True)
     print()
     if passages:

@@ -13,8 +13,10 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from fine_tune_dag.core.generation.base import Decoding, EngineSettings, GenerationRequest
+from fine_tune_dag.core.generation.engines import open_engine
+from fine_tune_dag.core.generation.transformers import TransformersEngine
 from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids
-from fine_tune_dag.core.modeling.decoding import Decoding, decode, length_groups
 from fine_tune_dag.core.modeling.evaluation import EvaluationSettings, evaluate_contender, write_notes
 from fine_tune_dag.core.modeling.generation import (
     GenerationSettings,
@@ -90,14 +92,8 @@ def plain_token(tokenizer: Any, ids: list[int], skip: int = 2) -> tuple[int, str
     pytest.skip("the random model produced no plain token to stop on")
 
 
-def test_length_groups_split_where_one_padded_pass_would_waste_much():
-    assert length_groups([40, 60, 72, 300, 310, 400]) == [[0, 1, 2], [3, 4], [5]]
-    assert length_groups([5, 20, 36]) == [[0, 1, 2]]  # short prompts stay in one pass
-
-
 def test_batched_greedy_output_equals_one_at_a_time(model, tiny_tokenizer, prompts):
-    """Left padding, and the long prompt's cache computed apart from the short ones' and joined to theirs."""
-    assert len(length_groups(sorted(len(p) for p in prompts))) > 1
+    """The fallback engine: left padding changes no greedy answer."""
     expected = [continuation_text(tiny_tokenizer, alone(model, tiny_tokenizer, p), ()) for p in prompts]
     assert all(expected)
     for batch_size in (1, 3, len(prompts)):  # several batches, one padded batch, each prompt alone
@@ -152,11 +148,6 @@ def test_each_prompt_stops_at_its_own_token_limit(model, tiny_tokenizer, prompts
     ids = [alone(model, tiny_tokenizer, p) for p in prompts]
     assert all(tiny_tokenizer.eos_token_id not in i for i in ids)  # only the limits end these rows
     for batch_size in (2, len(prompts)):
-        rows: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
-        for step in decode(model, tiny_tokenizer, prompts, limits, batch_size=batch_size):
-            for row, tokens in step.tokens.items():
-                rows[row].extend(tokens)
-        assert [rows[i] for i in range(len(prompts))] == [i[:limit] for i, limit in zip(ids, limits)]
         assert generate_batch(model, tiny_tokenizer, prompts, limits, batch_size=batch_size) == [
             continuation_text(tiny_tokenizer, i[:limit], ()) for i, limit in zip(ids, limits)
         ]
@@ -211,11 +202,8 @@ def test_no_repeat_ngram_bans_repeats_in_the_continuation_but_lets_it_quote_the_
     whole_sequence = continuation(max_new_tokens=20, do_sample=False, no_repeat_ngram_size=2)
     assert whole_sequence[0] != newline
 
-    ours = [
-        token
-        for step in decode(untrained, tiny_tokenizer, [prompt], 20, Decoding(no_repeat_ngram_size=2))
-        for token in step.tokens[0]
-    ]
+    request = GenerationRequest(tuple(prompt), 20, Decoding(no_repeat_ngram_size=2))
+    ours = TransformersEngine(untrained, tiny_tokenizer).generate([request])[0].tokens
     assert ours[:2] == [newline, newline]  # the prompt's repeated pair, quoted
     assert len(set(ngrams(ours, 2))) == len(ours) - 1  # no pair of its own twice
     assert generate_batch(untrained, tiny_tokenizer, [prompt], 20, no_repeat_ngram_size=2) == [
@@ -229,12 +217,10 @@ def test_no_repeat_ngram_holds_for_every_row_of_a_padded_batch_and_is_off_by_def
     size, new_tokens = 2, 60
 
     def repeats(no_repeat_ngram_size: int, batch_size: int) -> list[int]:
-        rows: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
         decoding = Decoding(no_repeat_ngram_size=no_repeat_ngram_size)
-        for step in decode(model, tiny_tokenizer, prompts, new_tokens, decoding, batch_size=batch_size):
-            for row, tokens in step.tokens.items():
-                rows[row].extend(tokens)
-        return [len(ngrams(row, size)) - len(set(ngrams(row, size))) for row in rows.values()]
+        engine = TransformersEngine(model, tiny_tokenizer, batch_size)
+        rows = [f.tokens for f in engine.generate([GenerationRequest(tuple(p), new_tokens, decoding) for p in prompts])]
+        return [len(ngrams(row, size)) - len(set(ngrams(row, size))) for row in rows]
 
     assert sum(repeats(0, len(prompts))) > 0  # off by default: generate_batch's other callers decode as before
     assert repeats(size, len(prompts)) == [0] * len(prompts)
@@ -287,35 +273,27 @@ def test_generation_settings_out_of_range_are_refused(wrong):
         GenerationSettings(**wrong)
 
 
-def test_evaluation_answers_and_writing_do_not_depend_on_the_batch_size(tiny_model_dir, tiny_tokenizer):
-    """Evaluation's own decoding, in its own dtype: greedy answers with the n-gram ban, and sampled writing
-    (each row draws from a generator of its own), equal at every batch size, one at a time included."""
+def test_evaluation_answers_and_writing_do_not_depend_on_the_batch_size(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Evaluation's own decoding on the default engine: greedy answers with the n-gram ban, and sampled writing
+    (each row seeded by its prompt), equal at every batch size, one at a time included."""
     settings = EvaluationSettings(max_new_tokens=16, written_max_new_tokens=16)
     model = load_causal_lm(tiny_model_dir, "cpu", select_dtype(settings.dtype, "cpu")).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.mul_(25)
+    sharp = tmp_path / "models" / "sharp"
+    model.save_pretrained(sharp)
+    tiny_tokenizer.save_pretrained(sharp)
     conversations = [chat_messages("You are me.", q, "An answer.") for q in QUESTIONS]
     sources = ["the chain wears slowly"] * len(conversations)
     answers, writing = [], []
     for batch_size in (1, 2, 4, len(QUESTIONS)):
+        engine = open_engine(sharp, {}, tiny_tokenizer, EngineSettings(max_batch=batch_size))
         chosen = replace(settings, batch_size=batch_size)
-        answers.append(evaluate_contender(model, tiny_tokenizer, conversations, chosen, sources, sources)["generation"].tolist())
-        writing.append(write_notes(model, tiny_tokenizer, conversations, chosen, GenerationSettings(max_new_tokens=16)))
+        generated = evaluate_contender(model, tiny_tokenizer, conversations, chosen, sources, sources, engine=engine)
+        answers.append(generated["generation"].tolist())
+        sampled = GenerationSettings(max_new_tokens=16, temperature=4.0, top_p=1.0)
+        writing.append(write_notes(engine, tiny_tokenizer, conversations, chosen, sampled))
+    assert engine.choice.engine == "openvino"
     assert all(answers[0]) and all(a == answers[0] for a in answers)
     assert all(w == writing[0] for w in writing) and writing[0] != answers[0]
-
-
-def test_drafts_the_model_agrees_with_save_steps_and_change_nothing(tiny_model_dir, tiny_tokenizer):
-    """The untrained model answers newline after newline: once three are out, the row's own text proposes
-    more, and a step keeps every draft the model agrees with. With drafts or without, the same tokens."""
-    untrained = load_causal_lm(tiny_model_dir).eval()
-    prompt = render_prompt_ids(tiny_tokenizer, chat_messages("You are me.", "one two three"))
-
-    def tokens(drafts: int) -> list[int]:
-        return [t for step in decode(untrained, tiny_tokenizer, [prompt], 30, drafts=drafts) for t in step.tokens[0]]
-
-    newline = tiny_tokenizer.encode("\n", add_special_tokens=False)[0]
-    assert tokens(0) == tokens(4) == [newline] * 30
-    assert forward_passes(untrained, lambda: tokens(0)) == 30
-    assert forward_passes(untrained, lambda: tokens(4)) <= 30 // 3  # once the run is long, 5 tokens a step

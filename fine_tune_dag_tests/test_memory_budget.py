@@ -4,7 +4,6 @@ training, scoring and generation that follow the plan without changing what they
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import torch
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fine_tune_dag.core.modeling import evaluation, generation, loop
+from fine_tune_dag.core.generation.transformers import TransformersEngine
+from fine_tune_dag.core.modeling import evaluation, loop
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.evaluation import answer_nll
 from fine_tune_dag.core.modeling.generation import generate_batch
@@ -155,57 +155,21 @@ def test_the_training_loss_keeps_only_the_logits_for_backward_and_changes_no_bit
     assert [t.dtype for t in saved if t.shape == (37, 500)] == [torch.bfloat16]
 
 
-def test_keeping_rows_rebuilds_the_cache_a_layer_at_a_time_and_lets_each_old_layer_go(monkeypatch):
-    from fine_tune_dag.core.modeling import decoding
-
-    layers, rows, heads, width, size = 3, 3, 2, 5, 4
-    keys = [
-        torch.arange(rows * heads * width * size, dtype=torch.float32).reshape(rows, heads, width, size) + layer
-        for layer in range(layers)
-    ]
-    values = [-k for k in keys]
-    attends = torch.ones((rows, width), dtype=torch.bool)
-    attends[1, :2] = False  # row 1 is left-padded by two columns
-    read = decoding.Prefill(decoding.KVSlots(keys, values), attends, torch.zeros((rows, 7)), width)
-    lanes = decoding.Lanes.start(read, [0, 1, 2], [[1] * 5, [1] * 3, [1] * 5], new_tokens=4)
-    old = [weakref.ref(t) for t in keys + values]
-    expected_key, expected_value = keys[2][1, :, 2:].clone(), values[2][1, :, 2:].clone()
-    del keys, values
-    alive_when_rebuilt = []
-
-    def rebuild(layers: list[torch.Tensor], move):
-        def watched(tensor):
-            alive_when_rebuilt.append(sum(ref() is not None for ref in old))
-            return move(tensor)
-
-        return rebuild_layer_by_layer(layers, watched)
-
-    rebuild_layer_by_layer = decoding._rebuilt_layer_by_layer
-    monkeypatch.setattr(decoding, "_rebuilt_layer_by_layer", rebuild)
-    kept = lanes.keep([1], spare=2)
-    # keys: 3, 2 and 1 old layers left as each is rebuilt (all 3 values still there); values: 3, 2, 1
-    assert alive_when_rebuilt == [6, 5, 4, 3, 2, 1]
-    assert all(ref() is None for ref in old)  # the lane still exists, its cache does not
-    assert torch.equal(kept.read.cache.keys[2][0, :, :3], expected_key)  # row 1 without its padding
-    assert torch.equal(kept.read.cache.values[2][0, :, :3], expected_value)
-    assert kept.read.cache.keys[2].shape == (1, heads, 3 + 2, size)
-
-
 def test_generation_and_scoring_take_fewer_rows_when_the_budget_is_short(tiny_model_dir: Path, monkeypatch):
     model = load_causal_lm(tiny_model_dir).eval()
     tokenizer = load_tokenizer(tiny_model_dir)
     prompts = [render_prompt_ids(tokenizer, m[:-1]) for m in CONVERSATIONS]
-    batches: list[int | None] = []
-    real_decode = generation.decode
+    batches: list[int] = []
+    real_rows = TransformersEngine.generate_rows
 
-    def spy(*args, **kwargs):
-        batches.append(args[6] if len(args) > 6 else kwargs.get("batch_size"))
-        return real_decode(*args, **kwargs)
+    def spy(self, requests, *args, **kwargs):
+        batches.append(len(requests))
+        return real_rows(self, requests, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "decode", spy)
+    monkeypatch.setattr(TransformersEngine, "generate_rows", spy)
     roomy = generate_batch(model, tokenizer, prompts, 8, batch_size=4, memory_budget_gb=NO_BUDGET)
     tight = generate_batch(model, tokenizer, prompts, 8, batch_size=4, memory_budget_gb=NOTHING_FITS)
-    assert batches == [4, 1]
+    assert batches == [4] * math.ceil(len(prompts) / 4) + [1] * len(prompts)  # of 4, then one at a time
     assert tight == roomy  # float32 answers do not depend on the batch
 
     rows: list[int] = []

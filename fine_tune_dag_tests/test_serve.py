@@ -24,6 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from fine_tune_dag.automation.jobs import notes_job
 from fine_tune_dag.cli import register_note_partitions
+from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.generation import (
     GenerationSettings,
@@ -31,8 +32,8 @@ from fine_tune_dag.core.modeling.generation import (
     load_generation_settings,
     save_generation_settings,
 )
-from fine_tune_dag.core.modeling.inference import load_adapter_model
 from fine_tune_dag.core.modeling.loop import save_adapter
+from fine_tune_dag.core.modeling.models import load_tokenizer
 from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 from fine_tune_dag.core.retrieval.index import RetrievalSettings, build_index
 from fine_tune_dag.core.serving.engine import Engine, Overloaded
@@ -96,13 +97,15 @@ def served(tmp_path, tiny_model_dir, adapters) -> Iterator[tuple[str, Warehouse,
 
 
 def expected_answer(adapter: Path, question: str = QUESTION, **overrides: object) -> str:
-    """What generate_batch answers with the adapter's saved settings: the server must say the same."""
-    model, tokenizer = load_adapter_model(adapter, device="cpu", dtype="float32")
-
+    """What generate_batch answers on the default engine with the adapter's saved settings: the server must say
+    the same."""
+    tokenizer = load_tokenizer(adapter)
+    base = Path(json.loads((adapter / "training_config.json").read_text())["base_model_path"])
+    engine = open_engine(base, {"tuned": adapter}, tokenizer)
     saved = replace(load_generation_settings(adapter), **overrides)
     prompt = render_prompt_ids(tokenizer, chat_messages(DEFAULT_SYSTEM_PROMPT, question))
     return generate_batch(
-        model,
+        engine,
         tokenizer,
         [prompt],
         saved.max_new_tokens,
@@ -110,6 +113,7 @@ def expected_answer(adapter: Path, question: str = QUESTION, **overrides: object
         saved.top_p,
         seed=saved.seed,
         no_repeat_ngram_size=saved.no_repeat_ngram_size,
+        adapter="tuned",
     )[0]
 
 

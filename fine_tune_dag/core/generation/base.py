@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
 EngineName = Literal["openvino", "vllm", "transformers"]
@@ -60,7 +61,11 @@ class EngineChoice:
     precision: str = ""
 
     def metadata(self) -> dict[str, str]:
-        return {"generation_engine": self.engine, "generation_engine_reason": self.reason, "generation_precision": self.precision}
+        return {
+            "generation_engine": self.engine,
+            "generation_engine_reason": self.reason,
+            "generation_precision": self.precision,
+        }
 
 
 def row_seed(seed: int, prompt: Sequence[int]) -> int:
@@ -82,9 +87,7 @@ def installed(engine: str) -> bool:
     return importlib.util.find_spec(ENGINE_PACKAGES[engine]) is not None
 
 
-def choose_engine(
-    setting: EngineSetting, device: str, is_installed: Callable[[str], bool] = installed
-) -> EngineChoice:
+def choose_engine(setting: EngineSetting, device: str, is_installed: Callable[[str], bool] = installed) -> EngineChoice:
     """`auto`: vLLM on CUDA and OpenVINO GenAI on CPUs where installed, else transformers' `generate` (MPS, or
     neither engine installed). A named engine that is not installed is refused with the package to install."""
     if setting not in ("auto", *ENGINE_PACKAGES):
@@ -166,6 +169,10 @@ class GenerationEngine(ABC):
         finally:
             if not running.finished:
                 running.cancel()
+
+    @abstractmethod
+    def add_adapter(self, name: str, folder: Path) -> None:
+        """Another adapter (a new champion in `serve`) that requests may name from now on."""
 
     @abstractmethod
     def close(self) -> None:

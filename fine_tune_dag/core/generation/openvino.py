@@ -129,7 +129,9 @@ class OpenVINOEngine(GenerationEngine):
             conversion = engine_gguf(self.base_dir, self._adapters.get(adapter) if adapter else None)
         except (ValueError, OSError, KeyError, RuntimeError) as error:
             model = self._adapters[adapter] if adapter else self.base_dir
-            raise EngineUnavailable(f"OpenVINO GenAI cannot run {model}: the GGUF conversion failed: {error}") from error
+            raise EngineUnavailable(
+                f"OpenVINO GenAI cannot run {model}: the GGUF conversion failed: {error}"
+            ) from error
         self.conversions[adapter] = conversion
         return conversion
 

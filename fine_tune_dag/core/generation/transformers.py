@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
@@ -136,8 +137,12 @@ class TransformersEngine(GenerationEngine):
         max_batch: int = 8,
         reason: str = "transformers' generate",
         memory_budget_gb: float | None = None,
+        as_loaded: bool = False,
     ) -> None:
+        """`as_loaded`: a request without an adapter runs the model as the caller set it (its active adapter on),
+        not the base model with adapters off."""
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.as_loaded = as_loaded
         self.memory_budget_gb = memory_budget_gb
         self.eos_token_id = tokenizer.eos_token_id
         self.choice = EngineChoice("transformers", reason, str(model.dtype).removeprefix("torch."))
@@ -164,7 +169,7 @@ class TransformersEngine(GenerationEngine):
 
     def _weights(self, adapter: str | None) -> ContextManager:
         """The base model (adapters off) or one named adapter."""
-        if not hasattr(self.model, "peft_config"):
+        if not hasattr(self.model, "peft_config") or (adapter is None and self.as_loaded):
             if adapter is not None:
                 raise KeyError(f"no adapter named {adapter!r}: the model has none")
             return nullcontext()
@@ -254,6 +259,15 @@ class TransformersEngine(GenerationEngine):
         running = _Threaded(self, request)
         self._running.append(running)
         return running
+
+    def add_adapter(self, name: str, folder: Path) -> None:
+        from fine_tune_dag.core.modeling.models import with_adapters
+
+        with self.lock:
+            if hasattr(self.model, "peft_config"):
+                self.model.load_adapter(str(folder), adapter_name=name, autocast_adapter_dtype=False)
+            else:
+                self.model = with_adapters(self.model, {name: folder})
 
     def close(self) -> None:
         for running in self._running:

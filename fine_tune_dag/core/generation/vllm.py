@@ -212,6 +212,7 @@ class VLLMEngine(GenerationEngine):
         except Exception as error:  # not installed, no CUDA, an architecture or adapter vLLM cannot load, ...
             raise EngineUnavailable(f"vLLM cannot run {self.base_dir}: {type(error).__name__}: {error}") from error
         self._sampling_params = vllm.SamplingParams
+        self._lora_request = lora_request
         self._loras = {
             name: lora_request(name, number, str(self._adapters[name])) for name, number in lora_ids(adapters).items()
         }
@@ -220,6 +221,12 @@ class VLLMEngine(GenerationEngine):
         self.choice = EngineChoice(
             "vllm", "vLLM's offline engine on CUDA, adapters as LoRA requests in one batch", precision=dtype
         )
+
+    def add_adapter(self, name: str, folder: Path) -> None:
+        """Served as a new LoRA request (a new id, so vLLM loads it rather than reuse a cached one); its rank must
+        fit the `max_lora_rank` the engine started with."""
+        self._adapters[name] = Path(folder)
+        self._loras[name] = self._lora_request(name, len(self._loras) + 1, str(folder))
 
     def _lora(self, adapter: str | None) -> Any:
         if adapter is None:

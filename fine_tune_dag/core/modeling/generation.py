@@ -68,13 +68,14 @@ def continuation_text(tokenizer: Any, tokens: Sequence[int] | torch.Tensor, stop
 
 
 def as_engine(model_or_engine: Any, tokenizer: Any, batch_size: int, memory_budget_gb: float | None = None) -> Any:
-    """An engine as it is; a loaded transformers model under transformers' `generate`, taking fewer rows at once
+    """An engine as it is; a loaded transformers model (as loaded: its active adapter answers) under transformers'
+    `generate`, taking fewer rows at once
     where `batch_size` rows would not fit `memory_budget_gb` (engines hold their own cache within their settings)."""
     if isinstance(model_or_engine, GenerationEngine):
         return model_or_engine
     from fine_tune_dag.core.generation.transformers import TransformersEngine
 
-    return TransformersEngine(model_or_engine, tokenizer, batch_size, memory_budget_gb=memory_budget_gb)
+    return TransformersEngine(model_or_engine, tokenizer, batch_size, memory_budget_gb=memory_budget_gb, as_loaded=True)
 
 
 def generate_batch(

@@ -21,9 +21,9 @@ from huggingface_hub.utils import validate_repo_id
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from fine_tune_dag.core.generation.base import Decoding, GenerationRequest
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, render_prompt_ids
-from fine_tune_dag.core.modeling.decoding import Decoding, decode
-from fine_tune_dag.core.modeling.generation import load_generation_settings, save_generation_settings
+from fine_tune_dag.core.modeling.generation import as_engine, load_generation_settings, save_generation_settings
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
     load_tokenizer,
@@ -56,11 +56,8 @@ def load_base_model(model_dir: Path, device: str = "auto", dtype: str = "auto") 
     return load_causal_lm(Path(model_dir), device, select_dtype(dtype, device)).eval()
 
 
-def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "auto") -> tuple[PeftModel, Any]:
-    """Base model from the adapter's recorded provenance, adapter on top, in eval mode.
-
-    The tokenizer comes from the adapter folder: it is the one training rendered prompts with.
-    """
+def adapter_base_dir(adapter_dir: Path) -> Path:
+    """The folder of the base model an adapter was trained on, from its recorded provenance."""
     adapter_dir = Path(adapter_dir)
     provenance = _read_provenance(adapter_dir)
     base_path = provenance.get("base_model_path")
@@ -69,6 +66,15 @@ def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "au
             f"the base model of adapter {adapter_dir} ({provenance.get('base_model', 'not recorded')}) is not at "
             f"{base_path}: restore it there (materialize the base_model asset again for a bundled or Hub model)"
         )
+    return Path(base_path)
+
+
+def load_adapter_model(adapter_dir: Path, device: str = "auto", dtype: str = "auto") -> tuple[PeftModel, Any]:
+    """Base model from the adapter's recorded provenance, adapter on top, in eval mode.
+
+    The tokenizer comes from the adapter folder: it is the one training rendered prompts with.
+    """
+    base_path = adapter_base_dir(adapter_dir)
     model = with_adapters(load_base_model(base_path, device, dtype), {"default": adapter_dir})
     return model, load_tokenizer(adapter_dir)
 
@@ -97,19 +103,21 @@ def stream_answer(
     no_repeat_ngram_size: int = 0,
     seed: int = 0,
     passages: Sequence[RetrievedPassage] = (),
+    adapter: str | None = None,
 ) -> Iterator[str]:
-    """Answer text piece by piece as it is generated, for a terminal or chat UI.
+    """Answer text piece by piece as it is generated, for a terminal or chat UI, from an engine (`adapter` names
+    the adapter that answers) or a loaded model.
 
-    Same prompt ids and decode loop as `generate_batch` (`**asdict(GenerationSettings(...))` fills the same
+    Same prompt ids and engine as `generate_batch` (`**asdict(GenerationSettings(...))` fills the same
     arguments), so with the same settings and seed the pieces join to its answer. Closing this iterator
     early stops the generation. With `passages` (retrieval), they are in context before the question.
     """
     prompt = render_prompt_ids(tokenizer, retrieval_messages(system_prompt, question, passages))
-    steps = decode(model, tokenizer, [prompt], max_new_tokens, Decoding(temperature, top_p, no_repeat_ngram_size, seed))
-    with closing(steps):
-        yield from _strip_outer_whitespace(
-            _new_text(tokenizer, (token for step in steps for token in step.tokens.get(0, [])))
-        )
+    decoding = Decoding(temperature, top_p, no_repeat_ngram_size, seed)
+    engine = as_engine(model, tokenizer, 1)
+    pieces = engine.stream(GenerationRequest(tuple(prompt), max_new_tokens, decoding, adapter=adapter))
+    with closing(pieces):
+        yield from _strip_outer_whitespace(_new_text(tokenizer, (token for piece in pieces for token in piece)))
 
 
 def _new_text(tokenizer: Any, tokens: Iterable[int]) -> Iterator[str]:

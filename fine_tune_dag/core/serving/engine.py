@@ -1,5 +1,6 @@
-"""The model behind `fine-tune-dag serve`: one base model with its adapters loaded as they are asked for, and one
-worker thread that decodes queued requests in batches (`decoding.decode`, rows joining as others finish).
+"""The model behind `fine-tune-dag serve`: one base model with its adapters loaded as they are asked for, on the
+generation engine (`generation.engines`), and one worker thread that steps the engine's running batch: a queued
+request joins it at the next step, whatever its adapter or settings.
 
 The queue is bounded: a request that finds it full is refused at once (`Overloaded`, a 429 with Retry-After),
 never left to hang. Each request's tokens go back to its handler on the handler's own event loop."""
@@ -11,18 +12,18 @@ import logging
 import queue
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fine_tune_dag.core.generation.base import Decoding, EngineSettings, GenerationEngine, GenerationRequest, Running
+from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
-from fine_tune_dag.core.modeling.decoding import Decoding, decode
 from fine_tune_dag.core.modeling.generation import continuation_text, load_generation_settings
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.inference import load_base_model
-from fine_tune_dag.core.modeling.models import load_tokenizer
+from fine_tune_dag.core.modeling.models import load_tokenizer, select_device
 from fine_tune_dag.core.serving.requests import ChatRequest
 
 LOGGER = logging.getLogger(__name__)
@@ -63,11 +64,6 @@ class Job:
     def send(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
 
-    @property
-    def key(self) -> tuple:
-        """Jobs with the same key decode in one batch."""
-        return (self.served.adapter, self.decoding, self.request.stop, self.max_tokens)
-
 
 class Engine:
     """Load the base model in the background, then serve jobs in batches of up to `batch_size`."""
@@ -80,6 +76,7 @@ class Engine:
         queue_size: int = 32,
         device: str = "auto",
         dtype: str = "auto",
+        engine: str = "auto",
     ) -> None:
         self.base_model, self.record = Path(base_model), record
         self.batch_size, self.device, self.dtype = batch_size, device, dtype
@@ -87,11 +84,11 @@ class Engine:
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.tokenizer = load_tokenizer(self.base_model)
-        self._model: Any = None
-        self._adapters: dict[Path, str] = {}  # folder → adapter name in the model
+        self.engine_setting = engine
+        self._engine: GenerationEngine
+        self._adapters: dict[Path, str] = {}  # folder → adapter name in the engine
         self._settings: dict[Path | None, GenerationSettings] = {}
         self._stop = threading.Event()
-        self._held: list[Job] = []  # taken from the queue, waiting for a batch of their kind
         self._thread = threading.Thread(target=self._run, name="serve-engine", daemon=True)
 
     def start(self) -> None:
@@ -132,115 +129,93 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            self._model = load_base_model(self.base_model, self.device, self.dtype)
+            device = select_device(self.device)
+            self._engine = open_engine(
+                self.base_model,
+                {},
+                self.tokenizer,
+                EngineSettings(self.engine_setting, max_batch=self.batch_size),  # type: ignore[arg-type]
+                device,
+                lambda: load_base_model(self.base_model, device, self.dtype),
+            )
         except BaseException as error:  # reported to every request instead of a silent dead thread
             self.failure = error
             return
+        LOGGER.info("serving with %s: %s", self._engine.choice.engine, self._engine.choice.reason)
         self.ready.set()
+        running: dict[Running, Job] = {}
+        tokens: dict[Running, list[int]] = {}
+        started: dict[Running, float] = {}
         while not self._stop.is_set():
-            if not self._held:
+            for job in self._arrivals(wait=not running):
                 try:
-                    self._held.append(self.jobs.get(timeout=0.2))
-                except queue.Empty:
-                    continue
-            self._decode(self._held.pop(0))
-
-    def _arrivals(self, batch: list[Job], room: int) -> list[list[int]]:
-        """Up to `room` queued jobs of `batch`'s kind, joining it as it decodes; others wait their turn."""
-        joined: list[list[int]] = []
-        while len(joined) < room:
-            same = next((job for job in self._held if job.key == batch[0].key), None)
-            if same is not None:
-                self._held.remove(same)
-            else:
-                try:
-                    same = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if same.key != batch[0].key:
-                    self._held.append(same)
-                    continue
-            batch.append(same)
-            joined.append(same.prompt)
-        return joined
-
-    def _weights(self, adapter: Path | None) -> Any:
-        """The model with `adapter` on (loaded the first time it is asked for), or with adapters off."""
-        from peft import PeftModel
-
-        from fine_tune_dag.core.modeling.models import with_adapters
-
-        if adapter is not None and adapter not in self._adapters:
-            name = f"adapter{len(self._adapters)}"
-            if isinstance(self._model, PeftModel):
-                self._model.load_adapter(str(adapter), adapter_name=name, autocast_adapter_dtype=False)
-            else:
-                self._model = with_adapters(self._model, {name: adapter})
-            self._adapters[adapter] = name
-        if isinstance(self._model, PeftModel):
-            if adapter is None:
-                return self._model, self._model.disable_adapter()
-            self._model.set_adapter(self._adapters[adapter])
-        return self._model, nullcontext()
-
-    def _decode(self, first: Job) -> None:
-        """`first` and the jobs of its kind that arrive while it decodes, in one batch."""
-        batch = [first]
-        tokens: dict[int, list[int]] = {}
-        reasons: dict[int, str] = {}
-        started: dict[int, float] = {}
-        try:
-            model, weights = self._weights(first.served.adapter)
-            with weights:
-                steps = decode(
-                    model,
-                    self.tokenizer,
-                    [first.prompt],
-                    first.max_tokens,
-                    first.decoding,
-                    first.request.stop,
-                    self.batch_size,
-                    arrivals=lambda room: self._arrivals(batch, room),
-                )
-                for step in steps:
-                    for row, new in step.tokens.items():
-                        started.setdefault(row, time.perf_counter())
-                        tokens.setdefault(row, []).extend(new)
-                        if new[-1] == self.tokenizer.eos_token_id:
-                            new = new[:-1]
-                        if row in step.finished:
-                            reasons[row] = self._reason(tokens[row], first)
-                        if new:
-                            batch[row].send("tokens", new)
-                    if step.finished:
-                        self._finish([(row, batch[row]) for row in step.finished], tokens, reasons, started)
-        except Exception as error:  # every unfinished request of the batch hears it; the server goes on
-            for row, job in enumerate(batch):
-                if row not in reasons:
+                    request = GenerationRequest(
+                        tuple(job.prompt), job.max_tokens, job.decoding, tuple(job.request.stop), self._adapter(job)
+                    )
+                    handle = self._engine.submit(request)
+                except Exception as error:  # this request hears it; the server goes on
                     job.send("error", str(error))
+                    continue
+                running[handle], tokens[handle], started[handle] = job, [], time.perf_counter()
+            if not running:
+                continue
+            try:
+                self._engine.step()
+            except Exception as error:  # every running request hears it; the server goes on
+                for job in running.values():
+                    job.send("error", str(error))
+                running.clear()
+                continue
+            finished = []
+            for handle, job in running.items():
+                new = handle.read()
+                tokens[handle].extend(new)
+                shown = [t for t in new if t != self.tokenizer.eos_token_id]
+                if shown:
+                    job.send("tokens", shown)
+                if handle.finished:
+                    finished.append(handle)
+            if finished:
+                self._finish([(running.pop(h), tokens.pop(h), started.pop(h), h.reason) for h in finished])
 
-    def _reason(self, tokens: list[int], job: Job) -> str:
-        """OpenAI's finish reason: "stop" at EOS or a stop string, "length" at the token limit."""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        stopped = tokens[-1] == self.tokenizer.eos_token_id or any(s in text for s in job.request.stop)
-        return "stop" if stopped or len(tokens) < job.max_tokens else "length"
+    def _arrivals(self, wait: bool) -> list[Job]:
+        """The queued jobs that join the running batch now (waiting a moment for one when nothing runs), up to
+        the batch size the engine decodes at once."""
+        jobs: list[Job] = []
+        try:
+            if wait:
+                jobs.append(self.jobs.get(timeout=0.2))
+            while len(jobs) < self.batch_size:
+                jobs.append(self.jobs.get_nowait())
+        except queue.Empty:
+            pass
+        return jobs
 
-    def _finish(
-        self,
-        rows: list[tuple[int, Job]],
-        tokens: dict[int, list[int]],
-        reasons: dict[int, str],
-        started: dict[int, float],
-    ) -> None:
+    def _adapter(self, job: Job) -> str | None:
+        """The engine's name for the job's adapter, added to the engine the first time it is asked for."""
+        folder = job.served.adapter
+        if folder is None:
+            return None
+        if folder not in self._adapters:
+            self._adapters[folder] = f"adapter{len(self._adapters)}"
+            self._engine.add_adapter(self._adapters[folder], folder)
+        return self._adapters[folder]
+
+    def _finish(self, done: list[tuple[Job, list[int], float, str]]) -> None:
         """Log the finished answers, then end them: a client that has its answer finds it in the log."""
         now = time.perf_counter()
         try:
-            answered = [_logged(job, self.tokenizer, tokens[row], now - started[row]) for row, job in rows]
-            self.record(answered, rows[0][1].served.name)
+            for name in dict.fromkeys(job.served.name for job, *_ in done):
+                answered = [
+                    _logged(job, self.tokenizer, tokens, now - started)
+                    for job, tokens, started, _ in done
+                    if job.served.name == name
+                ]
+                self.record(answered, name)
         except Exception as error:  # a busy warehouse must not withhold the answers
             LOGGER.warning("served answers not logged: %s", error)
-        for row, job in rows:
-            job.send("end", reasons[row])
+        for job, _, _, reason in done:
+            job.send("end", reason)
 
 
 def _logged(job: Job, tokenizer: Any, tokens: list[int], latency: float) -> tuple[LLMRequest, LLMResult]:
