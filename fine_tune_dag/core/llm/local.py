@@ -9,7 +9,7 @@ from typing import Sequence
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
+from fine_tune_dag.core.modeling.memory_budget import resolve_memory_budget
 from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer, select_device, select_dtype
 
 
@@ -25,7 +25,7 @@ class LocalLLM:
         dtype: str = "auto",
         batch_size: int = 8,
         seed: int = 0,
-        memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+        memory_budget_gb: float | None = None,  # None: follows the memory available at each call
     ):
         self.model_path = Path(model_path)
         self.model_name = self.model_path.name
@@ -57,7 +57,7 @@ class LocalLLM:
                 temperature,
                 batch_size=self.batch_size,
                 seed=self.seed,
-                memory_budget_gb=self.memory_budget_gb,
+                memory_budget=resolve_memory_budget(self.memory_budget_gb),
             )
             latency = (time.perf_counter() - started) / len(indices)
             for i, prompt, output in zip(indices, prompts, outputs):

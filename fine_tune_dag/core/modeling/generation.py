@@ -11,7 +11,13 @@ from transformers import GenerationConfig
 
 from fine_tune_dag.core.modeling.decoding import Decoding, decode, token_limits
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
-from fine_tune_dag.core.modeling.memory_budget import ModelShape, available_bytes, decoding_bytes, fitting_rows
+from fine_tune_dag.core.modeling.memory_budget import (
+    MemoryBudget,
+    ModelShape,
+    available_bytes,
+    decoding_bytes,
+    fitting_rows,
+)
 
 GENERATION_CONFIG = "generation_config.json"  # transformers' own file name, so other tools find it
 
@@ -81,7 +87,7 @@ def generate_batch(
     on_batch: Callable[[int], None] | None = None,
     stop_strings: Sequence[str] = (),
     no_repeat_ngram_size: int = 0,
-    memory_budget_gb: float | None = None,
+    memory_budget: MemoryBudget | None = None,
 ) -> list[str]:
     """Decode continuations of token-id prompts, at most `batch_size` at once, in order of length (see
     `decoding.decode`); `on_batch` hears how many more are done, about a batch at a time.
@@ -91,15 +97,15 @@ def generate_batch(
     Sampling is seeded by `seed` and each prompt, so a cached request and a fresh one agree whatever their
     batch. `no_repeat_ngram_size` > 0 forbids a row to repeat any run of that many of its own generated
     tokens (the prompt's are free to quote). `**asdict(GenerationSettings(...))` fills the decoding arguments.
-    With `memory_budget_gb`, fewer rows decode at once where `batch_size` rows of the longest prompt would not fit.
+    With `memory_budget`, fewer rows decode at once where `batch_size` rows of the longest prompt would not fit.
     """
     limits = token_limits(max_new_tokens, len(prompts))
-    if memory_budget_gb is not None and prompts:
+    if memory_budget is not None and prompts:
         shape, longest = ModelShape.of(model.config), max(len(p) for p in prompts)
         batch_size = fitting_rows(
             batch_size,
             lambda rows: decoding_bytes(shape, rows, longest, max(limits), model.dtype.itemsize),
-            available_bytes(memory_budget_gb),
+            available_bytes(memory_budget),
         )
     decoding = Decoding(temperature, top_p, no_repeat_ngram_size, seed)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths decode together
