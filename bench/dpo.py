@@ -1,13 +1,14 @@
 """Our DPO loop (`train_dpo`, as `dpo_adapter` runs it) against TRL's `DPOTrainer`, like for like, on the same pairs.
 
-Both start from the same supervised adapter (trained for a few steps here) and train it further with the same
-beta, learning rate, linear schedule, warmup, batch and steps, in the same precision arrangement: base weights in
-the dtype `select_dtype` picks (bf16 on a CPU with AMX), the float32 adapter over them, bf16 autocast (ours through
-`base_precision`, TRL's through `bf16=True`); no gradient checkpointing (TRL's default turned off), LoRA dropout
-kept on both (TRL's `disable_dropout` default turned off). The reference is the starting adapter on both sides,
-its log-probabilities computed once up front: ours always does, TRL with `precompute_ref_log_probs=True` over the
-frozen copy of the start adapter it adds itself (so neither side holds a second model). What still differs is
-each trainer's own code (collation, TRL's fused tiled log-probabilities, peft's input casts).
+Both start from the same supervised adapter (trained for a few steps here) and train it further with the same beta,
+learning rate, linear schedule, warmup, batch and steps, in the same precision arrangement: base weights in the
+dtype `select_dtype` picks (bf16 on a CPU with AMX), the float32 adapter over them, bf16 autocast (ours through
+`base_precision`, TRL's through `bf16=True`); no gradient checkpointing on TRL's side (its default turned off) and
+on ours only where the default memory budget needs it, as a user's run would be, LoRA dropout kept on both (TRL's
+`disable_dropout` default turned off). The reference is the starting adapter on both sides, its log-probabilities
+computed once up front: ours always does, TRL with `precompute_ref_log_probs=True` over the frozen copy of the start
+adapter it adds itself (so neither side holds a second model). What still differs is each trainer's own code
+(collation, TRL's fused tiled log-probabilities, peft's input casts).
 
 Each side runs in a process of its own and the sides take turns (bench/turns.py): the reference pass is one turn,
 then one optimizer step a turn. Timed on both: the reference pass over all pairs, and every step but the first
@@ -69,10 +70,8 @@ def preference_data(tokenizer: Any, count: int) -> list[Pair]:
 
 def dpo_settings(pairs: int, steps: int, batch_size: int) -> DpoSettings:
     """Our defaults, with the epochs that make `steps` optimizer steps; progress reported every step."""
-    # no memory budget: every step runs its pairs in one pass, as TRL's do
-    return DpoSettings(
-        batch_size=batch_size, epochs=steps * batch_size / pairs, logging_steps=1, memory_budget_gb=math.inf
-    )
+    # the default memory budget (half the memory available, at least 2.5 GB), so ours is timed as users get it
+    return DpoSettings(batch_size=batch_size, epochs=steps * batch_size / pairs, logging_steps=1)
 
 
 def total_steps(settings: DpoSettings, pairs: int) -> int:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 from results import LargestProcessPeak, Row, add_json_argument, report
 
+from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_FLOOR_GB
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = "memory"
 CLI = str(Path(sys.executable).with_name("fine-tune-dag"))
@@ -54,12 +56,14 @@ STAGES = (
     "preference_candidates",
     "dpo_adapter",
 )
-# the note runs as bench/incremental.py; training and evaluation only long enough to run them once
+# the note runs as bench/incremental.py; training and evaluation only long enough to run them once; every budgeted
+# stage at the 2.5 GB floor (an 8 GB laptop's), set explicitly, as the rows' ≤2.5 GB limit measures that case
+BUDGET = {"memory_budget_gb": MEMORY_BUDGET_FLOOR_GB}
 RUN_CONFIG = {
     "ops": {
         "passages": {"config": {"min_chars": 80, "max_chars": 400}},
-        "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "logging_steps": 1}},
-        "edge_cases": {"config": {"max_new_tokens": 4}},
+        "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, **BUDGET}},
+        "edge_cases": {"config": {"max_new_tokens": 4, **BUDGET}},
         "eval_report": {
             "config": {
                 "max_examples": 4,
@@ -67,8 +71,10 @@ RUN_CONFIG = {
                 "max_voice_items": 4,
                 "max_written_notes": 1,
                 "written_max_new_tokens": 4,
+                **BUDGET,
             }
         },
+        "dpo_adapter": {"config": BUDGET},
     }
 }
 BUNDLED_VOCAB = 49152  # the bundled tokenizer's, so the project's loaders and renderer work on the 1B model
@@ -182,13 +188,19 @@ def child_llama(kind: str, model: Path, root: Path) -> None:
         from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
 
         settings = TrainingSettings(
-            max_steps=1, batch_size=2, max_seq_length=96, eval_fraction=0.0, logging_steps=1, checkpoint_steps=0
+            max_steps=1,
+            batch_size=2,
+            max_seq_length=96,
+            eval_fraction=0.0,
+            logging_steps=1,
+            checkpoint_steps=0,
+            **BUDGET,
         )
         train_lora(model, _conversations(2), settings)
     else:
         from fine_tune_dag.core.modeling.evaluation import EvaluationSettings, evaluate_contender
 
-        settings = EvaluationSettings(max_examples=2, max_new_tokens=4, batch_size=2)
+        settings = EvaluationSettings(max_examples=2, max_new_tokens=4, batch_size=2, **BUDGET)
         tokenizer = load_tokenizer(model)
         lm = load_causal_lm(model)
         conversations = _conversations(2)

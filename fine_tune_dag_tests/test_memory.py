@@ -1,4 +1,5 @@
-"""Per-stage peak memory: what each stage reports is its own peak, not the process's lifetime one."""
+"""Per-stage peak memory: what each stage reports is its own peak, not the process's lifetime one; and the memory
+available to a stage, a container's limit included."""
 
 from __future__ import annotations
 
@@ -6,13 +7,31 @@ import os
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
 
-from fine_tune_dag.core.memory import release_free_heap, resident_bytes
+from fine_tune_dag.core import memory
+from fine_tune_dag.core.memory import available_memory_bytes, release_free_heap, resident_bytes
 
 MIB = 2**20
+GIB = 2**30
+
+
+def test_available_memory_is_the_systems_or_a_containers_room_if_nearer(tmp_path: Path, monkeypatch):
+    meminfo, limit, usage = tmp_path / "meminfo", tmp_path / "memory.max", tmp_path / "memory.current"
+    meminfo.write_text(f"MemTotal:       25165824 kB\nMemFree:         1048576 kB\nMemAvailable:   {20 * 2**20} kB\n")
+    monkeypatch.setattr(memory, "_MEMINFO", meminfo)
+    monkeypatch.setattr(memory, "_CGROUP_MEMORY", ((limit, usage),))
+    assert available_memory_bytes() == 20 * GIB  # no cgroup files: not in a container
+    limit.write_text("max\n")
+    usage.write_text(f"{2 * GIB}\n")
+    assert available_memory_bytes() == 20 * GIB  # a container without a limit
+    limit.write_text(f"{8 * GIB}\n")
+    assert available_memory_bytes() == 6 * GIB  # its limit less what it holds
+    monkeypatch.setattr(memory, "_MEMINFO", tmp_path / "absent")
+    assert available_memory_bytes() is None  # a system that does not say (macOS, Windows)
 
 
 # In a fresh process: in the test run's own, memory other tests left behind (free heap, mapped weights the kernel
@@ -48,6 +67,9 @@ import weakref
 from fine_tune_dag.core.memory import freed_tensors_returned, resident_bytes
 warm = b"w" * (8 << 20)
 del warm  # glibc now takes blocks up to this large from the heap, unless told otherwise
+# fill the free chunks the imports left (under 1 MiB in all), so each small block below lands after its large one
+# wherever those chunks happen to lie
+holes = [bytearray(1024) for _ in range(2048)]
 with freed_tensors_returned() if sys.argv[1] == "lean" else contextlib.nullcontext(True) as changed:
     assert changed
     before = resident_bytes()
@@ -124,7 +146,7 @@ def test_a_stage_that_loads_its_own_model_lets_the_synthesis_model_go(tiny_model
     from fine_tune_dag.core.llm.types import LLMRequest
     from fine_tune_dag.resources import llm
 
-    teacher = llm._local_client(tiny_model_dir, "cpu", "float32", 2, 0, 4.0)
+    teacher = llm._local_client(tiny_model_dir, "cpu", "float32", 2, 0, 4.0, "auto")
     teacher.complete([LLMRequest((("user", "Say one word."),), "test", "1", max_new_tokens=2)])
     loaded = weakref.ref(teacher._loaded[0])
     del teacher

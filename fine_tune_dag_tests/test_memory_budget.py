@@ -1,8 +1,10 @@
-"""The memory budget: estimates that match what a step really keeps, plans that pick the cheapest way to fit, and
-training, scoring and generation that follow the plan without changing what they compute."""
+"""The memory budget: a default that follows the machine, estimates that match what a step really keeps, plans that
+pick the cheapest way to fit, and training, scoring and generation that follow the plan without changing what they
+compute."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -13,17 +15,20 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fine_tune_dag.core.generation.transformers import TransformersEngine
-from fine_tune_dag.core.modeling import evaluation, loop
+from fine_tune_dag.core.modeling import evaluation, loop, memory_budget
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.evaluation import answer_nll
 from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.loop import answer_token_losses, base_precision, collate
+from fine_tune_dag.core.modeling.loop import answer_token_losses, base_precision, collate, save_adapter
 from fine_tune_dag.core.modeling.memory_budget import (
     GIB,
+    MEMORY_BUDGET_FLOOR_GB,
+    MemoryBudget,
     ModelShape,
     decoding_bytes,
     fitting_rows,
     plan_training,
+    resolve_memory_budget,
     training_bytes,
 )
 from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
@@ -35,6 +40,63 @@ from fine_tune_dag_tests.test_chat_and_training import CONVERSATIONS
 BUNDLED = ModelShape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)
 NO_BUDGET = 1e6  # GB: every plan fits
 NOTHING_FITS = 1e-9
+
+
+def machine_with(monkeypatch: pytest.MonkeyPatch, available_gib: float | None) -> None:
+    """A machine with this much memory available (None: one that does not say)."""
+    available = None if available_gib is None else int(available_gib * GIB)
+    monkeypatch.setattr(memory_budget, "available_memory_bytes", lambda: available)
+
+
+def test_the_default_budget_is_half_the_memory_available(monkeypatch):
+    machine_with(monkeypatch, 20)
+    assert resolve_memory_budget(None) == MemoryBudget(10.0, "half of the 20.0 GiB available when the stage started")
+
+
+def test_the_default_budget_never_goes_under_the_floor(monkeypatch):
+    assert MEMORY_BUDGET_FLOOR_GB == 2.5
+    machine_with(monkeypatch, 3)
+    assert resolve_memory_budget(None) == MemoryBudget(2.5, "the 2.5 GB floor: 3.0 GiB available")
+    machine_with(monkeypatch, 5)  # half of it is the floor exactly
+    assert resolve_memory_budget(None) == MemoryBudget(2.5, "half of the 5.0 GiB available when the stage started")
+    machine_with(monkeypatch, None)
+    assert resolve_memory_budget(None) == MemoryBudget(
+        2.5, "the 2.5 GB floor: this system does not say what memory is available"
+    )
+
+
+@pytest.mark.parametrize("available_gib", [None, 0.5, 3, 20, 1024])
+def test_an_explicit_budget_wins_whatever_is_available(monkeypatch, available_gib):
+    machine_with(monkeypatch, available_gib)
+    assert resolve_memory_budget(1.0) == MemoryBudget(1.0, "explicit")
+
+
+def test_training_plans_within_the_machines_budget_and_says_which_and_why(tiny_model_dir: Path, monkeypatch, tmp_path):
+    """A process that already holds 2.5 GiB: the floor leaves nothing, so one row at a time with checkpointing;
+    half of 20 GiB leaves 7.5 GiB, where the configured 4 rows fit without checkpointing. The adapter's
+    `training_config.json` (and its metadata, `TrainingRun.memory_budget_entries`) say which budget and why."""
+    monkeypatch.setattr(memory_budget, "resident_bytes", lambda: int(2.5 * GIB))
+    settings = TrainingSettings(max_steps=1, batch_size=4, dtype="float32", logging_steps=1)
+    assert settings.memory_budget_gb is None
+
+    machine_with(monkeypatch, 20)
+    roomy = train_lora(tiny_model_dir, CONVERSATIONS, settings)
+    assert (roomy.memory_plan.micro_batch, roomy.memory_plan.gradient_checkpointing) == (4, False)
+    assert roomy.memory_plan.available_bytes == int(7.5 * GIB)
+    saved = json.loads((save_adapter(roomy, tmp_path, "roomy", {}) / "training_config.json").read_text())
+    assert (saved["memory_budget_gb"], saved["memory_budget_reason"]) == (
+        10.0,
+        "half of the 20.0 GiB available when the stage started",
+    )
+    assert saved["settings"]["memory_budget_gb"] is None  # the setting stays automatic; the run says what it was
+
+    machine_with(monkeypatch, 3)
+    tight = train_lora(tiny_model_dir, CONVERSATIONS, settings)
+    assert (tight.memory_plan.micro_batch, tight.memory_plan.gradient_checkpointing) == (1, True)
+    assert tight.memory_budget_entries() == {
+        "memory_budget_gb": 2.5,
+        "memory_budget_reason": "the 2.5 GB floor: 3.0 GiB available",
+    }
 
 
 def test_the_estimate_of_a_training_step_matches_what_autograd_keeps():
@@ -167,8 +229,8 @@ def test_generation_and_scoring_take_fewer_rows_when_the_budget_is_short(tiny_mo
         return real_rows(self, requests, *args, **kwargs)
 
     monkeypatch.setattr(TransformersEngine, "generate_rows", spy)
-    roomy = generate_batch(model, tokenizer, prompts, 8, batch_size=4, memory_budget_gb=NO_BUDGET)
-    tight = generate_batch(model, tokenizer, prompts, 8, batch_size=4, memory_budget_gb=NOTHING_FITS)
+    roomy = generate_batch(model, tokenizer, prompts, 8, batch_size=4, memory_budget=resolve_memory_budget(NO_BUDGET))
+    tight = generate_batch(model, tokenizer, prompts, 8, batch_size=4, memory_budget=resolve_memory_budget(NOTHING_FITS))
     assert batches == [4] * math.ceil(len(prompts) / 4) + [1] * len(prompts)  # of 4, then one at a time
     assert tight == roomy  # float32 answers do not depend on the batch
 
@@ -177,10 +239,10 @@ def test_generation_and_scoring_take_fewer_rows_when_the_budget_is_short(tiny_mo
     monkeypatch.setattr(
         evaluation, "collate", lambda examples, pad: rows.append(len(examples)) or real_collate(examples, pad)
     )
-    scored = answer_nll(model, tokenizer, CONVERSATIONS, 4, NO_BUDGET)
+    scored = answer_nll(model, tokenizer, CONVERSATIONS, 4, resolve_memory_budget(NO_BUDGET))
     assert max(rows) == 4
     rows.clear()
-    one_at_a_time = answer_nll(model, tokenizer, CONVERSATIONS, 4, NOTHING_FITS)
+    one_at_a_time = answer_nll(model, tokenizer, CONVERSATIONS, 4, resolve_memory_budget(NOTHING_FITS))
     assert set(rows) == {1}
     assert (scored["answer_tokens"] == one_at_a_time["answer_tokens"]).all()
     assert scored["nll_sum"].to_numpy() == pytest.approx(one_at_a_time["nll_sum"].to_numpy(), rel=1e-5)

@@ -25,6 +25,11 @@ def test_the_shipped_sweep_file_is_valid_and_typos_are_named(tmp_path):
     bad.write_text("configurations:\n  fast: {epochs: many}\n")
     with pytest.raises(SweepFileError, match="'epochs' should be float"):
         load_sweep(bad)
+    bad.write_text("configurations:\n  roomy: {memory_budget_gb: 6}\n")  # set, where its default follows the machine
+    assert load_sweep(bad) == {"roomy": {"memory_budget_gb": 6}}
+    bad.write_text("configurations:\n  roomy: {memory_budget_gb: lots}\n")
+    with pytest.raises(SweepFileError, match="'memory_budget_gb' should be float"):
+        load_sweep(bad)
     bad.write_text("configurations:\n  Fast Run: {}\n")
     with pytest.raises(SweepFileError, match="must use a-z"):
         load_sweep(bad)

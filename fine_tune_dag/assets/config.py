@@ -18,7 +18,7 @@ from pydantic import Field, create_model
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
 from fine_tune_dag.core.modeling.dpo import DpoSettings
 from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
-from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
+from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_HELP
 from fine_tune_dag.core.modeling.preferences import PreferenceSettings
 from fine_tune_dag.core.modeling.training_settings import TrainingSettings
 from fine_tune_dag.core.retrieval.settings import RetrievalSettings
@@ -117,8 +117,9 @@ class EdgeCaseConfig(dg.Config):
     hardest: int = Field(default=5, description="held-out items the base model found hardest, added per run")
     max_new_tokens: int = 96
     batch_size: int = 8
-    memory_budget_gb: float = Field(
-        default=DEFAULT_MEMORY_BUDGET_GB, description="the most the stage may hold: smaller batches where 8 won't fit"
+    memory_budget_gb: float | None = Field(
+        default=None,
+        description=f"the most the stage may hold: smaller batches where 8 won't fit; {MEMORY_BUDGET_HELP}",
     )
     device: str = "auto"
     dtype: str = "auto"

@@ -18,6 +18,7 @@ from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_message
 from fine_tune_dag.core.modeling.edge_cases import hardest_for_base, read_user_cases, side_by_side
 from fine_tune_dag.core.modeling.evaluation import answer_nll
 from fine_tune_dag.core.modeling.generation import generate_batch
+from fine_tune_dag.core.modeling.memory_budget import resolve_memory_budget
 from fine_tune_dag.core.modeling.models import (
     load_causal_lm,
     load_tokenizer,
@@ -56,6 +57,7 @@ def edge_cases(
         if newest is None:
             raise StageError("no adapter trained yet: materialize lora_adapter first")
     adapters = main_line_adapters(db, newest.base_model_path)
+    budget = resolve_memory_budget(config.memory_budget_gb)  # before the weights take their share
     device = select_device(config.device)
     base = load_causal_lm(Path(newest.base_model_path), device, select_dtype(config.dtype, device))
     model = with_adapters(base, dict(zip(adapters.version, adapters.path)))
@@ -63,9 +65,7 @@ def edge_cases(
 
     test = split_items(db, "test")
     with model.disable_adapter():
-        scores = answer_nll(
-            model, tokenizer, [r["messages"] for r in records_of(test)], config.batch_size, config.memory_budget_gb
-        )
+        scores = answer_nll(model, tokenizer, [r["messages"] for r in records_of(test)], config.batch_size, budget)
     test["nll_per_token"] = scores["nll_sum"] / scores["answer_tokens"].clip(lower=1)
     user_cases, problems = read_user_cases(paths.data / USER_CASES_FILE)
     for problem in problems:
@@ -102,6 +102,7 @@ def edge_cases(
             config.max_new_tokens,
             batch_size=config.batch_size,
             adapter=None if name == "base" else name,
+            memory_budget=budget,
         )
         answers = pd.DataFrame({"case_id": todo["case_id"], "model": name, "answer": outputs, "created_at": now})
         db.insert_rows("edge_case_answers", answers)
@@ -122,6 +123,8 @@ def edge_cases(
             "user_file_problems": dg.MetadataValue.json(problems),
             "answers_generated": written,
             "versions_tracked": len(adapters),
+            "memory_budget_gb": round(budget.gb, 2),
+            "memory_budget_reason": budget.reason,
             "side_by_side": dg.MetadataValue.md(markdown),
         }
     )

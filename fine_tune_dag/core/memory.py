@@ -1,4 +1,5 @@
-"""Peak resident memory of this process over one stretch of work, so each stage can report its own peak.
+"""Peak resident memory of this process over one stretch of work, so each stage can report its own peak; and
+how much memory the system could still give it.
 
 Linux keeps a process's peak (VmHWM) and lets the process reset it to the current size (writing 5 to
 /proc/self/clear_refs), which gives a per-stage peak with no sampling thread. Elsewhere the lifetime peak
@@ -18,6 +19,13 @@ from typing import Iterator
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_MEMINFO = Path("/proc/meminfo")
+# a container's memory limit and what its processes hold now (page cache included, so their difference is a lower
+# bound), cgroup v2 then v1; /proc/meminfo inside a container shows the host's memory
+_CGROUP_MEMORY = (
+    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+    (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")),
+)
 
 
 def peak_rss_mib() -> float:
@@ -37,6 +45,28 @@ def resident_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return int(peak_rss_mib() * 2**20)
+
+
+def available_memory_bytes() -> int | None:
+    """What new allocations could take now without swapping (Linux): MemAvailable (free memory and the caches the
+    kernel would drop), or less inside a container whose memory limit is nearer. None where the system does not
+    say (macOS, Windows)."""
+    if not _MEMINFO.is_file():
+        return None
+    available = next(
+        (int(line.split()[1]) * 1024 for line in _MEMINFO.read_text().splitlines() if line.startswith("MemAvailable:")),
+        None,
+    )
+    for limit_file, usage_file in _CGROUP_MEMORY:
+        try:
+            limit, usage = limit_file.read_text().strip(), int(usage_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():  # "max": no limit
+            room = max(0, int(limit) - usage)
+            available = room if available is None else min(available, room)
+        break
+    return available
 
 
 def reset_peak_rss() -> bool:

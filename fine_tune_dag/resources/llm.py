@@ -14,7 +14,7 @@ from fine_tune_dag.core.llm.local import LocalLLM
 from fine_tune_dag.core.llm.openai_compat import OpenAICompatibleLLM, OpenAISettings
 from fine_tune_dag.core.llm.remote import RemoteSettings
 from fine_tune_dag.core.llm.types import DEFAULT_PRICES, LLMClient
-from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
+from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_HELP
 from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -27,7 +27,13 @@ RemoteSettingsT = TypeVar("RemoteSettingsT", bound=RemoteSettings)
 
 @lru_cache(maxsize=2)
 def _local_client(
-    model_path: Path, device: str, dtype: str, batch_size: int, seed: int, memory_budget_gb: float, engine: str
+    model_path: Path,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    seed: int,
+    memory_budget_gb: float | None,
+    engine: str,
 ) -> LocalLLM:
     """One loaded model per process, shared by every partition a run materializes."""
     return LocalLLM(model_path, device, dtype, batch_size, seed, memory_budget_gb, engine)
@@ -63,9 +69,10 @@ class LLMResource(dg.ConfigurableResource):
         description="local: Hub id, folder or bundled:…; gemini: model name; openai: the name the server serves",
     )
     batch_size: int = 8
-    memory_budget_gb: float = Field(
-        default=DEFAULT_MEMORY_BUDGET_GB,
-        description="local: the most the process may hold; fewer requests decode at once where batch_size won't fit",
+    memory_budget_gb: float | None = Field(
+        default=None,
+        description="local: the most the process may hold; fewer requests decode at once where batch_size won't fit; "
+        + MEMORY_BUDGET_HELP,
     )
     device: str = "auto"
     dtype: str = "auto"

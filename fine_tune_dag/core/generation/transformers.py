@@ -25,6 +25,13 @@ from fine_tune_dag.core.generation.base import (
     Running,
     row_seed,
 )
+from fine_tune_dag.core.modeling.memory_budget import (
+    MemoryBudget,
+    ModelShape,
+    available_bytes,
+    decoding_bytes,
+    fitting_rows,
+)
 
 
 class ContinuationNGramBan(LogitsProcessor):
@@ -136,14 +143,14 @@ class TransformersEngine(GenerationEngine):
         tokenizer: Any,
         max_batch: int = 8,
         reason: str = "transformers' generate",
-        memory_budget_gb: float | None = None,
+        memory_budget: MemoryBudget | None = None,
         as_loaded: bool = False,
     ) -> None:
         """`as_loaded`: a request without an adapter runs the model as the caller set it (its active adapter on),
         not the base model with adapters off."""
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.as_loaded = as_loaded
-        self.memory_budget_gb = memory_budget_gb
+        self.memory_budget = memory_budget
         self.eos_token_id = tokenizer.eos_token_id
         self.choice = EngineChoice("transformers", reason, str(model.dtype).removeprefix("torch."))
         self._running: list[_Threaded] = []
@@ -151,16 +158,14 @@ class TransformersEngine(GenerationEngine):
 
     def _rows_at_once(self, requests: Sequence[GenerationRequest]) -> int:
         """`max_batch`, or fewer where that many rows of the longest prompt would not fit the memory budget."""
-        if self.memory_budget_gb is None or not requests:
+        if self.memory_budget is None or not requests:
             return self.max_batch
-        from fine_tune_dag.core.modeling.memory_budget import ModelShape, available_bytes, decoding_bytes, fitting_rows
-
         shape = ModelShape.of(self.model.config)
         longest, limit = max(len(r.prompt) for r in requests), max(r.max_new_tokens for r in requests)
         return fitting_rows(
             self.max_batch,
             lambda rows: decoding_bytes(shape, rows, longest, limit, self.model.dtype.itemsize),
-            available_bytes(self.memory_budget_gb),
+            available_bytes(self.memory_budget),
         )
 
     @property

@@ -13,7 +13,7 @@ from fine_tune_dag.core.generation.transformers import TransformersEngine
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
 from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
+from fine_tune_dag.core.modeling.memory_budget import resolve_memory_budget
 from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer, select_device, select_dtype
 
 
@@ -29,7 +29,7 @@ class LocalLLM:
         dtype: str = "auto",
         batch_size: int = 8,
         seed: int = 0,
-        memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+        memory_budget_gb: float | None = None,  # None: follows the memory available at each call
         engine: str = "auto",
     ):
         self.model_path = Path(model_path)
@@ -49,8 +49,6 @@ class LocalLLM:
 
             settings = EngineSettings(self.engine_setting, max_batch=self.batch_size)  # type: ignore[arg-type]
             engine = open_engine(self.model_path, {}, tokenizer, settings, device, torch_model)
-            if isinstance(engine, TransformersEngine):
-                engine.memory_budget_gb = self.memory_budget_gb
             self._loaded = (engine, tokenizer)
         return self._loaded
 
@@ -61,6 +59,8 @@ class LocalLLM:
 
     def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
         model, tokenizer = self._model()
+        if isinstance(model, TransformersEngine):  # the fallback sizes its batches to the memory available now
+            model.memory_budget = resolve_memory_budget(self.memory_budget_gb)
         answers: list[LLMResult] = [LLMResult("")] * len(requests)
         groups: dict[tuple[int, float], list[int]] = {}
         for index, request in enumerate(requests):

@@ -33,7 +33,7 @@ from fine_tune_dag.core.modeling.loop import (
     optimizer_and_schedule,
     seeded_device,
 )
-from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
+from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_HELP, resolve_memory_budget
 from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 
 
@@ -56,11 +56,11 @@ class DpoSettings:
         default="auto", metadata={"help": "base weights: auto, bfloat16 or float32; the adapter trains in float32"}
     )
     logging_steps: int = field(default=5, metadata={"help": "how often progress is logged"})
-    memory_budget_gb: float = field(
-        default=DEFAULT_MEMORY_BUDGET_GB,
+    memory_budget_gb: float | None = field(
+        default=None,
         metadata={
             "help": "the most the training process may hold: above it, gradient checkpointing and then fewer pairs "
-            "per forward pass (the same pairs per step) keep the activations within it"
+            f"per forward pass (the same pairs per step) keep the activations within it; {MEMORY_BUDGET_HELP}"
         },
     )
 
@@ -126,6 +126,7 @@ def train_dpo(
 ) -> TrainingRun:
     """Train the adapter in `adapter_dir` (the supervised champion) further on (chosen, rejected)
     conversations; `on_log(metrics, total_steps)` reports progress."""
+    budget = resolve_memory_budget(settings.memory_budget_gb)  # before the weights take their share
     device, dtype = seeded_device(settings)
     tokenizer = load_tokenizer(adapter_dir)
     examples, dropped = tokenize_pairs(tokenizer, pairs, settings.max_seq_length)
@@ -139,7 +140,7 @@ def train_dpo(
     pad_id = tokenizer.pad_token_id
     ref_chosen, ref_rejected = reference_logps(model, examples, settings.batch_size, pad_id)
     sides = [side for pair in examples for side in pair]
-    plan = fit_memory_budget(model, dtype, 2 * settings.batch_size, sides, settings.memory_budget_gb, False)
+    plan = fit_memory_budget(model, dtype, 2 * settings.batch_size, sides, budget, False)
     pairs_per_pass = max(1, plan.micro_batch // 2)  # a pass reads both sides of each pair
     model.train()
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
@@ -155,6 +156,7 @@ def train_dpo(
         str(dtype).removeprefix("torch."),
         examples=len(examples),
         dropped_too_long=dropped,
+        memory_budget=budget,
         memory_plan=plan,
     )
     rng = random.Random(settings.seed)

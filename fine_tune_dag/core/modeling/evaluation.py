@@ -29,11 +29,13 @@ from fine_tune_dag.core.modeling.generation import generate_batch
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
 from fine_tune_dag.core.modeling.loop import answer_token_losses, collate
 from fine_tune_dag.core.modeling.memory_budget import (
-    DEFAULT_MEMORY_BUDGET_GB,
+    MEMORY_BUDGET_HELP,
+    MemoryBudget,
     ModelShape,
     available_bytes,
     fitting_rows,
     reading_bytes,
+    resolve_memory_budget,
 )
 from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean, win_rate
 from fine_tune_dag.core.retrieval.index import PassageIndex
@@ -68,10 +70,11 @@ class EvaluationSettings:
     )
     retrieval_top_k: int = field(default=3, metadata={"help": "passages retrieval puts in context"})
     batch_size: int = field(default=8, metadata={"help": "items per generation and scoring batch"})
-    memory_budget_gb: float = field(
-        default=DEFAULT_MEMORY_BUDGET_GB,
+    memory_budget_gb: float | None = field(
+        default=None,
         metadata={
-            "help": "the most the evaluation process may hold: fewer items go in a batch where more would not fit"
+            "help": "the most the evaluation process may hold: fewer items go in a batch where more would not fit; "
+            + MEMORY_BUDGET_HELP
         },
     )
     device: str = field(default="auto", metadata={"help": "auto, cuda, mps or cpu"})
@@ -99,22 +102,23 @@ def answer_nll(
     tokenizer: Any,
     conversations: Sequence[Sequence[Message]],
     batch_size: int,
-    memory_budget_gb: float | None = None,
+    memory_budget: MemoryBudget | None = None,
 ) -> pd.DataFrame:
     """Summed NLL and token count of each reference answer (with its EOS) given its prompt.
 
     Batches are cut from the items sorted by length: in input order, padding to each batch's longest item
-    about doubles the positions computed on test sets whose answers run from a sentence to a passage."""
+    about doubles the positions computed on test sets whose answers run from a sentence to a passage. With
+    `memory_budget`, fewer items go in a batch where `batch_size` of the longest would not fit."""
     device = next(model.parameters()).device
     examples = [render_training_example(tokenizer, messages) for messages in conversations]
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     rows: list[dict[str, float]] = [{}] * len(examples)
-    if memory_budget_gb is not None and examples:
+    if memory_budget is not None and examples:
         shape, longest = ModelShape.of(model.config), len(examples[order[-1]].input_ids)
         batch_size = fitting_rows(
             batch_size,
             lambda count: reading_bytes(shape, count, longest, model.dtype.itemsize),
-            available_bytes(memory_budget_gb),
+            available_bytes(memory_budget),
         )
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
@@ -210,7 +214,7 @@ def voice_scores(
                 tokenizer,
                 list(contender.voice)[: settings.max_voice_items],
                 settings.batch_size,
-                settings.memory_budget_gb,
+                resolve_memory_budget(settings.memory_budget_gb),
             )
     return scores
 
@@ -269,7 +273,7 @@ def write_notes(
         batch_size=settings.batch_size,
         seed=generation.seed,
         no_repeat_ngram_size=generation.no_repeat_ngram_size,
-        memory_budget_gb=settings.memory_budget_gb,
+        memory_budget=resolve_memory_budget(settings.memory_budget_gb),
         adapter=adapter,
     )
 
@@ -291,8 +295,9 @@ def evaluate_contender(
 
     `attrs["seconds"]` says where the time went ({"nll": …, "generation": …}), so a slow evaluation can be
     traced to a contender and a stage."""
+    budget = resolve_memory_budget(settings.memory_budget_gb)
     started = time.perf_counter()
-    scores = answer_nll(model, tokenizer, conversations, settings.batch_size, settings.memory_budget_gb)
+    scores = answer_nll(model, tokenizer, conversations, settings.batch_size, budget)
     scored = time.perf_counter()
     prompts = [render_prompt_ids(tokenizer, messages[:-1]) for messages in conversations]
     generations = generate_batch(
@@ -303,7 +308,7 @@ def evaluate_contender(
         batch_size=settings.batch_size,
         on_batch=on_progress,
         no_repeat_ngram_size=GenerationSettings.no_repeat_ngram_size,
-        memory_budget_gb=settings.memory_budget_gb,
+        memory_budget=budget,
         adapter=adapter,
     )
     seconds = {"nll": scored - started, "generation": time.perf_counter() - scored}

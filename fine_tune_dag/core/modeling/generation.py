@@ -11,6 +11,7 @@ from transformers import GenerationConfig
 
 from fine_tune_dag.core.generation.base import Decoding, GenerationEngine, GenerationRequest, token_limits
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
+from fine_tune_dag.core.modeling.memory_budget import MemoryBudget
 
 GENERATION_CONFIG = "generation_config.json"  # transformers' own file name, so other tools find it
 
@@ -67,15 +68,15 @@ def continuation_text(tokenizer: Any, tokens: Sequence[int] | torch.Tensor, stop
     return cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings).strip()
 
 
-def as_engine(model_or_engine: Any, tokenizer: Any, batch_size: int, memory_budget_gb: float | None = None) -> Any:
+def as_engine(model_or_engine: Any, tokenizer: Any, batch_size: int, memory_budget: MemoryBudget | None = None) -> Any:
     """An engine as it is; a loaded transformers model (as loaded: its active adapter answers) under transformers'
     `generate`, taking fewer rows at once
-    where `batch_size` rows would not fit `memory_budget_gb` (engines hold their own cache within their settings)."""
+    where `batch_size` rows would not fit `memory_budget` (engines hold their own cache within their settings)."""
     if isinstance(model_or_engine, GenerationEngine):
         return model_or_engine
     from fine_tune_dag.core.generation.transformers import TransformersEngine
 
-    return TransformersEngine(model_or_engine, tokenizer, batch_size, memory_budget_gb=memory_budget_gb, as_loaded=True)
+    return TransformersEngine(model_or_engine, tokenizer, batch_size, memory_budget=memory_budget, as_loaded=True)
 
 
 def generate_batch(
@@ -90,7 +91,7 @@ def generate_batch(
     on_batch: Callable[[int], None] | None = None,
     stop_strings: Sequence[str] = (),
     no_repeat_ngram_size: int = 0,
-    memory_budget_gb: float | None = None,
+    memory_budget: MemoryBudget | None = None,
     adapter: str | None = None,
 ) -> list[str]:
     """Continuations of token-id prompts from `model`: a `GenerationEngine` (`generation.engines.open_engine`), or a
@@ -101,8 +102,9 @@ def generate_batch(
     `stop_strings` is finished, and its text ends before the stop string. Sampling is seeded by `seed` and each
     prompt, so a cached request and a fresh one agree whatever their batch. `no_repeat_ngram_size` > 0 forbids a
     row to repeat any run of that many of its own generated tokens (the prompt's are free to quote).
-    `**asdict(GenerationSettings(...))` fills the decoding arguments."""
-    engine = as_engine(model, tokenizer, batch_size, memory_budget_gb)
+    `**asdict(GenerationSettings(...))` fills the decoding arguments. With `memory_budget`, a loaded model
+    decodes fewer rows at once where `batch_size` rows of the longest prompt would not fit."""
+    engine = as_engine(model, tokenizer, batch_size, memory_budget)
     decoding = Decoding(temperature, top_p, no_repeat_ngram_size, seed)
     stops = tuple(s for s in stop_strings if s)
     requests = [

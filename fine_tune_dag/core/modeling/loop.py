@@ -23,7 +23,13 @@ from transformers import get_scheduler
 from fine_tune_dag.core.modeling.chat import TokenizedExample
 from fine_tune_dag.core.modeling.generation import save_generation_settings
 from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
-from fine_tune_dag.core.modeling.memory_budget import ModelShape, TrainingPlan, available_bytes, plan_training
+from fine_tune_dag.core.modeling.memory_budget import (
+    MemoryBudget,
+    ModelShape,
+    TrainingPlan,
+    available_bytes,
+    plan_training,
+)
 from fine_tune_dag.core.modeling.models import select_device, select_dtype
 
 OUTPUT_CHUNK_BYTES = 64 * 2**20  # float32 logits scored at once without gradients
@@ -53,7 +59,16 @@ class TrainingRun:
     stopped_early_at: int = 0  # the step early stopping ended training at; 0 when it ran to the end
     best_eval_loss: float = float("inf")
     resumed_from_step: int = 0  # the checkpoint's step when an interrupted run was picked up; 0: fresh start
+    memory_budget: MemoryBudget | None = None  # what the steps were planned within, and why that much
     memory_plan: TrainingPlan | None = None  # how the memory budget shaped the steps
+
+    def memory_budget_entries(self) -> dict[str, float | str | None]:
+        """The budget and its reason, as the adapter's metadata and `training_config.json` show them."""
+        budget = self.memory_budget
+        return {
+            "memory_budget_gb": round(budget.gb, 2) if budget else None,
+            "memory_budget_reason": budget.reason if budget else None,
+        }
 
     @property
     def tokens_per_second(self) -> float:
@@ -192,14 +207,14 @@ def fit_memory_budget(
     dtype: torch.dtype,
     rows: int,
     sequences: Sequence[TokenizedExample],
-    budget_gb: float,
+    budget: MemoryBudget,
     checkpointing: bool,
 ) -> TrainingPlan:
     """The micro-batch and checkpointing that keep a step of `rows` of these sequences within the budget (see
     `memory_budget.plan_training`), with checkpointing switched on when the plan needs it."""
     longest = max(len(s.input_ids) for s in sequences)
     answers = max(sum(label != -100 for label in s.labels) for s in sequences)
-    available = available_bytes(budget_gb)
+    available = available_bytes(budget)
     plan = plan_training(ModelShape.of(model.config), dtype.itemsize, rows, longest, answers, available, checkpointing)
     if plan.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -276,6 +291,7 @@ def save_adapter(
             "tokens": run.tokens,
             "seconds": round(run.seconds, 2),
             "memory_plan": run.memory_plan.describe() if run.memory_plan else None,
+            **run.memory_budget_entries(),
             **provenance,
         }
         (tmp / "training_config.json").write_text(json.dumps(config, indent=2, default=str))

@@ -3,6 +3,7 @@
 The sizes come from the model's config, not from trying: a transformer layer's activations grow with the tokens
 it reads, its key/value cache with the tokens it keeps, and both are known before the first step. The budget is
 what the whole process may hold; what it holds already (imports, the loaded weights) is read when the plan is made.
+Unless set, the budget follows the machine (`resolve_memory_budget`).
 
 Coefficients were read off the bundled model (SmolLM2, LoRA on every linear layer, dropout 0.05) with
 `torch.autograd.graph.saved_tensors_hooks` at 8 rows of 507 tokens: 39.4 KB a token a layer in bfloat16 against
@@ -16,10 +17,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fine_tune_dag.core.memory import resident_bytes
+from fine_tune_dag.core.memory import available_memory_bytes, resident_bytes
 
 GIB = 2**30
-DEFAULT_MEMORY_BUDGET_GB = 2.5  # an 8 GB laptop, with room for the system, a browser and the Dagster UI
+MEMORY_BUDGET_FLOOR_GB = 2.5  # an 8 GB laptop, with room for the system, a browser and the Dagster UI
+# how every memory_budget_gb setting describes its default
+MEMORY_BUDGET_HELP = (
+    f"None (the default): half of the memory available when the stage starts, at least {MEMORY_BUDGET_FLOOR_GB:g} GB"
+)
 HEADROOM = 1.5  # estimates below are of live tensors; the allocator and temporaries need room around them
 
 
@@ -89,6 +94,36 @@ def decoding_bytes(shape: ModelShape, rows: int, prompt_length: int, new_tokens:
 
 
 @dataclass(frozen=True)
+class MemoryBudget:
+    """The most a stage's process may hold (GB, counted in GiB like every size here), and why that much."""
+
+    gb: float
+    reason: str
+
+
+def resolve_memory_budget(explicit: float | None) -> MemoryBudget:
+    """`explicit` when set; else half the memory available now (a stage resolves it when it starts), at least
+    `MEMORY_BUDGET_FLOOR_GB`.
+
+    Available, not total: what other programs hold is not ours to plan with. Half: the other half is for what
+    starts after the stage (a browser, the Dagster UI, a second stage in another process) and for the page cache
+    the weights are read through, and it is a margin for the estimates, which count live tensors only. An 8 GB
+    laptop has about 3–5 GiB available and gets the floor; a 24 GB machine with 20 GiB available gets 10, where
+    8 rows of the bundled model's longest passages (6.8 GiB of activations with headroom) train without
+    checkpointing."""
+    if explicit is not None:
+        return MemoryBudget(explicit, "explicit")
+    available = available_memory_bytes()
+    floor = f"the {MEMORY_BUDGET_FLOOR_GB:g} GB floor"
+    if available is None:
+        return MemoryBudget(MEMORY_BUDGET_FLOOR_GB, f"{floor}: this system does not say what memory is available")
+    gib = available / GIB
+    if gib / 2 < MEMORY_BUDGET_FLOOR_GB:
+        return MemoryBudget(MEMORY_BUDGET_FLOOR_GB, f"{floor}: {gib:.1f} GiB available")
+    return MemoryBudget(gib / 2, f"half of the {gib:.1f} GiB available when the stage started")
+
+
+@dataclass(frozen=True)
 class TrainingPlan:
     micro_batch: int  # rows per forward and backward; a step still sees the configured batch
     gradient_checkpointing: bool
@@ -102,11 +137,11 @@ class TrainingPlan:
         )
 
 
-def available_bytes(budget_gb: float) -> int:
+def available_bytes(budget: MemoryBudget) -> int:
     """The budget less what this process holds now; what the next allocations may take (no limit: `math.inf`)."""
-    if math.isinf(budget_gb):
+    if math.isinf(budget.gb):
         return sys.maxsize
-    return max(0, int(budget_gb * GIB) - resident_bytes())
+    return max(0, int(budget.gb * GIB) - resident_bytes())
 
 
 def plan_training(

@@ -30,6 +30,7 @@ from fine_tune_dag.core.modeling.loop import (
     optimizer_and_schedule,
     seeded_device,
 )
+from fine_tune_dag.core.modeling.memory_budget import resolve_memory_budget
 from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
 from fine_tune_dag.core.modeling.training_settings import TrainingSettings
 
@@ -94,6 +95,7 @@ def train_lora(
     With `checkpoint_dir`, the whole loop state is saved every `checkpoint_steps` steps and a killed
     run (a preempted GPU, an out-of-memory kill) continues from the last one on the same inputs.
     """
+    budget = resolve_memory_budget(settings.memory_budget_gb)  # before the weights take their share
     device, dtype = seeded_device(settings)
     tokenizer = load_tokenizer(model_path)
     examples, dropped = tokenize_conversations(tokenizer, conversations, settings.max_seq_length)
@@ -106,9 +108,7 @@ def train_lora(
     held_out = [examples[i] for i in eval_ids]
     examples = [examples[i] for i in train_ids]
     model = get_peft_model(load_causal_lm(model_path, device, dtype), lora_config(settings))
-    plan = fit_memory_budget(
-        model, dtype, settings.batch_size, examples, settings.memory_budget_gb, settings.gradient_checkpointing
-    )
+    plan = fit_memory_budget(model, dtype, settings.batch_size, examples, budget, settings.gradient_checkpointing)
     model.train()
     per_step = settings.batch_size * settings.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(examples) / per_step)
@@ -125,6 +125,7 @@ def train_lora(
         examples=len(examples),
         dropped_too_long=dropped,
         eval_examples=len(held_out),
+        memory_budget=budget,
         memory_plan=plan,
     )
     eval_every = settings.eval_steps if settings.eval_steps > 0 else steps_per_epoch

@@ -48,12 +48,14 @@ def load_sweep(path: Path) -> dict[str, dict[str, Any]]:
                 raise SweepFileError(f"{path}: configuration '{name}': unknown setting '{key}'")
             default = getattr(defaults, key)
             if not _accepts(default, value):
-                kind = "a list of names" if isinstance(default, tuple) else type(default).__name__
+                kind = "a list of names" if isinstance(default, tuple) else type(default or 0.0).__name__
                 raise SweepFileError(f"{path}: configuration '{name}': '{key}' should be {kind}, got {value!r}")
     return configurations
 
 
 def _accepts(default: Any, value: Any) -> bool:
+    if default is None:  # a number left unset by default (memory_budget_gb: the machine's share)
+        return value is None or _accepts(0.0, value)
     if isinstance(default, tuple):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if isinstance(value, bool) or isinstance(default, bool):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fine_tune_dag.core.modeling.memory_budget import DEFAULT_MEMORY_BUDGET_GB
+from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_HELP
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,10 @@ class TrainingSettings:
             "(turned on by itself when the batch would not fit memory_budget_gb)"
         },
     )
-    memory_budget_gb: float = field(
-        default=DEFAULT_MEMORY_BUDGET_GB,
+    memory_budget_gb: float | None = field(
+        default=None,
         metadata={
             "help": "the most the training process may hold: above it, gradient checkpointing and then smaller "
-            "micro-batches (the same examples per step) keep the activations within it"
+            f"micro-batches (the same examples per step) keep the activations within it; {MEMORY_BUDGET_HELP}"
         },
     )

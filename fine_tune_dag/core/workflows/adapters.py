@@ -136,6 +136,7 @@ def register_adapter(
         "train_seconds": round(run.seconds, 1),
         "tokens_per_second": round(run.tokens_per_second, 1),
         "memory_plan": run.memory_plan.describe() if run.memory_plan else "as configured",
+        **run.memory_budget_entries(),
         "hyperparameters": asdict(run.settings),
         "loss_curve": Markdown(f"![training curves](data:image/png;base64,{inline_curve})"),
         "steps": Markdown(preview(steps.round(4), list(steps.columns), rows=len(steps))),
