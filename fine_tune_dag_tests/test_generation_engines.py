@@ -148,7 +148,7 @@ def test_the_adapter_is_applied_and_answers_as_the_merged_model_does(engine, ada
 def test_greedy_answers_do_not_depend_on_the_batch(engine, tokenizer, prompts, sharp_model_dir, adapter_dir):
     answers = []
     for max_batch in (1, 2, 4, 16):
-        sized = OpenVINOEngine(sharp_model_dir, {"tuned": adapter_dir}, tokenizer.eos_token_id, max_batch=max_batch)
+        sized = open_engine(sharp_model_dir, {"tuned": adapter_dir}, tokenizer, EngineSettings(max_batch=max_batch))
         answers.append(generate_batch(sized, tokenizer, prompts, 24, no_repeat_ngram_size=3, adapter="tuned"))
     assert all(answers[0]) and all(a == answers[0] for a in answers)
 
@@ -232,3 +232,22 @@ def test_the_fallback_generates_with_transformers_and_bans_repeats_only_in_the_c
     for finished in banned:
         pairs = list(zip(finished.tokens, finished.tokens[1:]))
         assert len(pairs) == len(set(pairs))
+
+
+def test_the_ngram_ban_holds_on_the_engine_and_chooses_as_transformers_does(engine, sharp_model_dir, tokenizer, prompts):
+    """OpenVINO GenAI applies no_repeat_ngram_size in beam search only; the engine keeps the ban itself. Greedy
+    with a ban of 2: no row repeats a pair of its own, and the answers are the fallback's own banned answers on the
+    f16-rounded weights (measured: 8 of 8)."""
+    banned = Decoding(no_repeat_ngram_size=2)
+    free = [f.tokens for f in engine.generate([GenerationRequest(tuple(p), 24) for p in prompts])]
+    kept = [f.tokens for f in engine.generate([GenerationRequest(tuple(p), 24, banned) for p in prompts])]
+    pairs = [list(zip(t, t[1:])) for t in kept]
+    assert all(len(p) == len(set(p)) for p in pairs)
+    assert sum(len(set(zip(t, t[1:]))) < len(t) - 1 for t in free) == 2  # unbanned, two rows repeat a pair
+    reference = TransformersEngine(rounded_to_f16(load_causal_lm(sharp_model_dir).eval()), tokenizer)
+    expected = [f.tokens for f in reference.generate([GenerationRequest(tuple(p), 24, banned) for p in prompts])]
+    assert sum(k == e for k, e in zip(kept, expected)) == 8
+    sampled = replace(banned, temperature=8.0, seed=3)
+    batch = engine.generate([GenerationRequest(tuple(p), 24, sampled) for p in prompts])
+    alone = engine.generate([GenerationRequest(tuple(prompts[4]), 24, sampled)])
+    assert alone[0].tokens == batch[4].tokens  # ban points drawn by seed and prefix: batch-invariant

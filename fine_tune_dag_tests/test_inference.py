@@ -312,6 +312,7 @@ def test_cli_generate_reads_the_adapters_saved_settings_and_the_options_override
     model = partial(generate_batch, engine, tokenizer, adapter="adapter")
     prompt = render_prompt_ids(tokenizer, chat_messages(DEFAULT_SYSTEM_PROMPT, QUESTION))
     assert out == model([prompt], **asdict(saved))[0] + "\n"
+    assert out != model([prompt], max_new_tokens=24)[0] + "\n"  # the ban took part
 
     out, err = cli_answer(["--adapter", str(folder), "--no-repeat-ngram-size", "0", QUESTION], tmp_path, capsys)
     assert "no_repeat_ngram_size 0" in err

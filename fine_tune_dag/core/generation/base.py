@@ -13,7 +13,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 EngineName = Literal["openvino", "vllm", "transformers"]
 EngineSetting = Literal["auto", "openvino", "vllm", "transformers"]
@@ -74,6 +74,43 @@ def row_seed(seed: int, prompt: Sequence[int]) -> int:
     return int.from_bytes(digest, "big") >> 33  # 31 bits: every engine's seed type holds it
 
 
+class NGramBan:
+    """What a continuation may not take next: a token that would repeat one of its own runs of `size` tokens.
+    The prompt is free to quote. Kept incrementally, token by token, since it is asked at every step."""
+
+    def __init__(self, size: int, tokens: Sequence[int] = ()) -> None:
+        self.size = size
+        self.tokens: list[int] = []
+        self._next: dict[tuple[int, ...], set[int]] = {}
+        for token in tokens:
+            self.add(token)
+
+    def _tail(self) -> tuple[int, ...]:
+        return tuple(self.tokens[len(self.tokens) - self.size + 1 :]) if self.size > 1 else ()
+
+    def banned(self) -> set[int]:
+        if self.size <= 0 or len(self.tokens) < self.size - 1:
+            return set()
+        return self._next.get(self._tail(), set())
+
+    def add(self, token: int) -> None:
+        if self.size > 0 and len(self.tokens) >= self.size - 1:
+            self._next.setdefault(self._tail(), set()).add(token)
+        self.tokens.append(token)
+
+
+def sample_token(scores: Any, decoding: Decoding, seed: int) -> int:
+    """One token drawn from `scores` (numpy, banned ones at -inf) at the request's temperature and top-p."""
+    import numpy as np
+
+    logits = np.asarray(scores, dtype=np.float64) / decoding.temperature
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    order = np.argsort(-probabilities)
+    kept = order[: int(np.searchsorted(np.cumsum(probabilities[order]), decoding.top_p)) + 1]
+    return int(np.random.default_rng(seed).choice(kept, p=probabilities[kept] / probabilities[kept].sum()))
+
+
 def token_limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
     """One limit for each of `count` prompts: the same for all, or each prompt's own."""
     if isinstance(max_new_tokens, int):
@@ -117,18 +154,22 @@ class Finished:
 
 
 class Running(ABC):
-    """A request in an engine's running batch: `read` takes the tokens chosen since the last read."""
+    """A request in an engine's running batch: `read` takes the tokens chosen since the last read; `finished`
+    and `reason` ("stop" or "length") are set by the engine's side as the request ends."""
+
+    def __init__(self) -> None:
+        self._done, self._reason = False, "stop"
 
     @abstractmethod
     def read(self) -> list[int]: ...
 
     @property
-    @abstractmethod
-    def finished(self) -> bool: ...
+    def finished(self) -> bool:
+        return self._done
 
     @property
     def reason(self) -> str:
-        return "stop"
+        return self._reason
 
     @abstractmethod
     def cancel(self) -> None:

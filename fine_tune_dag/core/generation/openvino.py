@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from fine_tune_dag.core.generation.base import (
     EngineChoice,
@@ -20,8 +23,10 @@ from fine_tune_dag.core.generation.base import (
     Finished,
     GenerationEngine,
     GenerationRequest,
+    NGramBan,
     Running,
     row_seed,
+    sample_token,
 )
 from fine_tune_dag.core.generation.conversion import Conversion, engine_gguf
 
@@ -53,7 +58,8 @@ class _Handle(Running):
     """One request in a pipeline's running batch."""
 
     def __init__(self, handle: Any) -> None:
-        self._handle, self._done, self._reason = handle, False, "stop"
+        super().__init__()
+        self._handle = handle
 
     def read(self) -> list[int]:
         import openvino_genai as ov
@@ -68,13 +74,53 @@ class _Handle(Running):
         self._done = status != ov.GenerationStatus.RUNNING and not self._handle.can_read()
         return tokens
 
-    @property
-    def finished(self) -> bool:
-        return self._done
+    def cancel(self) -> None:
+        self._handle.cancel()
+        self._done = True
 
-    @property
-    def reason(self) -> str:
-        return self._reason
+
+class _Banned(Running):
+    """A request whose continuation may not repeat its own n-grams. OpenVINO GenAI 2026.4 applies
+    `no_repeat_ngram_size` in beam search only (greedy and sampled text repeated as if unset), so the ban is kept
+    here: where the engine's next token would repeat an n-gram, the request stops, that position is chosen again
+    from the model's scores without the banned tokens (`OpenVINOEngine.rechoose`), and the request goes on from
+    there, its prompt and accepted tokens read again from the engine's prefix cache."""
+
+    def __init__(self, engine: OpenVINOEngine, request: GenerationRequest) -> None:
+        super().__init__()
+        self._engine, self._request = engine, request
+        self._ban = NGramBan(request.decoding.no_repeat_ngram_size)
+        self._unread: list[int] = []
+        self._handle = self._continue()
+
+    def _continue(self) -> _Handle:
+        accepted = tuple(self._ban.tokens)
+        left = self._request.max_new_tokens - len(accepted)
+        return self._engine.add(replace(self._request, prompt=self._request.prompt + accepted, max_new_tokens=left))
+
+    def _accept(self, token: int) -> None:
+        self._ban.add(token)
+        self._unread.append(token)
+
+    def read(self) -> list[int]:
+        for token in self._handle.read():
+            banned = self._ban.banned()
+            if token not in banned:
+                self._accept(token)
+                continue
+            self._handle.cancel()
+            self._accept(self._engine.rechoose(self._request, self._ban.tokens, banned))
+            if self._ban.tokens[-1] == self._engine.eos_token_id:
+                self._done = True
+            elif len(self._ban.tokens) >= self._request.max_new_tokens:
+                self._done, self._reason = True, "length"
+            else:
+                self._handle = self._continue()
+            break
+        else:
+            self._done, self._reason = self._handle.finished, self._handle.reason
+        tokens, self._unread = self._unread, []
+        return tokens
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -95,7 +141,10 @@ class OpenVINOEngine(GenerationEngine):
         cache_gb: float = 1.0,
         max_loaded: int = 3,
         pinned: Sequence[str | None] = (None,),
+        scores: Callable[[Sequence[int], str | None], np.ndarray] | None = None,
     ) -> None:
+        """`scores(ids, adapter)`: the model's next-token scores after `ids`, asked only where the n-gram ban
+        overrules the engine's choice (see `_Banned`)."""
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO inference precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         try:
@@ -111,6 +160,7 @@ class OpenVINOEngine(GenerationEngine):
         self._pipelines: OrderedDict[str | None, Any] = OrderedDict()
         self._running: dict[str | None, int] = {}
         self._ids = itertools.count()
+        self._scores = scores
 
     @property
     def adapters(self) -> Mapping[str, Path]:
@@ -163,14 +213,31 @@ class OpenVINOEngine(GenerationEngine):
             if name not in self.pinned and not self._running.get(name):
                 del self._pipelines[name]
 
-    def submit(self, request: GenerationRequest) -> Running:
-        import numpy as np
+    def add(self, request: GenerationRequest) -> _Handle:
+        """`request` added to its adapter's pipeline as it is."""
         import openvino as ov
 
         pipe = self.pipeline(request.adapter)
         self._running[request.adapter] = self._running.get(request.adapter, 0) + 1
         ids = ov.Tensor(np.array([request.prompt], dtype=np.int64))
         return _Handle(pipe.add_request(next(self._ids), ids, generation_config(request, self.eos_token_id)))
+
+    def submit(self, request: GenerationRequest) -> Running:
+        if request.decoding.no_repeat_ngram_size > 0:
+            return _Banned(self, request)
+        return self.add(request)
+
+    def rechoose(self, request: GenerationRequest, accepted: Sequence[int], banned: set[int]) -> int:
+        """The token the model chooses after the prompt and `accepted` when `banned` are out of the running:
+        the best one (greedy), or one drawn from what is left, seeded by the request's seed and that prefix."""
+        if self._scores is None:
+            raise EngineUnavailable(f"no_repeat_ngram_size needs the model's scores, and none were given for {self.base_dir}")
+        prefix = [*request.prompt, *accepted]
+        scores = np.asarray(self._scores(prefix, request.adapter), dtype=np.float64)
+        scores[list(banned)] = -np.inf
+        if request.decoding.greedy:
+            return int(np.argmax(scores))
+        return sample_token(scores, request.decoding, row_seed(request.decoding.seed, prefix))
 
     def step(self) -> None:
         for adapter, pipe in list(self._pipelines.items()):

@@ -22,6 +22,7 @@ from fine_tune_dag.core.generation.base import (
     Finished,
     GenerationEngine,
     GenerationRequest,
+    NGramBan,
     Running,
     row_seed,
 )
@@ -41,18 +42,8 @@ class ContinuationNGramBan(LogitsProcessor):
         self.size, self.prompt_width = size, prompt_width
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_width :]
-        if generated.shape[1] + 1 < self.size:
-            return scores
-        for row in range(generated.shape[0]):
-            tokens = generated[row].tolist()
-            tail = tuple(tokens[len(tokens) - self.size + 1 :])
-            banned = {
-                tokens[i + self.size - 1]
-                for i in range(len(tokens) - self.size + 1)
-                if tuple(tokens[i : i + self.size - 1]) == tail
-            }
-            if banned:
+        for row, generated in enumerate(input_ids[:, self.prompt_width :].tolist()):
+            if banned := NGramBan(self.size, generated).banned():
                 scores[row, list(banned)] = -float("inf")
         return scores
 
@@ -81,9 +72,10 @@ class _Threaded(Running, BaseStreamer):
     """A single request generating on its own thread; `step` waits for its next token."""
 
     def __init__(self, engine: TransformersEngine, request: GenerationRequest) -> None:
+        super().__init__()
         self._queue: queue.Queue = queue.Queue()
         self._tokens: list[int] = []
-        self._done, self._reason, self._prompt_seen = False, "stop", False
+        self._prompt_seen = False
         self.cancelled = _Cancelled()
         self._thread = threading.Thread(target=self._run, args=(engine, request), daemon=True)
         self._thread.start()
@@ -120,14 +112,6 @@ class _Threaded(Running, BaseStreamer):
     def read(self) -> list[int]:
         tokens, self._tokens = self._tokens, []
         return tokens
-
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    @property
-    def reason(self) -> str:
-        return self._reason
 
     def cancel(self) -> None:
         self.cancelled.flag.set()
@@ -184,6 +168,13 @@ class TransformersEngine(GenerationEngine):
             raise KeyError(f"no adapter named {adapter!r}; known: {sorted(self.model.peft_config)}")
         self.model.set_adapter(adapter)
         return nullcontext()
+
+    @torch.inference_mode()
+    def next_token_scores(self, ids: Sequence[int], adapter: str | None) -> Any:
+        """The model's scores for the token after `ids` (numpy float32), under `adapter` (None: the base model)."""
+        with self.lock, self._weights(adapter):
+            logits = self.model(torch.tensor([list(ids)], device=self.model.device), logits_to_keep=1).logits
+        return logits[0, -1].float().cpu().numpy()
 
     @torch.inference_mode()
     def generate_rows(

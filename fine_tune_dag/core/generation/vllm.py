@@ -163,10 +163,10 @@ class _Submitted(Running):
     many it has handed out."""
 
     def __init__(self, engine: VLLMEngine, request_id: str) -> None:
+        super().__init__()
         self._engine, self.request_id = engine, request_id
         self._tokens: list[int] = []
         self._read = 0
-        self._done, self._reason = False, "stop"
 
     def update(self, output: Any) -> None:
         done = _finished(output.outputs[0])
@@ -178,14 +178,6 @@ class _Submitted(Running):
         new = self._tokens[self._read :]
         self._read = len(self._tokens)
         return new
-
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    @property
-    def reason(self) -> str:
-        return self._reason
 
     def cancel(self) -> None:
         if not self._done:
