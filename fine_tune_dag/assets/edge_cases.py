@@ -12,7 +12,7 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
 from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.generation.base import EngineSettings
+from fine_tune_dag.core.generation.base import EngineSettings, engine_precision
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
 from fine_tune_dag.core.modeling.edge_cases import hardest_for_base, read_user_cases, side_by_side
@@ -82,7 +82,7 @@ def edge_cases(
         Path(newest.base_model_path),
         {str(v): Path(p) for v, p in zip(adapters.version, adapters.path)},
         tokenizer,
-        EngineSettings(config.generation_engine, max_batch=config.batch_size),  # type: ignore[arg-type]
+        EngineSettings(config.generation_engine, engine_precision(config.dtype), config.batch_size),  # type: ignore[arg-type]
         device,
         lambda: model,
     )

@@ -17,7 +17,7 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.generation.base import EngineSettings
+from fine_tune_dag.core.generation.base import EngineSettings, engine_precision
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.modeling.evaluation import pick_examples
 from fine_tune_dag.core.modeling.models import (
@@ -87,7 +87,7 @@ def preference_candidates(
             Path(champion.base_model_path),
             {"champion": Path(champion.path)},
             tokenizer,
-            EngineSettings(settings.generation_engine, max_batch=settings.batch_size),  # type: ignore[arg-type]
+            EngineSettings(settings.generation_engine, engine_precision(settings.dtype), settings.batch_size),  # type: ignore[arg-type]
             device,
             lambda: with_adapters(
                 load_causal_lm(Path(champion.base_model_path), device, select_dtype(settings.dtype, device)),

@@ -220,6 +220,16 @@ class GenerationEngine(ABC):
         """Let go of the loaded models."""
 
 
+PRECISION_OF_DTYPE = {"auto": "bf16", "bfloat16": "bf16", "float32": "f32", "float16": "f16"}
+
+
+def engine_precision(dtype: str) -> str:
+    """The engine's inference precision for a stage's torch `dtype` setting. `auto` is bfloat16 (1.5× float32's
+    tokens/s on this machine's CPU, bench/generation.py); float32 where answers must match torch's and not move
+    with the batch (evaluation's default). A CPU without bfloat16 units computes in float32 either way."""
+    return PRECISION_OF_DTYPE.get(dtype, "f32")
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """Which engine generates, and how it holds its batch: one value for every stage, set once

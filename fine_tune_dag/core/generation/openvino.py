@@ -231,7 +231,9 @@ class OpenVINOEngine(GenerationEngine):
         """The token the model chooses after the prompt and `accepted` when `banned` are out of the running:
         the best one (greedy), or one drawn from what is left, seeded by the request's seed and that prefix."""
         if self._scores is None:
-            raise EngineUnavailable(f"no_repeat_ngram_size needs the model's scores, and none were given for {self.base_dir}")
+            raise EngineUnavailable(
+                f"no_repeat_ngram_size needs the model's scores, and none were given for {self.base_dir}"
+            )
         prefix = [*request.prompt, *accepted]
         scores = np.asarray(self._scores(prefix, request.adapter), dtype=np.float64)
         scores[list(banned)] = -np.inf

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from fine_tune_dag.core.generation.base import EngineChoice, EngineSettings, GenerationEngine
+from fine_tune_dag.core.generation.base import EngineChoice, EngineSettings, GenerationEngine, engine_precision
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.generation.transformers import TransformersEngine
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
@@ -47,7 +47,7 @@ class LocalLLM:
             def torch_model() -> Any:
                 return load_causal_lm(self.model_path, device, select_dtype(self.dtype_name, device)).eval()
 
-            settings = EngineSettings(self.engine_setting, max_batch=self.batch_size)  # type: ignore[arg-type]
+            settings = EngineSettings(self.engine_setting, engine_precision(self.dtype_name), self.batch_size)  # type: ignore[arg-type]
             engine = open_engine(self.model_path, {}, tokenizer, settings, device, torch_model)
             self._loaded = (engine, tokenizer)
         return self._loaded

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fine_tune_dag.core.generation.base import Decoding, EngineSettings, GenerationEngine, GenerationRequest, Running
+from fine_tune_dag.core.generation.base import (
+    Decoding,
+    EngineSettings,
+    GenerationEngine,
+    GenerationRequest,
+    Running,
+    engine_precision,
+)
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.modeling.chat import render_prompt_ids
@@ -134,7 +141,7 @@ class Engine:
                 self.base_model,
                 {},
                 self.tokenizer,
-                EngineSettings(self.engine_setting, max_batch=self.batch_size),  # type: ignore[arg-type]
+                EngineSettings(self.engine_setting, engine_precision(self.dtype), self.batch_size),  # type: ignore[arg-type]
                 device,
                 lambda: load_base_model(self.base_model, device, self.dtype),
             )

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from peft import PeftModel
 
-from fine_tune_dag.core.generation.base import EngineSettings, GenerationEngine
+from fine_tune_dag.core.generation.base import EngineSettings, GenerationEngine, engine_precision
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.modeling.chat import chat_messages
@@ -310,7 +310,7 @@ def evaluate_adapter(
         Path(adapter.base_model_path),
         {name: Path(path) for name, path in adapter_paths.items()},
         tokenizer,
-        EngineSettings(settings.generation_engine, max_batch=settings.batch_size),  # type: ignore[arg-type]
+        EngineSettings(settings.generation_engine, engine_precision(settings.dtype), settings.batch_size),  # type: ignore[arg-type]
         device,
         lambda: model,
     )
