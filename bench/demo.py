@@ -23,7 +23,9 @@ from pathlib import Path
 from results import LargestProcessPeak, Row, add_json_argument, report
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_PEAK_LIMIT_MIB = 2.5e9 / 2**20  # issue 19's target: make demo within 2.5 GB
+DEMO_WALL_LIMIT_S = 420  # issue 28's target: the demo's graph in at most 7 minutes on 2 cores
+# the 2.5 GB limit is bench/memory.py's, with the budget set to 2.5 GB: the demo runs at the default budget, half the
+# memory available, so its peak here follows the machine
 
 
 def main() -> None:
@@ -50,15 +52,23 @@ def main() -> None:
     print(f"\nmodels converted into the empty data folder: {', '.join(converted)}\n")
     report(
         [
-            Row("demo", "make demo from empty folders: wall time", wall, None, None, "s"),
             Row(
                 "demo",
-                "make demo from empty folders: peak RSS of the largest process; ≤2.5 GB",
-                peak.mib,
-                DEMO_PEAK_LIMIT_MIB,
-                DEMO_PEAK_LIMIT_MIB / peak.mib,
-                "MiB",
+                "make demo from empty folders: wall time, vs ≤ 7 minutes",
+                wall,
+                DEMO_WALL_LIMIT_S,
+                DEMO_WALL_LIMIT_S / wall,
+                "s",
                 target=1.0,
+            ),
+            Row(
+                "demo",
+                "make demo from empty folders: peak RSS of the largest process, default budget (half the memory "
+                "available)",
+                peak.mib,
+                None,
+                None,
+                "MiB",
             ),
         ],
         args.json,

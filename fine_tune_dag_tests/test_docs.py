@@ -20,6 +20,6 @@ def quoted_rows(benchmark: str) -> list[str]:
     return [line for line in block.splitlines() if line and line.split()[0] == benchmark]
 
 
-@pytest.mark.parametrize("benchmark", ["efficacy", "generation"])
+@pytest.mark.parametrize("benchmark", ["efficacy", "generation", "demo"])
 def test_the_readme_quotes_the_recorded_benchmark_rows(benchmark):
     assert quoted_rows(benchmark) == recorded_rows(benchmark) != []
