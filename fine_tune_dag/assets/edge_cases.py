@@ -78,23 +78,23 @@ def edge_cases(
     cases = edge_cases_table(db)
 
     system = str(test["system"].iloc[0]) if len(test) else DEFAULT_SYSTEM_PROMPT
-    engine = open_engine(
+    answered = edge_case_answers(db)
+    done = set(zip(answered["case_id"], answered["model"]))
+    todo = {name: cases[[(c, name) not in done for c in cases["case_id"]]] for name in ["base", *adapters["version"]]}
+    todo = {name: cases_left for name, cases_left in todo.items() if not cases_left.empty}
+    folders = dict(zip(adapters.version.astype(str), adapters.path))
+    engine = open_engine(  # only the versions with cases left: each one the engine runs is converted once
         Path(newest.base_model_path),
-        {str(v): Path(p) for v, p in zip(adapters.version, adapters.path)},
+        {name: Path(folders[name]) for name in todo if name != "base"},
         tokenizer,
         EngineSettings(config.generation_engine, engine_precision(config.dtype), config.batch_size),  # type: ignore[arg-type]
         device,
         lambda: model,
     )
     context.log.info(f"generating with {engine.choice.engine}: {engine.choice.reason}")
-    answered = edge_case_answers(db)
-    done = set(zip(answered["case_id"], answered["model"]))
     written = 0
-    for name in ["base", *adapters["version"]]:
-        todo = cases[[(c, name) not in done for c in cases["case_id"]]]
-        if todo.empty:
-            continue
-        prompts = [render_prompt_ids(tokenizer, chat_messages(system, q)) for q in todo["question"]]
+    for name, todo_cases in todo.items():
+        prompts = [render_prompt_ids(tokenizer, chat_messages(system, q)) for q in todo_cases["question"]]
         outputs = generate_batch(
             engine,
             tokenizer,
@@ -104,7 +104,7 @@ def edge_cases(
             adapter=None if name == "base" else name,
             memory_budget=budget,
         )
-        answers = pd.DataFrame({"case_id": todo["case_id"], "model": name, "answer": outputs, "created_at": now})
+        answers = pd.DataFrame({"case_id": todo_cases["case_id"], "model": name, "answer": outputs, "created_at": now})
         db.insert_rows("edge_case_answers", answers)
         written += len(answers)
         context.log.info(f"{name}: answered {len(answers)} edge cases")

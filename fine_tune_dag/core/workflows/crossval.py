@@ -48,6 +48,7 @@ from fine_tune_dag.core.workflows.evaluation import (
     HeldOutResults,
     HeldOutSplit,
     authorship_classifier,
+    contender_engine,
     held_out_contenders,
     load_index,
     outcome_summary,
@@ -233,24 +234,26 @@ def run_fold(
         return {**facts, "results": results, "resumed": True}
     log.info(f"the whole cross-validation: {estimate_crossval(db, folds, training, evaluation).text}")
     split, train = fold_split(rows, plan)
-    conversations, mix = mixed_conversations(train, mix_weights(training), training.seed, training.retrieval_distractors)
+    conversations, mix = mixed_conversations(
+        train, mix_weights(training), training.seed, training.retrieval_distractors
+    )
     log.info(f"{plan.key}: training on {len(plan.train_notes)} notes ({len(conversations)} examples)")
 
     def log_step(metrics: dict[str, float], total: int) -> None:
         log.info(f"{plan.key} step {metrics['step']}/{total} loss={metrics['loss']:.4f} ({metrics['elapsed_s']:.0f}s)")
 
     run = train_lora(base.path, conversations, training, on_log=log_step, checkpoint_dir=folder / "checkpoint")
-    adapter = save_adapter(run, folder, "adapter", {"base_model": base.reference, "dataset_version": version})
+    provenance = {"base_model": base.reference, "base_model_path": str(base.path), "dataset_version": version}
+    adapter = save_adapter(run, folder, "adapter", provenance)
     device = select_device(evaluation.device)
-    model = with_adapters(
-        load_causal_lm(base.path, device, select_dtype(evaluation.dtype, device)), {"tuned": adapter}
-    )
+    model = with_adapters(load_causal_lm(base.path, device, select_dtype(evaluation.dtype, device)), {"tuned": adapter})
     # retrieval searches all the notes, as it does for a user; a writing task never retrieves its own note
     contenders, test, voice_items = held_out_contenders(split, evaluation, load_index(layout, log), champion=False)
     classifier, _ = authorship_classifier(split.train_writing, evaluation, log)
-    outcome = run_contenders(
-        model, load_tokenizer(adapter), contenders, test, voice_items, classifier, evaluation, log
-    )
+    tokenizer = load_tokenizer(adapter)
+    engine = contender_engine(base.path, {"tuned": adapter}, tokenizer, evaluation, device, model, log)
+    outcome = run_contenders(model, tokenizer, contenders, test, voice_items, classifier, evaluation, log, engine)
+    engine.close()
     save_results(outcome, results)
     return {
         **facts,

@@ -227,7 +227,9 @@ def held_out_contenders(
     retrieval: tuple[list, list, list] | None = None
     if index is not None:
         asked, cited = retrieval_conversations(conversations, index, settings.retrieval_top_k)
-        voice_asked, _ = retrieval_conversations(voice, index, settings.retrieval_top_k, voice_items["note_id"].tolist())
+        voice_asked, _ = retrieval_conversations(
+            voice, index, settings.retrieval_top_k, voice_items["note_id"].tolist()
+        )
         retrieval = (asked, voice_asked, cited)
         contenders.append(Contender("base+rag", None, asked, voice_asked, cited=cited))
     if champion:
@@ -270,6 +272,29 @@ def run_contenders(
     return HeldOutResults(qa, voice, written, attributed, held_out, prompts, test["path"].tolist())
 
 
+def contender_engine(
+    base_path: Path,
+    adapter_paths: dict[str, str | Path],
+    tokenizer: Any,
+    settings: EvaluationSettings,
+    device: str,
+    model: PeftModel,
+    log: Log,
+) -> GenerationEngine:
+    """The engine the contenders generate on: the base model and the same named adapters as `model`, which
+    scores, and which generates itself where the engine cannot run."""
+    engine = open_engine(
+        base_path,
+        {name: Path(path) for name, path in adapter_paths.items()},
+        tokenizer,
+        EngineSettings(settings.generation_engine, engine_precision(settings.dtype), settings.batch_size),  # type: ignore[arg-type]
+        device,
+        lambda: model,
+    )
+    log.info(f"generating with {engine.choice.engine} ({engine.choice.reason}, {engine.choice.precision})")
+    return engine
+
+
 def evaluate_adapter(
     db: Warehouse,
     adapter: pd.Series,
@@ -300,21 +325,15 @@ def evaluate_adapter(
                 "the newcomer is judged against the base model"
             )
     split = HeldOutSplit.of_dataset(db)
-    contenders, test, voice_items = held_out_contenders(split, settings, load_index(layout, log), "champion" in versions)
+    contenders, test, voice_items = held_out_contenders(
+        split, settings, load_index(layout, log), "champion" in versions
+    )
     if test.empty and voice_items.empty:
         log.warning("nothing is held out: the report can judge nothing (add notes or raise test_fraction)")
     model = with_adapters(base, adapter_paths)
     tokenizer = load_tokenizer(Path(adapter.path))
     classifier, calibration = authorship_classifier(split.train_writing, settings, log)
-    engine = open_engine(
-        Path(adapter.base_model_path),
-        {name: Path(path) for name, path in adapter_paths.items()},
-        tokenizer,
-        EngineSettings(settings.generation_engine, engine_precision(settings.dtype), settings.batch_size),  # type: ignore[arg-type]
-        device,
-        lambda: model,
-    )
-    log.info(f"generating with {engine.choice.engine} ({engine.choice.reason}, {engine.choice.precision})")
+    engine = contender_engine(Path(adapter.base_model_path), adapter_paths, tokenizer, settings, device, model, log)
     outcome = run_contenders(model, tokenizer, contenders, test, voice_items, classifier, settings, log, engine)
     engine.close()
     summary, efficacy = outcome_summary(outcome, train_split(db), policy, settings.seed, calibration)
