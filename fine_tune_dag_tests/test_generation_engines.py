@@ -234,7 +234,9 @@ def test_the_fallback_generates_with_transformers_and_bans_repeats_only_in_the_c
         assert len(pairs) == len(set(pairs))
 
 
-def test_the_ngram_ban_holds_on_the_engine_and_chooses_as_transformers_does(engine, sharp_model_dir, tokenizer, prompts):
+def test_the_ngram_ban_holds_on_the_engine_and_chooses_as_transformers_does(
+    engine, sharp_model_dir, tokenizer, prompts
+):
     """OpenVINO GenAI applies no_repeat_ngram_size in beam search only; the engine keeps the ban itself. Greedy
     with a ban of 2: no row repeats a pair of its own, and the answers are the fallback's own banned answers on the
     f16-rounded weights (measured: 8 of 8)."""
@@ -251,3 +253,28 @@ def test_the_ngram_ban_holds_on_the_engine_and_chooses_as_transformers_does(engi
     batch = engine.generate([GenerationRequest(tuple(p), 24, sampled) for p in prompts])
     alone = engine.generate([GenerationRequest(tuple(prompts[4]), 24, sampled)])
     assert alone[0].tokens == batch[4].tokens  # ban points drawn by seed and prefix: batch-invariant
+
+
+def test_scores_kept_between_ban_points_equal_a_fresh_read_of_the_whole_prefix(sharp_model_dir, adapter_dir, prompts):
+    """The torch side keeps a request's keys and values between ban points and reads only the new tokens."""
+    scorer = open_engine(
+        sharp_model_dir, {"tuned": adapter_dir}, load_tokenizer(sharp_model_dir), EngineSettings("transformers")
+    )
+    key, prompt = object(), prompts[0]
+    forwards = []
+    hook = (
+        scorer.model.get_base_model()
+        .get_decoder()
+        .register_forward_pre_hook(
+            lambda _m, args, kwargs: forwards.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+        )
+    )
+    grown = [
+        scorer.next_token_scores(prompt[:n], "tuned", key) for n in (len(prompt) - 6, len(prompt) - 2, len(prompt))
+    ]
+    hook.remove()
+    assert forwards == [len(prompt) - 6, 4, 2]
+    scorer.forget(key)
+    fresh = scorer.next_token_scores(prompt, "tuned")
+    assert grown[-1] == pytest.approx(fresh, abs=1e-4)
+    assert not (grown[-1] == pytest.approx(scorer.next_token_scores(prompt, None), abs=1e-4))  # the adapter counts

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from fine_tune_dag.core.generation.base import (
     EngineChoice,
@@ -39,14 +39,8 @@ def open_engine(
         if choice.engine == "openvino":
             from fine_tune_dag.core.generation.openvino import OpenVINOEngine
 
-            scorer: list[Any] = []  # the torch model, loaded the first time the n-gram ban needs its scores
-
-            def scores(ids: Sequence[int], adapter: str | None) -> Any:
-                if not scorer:
-                    scorer.append(_transformers(base_dir, adapters, tokenizer, settings, device, torch_model, choice))
-                if adapter is not None and adapter not in scorer[0].adapters:  # one `serve` added since
-                    scorer[0].add_adapter(adapter, engine.adapters[adapter])
-                return scorer[0].next_token_scores(ids, adapter)
+            def scorer() -> Any:  # the torch model, loaded the first time the n-gram ban needs its scores
+                return _transformers(base_dir, adapters, tokenizer, settings, device, torch_model, choice)
 
             engine: GenerationEngine = OpenVINOEngine(
                 base_dir,
@@ -55,7 +49,7 @@ def open_engine(
                 settings.precision,
                 settings.max_batch,
                 pinned=pinned,
-                scores=scores,
+                scorer=scorer,
             )
             for adapter in (None, *adapters):
                 engine.convert(adapter)  # type: ignore[attr-defined]

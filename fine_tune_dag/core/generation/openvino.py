@@ -112,7 +112,7 @@ class _Banned(Running):
                 self._accept(token)
                 continue
             self._handle.cancel()
-            self._accept(self._engine.rechoose(self._request, self._ban.tokens, banned))
+            self._accept(self._engine.rechoose(self._request, self._ban.tokens, banned, self))
             if self._ban.tokens[-1] == self._engine.eos_token_id:
                 self._done = True
             elif len(self._ban.tokens) >= self._request.max_new_tokens:
@@ -122,12 +122,15 @@ class _Banned(Running):
             break
         else:
             self._done, self._reason = self._handle.finished, self._handle.reason
+        if self._done:
+            self._engine.forget(self)
         tokens, self._unread = self._unread, []
         return tokens
 
     def cancel(self) -> None:
         self._handle.cancel()
         self._done = True
+        self._engine.forget(self)
 
 
 class OpenVINOEngine(GenerationEngine):
@@ -144,10 +147,10 @@ class OpenVINOEngine(GenerationEngine):
         cache_gb: float = 1.0,
         max_loaded: int = 3,
         pinned: Sequence[str | None] = (None,),
-        scores: Callable[[Sequence[int], str | None], np.ndarray] | None = None,
+        scorer: Callable[[], Any] | None = None,
     ) -> None:
-        """`scores(ids, adapter)`: the model's next-token scores after `ids`, asked only where the n-gram ban
-        overrules the engine's choice (see `_Banned`)."""
+        """`scorer()`: the model in torch (a `TransformersEngine`, loaded when first asked for), whose next-token
+        scores are read only where the n-gram ban overrules the engine's choice (see `_Banned`)."""
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO inference precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         try:
@@ -163,7 +166,8 @@ class OpenVINOEngine(GenerationEngine):
         self._pipelines: OrderedDict[str | None, Any] = OrderedDict()
         self._running: dict[str | None, int] = {}
         self._ids = itertools.count()
-        self._scores = scores
+        self._scorer = scorer
+        self._scoring: Any = None
 
     @property
     def adapters(self) -> Mapping[str, Path]:
@@ -231,19 +235,28 @@ class OpenVINOEngine(GenerationEngine):
             return _Banned(self, request)
         return self.add(request)
 
-    def rechoose(self, request: GenerationRequest, accepted: Sequence[int], banned: set[int]) -> int:
+    def rechoose(self, request: GenerationRequest, accepted: Sequence[int], banned: set[int], key: object) -> int:
         """The token the model chooses after the prompt and `accepted` when `banned` are out of the running:
-        the best one (greedy), or one drawn from what is left, seeded by the request's seed and that prefix."""
-        if self._scores is None:
+        the best one (greedy), or one drawn from what is left, seeded by the request's seed and that prefix.
+        `key` names the request, whose prefix the torch model keeps between calls until `forget(key)`."""
+        if self._scorer is None:
             raise EngineUnavailable(
                 f"no_repeat_ngram_size needs the model's scores, and none were given for {self.base_dir}"
             )
+        if self._scoring is None:
+            self._scoring = self._scorer()
+        if request.adapter is not None and request.adapter not in self._scoring.adapters:  # one `serve` added since
+            self._scoring.add_adapter(request.adapter, self._adapters[request.adapter])
         prefix = [*request.prompt, *accepted]
-        scores = np.asarray(self._scores(prefix, request.adapter), dtype=np.float64)
+        scores = np.asarray(self._scoring.next_token_scores(prefix, request.adapter, key), dtype=np.float64)
         scores[list(banned)] = -np.inf
         if request.decoding.greedy:
             return int(np.argmax(scores))
         return sample_token(scores, request.decoding, row_seed(request.decoding.seed, prefix))
+
+    def forget(self, key: object) -> None:
+        if self._scoring is not None:
+            self._scoring.forget(key)
 
     def step(self) -> None:
         for adapter, pipe in list(self._pipelines.items()):

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from fine_tune_dag.core.generation.base import (
@@ -139,6 +146,7 @@ class TransformersEngine(GenerationEngine):
         self.choice = EngineChoice("transformers", reason, str(model.dtype).removeprefix("torch."))
         self._running: list[_Threaded] = []
         self.lock = threading.Lock()  # one `generate` at a time: adapters are switched on the shared model
+        self._prefixes: dict[object, tuple[str | None, list[int], Any]] = {}  # key: adapter, ids, their cache
 
     def _rows_at_once(self, requests: Sequence[GenerationRequest]) -> int:
         """`max_batch`, or fewer where that many rows of the longest prompt would not fit the memory budget."""
@@ -170,11 +178,24 @@ class TransformersEngine(GenerationEngine):
         return nullcontext()
 
     @torch.inference_mode()
-    def next_token_scores(self, ids: Sequence[int], adapter: str | None) -> Any:
-        """The model's scores for the token after `ids` (numpy float32), under `adapter` (None: the base model)."""
+    def next_token_scores(self, ids: Sequence[int], adapter: str | None, key: object = None) -> Any:
+        """The model's scores for the token after `ids` (numpy float32), under `adapter` (None: the base model).
+        With a `key`, the keys and values of `ids` are kept until `forget(key)`, so the next call for the same
+        key, on `ids` grown, reads only the new tokens (an engine asks again and again as one answer grows)."""
+        ids = list(ids)
+        kept = self._prefixes.pop(key, None) if key is not None else None
+        if kept is None or kept[0] != adapter or ids[: len(kept[1])] != kept[1] or len(ids) == len(kept[1]):
+            kept = (adapter, [], DynamicCache(config=self.model.config))
+        _, seen, cache = kept
         with self.lock, self._weights(adapter):
-            logits = self.model(torch.tensor([list(ids)], device=self.model.device), logits_to_keep=1).logits
+            new = torch.tensor([ids[len(seen) :]], device=self.model.device)
+            logits = self.model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        if key is not None:
+            self._prefixes[key] = (adapter, ids, cache)
         return logits[0, -1].float().cpu().numpy()
+
+    def forget(self, key: object) -> None:
+        self._prefixes.pop(key, None)
 
     @torch.inference_mode()
     def generate_rows(
