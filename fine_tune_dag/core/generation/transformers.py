@@ -189,7 +189,7 @@ class TransformersEngine(GenerationEngine):
         _, seen, cache = kept
         with self.lock, self._weights(adapter):
             new = torch.tensor([ids[len(seen) :]], device=self.model.device)
-            logits = self.model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            logits = self.model(input_ids=new, cache=cache, use_cache=True, logits_to_keep=1).logits
         if key is not None:
             self._prefixes[key] = (adapter, ids, cache)
         return logits[0, -1].float().cpu().numpy()
