@@ -22,6 +22,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
+from fine_tune_dag.core.generation.base import token_limits
+
 SHARED_PREFIX_TOKENS = 32  # prompts sharing fewer opening tokens are read apart: the saving would not pay the copy
 DRAFT_TOKENS = 4  # drafts checked per row and step
 
@@ -419,15 +421,6 @@ class Lanes:
             self.pending[slot] = taken[-1]
             chosen[self.rows[slot]] = taken
         return Step(chosen, ended, False)
-
-
-def token_limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
-    """One limit for each of `count` prompts: the same for all, or each prompt's own."""
-    if isinstance(max_new_tokens, int):
-        return [max_new_tokens] * count
-    if len(max_new_tokens) != count:
-        raise ValueError(f"{len(max_new_tokens)} token limits for {count} prompts")
-    return list(max_new_tokens)
 
 
 def decode(
