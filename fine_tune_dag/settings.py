@@ -19,6 +19,9 @@
 | FINE_TUNE_DAG_SWEEP_FILE | sweeps.yaml | named training configurations |
 | FINE_TUNE_DAG_CROSSVAL_FOLDS | 5 | folds by note of the cross-validated verdict (`crossval_folds` partitions) |
 | FINE_TUNE_DAG_GENERATION_ENGINE | auto | the local teacher's engine: auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm, transformers |
+| FINE_TUNE_DAG_PRIVACY_POLICY | the provider's (redact remote, allow local) | what may leave: redact, block or allow |
+| FINE_TUNE_DAG_PRIVATE_WORDS | <notes>/.private-words.txt | your list of names, places and words that never leave |
+| FINE_TUNE_DAG_SPACY_MODEL | — (names by the list only) | an installed spaCy pipeline that finds people and places |
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class ProjectSettings:
     sweep_file: str = "sweeps.yaml"
     crossval_folds: int = 5  # folds by note of the cross-validated verdict
     generation_engine: str = "auto"  # the local teacher's engine (evaluation's is its config's generation_engine)
+    privacy_policy: str = ""  # empty: the provider's default (core/privacy/policy.py)
+    private_words_file: str = ""  # empty: .private-words.txt in the notes folder
+    spacy_model: str = ""  # empty: names are covered by the user's list only
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ProjectSettings:
@@ -80,6 +86,9 @@ class ProjectSettings:
             sweep_file=env.get("FINE_TUNE_DAG_SWEEP_FILE", defaults.sweep_file),
             crossval_folds=int(env.get("FINE_TUNE_DAG_CROSSVAL_FOLDS", defaults.crossval_folds)),
             generation_engine=env.get("FINE_TUNE_DAG_GENERATION_ENGINE", defaults.generation_engine),
+            privacy_policy=env.get("FINE_TUNE_DAG_PRIVACY_POLICY", defaults.privacy_policy),
+            private_words_file=env.get("FINE_TUNE_DAG_PRIVATE_WORDS", defaults.private_words_file),
+            spacy_model=env.get("FINE_TUNE_DAG_SPACY_MODEL", defaults.spacy_model),
         )
 
     def with_folders(self, notes_dir: Path | str, data_dir: Path | str) -> ProjectSettings:
@@ -101,6 +110,11 @@ class ProjectSettings:
 
             return "gemini", self.llm_model or GeminiSettings.model
         return "local", self.llm_model or BUNDLED_MODEL
+
+    @property
+    def private_words(self) -> Path:
+        """The user's list of names, places and words that never leave this machine."""
+        return Path(self.private_words_file) if self.private_words_file else self.layout.private_words
 
     @property
     def layout(self) -> DataLayout:

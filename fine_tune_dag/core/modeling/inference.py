@@ -31,6 +31,7 @@ from fine_tune_dag.core.modeling.models import (
     select_dtype,
     with_adapters,
 )
+from fine_tune_dag.core.privacy.findings import MODEL_CARD_NOTICE
 from fine_tune_dag.core.retrieval.index import RetrievedPassage
 from fine_tune_dag.core.retrieval.prompt import retrieval_messages
 
@@ -48,6 +49,11 @@ def _read_provenance(adapter_dir: Path) -> dict[str, Any]:
             "(as written by the lora_adapter asset)"
         )
     return json.loads(config_file.read_text())
+
+
+def training_provenance(adapter_dir: Path) -> dict[str, Any]:
+    """What an adapter folder records of its training (base model, dataset version, settings)."""
+    return _read_provenance(adapter_dir)
 
 
 def load_base_model(model_dir: Path, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
@@ -207,6 +213,8 @@ def model_card(adapter_dir: Path, metrics: dict[str, float], dataset_version: st
 
 A LoRA adapter for `{base_model}`, fine-tuned by fine_tune_dag on question-answer pairs drawn from one
 person's notes, so that the model answers in their voice, from what they have written.
+
+**Personal data.** {MODEL_CARD_NOTICE}
 
 - Dataset version: `{dataset_version}`
 - Training examples: {provenance.get("examples", "not recorded")}
