@@ -108,7 +108,12 @@ class Egress:
         scanner = self.scanner()
         scopes: dict[str, Placeholders] = {}
         found: dict[str, Counter[str]] = {}
-        scope_of = {i: requests[i].note or f"a {requests[i].template} request" for i in fresh}
+        # a request without a note is a scope of its own, named by its template where a message needs a name
+        scope_of = {i: requests[i].note or f"\x00{i}" for i in fresh}
+        names = {
+            scope_of[i]: f"note '{requests[i].note}'" if requests[i].note else f"a {requests[i].template} request"
+            for i in fresh
+        }
         for i in fresh:
             placeholders = scopes.setdefault(scope_of[i], Placeholders())
             counts = found.setdefault(scope_of[i], Counter())
@@ -119,8 +124,8 @@ class Egress:
         if self.policy == "block":
             offending = sorted(scope for scope, counts in found.items() if counts)
             if offending and not withhold:
-                total = sum((found[scope] for scope in offending), Counter())
-                raise EgressBlocked([_named(scope) for scope in offending], dict(total.most_common()), self.destination)
+                total = sum((Counter(scopes[scope].kinds()) for scope in offending), Counter())  # distinct values
+                raise EgressBlocked([names[scope] for scope in offending], dict(total.most_common()), self.destination)
             for i in fresh:
                 blocked = bool(found[scope_of[i]])
                 batch.sent[i] = None if blocked else replace(requests[i], egress="block")
@@ -143,10 +148,6 @@ class Egress:
             batch.redacted_requests += sent.messages != request.messages
         batch.redacted = dict(redacted.most_common())
         return batch
-
-
-def _named(scope: str) -> str:
-    return scope if scope.startswith("a ") else f"note '{scope}'"
 
 
 def _outgoing_texts(request: LLMRequest) -> list[str]:
