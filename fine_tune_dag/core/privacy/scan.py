@@ -16,7 +16,6 @@ reads the public-suffix list shipped with `tldextract` instead of fetching it (w
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -107,28 +106,17 @@ def count_kinds(findings: Iterable[Finding]) -> dict[str, int]:
 
 
 def _import_presidio() -> Any:
-    """Presidio's analyzer package, imported without torch and transformers where neither is loaded yet.
+    """Presidio's analyzer package, or an error that says how to install it.
 
-    The package imports its Hugging Face NER engine, and spaCy's thinc imports torch, though the pattern
-    recognizers use neither: blocked, the import takes 0.6 s and 117 MB instead of 3.7 s and 447 MB (measured on
-    this project's machine), which a text-only stage run per note would otherwise pay in every process. Both
-    guard those imports with `except ImportError`, and the blocks are lifted at once.
-    """
-    if "presidio_analyzer" in sys.modules:
-        return sys.modules["presidio_analyzer"]
-    blocked = [name for name in ("torch", "transformers") if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
+    Importing it loads torch and transformers (its Hugging Face NER engine, spaCy's thinc), 3.7 s and 450 MB on a
+    process that has neither yet: it happens at the first scan, never at import, and the Dagster process has
+    loaded both already by then (the LLM resource imports the model code)."""
     try:
         import presidio_analyzer
     except ImportError as error:
         raise ImportError(
             "Please install `presidio-analyzer` to scan notes for personal data (`pip install presidio-analyzer`)"
         ) from error
-    finally:
-        for name in blocked:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
     return presidio_analyzer
 
 
