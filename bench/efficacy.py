@@ -22,8 +22,8 @@ import dagster as dg
 from results import Row, add_json_argument, report
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.modeling.statistics import Interval
-from fine_tune_dag.core.store.promotion import PromotionPolicy, stored_interval
+from fine_tune_dag.core.common.statistics import Interval
+from fine_tune_dag.core.evaluation.gate import PromotionPolicy, stored_interval
 from fine_tune_dag.core.store.registry import evaluation_summary, latest_evaluation
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import definitions_from_settings

@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.models.generation_config import GenerationSettings
 from fine_tune_dag.core.retrieval.settings import RetrievalSettings
 from fine_tune_dag.settings import ProjectSettings
 
@@ -75,7 +75,7 @@ def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
 def register_note_partitions(instance: dg.DagsterInstance, notes_dir: Path) -> list[str]:
     """Add a `notes` partition for every note file not yet registered; returns all current keys."""
     from fine_tune_dag.assets.partitions import notes_partitions
-    from fine_tune_dag.core.text.ingest import discover_notes
+    from fine_tune_dag.core.ingest.notes import discover_notes
 
     keys = sorted(discover_notes(notes_dir))
     known = set(instance.get_dynamic_partitions(notes_partitions.name))
@@ -157,9 +157,10 @@ def run_crossval(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
     from fine_tune_dag.assets.crossval import CROSSVAL_FOLDS, CROSSVAL_VERDICT
     from fine_tune_dag.automation.jobs import crossval_job, crossval_verdict_job
-    from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
-    from fine_tune_dag.core.modeling.training_settings import TrainingSettings
-    from fine_tune_dag.core.workflows.crossval import estimate_crossval, fold_key
+    from fine_tune_dag.core.dataset.splits import fold_key
+    from fine_tune_dag.core.evaluation.config import EvaluationSettings
+    from fine_tune_dag.core.training.sft_config import TrainingSettings
+    from fine_tune_dag.core.workflows.crossval import estimate_crossval
     from fine_tune_dag.definitions import definitions_from_settings
 
     settings = replace(settings, crossval_folds=args.folds or settings.crossval_folds)
@@ -201,7 +202,7 @@ def register(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def print_latest_report(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    from fine_tune_dag.core.modeling.efficacy import METRIC_LABELS
+    from fine_tune_dag.core.evaluation.efficacy import METRIC_LABELS
     from fine_tune_dag.core.store.registry import current_champion, evaluation_summary, latest_evaluation
 
     db = _warehouse(settings)
@@ -262,12 +263,12 @@ def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
     import pandas as pd
 
-    from fine_tune_dag.core.llm.types import DEFAULT_PRICES
-    from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+    from fine_tune_dag.core.common.llm_types import DEFAULT_PRICES
+    from fine_tune_dag.core.dataset.splits import DEFAULT_TEST_FRACTION
+    from fine_tune_dag.core.ingest.notes import NoteParseError, discover_notes, parse_note
     from fine_tune_dag.core.store.notes import synthesized_note_hashes
-    from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
-    from fine_tune_dag.core.text.ingest import NoteParseError, discover_notes, parse_note
-    from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
+    from fine_tune_dag.core.training.sft_config import TrainingSettings
+    from fine_tune_dag.core.workflows.estimate import CostEstimate, History, estimate_note, expected_training_tokens
 
     notes_dir = settings.layout.notes
     db = _warehouse(settings)
@@ -305,11 +306,12 @@ def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: P
     """Stream an answer from the adapter in `folder`, or from the base model alone (None). Decoding follows the
     adapter's saved settings (the defaults for the base model), with the options given here over them; which
     model answered, and how, goes to stderr so that stdout is the answer alone."""
+    from fine_tune_dag.core.generation.answers import stream_answer
     from fine_tune_dag.core.generation.base import EngineSettings
     from fine_tune_dag.core.generation.engines import open_engine
-    from fine_tune_dag.core.modeling.generation import load_generation_settings
-    from fine_tune_dag.core.modeling.inference import adapter_base_dir, stream_answer
-    from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model, select_device
+    from fine_tune_dag.core.models.adapters import adapter_base_dir, load_generation_settings
+    from fine_tune_dag.core.models.loading import load_tokenizer, select_device
+    from fine_tune_dag.core.models.resolution import resolve_model
     from fine_tune_dag.core.retrieval.index import PassageIndex
     from fine_tune_dag.core.retrieval.prompt import cited_notes
 
@@ -349,7 +351,7 @@ def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: P
 def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> None:
     """The adapter merged into its base as a transformers folder, as GGUF files with an Ollama Modelfile each, or
     both (the GGUF files are written from a merged folder, kept only when asked for)."""
-    from fine_tune_dag.core.modeling.inference import export_merged
+    from fine_tune_dag.core.export.merge import export_merged
 
     if merged is None and gguf_dir is None:
         raise ValueError("say where: --merged DIR (transformers), --gguf DIR (llama.cpp and Ollama), or both")
@@ -358,9 +360,9 @@ def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> 
         if merged is not None:
             print(f"merged model written to {merged_dir}")
         if gguf_dir is not None:
-            from fine_tune_dag.core.modeling.generation import load_generation_settings
-            from fine_tune_dag.core.modeling.gguf_export import export_gguf, write_ollama_modelfile
-            from fine_tune_dag.core.modeling.models import load_tokenizer
+            from fine_tune_dag.core.export.gguf import export_gguf, write_ollama_modelfile
+            from fine_tune_dag.core.models.adapters import load_generation_settings
+            from fine_tune_dag.core.models.loading import load_tokenizer
 
             tokenizer, saved = load_tokenizer(merged_dir), load_generation_settings(merged_dir)
             for written in export_gguf(merged_dir, gguf_dir):
@@ -371,7 +373,7 @@ def push_to_hub(folder: Path, row: pd.Series | None, args: argparse.Namespace) -
     """The adapter with a model card (the registry's test metrics, dataset and base model when it has them)."""
     import pandas as pd
 
-    from fine_tune_dag.core.modeling.inference import model_card, push_adapter
+    from fine_tune_dag.core.export.hub import model_card, push_adapter
     from fine_tune_dag.core.store.registry import METRIC_COLUMNS
 
     token = os.environ.get("HF_TOKEN", "")
@@ -434,7 +436,7 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """`fine-tune-dag serve`: the API and playground until interrupted; the key comes from the environment."""
     import uvicorn
 
-    from fine_tune_dag.core.modeling.models import resolve_model
+    from fine_tune_dag.core.models.resolution import resolve_model
     from fine_tune_dag.core.serving.engine import Engine
     from fine_tune_dag.serve import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
 

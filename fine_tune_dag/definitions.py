@@ -17,7 +17,7 @@ from fine_tune_dag.automation.conditions import with_automation
 from fine_tune_dag.automation.jobs import ALL_ASSETS, JOBS
 from fine_tune_dag.automation.schedules import build_retrain_schedule
 from fine_tune_dag.automation.sensors import automation_sensor, new_notes_sensor
-from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
+from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
+from fine_tune_dag.core.generation.batch import cut_at_stop
 from fine_tune_dag.core.llm.cache import CachedLLM
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.modeling.generation import cut_at_stop
 from fine_tune_dag.core.retrieval.index import PassageIndex
 from fine_tune_dag.core.retrieval.prompt import cited_notes, retrieval_messages
 from fine_tune_dag.core.serving.engine import Engine, Job, Overloaded, Served

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
+from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
 from fine_tune_dag.core.store.layout import DataLayout
 
 

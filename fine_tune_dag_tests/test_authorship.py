@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fine_tune_dag.core.text.authorship import (
+from fine_tune_dag.core.common.text_metrics import words
+from fine_tune_dag.core.evaluation.authorship import (
     MAX_FALSE_POSITIVE_RATE,
     MIN_RECALL,
     SCORED_WORDS,
@@ -19,8 +20,7 @@ from fine_tune_dag.core.text.authorship import (
     length_matched,
     reference_writing,
 )
-from fine_tune_dag.core.text.ingest import parse_note
-from fine_tune_dag.core.text.metrics import words
+from fine_tune_dag.core.ingest.notes import parse_note
 
 SAMPLE_NOTES = Path(__file__).resolve().parents[1] / "data" / "notes"
 # Twenty words that appear in no note and no reference passage: a tail whose every n-gram is new.

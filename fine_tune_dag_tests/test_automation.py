@@ -130,8 +130,8 @@ def test_prompt_templates_and_default_settings_are_part_of_code_versions():
 
     from fine_tune_dag.assets.chunking import BOUNDARY_TEMPLATE, passages
     from fine_tune_dag.assets.synthesis import TEMPLATES, qa_pairs
-    from fine_tune_dag.core.store.fingerprint import fingerprint
-    from fine_tune_dag.core.text.chunking import ChunkingSettings
+    from fine_tune_dag.core.common.fingerprint import fingerprint
+    from fine_tune_dag.core.synthesis.chunking import ChunkingSettings
 
     assert BOUNDARY_TEMPLATE.tag in passages.code_versions_by_key[passages.key]
     assert fingerprint(ChunkingSettings()) in passages.code_versions_by_key[passages.key]

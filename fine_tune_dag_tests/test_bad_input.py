@@ -15,9 +15,9 @@ from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 
 from fine_tune_dag.cli import main
+from fine_tune_dag.core.ingest.notes import discover_notes, note_partition_key
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.ingest import discover_notes, note_partition_key
-from fine_tune_dag.core.text.synthesis import SynthesisSettings
+from fine_tune_dag.core.synthesis.qa_pairs import SynthesisSettings
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag_tests.test_incremental import RUN_CONFIG
 from fine_tune_dag_tests.test_ingest import encrypted_pdf_bytes, image_only_pdf_bytes

@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from starlette.testclient import TestClient
 
 from fine_tune_dag.annotate import annotation_app
-from fine_tune_dag.core.modeling.statistics import Interval
+from fine_tune_dag.core.common.statistics import Interval
 from fine_tune_dag.core.store.blind import (
     BlindTrial,
     SavedTrials,

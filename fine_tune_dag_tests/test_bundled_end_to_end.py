@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.modeling.models import select_device
+from fine_tune_dag.core.models.loading import select_device
 from fine_tune_dag.core.store.registry import evaluation_summary
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions

@@ -6,20 +6,21 @@ import pytest
 import torch
 from peft import PeftModel
 
-import fine_tune_dag.core.modeling.sft as training
+import fine_tune_dag.core.training.sft as training
+from fine_tune_dag.core.common.chat import chat_messages, render_prompt_ids, render_training_example
+from fine_tune_dag.core.common.llm_types import LLMRequest
+from fine_tune_dag.core.evaluation.config import EvaluationSettings
+from fine_tune_dag.core.evaluation.measures import evaluate_contender
+from fine_tune_dag.core.generation.batch import generate_batch
 from fine_tune_dag.core.llm.local import LocalLLM
-from fine_tune_dag.core.llm.types import LLMRequest
-from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids, render_training_example
-from fine_tune_dag.core.modeling.evaluation import EvaluationSettings, evaluate_contender
-from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.loop import (
+from fine_tune_dag.core.models.loading import load_causal_lm, select_device
+from fine_tune_dag.core.training.loop import (
     collate,
     length_grouped_batches,
     next_adapter_version,
     save_adapter,
 )
-from fine_tune_dag.core.modeling.models import load_causal_lm, select_device
-from fine_tune_dag.core.modeling.sft import TrainingSettings, tokenize_conversations, train_lora
+from fine_tune_dag.core.training.sft import TrainingSettings, tokenize_conversations, train_lora
 
 CONVERSATIONS = [
     chat_messages(

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from fine_tune_dag.core.text.chunking import (
+from fine_tune_dag.core.synthesis.chunking import (
     ChunkingOutputError,
     ChunkingSettings,
     boundary_prompt_variables,

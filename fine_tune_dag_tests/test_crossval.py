@@ -12,13 +12,13 @@ from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.modeling.efficacy import HeldOut
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.dataset.splits import folds_by_note_hash
+from fine_tune_dag.core.evaluation.efficacy import HeldOut
 from fine_tune_dag.core.store.crossval import record_crossval_verdict
 from fine_tune_dag.core.store.registry import current_champion, latest_evaluation
 from fine_tune_dag.core.store.splits import notes_key
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.splits import folds_by_note_hash
 from fine_tune_dag.core.workflows.crossval import load_results, plan_folds, pooled, save_results
 from fine_tune_dag.core.workflows.evaluation import HeldOutResults
 

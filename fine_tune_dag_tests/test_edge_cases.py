@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from fine_tune_dag.core.modeling.edge_cases import case_id, hardest_for_base, read_user_cases, side_by_side
+from fine_tune_dag.core.evaluation.edge_cases import case_id, hardest_for_base, read_user_cases, side_by_side
 
 
 def test_the_hardest_items_for_the_base_model_come_first():

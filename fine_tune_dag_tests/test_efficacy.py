@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from fine_tune_dag.core.modeling.efficacy import HeldOut, measure_efficacy, perplexity, voice_perplexity
-from fine_tune_dag.core.text.metrics import SharedRuns
+from fine_tune_dag.core.common.text_metrics import SharedRuns
+from fine_tune_dag.core.evaluation.efficacy import HeldOut, measure_efficacy, perplexity, voice_perplexity
 
 TRAIN = "the hives are heavy in october and I heft each one from the back before the first frost comes"
 

@@ -10,7 +10,7 @@ from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.automation.jobs import notes_job
 from fine_tune_dag.cli import main
-from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
+from fine_tune_dag.core.workflows.estimate import CostEstimate, History, estimate_note, expected_training_tokens
 
 LONG_NOTE = "\n\n".join(f"# Part {i}\n\n" + f"Sentence {i} about the workshop and its tools. " * 12 for i in range(6))
 

@@ -22,11 +22,11 @@ from fine_tune_dag_testkit.daemon import LocalDaemon
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 
-from fine_tune_dag.core.modeling.chat import chat_messages
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.common.chat import chat_messages
+from fine_tune_dag.core.ingest.notes import note_partition_key
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.ingest import note_partition_key
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag_tests.test_incremental import RUN_CONFIG
 from fine_tune_dag_tests.test_webserver import EXPECTED, REPO
@@ -97,7 +97,7 @@ KILLED_TRAINING = """
 import json, sys, time
 from pathlib import Path
 import dagster as dg
-import fine_tune_dag.core.modeling.sft as training
+import fine_tune_dag.core.training.sft as training
 from fine_tune_dag_testkit.scripted import scripted_definitions
 from fine_tune_dag_tests.test_faults import train_adapter
 

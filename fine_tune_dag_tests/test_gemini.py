@@ -12,10 +12,10 @@ from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import ScriptedLLM
 
 from fine_tune_dag.cli import materialize_graph
+from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.gemini import GeminiError, GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm.ratelimit import RetryPolicy
-from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.prompts import load_prompt

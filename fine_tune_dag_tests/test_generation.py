@@ -13,20 +13,15 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from fine_tune_dag.core.common.chat import chat_messages, render_prompt_ids
+from fine_tune_dag.core.evaluation.config import EvaluationSettings
+from fine_tune_dag.core.evaluation.measures import evaluate_contender, write_notes
 from fine_tune_dag.core.generation.base import Decoding, EngineSettings, GenerationRequest
+from fine_tune_dag.core.generation.batch import GenerationSettings, continuation_text, cut_at_stop, generate_batch
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.generation.transformers import TransformersEngine
-from fine_tune_dag.core.modeling.chat import chat_messages, render_prompt_ids
-from fine_tune_dag.core.modeling.evaluation import EvaluationSettings, evaluate_contender, write_notes
-from fine_tune_dag.core.modeling.generation import (
-    GenerationSettings,
-    continuation_text,
-    cut_at_stop,
-    generate_batch,
-    load_generation_settings,
-    save_generation_settings,
-)
-from fine_tune_dag.core.modeling.models import load_causal_lm, select_dtype
+from fine_tune_dag.core.models.adapters import load_generation_settings, save_generation_settings
+from fine_tune_dag.core.models.loading import load_causal_lm, select_dtype
 
 QUESTIONS = [
     "Why?",
@@ -158,7 +153,7 @@ def test_each_prompt_stops_at_its_own_token_limit(model, tiny_tokenizer, prompts
 def test_written_notes_may_run_as_long_as_their_reference_plus_a_margin(model, tiny_tokenizer, monkeypatch):
     """A long passage's counterpart is not cut at a fixed length and a short one's does not run on; the setting
     caps them all."""
-    import fine_tune_dag.core.modeling.evaluation as evaluation
+    import fine_tune_dag.core.evaluation.measures as evaluation
 
     asked: list[object] = []
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
+from fine_tune_dag.core.export.merge import export_merged
 from fine_tune_dag.core.generation.base import (
     Decoding,
     EngineSettings,
@@ -18,16 +20,14 @@ from fine_tune_dag.core.generation.base import (
     choose_engine,
     row_seed,
 )
+from fine_tune_dag.core.generation.batch import generate_batch
 from fine_tune_dag.core.generation.conversion import MANIFEST, conversion_folder, engine_gguf
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.generation.openvino import OpenVINOEngine
 from fine_tune_dag.core.generation.transformers import TransformersEngine
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.inference import export_merged
-from fine_tune_dag.core.modeling.loop import save_adapter
-from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer
+from fine_tune_dag.core.training.loop import save_adapter
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 
 pytest.importorskip("openvino_genai")  # installed by `make install`; the fallback tests below need no engine
 

@@ -12,20 +12,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
-from fine_tune_dag.core.modeling.generation import (
-    GenerationSettings,
-    load_generation_settings,
-    save_generation_settings,
-)
-from fine_tune_dag.core.modeling.gguf_export import (
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
+from fine_tune_dag.core.export.gguf import (
     export_gguf,
     llama_cpp_pre_tokenizer,
     ollama_modelfile,
     ollama_template,
     write_ollama_modelfile,
 )
-from fine_tune_dag.core.modeling.models import load_tokenizer
+from fine_tune_dag.core.generation.batch import GenerationSettings
+from fine_tune_dag.core.models.adapters import load_generation_settings, save_generation_settings
+from fine_tune_dag.core.models.loading import load_tokenizer
 
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS = 64, 128, 2, 4, 2  # rows of 64 and 128: whole Q8_0 blocks of 32
 SETTINGS = GenerationSettings(max_new_tokens=77, temperature=0.5, top_p=0.8, no_repeat_ngram_size=3, seed=7)

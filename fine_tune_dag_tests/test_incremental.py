@@ -8,8 +8,8 @@ from fine_tune_dag_testkit.daemon import LocalDaemon
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
+from fine_tune_dag.core.ingest.notes import note_partition_key
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.ingest import note_partition_key
 from fine_tune_dag.resources.policy import AutomationPolicy
 
 THRESHOLD = 30  # a sample note brings about 18 train rows (Q&A and writing tasks): two train notes cross it

@@ -14,30 +14,26 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from fine_tune_dag.cli import main
-from fine_tune_dag.core.generation.engines import open_engine
-from fine_tune_dag.core.modeling.chat import (
+from fine_tune_dag.core.common.chat import (
     DEFAULT_SYSTEM_PROMPT,
     chat_messages,
     render_prompt_ids,
     render_training_example,
 )
-from fine_tune_dag.core.modeling.generation import (
-    GenerationSettings,
-    generate_batch,
+from fine_tune_dag.core.export.hub import model_card, push_adapter
+from fine_tune_dag.core.export.merge import export_merged
+from fine_tune_dag.core.generation.answers import stream_answer
+from fine_tune_dag.core.generation.batch import GenerationSettings, generate_batch
+from fine_tune_dag.core.generation.engines import open_engine
+from fine_tune_dag.core.models.adapters import (
+    adapter_base_dir,
+    load_adapter_model,
     load_generation_settings,
     save_generation_settings,
 )
-from fine_tune_dag.core.modeling.inference import (
-    adapter_base_dir,
-    export_merged,
-    load_adapter_model,
-    model_card,
-    push_adapter,
-    stream_answer,
-)
-from fine_tune_dag.core.modeling.loop import save_adapter
-from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer
+from fine_tune_dag.core.training.loop import save_adapter
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 
 QUESTION = "Why do you oil the chain?"
 ANSWER = "Here is the thing: the chain wears slowly, then all at once."

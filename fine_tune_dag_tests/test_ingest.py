@@ -16,7 +16,7 @@ import pytest
 from fpdf import FPDF
 from pypdf import PdfWriter
 
-from fine_tune_dag.core.text.ingest import (
+from fine_tune_dag.core.ingest.notes import (
     NoteParseError,
     ParsedNote,
     _PdfLine,
@@ -213,7 +213,7 @@ def test_find_note_returns_the_file_or_names_key_and_folder(tmp_path: Path) -> N
 def test_find_note_takes_the_sensors_path_without_walking_the_folder_and_never_a_wrong_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fine_tune_dag.core.text.ingest as ingest
+    import fine_tune_dag.core.ingest.notes as ingest
 
     (tmp_path / "sub").mkdir()
     note, other = tmp_path / "sub" / "Chain Wear.md", tmp_path / "bees.md"

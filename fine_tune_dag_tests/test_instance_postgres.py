@@ -39,9 +39,9 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.metadata_keys import DATASET_VERSION, TRAIN_PAIRS
-from fine_tune_dag.core.text.ingest import note_partition_key
-from fine_tune_dag.core.text.watch import WatchCursor
+from fine_tune_dag.core.common.metadata_keys import DATASET_VERSION, TRAIN_PAIRS
+from fine_tune_dag.core.ingest.notes import note_partition_key
+from fine_tune_dag.core.ingest.watch import WatchCursor
 from fine_tune_dag_tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
-"""The package's shape, checked from its source: no import cycles, asset modules that borrow only assets from
-each other, text and LLM-type modules that never load torch, SQL only in the store layer, and every core
-setting reachable from Dagster config."""
+"""The package's shape, checked from its source: no import cycles, core stages that depend one way, asset modules
+that borrow only assets from each other, torch-free stages and a code location that never load torch, SQL only in
+the store layer, and every core setting reachable from Dagster config."""
 
 from __future__ import annotations
 
@@ -92,9 +92,9 @@ def test_no_import_cycle_inside_the_package():
 
 def test_sft_and_dpo_share_only_the_loop_module():
     graph = import_graph()
-    sft, dpo = "fine_tune_dag.core.modeling.sft", "fine_tune_dag.core.modeling.dpo"
+    sft, dpo = "fine_tune_dag.core.training.sft", "fine_tune_dag.core.training.dpo"
     assert dpo not in graph[sft] and sft not in graph[dpo]
-    assert "fine_tune_dag.core.modeling.loop" in graph[sft] & graph[dpo]
+    assert "fine_tune_dag.core.training.loop" in graph[sft] & graph[dpo]
 
 
 def defines_assets(name: str) -> bool:
@@ -133,15 +133,66 @@ def test_core_never_imports_dagster():
             assert not [m for m in imports if m.split(".")[0] == "dagster"], name
 
 
-LIGHT_MODULES = sorted(
-    n
-    for n in MODULES
-    if n.startswith(("fine_tune_dag.core.text.", "fine_tune_dag.core.store."))
-    or n in ("fine_tune_dag.core.llm.types", "fine_tune_dag.core.errors", "fine_tune_dag.core.metadata_keys")
+# core's stages, lowest first: a subpackage imports only those before it (workflows, the Dagster-free steps the
+# assets call, sits on top). Five of them never load torch.
+STAGES = (
+    "common",
+    "ingest",
+    "synthesis",
+    "models",
+    "retrieval",
+    "dataset",
+    "store",
+    "export",
+    "generation",
+    "llm",
+    "training",
+    "evaluation",
+    "serving",
+    "workflows",
 )
+TORCH_FREE_STAGES = ("common", "ingest", "synthesis", "dataset", "store")
 
 
-def test_text_llm_type_and_store_modules_never_import_torch():
+def stage_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["fine_tune_dag", "core"] else None
+
+
+def test_every_core_module_is_in_a_stage():
+    core = [n for n in MODULES if n.startswith("fine_tune_dag.core.") and n.count(".") >= 3]
+    assert {stage_of(n) for n in core} == set(STAGES)
+    loose = [n for n in MODULES if n.count(".") == 2 and n.startswith("fine_tune_dag.core.") and n.split(".")[2] not in STAGES]
+    assert loose == []
+
+
+def stage_imports_against_the_order() -> list[str]:
+    wrong = []
+    for name in MODULES:
+        mine = stage_of(name)
+        for module, _ in imported_names(name):
+            theirs = stage_of(module) if module.count(".") >= 3 else None
+            if mine and theirs and theirs != mine and STAGES.index(theirs) > STAGES.index(mine):
+                wrong.append(f"{name} imports {module}")
+    return wrong
+
+
+def test_stages_depend_one_way():
+    assert stage_imports_against_the_order() == []
+
+
+def test_the_order_check_sees_an_import_against_it(monkeypatch):
+    tree = ast.parse("from fine_tune_dag.core.evaluation.report import report_markdown")
+    monkeypatch.setitem(TREES, "fine_tune_dag.core.store.registry", tree)
+    assert stage_imports_against_the_order() == [
+        "fine_tune_dag.core.store.registry imports fine_tune_dag.core.evaluation.report"
+    ]
+
+
+LIGHT_MODULES = sorted(n for n in MODULES if stage_of(n) in TORCH_FREE_STAGES)
+
+
+def test_torch_free_stages_never_import_torch():
     code = (
         "import importlib, sys\n"
         f"for name in {LIGHT_MODULES!r}:\n"
@@ -151,7 +202,24 @@ def test_text_llm_type_and_store_modules_never_import_torch():
     )
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "fine_tune_dag.core.text.chunking" in LIGHT_MODULES and "fine_tune_dag.core.llm.types" in LIGHT_MODULES
+    assert {"fine_tune_dag.core.synthesis.chunking", "fine_tune_dag.core.common.llm_types"} <= set(LIGHT_MODULES)
+
+
+def test_loading_the_code_location_never_imports_torch():
+    """Every run process loads the definitions first: torch there cost each one seconds before it did anything.
+    The time is printed for the record (`-s`); the assertion is that torch, transformers and peft stay out."""
+    code = (
+        "import sys, time\n"
+        "started = time.perf_counter()\n"
+        "from fine_tune_dag.definitions import defs\n"
+        "assert len(defs().resolve_asset_graph().get_all_asset_keys()) > 10\n"
+        "print(f'{time.perf_counter() - started:.2f}')\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    print(f"code location loaded in {finished.stdout.strip()} s")
 
 
 def sql_strings(name: str) -> list[str]:

@@ -2,9 +2,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.llm.cache import CachedLLM, cache_key
 from fine_tune_dag.core.llm.local import LocalLLM
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.prompts import load_prompt
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fine_tune_dag.core import memory
-from fine_tune_dag.core.memory import available_memory_bytes, release_free_heap, resident_bytes
+from fine_tune_dag.core.common import memory
+from fine_tune_dag.core.common.memory import available_memory_bytes, release_free_heap, resident_bytes
 
 MIB = 2**20
 GIB = 2**30
@@ -37,7 +37,7 @@ def test_available_memory_is_the_systems_or_a_containers_room_if_nearer(tmp_path
 # In a fresh process: in the test run's own, memory other tests left behind (free heap, mapped weights the kernel
 # may reclaim) served the ballast without raising the peak
 _PEAKS_CHILD = """
-from fine_tune_dag.core.memory import PeakMemory, peak_rss_mib
+from fine_tune_dag.core.common.memory import PeakMemory, peak_rss_mib
 with PeakMemory() as heavy:
     ballast = b"x" * (300 << 20)  # written, so resident
     del ballast
@@ -64,7 +64,7 @@ _FRAGMENTING_CHILD = """
 import contextlib
 import sys
 import weakref
-from fine_tune_dag.core.memory import freed_tensors_returned, resident_bytes
+from fine_tune_dag.core.common.memory import freed_tensors_returned, resident_bytes
 warm = b"w" * (8 << 20)
 del warm  # glibc now takes blocks up to this large from the heap, unless told otherwise
 # fill the free chunks the imports left (under 1 MiB in all), so each small block below lands after its large one
@@ -107,7 +107,7 @@ def test_release_free_heap_returns_what_small_blocks_left_behind():
 _NEW_SHAPES_CHILD = """
 import fine_tune_dag
 import torch
-from fine_tune_dag.core.memory import release_free_heap, resident_bytes
+from fine_tune_dag.core.common.memory import release_free_heap, resident_bytes
 layer = torch.nn.Linear(576, 1536, dtype=torch.bfloat16)
 inputs = torch.randn(8, 300, 576, dtype=torch.bfloat16)
 def steps(lengths):
@@ -143,7 +143,7 @@ def test_importing_the_package_bounds_what_kernels_for_new_shapes_keep():
 
 def test_a_stage_that_loads_its_own_model_lets_the_synthesis_model_go(tiny_model_dir):
     from fine_tune_dag.assets.common import loads_its_own_model
-    from fine_tune_dag.core.llm.types import LLMRequest
+    from fine_tune_dag.core.common.llm_types import LLMRequest
     from fine_tune_dag.resources import llm
 
     teacher = llm._local_client(tiny_model_dir, "cpu", "float32", 2, 0, 4.0, "auto")

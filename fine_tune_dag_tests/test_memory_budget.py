@@ -14,13 +14,14 @@ import torch
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fine_tune_dag.core.common.chat import render_prompt_ids
+from fine_tune_dag.core.evaluation import loop, memory_budget
+from fine_tune_dag.core.evaluation import measures as evaluation
+from fine_tune_dag.core.evaluation.measures import answer_nll
+from fine_tune_dag.core.generation.batch import generate_batch
 from fine_tune_dag.core.generation.transformers import TransformersEngine
-from fine_tune_dag.core.modeling import evaluation, loop, memory_budget
-from fine_tune_dag.core.modeling.chat import render_prompt_ids
-from fine_tune_dag.core.modeling.evaluation import answer_nll
-from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.loop import answer_token_losses, base_precision, collate, save_adapter
-from fine_tune_dag.core.modeling.memory_budget import (
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer
+from fine_tune_dag.core.models.memory_budget import (
     GIB,
     MEMORY_BUDGET_FLOOR_GB,
     MemoryBudget,
@@ -31,9 +32,9 @@ from fine_tune_dag.core.modeling.memory_budget import (
     resolve_memory_budget,
     training_bytes,
 )
-from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
-from fine_tune_dag.core.modeling.sft import lora_config, tokenize_conversations, train_lora
-from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+from fine_tune_dag.core.training.loop import answer_token_losses, base_precision, collate, save_adapter
+from fine_tune_dag.core.training.sft import lora_config, tokenize_conversations, train_lora
+from fine_tune_dag.core.training.sft_config import TrainingSettings
 from fine_tune_dag_tests.test_chat_and_training import CONVERSATIONS
 
 # SmolLM2-135M, the bundled model

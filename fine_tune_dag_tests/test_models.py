@@ -5,15 +5,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fine_tune_dag.core.modeling import models
-from fine_tune_dag.core.modeling.models import (
+from fine_tune_dag.core.models import loading as models
+from fine_tune_dag.core.models.loading import select_device, select_dtype
+from fine_tune_dag.core.models.resolution import (
     BUNDLED_MODEL,
     ModelResolutionError,
     bundled_gguf_file,
     model_cache_name,
     resolve_model,
-    select_device,
-    select_dtype,
 )
 
 
@@ -70,8 +69,8 @@ _LOADING_CHILD = """
 import sys
 import torch
 from transformers import AutoModelForCausalLM
-from fine_tune_dag.core.memory import peak_rss_mib, reset_peak_rss, resident_bytes
-from fine_tune_dag.core.modeling import models
+from fine_tune_dag.core.common.memory import peak_rss_mib, reset_peak_rss, resident_bytes
+from fine_tune_dag.core.models import loading as models
 models.CONVERTED_AT_ONCE_BYTES = 8 << 20
 start = resident_bytes() / 2**20
 reset_peak_rss()

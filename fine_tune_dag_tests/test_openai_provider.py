@@ -17,6 +17,7 @@ from fine_tune_dag_testkit.scripted import ScriptedLLM
 
 from fine_tune_dag.automation.jobs import notes_job
 from fine_tune_dag.cli import register_note_partitions
+from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.openai_compat import (
     NO_KEY,
@@ -26,7 +27,6 @@ from fine_tune_dag.core.llm.openai_compat import (
     retry_after_seconds,
 )
 from fine_tune_dag.core.llm.ratelimit import RetryPolicy
-from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.prompts import load_prompt

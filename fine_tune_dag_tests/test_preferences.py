@@ -15,16 +15,13 @@ from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
-from fine_tune_dag.core.modeling.dpo import DpoSettings, dpo_loss, reference_logps, tokenize_pairs, train_dpo
-from fine_tune_dag.core.modeling.loop import save_adapter
-from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer, with_adapters
-from fine_tune_dag.core.modeling.preferences import (
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
+from fine_tune_dag.core.evaluation.config import PreferenceSettings
+from fine_tune_dag.core.evaluation.preferences import (
     AUTHOR_VS_CHAMPION,
     CHAMPION_TEMPERATURES,
     CHAMPION_VS_PROMPTED_BASE,
     PAIRINGS,
-    PreferenceSettings,
     Prompt,
     assign_pairings,
     generate_candidates,
@@ -33,10 +30,14 @@ from fine_tune_dag.core.modeling.preferences import (
     pairs_from_labels,
     passage_as_answer,
 )
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, with_adapters
 from fine_tune_dag.core.store.labels import HUMAN, JUDGE, label_row, record_choice
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.training.dpo import dpo_loss, reference_logps, tokenize_pairs, train_dpo
+from fine_tune_dag.core.training.dpo_config import DpoSettings
+from fine_tune_dag.core.training.loop import save_adapter
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 from fine_tune_dag.resources.policy import AutomationPolicy
 
 QUESTIONS = [f"What do you do with the {topic}?" for topic in ("bees", "chains", "brakes", "saddles", "honey", "wind")]

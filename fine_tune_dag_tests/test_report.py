@@ -2,13 +2,13 @@ import random
 
 import pandas as pd
 
-from fine_tune_dag.core.modeling.efficacy import Efficacy, HeldOut, Verdict, beaten_by, recommendation
-from fine_tune_dag.core.modeling.evaluation import summarize, win_rates
-from fine_tune_dag.core.modeling.report import comparisons_table, write_report
-from fine_tune_dag.core.modeling.statistics import Interval
+from fine_tune_dag.core.common.statistics import Interval
+from fine_tune_dag.core.evaluation.authorship import Calibration
+from fine_tune_dag.core.evaluation.efficacy import Efficacy, HeldOut, Verdict, beaten_by, recommendation
+from fine_tune_dag.core.evaluation.gate import PromotionVerdict, interval_metrics
+from fine_tune_dag.core.evaluation.measures import summarize, win_rates
+from fine_tune_dag.core.evaluation.report import comparisons_table, write_report
 from fine_tune_dag.core.store.blind import BlindReading
-from fine_tune_dag.core.store.promotion import PromotionVerdict, interval_metrics
-from fine_tune_dag.core.text.authorship import Calibration
 
 NAN = float("nan")
 

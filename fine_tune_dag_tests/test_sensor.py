@@ -11,9 +11,9 @@ import time
 import dagster as dg
 import pytest
 
-from fine_tune_dag.core.text import ingest
-from fine_tune_dag.core.text.ingest import NoteParseError, note_partition_key, parse_note
-from fine_tune_dag.core.text.watch import WatchCursor, scan_notes
+from fine_tune_dag.core.ingest import notes as ingest
+from fine_tune_dag.core.ingest.notes import NoteParseError, note_partition_key, parse_note
+from fine_tune_dag.core.ingest.watch import WatchCursor, scan_notes
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.policy import AutomationPolicy
 

@@ -24,22 +24,18 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from fine_tune_dag.automation.jobs import notes_job
 from fine_tune_dag.cli import register_note_partitions
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
+from fine_tune_dag.core.generation.batch import GenerationSettings, generate_batch
 from fine_tune_dag.core.generation.engines import open_engine
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.modeling.generation import (
-    GenerationSettings,
-    generate_batch,
-    load_generation_settings,
-    save_generation_settings,
-)
-from fine_tune_dag.core.modeling.loop import save_adapter
-from fine_tune_dag.core.modeling.models import load_tokenizer
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.models.adapters import load_generation_settings, save_generation_settings
+from fine_tune_dag.core.models.loading import load_tokenizer
 from fine_tune_dag.core.retrieval.index import RetrievalSettings, build_index
 from fine_tune_dag.core.serving.engine import Engine, Overloaded
 from fine_tune_dag.core.serving.requests import InvalidRequest, parse_chat_request
 from fine_tune_dag.core.store.registry import promote
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.training.loop import save_adapter
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 from fine_tune_dag_testkit.gemini_stub import GeminiStub, StubReply, requests_per_window
 
+from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm.quota import SharedRateLimiter, quota_key
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
-from fine_tune_dag.core.llm.types import LLMRequest
 from fine_tune_dag.core.store.quota_slots import QuotaSlots, quota_slots
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag_tests.test_ratelimit import FakeClock

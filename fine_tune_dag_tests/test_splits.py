@@ -3,7 +3,13 @@ import json
 import pandas as pd
 import pytest
 
-from fine_tune_dag.core.text.splits import assign_splits, dataset_version, records_of, split_by_note_hash, write_jsonl
+from fine_tune_dag.core.dataset.splits import (
+    assign_splits,
+    dataset_version,
+    records_of,
+    split_by_note_hash,
+    write_jsonl,
+)
 
 
 def pairs_for(note_ids, per_note=3) -> pd.DataFrame:

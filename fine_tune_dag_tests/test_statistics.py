@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fine_tune_dag.core.modeling.statistics import clustered_mean, paired_difference, paired_outcomes, win_rate
-from fine_tune_dag.core.text.metrics import style_distance, unsupported_share
+from fine_tune_dag.core.common.statistics import clustered_mean, paired_difference, paired_outcomes, win_rate
+from fine_tune_dag.core.common.text_metrics import style_distance, unsupported_share
 
 
 def test_unsupported_share_counts_content_words_missing_from_the_source():
@@ -86,7 +86,7 @@ def test_the_bootstrap_is_reproducible_by_seed_and_narrows_with_more_notes():
 def test_the_judge_sees_answers_in_seeded_random_order_and_verdicts_map_back():
     import pandas as pd
 
-    from fine_tune_dag.core.modeling.evaluation import judge_requests, judged_outcomes
+    from fine_tune_dag.core.evaluation.measures import judge_requests, judged_outcomes
 
     mine = pd.DataFrame({"question": ["q1", "q2", "q3", "q4"], "reference": ["r"] * 4, "generation": ["MINE"] * 4})
     other = mine.assign(generation=["THEIRS"] * 4)

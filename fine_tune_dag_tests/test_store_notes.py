@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from fine_tune_dag.core.ingest import notes as ingest
 from fine_tune_dag.core.store import notes as store_notes
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text import ingest
 
 
 def rejected(db: Warehouse) -> dict[str, tuple]:

@@ -9,10 +9,10 @@ from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.modeling.sft import TrainingSettings
-from fine_tune_dag.core.modeling.sweep import SweepFileError, load_sweep, sweep_settings
+from fine_tune_dag.core.evaluation.sweep import SweepFileError, load_sweep, sweep_settings
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.training.sft import TrainingSettings
 from fine_tune_dag.resources.policy import AutomationPolicy
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from fine_tune_dag.core.text.chunking import Passage
-from fine_tune_dag.core.text.synthesis import (
+from fine_tune_dag.core.synthesis.chunking import Passage
+from fine_tune_dag.core.synthesis.qa_pairs import (
     SynthesisSettings,
     candidate_pairs,
     filter_pairs,

@@ -10,7 +10,7 @@ from fine_tune_dag_testkit.scripted import scripted_definitions
 
 from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.teacher import PromptFileError, parse_generated_inputs, read_prompt_file
+from fine_tune_dag.core.synthesis.teacher import PromptFileError, parse_generated_inputs, read_prompt_file
 
 
 def test_prompt_files_read_csv_and_jsonl_and_name_bad_lines(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from fine_tune_dag.core.text.metrics import lcs_length, rouge_l_f1, support, token_f1, words
+from fine_tune_dag.core.common.text_metrics import lcs_length, rouge_l_f1, support, token_f1, words
 
 
 def test_words_lowercase_and_drop_punctuation():
@@ -28,7 +28,7 @@ def test_support_is_share_of_answer_words_in_source():
 
 
 def test_repetition_and_content_words():
-    from fine_tune_dag.core.text.metrics import content_words, repeated_trigram_share
+    from fine_tune_dag.core.common.text_metrics import content_words, repeated_trigram_share
 
     assert repeated_trigram_share("a b c a b c a b c") == 1.0
     assert repeated_trigram_share("one two three four five") == 0.0
@@ -44,7 +44,7 @@ NOTE = (
 
 
 def test_a_run_copied_from_a_train_text_is_measured_in_words():
-    from fine_tune_dag.core.text.metrics import SharedRuns
+    from fine_tune_dag.core.common.text_metrics import SharedRuns
 
     copied = words(NOTE)[5:50]  # "shrinks on purpose … until an"
     generation = "Honestly, my view is that the " + " ".join(copied) + " nothing more to say today."
@@ -55,7 +55,7 @@ def test_a_run_copied_from_a_train_text_is_measured_in_words():
 
 
 def test_shared_runs_never_cross_train_texts_and_stop_at_unknown_words():
-    from fine_tune_dag.core.text.metrics import SharedRuns
+    from fine_tune_dag.core.common.text_metrics import SharedRuns
 
     runs = SharedRuns(["the bees cluster", "in winter they shiver"])
     assert runs.longest("the bees cluster in winter") == 3  # "cluster in" spans two train texts
@@ -68,7 +68,7 @@ def test_shared_runs_never_cross_train_texts_and_stop_at_unknown_words():
 
 
 def test_a_sentence_repeated_three_times_is_a_loop_and_varied_prose_is_not():
-    from fine_tune_dag.core.text.metrics import has_repetition_loop
+    from fine_tune_dag.core.common.text_metrics import has_repetition_loop
 
     assert has_repetition_loop("the bees cluster in winter. the bees cluster in winter. the bees cluster in winter.")
     assert not has_repetition_loop("the bees cluster in winter. the bees cluster in winter.")

@@ -5,11 +5,10 @@ import random
 import pandas as pd
 import pytest
 
-from fine_tune_dag.core.modeling.chat import chat_messages, render_training_example, text_messages
-from fine_tune_dag.core.modeling.sft import TrainingSettings, mix_weights
-from fine_tune_dag.core.text.mixing import mixed_conversations, weighted
-from fine_tune_dag.core.text.splits import assign_splits, records_of
-from fine_tune_dag.core.text.writing import (
+from fine_tune_dag.core.common.chat import chat_messages, render_training_example, text_messages
+from fine_tune_dag.core.dataset.mixing import mixed_conversations, weighted
+from fine_tune_dag.core.dataset.splits import assign_splits, records_of
+from fine_tune_dag.core.dataset.writing import (
     CONTINUE_PROMPTS,
     OPENING_PROMPTS,
     WRITE_PROMPTS,
@@ -19,6 +18,7 @@ from fine_tune_dag.core.text.writing import (
     passage_topic,
     writing_examples,
 )
+from fine_tune_dag.core.training.sft import TrainingSettings, mix_weights
 
 PASSAGE = "## Winter jobs\n\nThe hives are heavy in October. I heft each one from the back. A light hive gets fondant."
 

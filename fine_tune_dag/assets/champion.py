@@ -4,9 +4,9 @@ import dagster as dg
 
 from fine_tune_dag.assets.common import stage_failures
 from fine_tune_dag.assets.evaluation import eval_report
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS
-from fine_tune_dag.core.store.promotion import PromotionVerdict, judge_challenger
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS
+from fine_tune_dag.core.evaluation.gate import PromotionVerdict, judge_challenger
 from fine_tune_dag.core.store.registry import (
     adapter_by_version,
     current_champion,

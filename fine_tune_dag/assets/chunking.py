@@ -7,9 +7,10 @@ from fine_tune_dag.assets.common import llm_usage_metadata, reports_peak_memory,
 from fine_tune_dag.assets.config import ChunkingConfig
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.common.markdown import length_summary, preview
 from fine_tune_dag.core.store.notes import rows_for_note
-from fine_tune_dag.core.text.chunking import (
+from fine_tune_dag.core.synthesis.chunking import (
     BOUNDARY_TEMPLATE,
     ChunkingSettings,
     boundary_request,
@@ -17,7 +18,6 @@ from fine_tune_dag.core.text.chunking import (
     needs_boundary_request,
     passages_from_boundary_answer,
 )
-from fine_tune_dag.core.text.markdown import length_summary, preview
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
 

@@ -15,16 +15,15 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import Field, create_model
 
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.modeling.dpo import DpoSettings
-from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
-from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_HELP
-from fine_tune_dag.core.modeling.preferences import PreferenceSettings
-from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.dataset.splits import DEFAULT_TEST_FRACTION
+from fine_tune_dag.core.evaluation.config import EvaluationSettings, PreferenceSettings
+from fine_tune_dag.core.models.memory_budget import MEMORY_BUDGET_HELP
 from fine_tune_dag.core.retrieval.settings import RetrievalSettings
-from fine_tune_dag.core.text.chunking import BOUNDARY_MAX_NEW_TOKENS, ChunkingSettings
-from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
-from fine_tune_dag.core.text.synthesis import SynthesisSettings
+from fine_tune_dag.core.synthesis.chunking import BOUNDARY_MAX_NEW_TOKENS, ChunkingSettings
+from fine_tune_dag.core.synthesis.qa_pairs import SynthesisSettings
+from fine_tune_dag.core.training.dpo_config import DpoSettings
+from fine_tune_dag.core.training.sft_config import TrainingSettings
 
 
 class SettingsConfig(dg.Config):

@@ -8,14 +8,11 @@ from fine_tune_dag.assets.common import as_metadata, loads_its_own_model, stage_
 from fine_tune_dag.assets.config import DpoConfig
 from fine_tune_dag.assets.preferences import preference_pairs
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.modeling.dpo import DpoSettings, train_dpo
-from fine_tune_dag.core.modeling.loop import next_adapter_version, save_adapter
-from fine_tune_dag.core.modeling.preferences import pair_conversations
-from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.fingerprint import fingerprint
 from fine_tune_dag.core.store.labels import preference_pairs as stored_preference_pairs
 from fine_tune_dag.core.store.registry import current_champion
-from fine_tune_dag.core.workflows.adapters import register_adapter
+from fine_tune_dag.core.training.dpo_config import DpoSettings
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -39,6 +36,11 @@ def dpo_adapter(
 ) -> dg.MaterializeResult:
     """A new adapter version: the supervised champion after DPO on the preference pairs. eval_report then
     judges it against that champion, and it is promoted through the same gate."""
+    from fine_tune_dag.core.evaluation.preferences import pair_conversations
+    from fine_tune_dag.core.training.dpo import train_dpo
+    from fine_tune_dag.core.training.loop import next_adapter_version, save_adapter
+    from fine_tune_dag.core.workflows.adapters import register_adapter
+
     db = warehouse.get()
     champion = current_champion(db)
     pairs = stored_preference_pairs(db)

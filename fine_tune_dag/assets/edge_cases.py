@@ -11,27 +11,17 @@ from fine_tune_dag.assets.config import EdgeCaseConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
-from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.dataset.splits import records_of
+from fine_tune_dag.core.evaluation.edge_cases import hardest_for_base, read_user_cases, side_by_side
 from fine_tune_dag.core.generation.base import EngineSettings, engine_precision
 from fine_tune_dag.core.generation.engines import open_engine
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.modeling.edge_cases import hardest_for_base, read_user_cases, side_by_side
-from fine_tune_dag.core.modeling.evaluation import answer_nll
-from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.memory_budget import resolve_memory_budget
-from fine_tune_dag.core.modeling.models import (
-    load_causal_lm,
-    load_tokenizer,
-    select_device,
-    select_dtype,
-    with_adapters,
-)
+from fine_tune_dag.core.models.memory_budget import resolve_memory_budget
 from fine_tune_dag.core.store.edge_cases import edge_case_answers, main_line_adapters
 from fine_tune_dag.core.store.edge_cases import edge_cases as edge_cases_table
 from fine_tune_dag.core.store.registry import latest_adapter
 from fine_tune_dag.core.store.splits import split_items
-from fine_tune_dag.core.text.splits import records_of
-from fine_tune_dag.core.workflows.evaluation import SHOWN_VERSIONS
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
@@ -51,6 +41,17 @@ def edge_cases(
     context: dg.AssetExecutionContext, config: EdgeCaseConfig, paths: ProjectPaths, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Cases are kept once chosen; each model answers each case once, so every version is compared on them."""
+    from fine_tune_dag.core.evaluation.measures import answer_nll
+    from fine_tune_dag.core.generation.batch import generate_batch
+    from fine_tune_dag.core.models.loading import (
+        load_causal_lm,
+        load_tokenizer,
+        select_device,
+        select_dtype,
+        with_adapters,
+    )
+    from fine_tune_dag.core.workflows.evaluation import SHOWN_VERSIONS
+
     db = warehouse.get()
     newest = latest_adapter(db)
     with stage_failures():

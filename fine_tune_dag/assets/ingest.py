@@ -6,9 +6,9 @@ import dagster as dg
 
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.tags import NOTE_PATH_TAG
+from fine_tune_dag.core.ingest.notes import NoteParseError, find_note, parse_note
 from fine_tune_dag.core.store.notes import reject_note, save_parsed_note
-from fine_tune_dag.core.text.estimate import History, estimate_note
-from fine_tune_dag.core.text.ingest import NoteParseError, find_note, parse_note
+from fine_tune_dag.core.workflows.estimate import History, estimate_note
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource

@@ -16,32 +16,16 @@ from fine_tune_dag.assets.config import PreferenceCandidatesConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.common.markdown import preview
+from fine_tune_dag.core.evaluation.config import PreferenceSettings
 from fine_tune_dag.core.generation.base import EngineSettings, engine_precision
 from fine_tune_dag.core.generation.engines import open_engine
-from fine_tune_dag.core.modeling.evaluation import pick_examples
-from fine_tune_dag.core.modeling.models import (
-    load_causal_lm,
-    load_tokenizer,
-    select_device,
-    select_dtype,
-    with_adapters,
-)
-from fine_tune_dag.core.modeling.preferences import (
-    AUTHOR_VS_CHAMPION,
-    PreferenceSettings,
-    assign_pairings,
-    generate_candidates,
-    judge_prelabels,
-    pairs_from_labels,
-    prompts_from_splits,
-)
 from fine_tune_dag.core.store.edge_cases import edge_case_questions
-from fine_tune_dag.core.store.fingerprint import fingerprint
 from fine_tune_dag.core.store.labels import candidates_and_labels, labelling_counts, prompts_compared
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.splits import split_items
-from fine_tune_dag.core.text.markdown import preview
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -69,6 +53,22 @@ def preference_candidates(
     """Two answers from different sources (champion vs best-prompted base, the champion at two
     temperatures, the author's passage vs the champion) to train-split questions and edge cases not yet
     compared for this champion; added to the comparisons people label, never replacing one."""
+    from fine_tune_dag.core.evaluation.measures import pick_examples
+    from fine_tune_dag.core.evaluation.preferences import (
+        AUTHOR_VS_CHAMPION,
+        assign_pairings,
+        generate_candidates,
+        judge_prelabels,
+        prompts_from_splits,
+    )
+    from fine_tune_dag.core.models.loading import (
+        load_causal_lm,
+        load_tokenizer,
+        select_device,
+        select_dtype,
+        with_adapters,
+    )
+
     db = warehouse.get()
     champion = current_champion(db)
     with stage_failures():
@@ -140,6 +140,8 @@ def preference_candidates(
 def preference_pairs(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Chosen/rejected answers from the comparisons: a person's latest choice wins over the judge's; ties
     and skips are left out."""
+    from fine_tune_dag.core.evaluation.preferences import pairs_from_labels
+
     db = warehouse.get()
     pairs, counts = pairs_from_labels(*candidates_and_labels(db))
     db.replace_rows("preference_pairs", pairs)

@@ -12,9 +12,9 @@ from fine_tune_dag.assets.config import LeaderboardConfig, SweepRunConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.modeling.sweep import leaderboard, leaderboard_markdown, load_sweep, sweep_settings
-from fine_tune_dag.core.store.promotion import judge_challenger
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.evaluation.gate import judge_challenger
+from fine_tune_dag.core.evaluation.sweep import leaderboard, leaderboard_markdown, load_sweep, sweep_settings
 from fine_tune_dag.core.store.registry import (
     adapter_by_version,
     current_champion,
@@ -22,8 +22,6 @@ from fine_tune_dag.core.store.registry import (
     newest_sweep_results,
     promote,
 )
-from fine_tune_dag.core.workflows.adapters import train_and_register
-from fine_tune_dag.core.workflows.evaluation import evaluate_adapter
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource
@@ -57,6 +55,9 @@ def build_sweep_assets(sweep_file: Path) -> list[dg.AssetsDefinition]:
         policy: AutomationPolicy,
         llm: LLMResource,
     ) -> dg.MaterializeResult:
+        from fine_tune_dag.core.workflows.adapters import train_and_register
+        from fine_tune_dag.core.workflows.evaluation import evaluate_adapter
+
         name = context.partition_key
         db = warehouse.get()
         store = artifacts.get()

@@ -11,10 +11,10 @@ from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import llm_usage_metadata
 from fine_tune_dag.assets.config import PromptCompletionConfig, RequestLogConfig
 from fine_tune_dag.assets.synthesis import qa_pairs
-from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.common.llm_types import LLMRequest
+from fine_tune_dag.core.common.markdown import length_summary, preview
 from fine_tune_dag.core.store.request_log import answered_requests
-from fine_tune_dag.core.text.markdown import length_summary, preview
-from fine_tune_dag.core.text.teacher import (
+from fine_tune_dag.core.synthesis.teacher import (
     PAIR_COLUMNS,
     PromptFileError,
     PromptRow,
@@ -110,5 +110,10 @@ def prompt_completion_pairs(
     ).drop_duplicates("pair_id")
     db.replace_rows("prompt_completion_pairs", _stamped(pairs))
     return dg.MaterializeResult(
-        metadata={"origin": origin, "prompts": len(rows), **llm_usage_metadata(cached.usage, cached.client), **_metadata(pairs)}
+        metadata={
+            "origin": origin,
+            "prompts": len(rows),
+            **llm_usage_metadata(cached.usage, cached.client),
+            **_metadata(pairs),
+        }
     )

@@ -20,7 +20,7 @@ from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.retrieval import retrieval_index
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.training import lora_adapter
-from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS, DATASET_VERSION, TRAIN_PAIRS
+from fine_tune_dag.core.common.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS, DATASET_VERSION, TRAIN_PAIRS
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.tags import NOTE_PATH_TAG
 from fine_tune_dag.automation.jobs import dataset_job, notes_job
-from fine_tune_dag.core.text.watch import NoteChange, WatchCursor, scan_notes
+from fine_tune_dag.core.ingest.watch import NoteChange, WatchCursor, scan_notes
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from fine_tune_dag.core.store.promotion import PromotionPolicy
+from fine_tune_dag.core.evaluation.gate import PromotionPolicy
 
 
 class AutomationPolicy(dg.ConfigurableResource):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from fine_tune_dag.core.llm.types import (
+from fine_tune_dag.core.common.llm_types import (
     DEFAULT_PRICES,
     LLMClient,
     LLMRequest,

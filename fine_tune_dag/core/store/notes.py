@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.dataset.writing import writing_examples
+from fine_tune_dag.core.ingest import notes as ingest
+from fine_tune_dag.core.ingest.notes import ParsedNote
+from fine_tune_dag.core.ingest.watch import file_sha256
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text import ingest
-from fine_tune_dag.core.text.ingest import ParsedNote
-from fine_tune_dag.core.text.watch import file_sha256
-from fine_tune_dag.core.text.writing import writing_examples
 
 PAIR_SOURCES = ("notes", "writing", "request_log", "prompt_completion")
 
@@ -131,7 +131,7 @@ def note_passages(db: Warehouse, note_ids: list[str]) -> pd.DataFrame:
 def kept_pairs(db: Warehouse, source: str, note_ids: list[str], writing_seed: int = 0) -> pd.DataFrame:
     """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note.
 
-    'writing' is the author's own text as training examples (`core.text.writing`), drawn with `writing_seed`."""
+    'writing' is the author's own text as training examples (`core.dataset.writing`), drawn with `writing_seed`."""
     if source not in PAIR_SOURCES:
         raise StageError(f"unknown source {source!r}; choose from {PAIR_SOURCES}")
     if source == "writing":

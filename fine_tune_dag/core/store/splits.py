@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.dataset.writing import WRITE, WRITING_MODES
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.writing import WRITE, WRITING_MODES
 
 # The rows of one split with the passage each answer was drawn from and its note's file (teacher pairs have
 # neither: their question and answer stand in as `source`), for the unsupported-content share, the style

@@ -13,12 +13,15 @@ import numpy as np
 import pandas as pd
 from peft import PeftModel
 
-from fine_tune_dag.core.generation.base import EngineSettings, GenerationEngine, engine_precision
-from fine_tune_dag.core.generation.engines import open_engine
-from fine_tune_dag.core.llm.types import LLMRequest
-from fine_tune_dag.core.modeling.chat import chat_messages
-from fine_tune_dag.core.modeling.edge_cases import side_by_side
-from fine_tune_dag.core.modeling.efficacy import (
+from fine_tune_dag.core.common.chat import chat_messages
+from fine_tune_dag.core.common.llm_types import LLMRequest
+from fine_tune_dag.core.common.markdown import Markdown, table
+from fine_tune_dag.core.common.text_metrics import SharedRuns, words
+from fine_tune_dag.core.dataset.splits import records_of
+from fine_tune_dag.core.evaluation.authorship import AuthorshipClassifier, Calibration, calibrate, reference_writing
+from fine_tune_dag.core.evaluation.config import EvaluationSettings
+from fine_tune_dag.core.evaluation.edge_cases import side_by_side
+from fine_tune_dag.core.evaluation.efficacy import (
     ADAPTER_CONTENDERS,
     AUTHORSHIP_DECIDES,
     METRIC_LABELS,
@@ -28,9 +31,9 @@ from fine_tune_dag.core.modeling.efficacy import (
     measure_efficacy,
     recommendation,
 )
-from fine_tune_dag.core.modeling.evaluation import (
+from fine_tune_dag.core.evaluation.gate import CROSSVAL_TUNE_NOTES, PromotionPolicy, interval_metrics, judge_challenger
+from fine_tune_dag.core.evaluation.measures import (
     Contender,
-    EvaluationSettings,
     best_prompt_conversations,
     compare_contenders,
     judged_win_rates,
@@ -41,29 +44,20 @@ from fine_tune_dag.core.modeling.evaluation import (
     win_rates,
     written_notes,
 )
-from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
-from fine_tune_dag.core.modeling.models import (
-    load_causal_lm,
-    load_tokenizer,
-    select_device,
-    select_dtype,
-    with_adapters,
-)
-from fine_tune_dag.core.modeling.report import write_report
+from fine_tune_dag.core.evaluation.report import write_report
+from fine_tune_dag.core.generation.base import EngineSettings, GenerationEngine, engine_precision
+from fine_tune_dag.core.generation.engines import open_engine
+from fine_tune_dag.core.models.generation_config import GenerationSettings
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
 from fine_tune_dag.core.retrieval.index import PassageIndex
 from fine_tune_dag.core.store.artifacts import ArtifactStore
 from fine_tune_dag.core.store.blind import BlindTrial, blind_results, save_blind_trials
 from fine_tune_dag.core.store.crossval import crossval_verdict_for
 from fine_tune_dag.core.store.edge_cases import edge_case_answers, edge_cases, versions_up_to
 from fine_tune_dag.core.store.layout import DataLayout
-from fine_tune_dag.core.store.promotion import CROSSVAL_TUNE_NOTES, PromotionPolicy, interval_metrics, judge_challenger
 from fine_tune_dag.core.store.registry import current_champion, record_evaluation
 from fine_tune_dag.core.store.splits import notes_key, split_items, train_split, writing_items
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.authorship import AuthorshipClassifier, Calibration, calibrate, reference_writing
-from fine_tune_dag.core.text.markdown import Markdown, table
-from fine_tune_dag.core.text.metrics import SharedRuns, words
-from fine_tune_dag.core.text.splits import records_of
 from fine_tune_dag.core.workflows.adapters import Log
 
 SHOWN_VERSIONS = 4  # newest adapter versions side by side with the base model
