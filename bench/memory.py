@@ -116,7 +116,7 @@ def child_graph(notes: int, model: Path, root: Path, out: Path) -> None:
     from fine_tune_dag_testkit.notes import write_sample_notes
     from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 
-    from fine_tune_dag.cli import materialize_graph
+    from fine_tune_dag.runner import materialize_graph
 
     notes_dir = root / "notes"
     write_sample_notes(notes_dir, notes)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,22 +21,21 @@ from typing import TYPE_CHECKING
 from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
 from fine_tune_dag.core.models.generation_config import GenerationSettings
 from fine_tune_dag.core.retrieval.settings import RetrievalSettings
+from fine_tune_dag.runner import (
+    failure_reason,
+    job_run_config,
+    materialize_graph,
+    project_instance,
+    register_note_partitions,
+)
 from fine_tune_dag.settings import ProjectSettings
 
 if TYPE_CHECKING:
-    import dagster as dg
     import pandas as pd
 
     from fine_tune_dag.core.store.warehouse import Warehouse
 
 BASE_MODEL_ONLY = "base"  # `generate --adapter base`: no adapter, to hear what fine-tuning changed
-
-
-def _instance() -> dg.DagsterInstance:
-    """The persistent instance under DAGSTER_HOME when set (as `make` does), else a throwaway one."""
-    import dagster as dg
-
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
 def _warehouse(settings: ProjectSettings) -> Warehouse:
@@ -52,86 +51,6 @@ def _quiet_model_loading() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _job_run_config(job: dg.JobDefinition, run_config: dict | None, log_level: str) -> dict:
-    """The op config that belongs to this job's assets, and a console log level."""
-    names = {node.name for node in job.graph.nodes}
-    ops = {name: value for name, value in (run_config or {}).get("ops", {}).items() if name in names}
-    return {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
-
-
-def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return data.user_failure_data.description
-        error = data.error
-        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
-            error = error.cause
-        if error is not None:
-            return error.message.strip().splitlines()[-1]
-    return "failed"
-
-
-def register_note_partitions(instance: dg.DagsterInstance, notes_dir: Path) -> list[str]:
-    """Add a `notes` partition for every note file not yet registered; returns all current keys."""
-    from fine_tune_dag.assets.partitions import notes_partitions
-    from fine_tune_dag.core.ingest.notes import discover_notes
-
-    keys = sorted(discover_notes(notes_dir))
-    known = set(instance.get_dynamic_partitions(notes_partitions.name))
-    new = [k for k in keys if k not in known]
-    if new:
-        instance.add_dynamic_partitions(notes_partitions.name, new)
-    return keys
-
-
-@dataclass
-class GraphRun:
-    notes: list[str]
-    failed_notes: dict[str, str]
-    model_failure: str | None
-    promoted: bool  # False when the promotion gate kept the previous champion: an outcome, not a failure
-
-    @property
-    def success(self) -> bool:
-        return self.model_failure is None
-
-
-def materialize_graph(
-    defs: dg.Definitions, instance: dg.DagsterInstance, notes_dir: Path, run_config: dict | None = None
-) -> GraphRun:
-    """Every note partition, then dataset, training and evaluation; a bad note fails only itself."""
-    from tqdm import tqdm
-
-    from fine_tune_dag.assets.champion import BEATS_CHAMPION
-    from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
-
-    keys = register_note_partitions(instance, notes_dir)
-    notes = defs.resolve_job_def(notes_job.name)
-    notes_config = _job_run_config(notes, run_config, "CRITICAL")  # failures are summarized below
-    failed = {}
-    for key in tqdm(keys, desc="notes: parse, chunk, synthesize", unit="note"):
-        result = notes.execute_in_process(
-            instance=instance, partition_key=key, run_config=notes_config, raise_on_error=False
-        )
-        if not result.success:
-            failed[key] = _failure_reason(result)
-    for key, reason in failed.items():
-        print(f"note partition {key} failed: {reason}", file=sys.stderr)
-    print("dataset, base model, training, evaluation …")
-    model_job = defs.resolve_job_def(train_and_evaluate_job.name)
-    model_run = model_job.execute_in_process(
-        instance=instance, run_config=_job_run_config(model_job, run_config, "INFO"), raise_on_error=False
-    )
-    failed_steps = {event.step_key for event in model_run.get_step_failure_events()}
-    gate_steps = {
-        c.node_def.name for c in defs.asset_checks or [] if any(k.name == BEATS_CHAMPION for k in c.check_keys)
-    }
-    held_by_gate = bool(failed_steps) and failed_steps <= gate_steps
-    failure = None if model_run.success or held_by_gate else _failure_reason(model_run)
-    return GraphRun(keys, failed, failure, promoted=model_run.success)
-
-
 def run_demo(settings: ProjectSettings, args: argparse.Namespace) -> int:
     from fine_tune_dag.definitions import definitions_from_settings
 
@@ -139,7 +58,7 @@ def run_demo(settings: ProjectSettings, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     defs = definitions_from_settings(settings)
     print(f"notes: {settings.layout.notes.resolve()}  data: {settings.layout.data.resolve()}")
-    run = materialize_graph(defs, _instance(), settings.layout.notes)
+    run = materialize_graph(defs, project_instance(), settings.layout.notes)
     print(
         f"\n{len(run.notes)} notes, {len(run.failed_notes)} failed; finished in {time.perf_counter() - started:.0f} s"
     )
@@ -169,25 +88,25 @@ def run_crossval(settings: ProjectSettings, args: argparse.Namespace) -> int:
     if args.estimate:
         return 0
     _quiet_model_loading()
-    defs, instance = definitions_from_settings(settings), _instance()
+    defs, instance = definitions_from_settings(settings), project_instance()
     run_config = {"ops": {CROSSVAL_FOLDS: {"config": {}}, CROSSVAL_VERDICT: {"config": {}}}}
     job = defs.resolve_job_def(crossval_job.name)
     for fold in tqdm(range(folds), desc="cross-validation folds", unit="fold"):
         result = job.execute_in_process(
             instance=instance,
             partition_key=fold_key(fold, folds),
-            run_config=_job_run_config(job, run_config, "WARNING"),
+            run_config=job_run_config(job, run_config, "WARNING"),
             raise_on_error=False,
         )
         if not result.success:
-            print(f"{fold_key(fold, folds)} failed: {_failure_reason(result)} (rerun to resume)", file=sys.stderr)
+            print(f"{fold_key(fold, folds)} failed: {failure_reason(result)} (rerun to resume)", file=sys.stderr)
             return 1
     verdict_job = defs.resolve_job_def(crossval_verdict_job.name)
     result = verdict_job.execute_in_process(
-        instance=instance, run_config=_job_run_config(verdict_job, run_config, "WARNING"), raise_on_error=False
+        instance=instance, run_config=job_run_config(verdict_job, run_config, "WARNING"), raise_on_error=False
     )
     if not result.success:
-        print(f"the cross-validated verdict failed: {_failure_reason(result)}", file=sys.stderr)
+        print(f"the cross-validated verdict failed: {failure_reason(result)}", file=sys.stderr)
         return 1
     metadata = result.asset_materializations_for_node(CROSSVAL_VERDICT)[0].metadata
     print(f"\nCross-validated verdict: {metadata['verdict'].value.replace('**', '')}")
@@ -196,7 +115,7 @@ def run_crossval(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def register(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    keys = register_note_partitions(_instance(), args.notes_dir)
+    keys = register_note_partitions(project_instance(), args.notes_dir)
     print(f"{len(keys)} note partitions registered from {args.notes_dir}")
     return 0
 
@@ -413,7 +332,7 @@ def use_adapter(settings: ProjectSettings, args: argparse.Namespace) -> int:
 def annotate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """Serve the preference page (or, --blind, the "which did the author write?" page) until Ctrl-C; it starts
     even with nothing to label, so the page can say why."""
-    from fine_tune_dag.annotate import serve
+    from fine_tune_dag.apps.annotate.server import serve
     from fine_tune_dag.core.store.blind import blind_progress
     from fine_tune_dag.core.store.labels import progress
 
@@ -436,9 +355,9 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """`fine-tune-dag serve`: the API and playground until interrupted; the key comes from the environment."""
     import uvicorn
 
+    from fine_tune_dag.apps.serve.server import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
     from fine_tune_dag.core.models.resolution import resolve_model
     from fine_tune_dag.core.serving.engine import Engine
-    from fine_tune_dag.serve import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
 
     _quiet_model_loading()
     api_key = os.environ.get(API_KEY_VARIABLE, "")

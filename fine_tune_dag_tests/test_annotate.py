@@ -26,7 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from starlette.testclient import TestClient
 
 from fine_tune_dag import cli
-from fine_tune_dag.annotate import annotation_app
+from fine_tune_dag.apps.annotate.server import annotation_app
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag_tests.browser import chromium_driver, free_port, require_chromium, stop_group
 

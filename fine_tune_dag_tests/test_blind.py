@@ -18,7 +18,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 from starlette.testclient import TestClient
 
-from fine_tune_dag.annotate import annotation_app
+from fine_tune_dag.apps.annotate.server import annotation_app
 from fine_tune_dag.core.common.statistics import Interval
 from fine_tune_dag.core.store.blind import (
     BlindTrial,

@@ -7,11 +7,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.models.loading import select_device
 from fine_tune_dag.core.store.registry import evaluation_summary
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
+from fine_tune_dag.runner import materialize_graph
 
 NOTES = {
     # the-workshop.md lands in the test split at the default 20%, river-path.txt in train.

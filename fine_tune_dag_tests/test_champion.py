@@ -6,11 +6,12 @@ from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 from transformers import AutoModelForCausalLM
 
-from fine_tune_dag.cli import main, materialize_graph
+from fine_tune_dag.cli import main
 from fine_tune_dag.core.common.statistics import Interval
 from fine_tune_dag.core.evaluation.gate import PromotionPolicy, interval_metrics, judge_challenger
 from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.runner import materialize_graph
 
 POLICY = PromotionPolicy()
 NAN = float("nan")

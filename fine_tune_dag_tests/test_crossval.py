@@ -11,7 +11,6 @@ import pytest
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.common.errors import StageError
 from fine_tune_dag.core.dataset.splits import folds_by_note_hash
 from fine_tune_dag.core.evaluation.efficacy import HeldOut
@@ -21,6 +20,7 @@ from fine_tune_dag.core.store.splits import notes_key
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.workflows.crossval import load_results, plan_folds, pooled, save_results
 from fine_tune_dag.core.workflows.evaluation import HeldOutResults
+from fine_tune_dag.runner import materialize_graph
 
 TINY_TRAINING = {"max_steps": 2, "batch_size": 4, "learning_rate": 5e-2, "warmup_ratio": 0.0, "dtype": "float32"}
 TINY_EVALUATION = {"max_new_tokens": 4, "written_max_new_tokens": 8, "dtype": "float32"}

@@ -17,8 +17,7 @@ from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_
 from dagster_postgres.utils import pg_url_from_config
 from kubernetes.client import ApiClient
 
-from fine_tune_dag.definitions import build_definitions
-from fine_tune_dag.scale_out import executor_for
+from fine_tune_dag.definitions import build_definitions, executor_for
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -38,7 +38,7 @@ def test_estimate_matches_the_calls_the_graph_makes(tmp_path, tiny_model_dir, sc
     defs = scripted_definitions(notes, data, tiny_model_dir, llm=scripted_llm)
     calls = scripted_llm.total_calls
     with dg.instance_for_test() as instance:
-        from fine_tune_dag.cli import register_note_partitions
+        from fine_tune_dag.runner import register_note_partitions
 
         job = defs.resolve_job_def(notes_job.name)
         for key in register_note_partitions(instance, notes):

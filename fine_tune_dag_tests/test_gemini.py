@@ -11,7 +11,6 @@ from fine_tune_dag_testkit.gemini_stub import GeminiStub, StubReply, scripted
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import ScriptedLLM
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.gemini import GeminiError, GeminiLLM, GeminiSettings
@@ -21,6 +20,7 @@ from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.prompts import load_prompt
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.runner import materialize_graph
 
 KEY = "AIzaTEST-not-a-real-key-5f2c"
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)

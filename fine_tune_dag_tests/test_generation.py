@@ -17,10 +17,11 @@ from fine_tune_dag.core.common.chat import chat_messages, render_prompt_ids
 from fine_tune_dag.core.evaluation.config import EvaluationSettings
 from fine_tune_dag.core.evaluation.measures import evaluate_contender, write_notes
 from fine_tune_dag.core.generation.base import Decoding, EngineSettings, GenerationRequest
-from fine_tune_dag.core.generation.batch import GenerationSettings, continuation_text, cut_at_stop, generate_batch
+from fine_tune_dag.core.generation.batch import continuation_text, cut_at_stop, generate_batch
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.generation.transformers import TransformersEngine
 from fine_tune_dag.core.models.adapters import load_generation_settings, save_generation_settings
+from fine_tune_dag.core.models.generation_config import GenerationSettings
 from fine_tune_dag.core.models.loading import load_causal_lm, select_dtype
 
 QUESTIONS = [

@@ -20,8 +20,8 @@ from fine_tune_dag.core.export.gguf import (
     ollama_template,
     write_ollama_modelfile,
 )
-from fine_tune_dag.core.generation.batch import GenerationSettings
 from fine_tune_dag.core.models.adapters import load_generation_settings, save_generation_settings
+from fine_tune_dag.core.models.generation_config import GenerationSettings
 from fine_tune_dag.core.models.loading import load_tokenizer
 
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS = 64, 128, 2, 4, 2  # rows of 64 and 128: whole Q8_0 blocks of 32

@@ -12,7 +12,6 @@ import pytest
 from fine_tune_dag_testkit.notes import SAMPLE_TOPICS, write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.common.metadata_keys import PEAK_MEMORY_MIB
 from fine_tune_dag.core.dataset.mixing import MIX_SOURCES, mixed_conversations
 from fine_tune_dag.core.evaluation.efficacy import ADVICE, beaten_by
@@ -21,6 +20,7 @@ from fine_tune_dag.core.ingest.notes import discover_notes
 from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
 from fine_tune_dag.core.store.splits import train_split
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.runner import materialize_graph
 
 TOPICS = SAMPLE_TOPICS
 CITED_RIGHT = 0.625

@@ -23,7 +23,7 @@ from fine_tune_dag.core.common.chat import (
 from fine_tune_dag.core.export.hub import model_card, push_adapter
 from fine_tune_dag.core.export.merge import export_merged
 from fine_tune_dag.core.generation.answers import stream_answer
-from fine_tune_dag.core.generation.batch import GenerationSettings, generate_batch
+from fine_tune_dag.core.generation.batch import generate_batch
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.models.adapters import (
     adapter_base_dir,
@@ -31,6 +31,7 @@ from fine_tune_dag.core.models.adapters import (
     load_generation_settings,
     save_generation_settings,
 )
+from fine_tune_dag.core.models.generation_config import GenerationSettings
 from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer
 from fine_tune_dag.core.training.loop import save_adapter
 from fine_tune_dag.core.training.sft import TrainingSettings, train_lora

@@ -15,11 +15,11 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fine_tune_dag.core.common.chat import render_prompt_ids
-from fine_tune_dag.core.evaluation import loop, memory_budget
 from fine_tune_dag.core.evaluation import measures as evaluation
 from fine_tune_dag.core.evaluation.measures import answer_nll
 from fine_tune_dag.core.generation.batch import generate_batch
 from fine_tune_dag.core.generation.transformers import TransformersEngine
+from fine_tune_dag.core.models import memory_budget
 from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer
 from fine_tune_dag.core.models.memory_budget import (
     GIB,
@@ -32,6 +32,7 @@ from fine_tune_dag.core.models.memory_budget import (
     resolve_memory_budget,
     training_bytes,
 )
+from fine_tune_dag.core.training import loop
 from fine_tune_dag.core.training.loop import answer_token_losses, base_precision, collate, save_adapter
 from fine_tune_dag.core.training.sft import lora_config, tokenize_conversations, train_lora
 from fine_tune_dag.core.training.sft_config import TrainingSettings

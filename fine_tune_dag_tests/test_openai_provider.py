@@ -16,7 +16,6 @@ from fine_tune_dag_testkit.openai_stub import ChatReply, OpenAIStub, scripted
 from fine_tune_dag_testkit.scripted import ScriptedLLM
 
 from fine_tune_dag.automation.jobs import notes_job
-from fine_tune_dag.cli import register_note_partitions
 from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.openai_compat import (
@@ -32,6 +31,7 @@ from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.prompts import load_prompt
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.runner import register_note_partitions
 
 KEY = "sk-proj-TEST-not-a-real-key-7c1d"
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)

@@ -14,7 +14,6 @@ import torch
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
 from fine_tune_dag.core.evaluation.config import PreferenceSettings
 from fine_tune_dag.core.evaluation.preferences import (
@@ -39,6 +38,7 @@ from fine_tune_dag.core.training.dpo_config import DpoSettings
 from fine_tune_dag.core.training.loop import save_adapter
 from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 from fine_tune_dag.resources.policy import AutomationPolicy
+from fine_tune_dag.runner import materialize_graph
 
 QUESTIONS = [f"What do you do with the {topic}?" for topic in ("bees", "chains", "brakes", "saddles", "honey", "wind")]
 PROMPTS = [

@@ -14,7 +14,7 @@ import dagster as dg
 from fine_tune_dag_testkit.gemini_stub import GeminiStub
 from fine_tune_dag_testkit.notes import SAMPLE_TOPICS, write_sample_notes
 
-from fine_tune_dag.cli import register_note_partitions
+from fine_tune_dag.runner import register_note_partitions
 from fine_tune_dag_tests.test_gemini import KEY, scripted_gemini
 
 REPO = Path(__file__).resolve().parents[1]

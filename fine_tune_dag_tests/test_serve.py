@@ -22,12 +22,13 @@ from fine_tune_dag_testkit.notes import write_sample_notes
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from fine_tune_dag.apps.serve.server import Models, check_binding, recorder, serve_app
 from fine_tune_dag.automation.jobs import notes_job
-from fine_tune_dag.cli import register_note_partitions
 from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages, render_prompt_ids
-from fine_tune_dag.core.generation.batch import GenerationSettings, generate_batch
+from fine_tune_dag.core.generation.batch import generate_batch
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.models.adapters import load_generation_settings, save_generation_settings
+from fine_tune_dag.core.models.generation_config import GenerationSettings
 from fine_tune_dag.core.models.loading import load_tokenizer
 from fine_tune_dag.core.retrieval.index import RetrievalSettings, build_index
 from fine_tune_dag.core.serving.engine import Engine, Overloaded
@@ -39,7 +40,7 @@ from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
-from fine_tune_dag.serve import Models, check_binding, recorder, serve_app
+from fine_tune_dag.runner import register_note_partitions
 from fine_tune_dag_tests.browser import app_in_thread, chromium_driver
 
 QUESTION = "Why do you oil the chain?"

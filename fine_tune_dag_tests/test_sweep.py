@@ -8,12 +8,12 @@ import pytest
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.evaluation.sweep import SweepFileError, load_sweep, sweep_settings
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.training.sft import TrainingSettings
 from fine_tune_dag.resources.policy import AutomationPolicy
+from fine_tune_dag.runner import materialize_graph
 
 
 def test_the_shipped_sweep_file_is_valid_and_typos_are_named(tmp_path):

@@ -8,9 +8,9 @@ import pytest
 from fine_tune_dag_testkit.notes import write_sample_notes
 from fine_tune_dag_testkit.scripted import scripted_definitions
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.synthesis.teacher import PromptFileError, parse_generated_inputs, read_prompt_file
+from fine_tune_dag.runner import materialize_graph
 
 
 def test_prompt_files_read_csv_and_jsonl_and_name_bad_lines(tmp_path):

@@ -9,11 +9,11 @@ import sys
 import dagster as dg
 from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 
-from fine_tune_dag.cli import materialize_graph
 from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.runner import materialize_graph
 from fine_tune_dag_tests.test_graph import RUN_CONFIG, write_notes
 
 # One writer process: `notes` notes of its own replaced twice (the second text wins), then the note every
