@@ -26,7 +26,7 @@ from results import Row, format_row, machine, table_header
 BENCH = Path(__file__).resolve().parent
 README = BENCH.parent / "README.md"
 # README.md quotes these benchmarks' rows between markers; run_all writes them there from the table it records,
-# and fine_tune_dag_tests/test_docs.py checks the two agree.
+# and fine_tune_dag_tests/project/test_docs.py checks the two agree.
 QUOTED_IN_README = ("efficacy", "generation", "demo")
 
 # script → (full sizes, quick sizes)

@@ -44,7 +44,7 @@ from fine_tune_dag.core.ingest.notes import note_partition_key
 from fine_tune_dag.core.ingest.watch import WatchCursor
 from fine_tune_dag_tests.postgres import PostgresServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 LOGGER = logging.getLogger("fine_tune_dag_tests.daemon")
 SETTLED = time.time() - 3600  # an mtime the notes sensor takes as a finished file

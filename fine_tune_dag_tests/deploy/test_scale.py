@@ -15,9 +15,9 @@ from fine_tune_dag_testkit.gemini_stub import GeminiStub
 from fine_tune_dag_testkit.notes import SAMPLE_TOPICS, write_sample_notes
 
 from fine_tune_dag.runner import register_note_partitions
-from fine_tune_dag_tests.test_gemini import KEY, scripted_gemini
+from fine_tune_dag_tests.llm.test_gemini import KEY, scripted_gemini
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOPICS = SAMPLE_TOPICS[:4]
 # every sentence of a sample note names its topic so ("… about bees (note 1)", "… and bees teach patience")
 NOTE_TOPIC = re.compile(rf"(?:about|and) ({'|'.join(TOPICS)}) (?:\(note|teach)")

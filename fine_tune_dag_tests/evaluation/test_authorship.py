@@ -22,7 +22,7 @@ from fine_tune_dag.core.evaluation.authorship import (
 )
 from fine_tune_dag.core.ingest.notes import parse_note
 
-SAMPLE_NOTES = Path(__file__).resolve().parents[1] / "data" / "notes"
+SAMPLE_NOTES = Path(__file__).resolve().parents[2] / "data" / "notes"
 # Twenty words that appear in no note and no reference passage: a tail whose every n-gram is new.
 FOREIGN = (
     "zqx vormel quandrix plethwick jorvane skelt mubrion fandle trevisk oplander gruntwhistle yarrowquin "

@@ -21,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fine_tune_dag_tests import browser
+from fine_tune_dag_tests.apps.test_webserver import EXPECTED
 from fine_tune_dag_tests.browser import (
     REPO,
     SKIP_BROWSER_TESTS,
@@ -30,7 +31,6 @@ from fine_tune_dag_tests.browser import (
     free_port,
     require_chromium,
 )
-from fine_tune_dag_tests.test_webserver import EXPECTED
 
 LOCATION = "fine_tune_dag"
 NOTES = 3

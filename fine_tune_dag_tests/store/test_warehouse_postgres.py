@@ -14,7 +14,7 @@ from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.runner import materialize_graph
-from fine_tune_dag_tests.test_graph import RUN_CONFIG, write_notes
+from fine_tune_dag_tests.end_to_end.test_graph import RUN_CONFIG, write_notes
 
 # One writer process: `notes` notes of its own replaced twice (the second text wins), then the note every
 # writer replaces at once, the cache entries every writer stores, and request-log rows of its own.
@@ -46,7 +46,7 @@ import json, sys
 from fine_tune_dag_testkit.scripted import ScriptedLLM
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag_tests.test_warehouse_postgres import SAME_REQUESTS
+from fine_tune_dag_tests.store.test_warehouse_postgres import SAME_REQUESTS
 
 llm = ScriptedLLM()
 answers = CachedLLM(llm, Warehouse(sys.argv[1])).complete(SAME_REQUESTS)

@@ -28,8 +28,8 @@ from fine_tune_dag.core.store.registry import current_champion
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 from fine_tune_dag.resources.policy import AutomationPolicy
-from fine_tune_dag_tests.test_incremental import RUN_CONFIG
-from fine_tune_dag_tests.test_webserver import EXPECTED, REPO
+from fine_tune_dag_tests.apps.test_webserver import EXPECTED, REPO
+from fine_tune_dag_tests.automation.test_incremental import RUN_CONFIG
 
 TRAINING = {"max_steps": 30, "batch_size": 2, "logging_steps": 1, "dtype": "float32", "checkpoint_steps": 3}
 
@@ -99,7 +99,7 @@ from pathlib import Path
 import dagster as dg
 import fine_tune_dag.core.training.sft as training
 from fine_tune_dag_testkit.scripted import scripted_definitions
-from fine_tune_dag_tests.test_faults import train_adapter
+from fine_tune_dag_tests.training.test_faults import train_adapter
 
 notes, data, model, config = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 losses = training.answer_token_losses

@@ -36,7 +36,7 @@ from fine_tune_dag.core.training import loop
 from fine_tune_dag.core.training.loop import answer_token_losses, base_precision, collate, save_adapter
 from fine_tune_dag.core.training.sft import lora_config, tokenize_conversations, train_lora
 from fine_tune_dag.core.training.sft_config import TrainingSettings
-from fine_tune_dag_tests.test_chat_and_training import CONVERSATIONS
+from fine_tune_dag_tests.training.test_chat_and_training import CONVERSATIONS
 
 # SmolLM2-135M, the bundled model
 BUNDLED = ModelShape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)

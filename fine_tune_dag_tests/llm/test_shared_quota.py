@@ -20,7 +20,7 @@ from fine_tune_dag.core.llm.quota import SharedRateLimiter, quota_key
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
 from fine_tune_dag.core.store.quota_slots import QuotaSlots, quota_slots
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag_tests.test_ratelimit import FakeClock
+from fine_tune_dag_tests.llm.test_ratelimit import FakeClock
 
 KEY = "AIzaTEST-not-a-real-key-5f2c"
 WINDOW_S = 2.0

@@ -19,7 +19,7 @@ from kubernetes.client import ApiClient
 
 from fine_tune_dag.definitions import build_definitions, executor_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 POSTGRES_ENV = {
     "DAGSTER_PG_HOST": "postgres.test",

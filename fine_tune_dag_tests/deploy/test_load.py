@@ -8,7 +8,7 @@ from types import ModuleType
 import pytest
 
 NOTES = 200
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture
