@@ -63,8 +63,9 @@ def test_bundled_model_runs_the_whole_graph(bundled_run):
     assert adapter.device == select_device() and Path(adapter.path, "adapter_model.safetensors").exists()
     report = db.query("SELECT * FROM evaluations").iloc[0]
     summary = evaluation_summary(db, report.adapter_version)
-    # the adapter writes more like the author: the held-out note's own words are likelier under it
-    assert summary["tuned"]["voice_perplexity"] < summary["base"]["voice_perplexity"]
+    # the adapter writes more like the author: the held-out note's own words are likelier under it, by more than
+    # rounding (three steps at 1e-3 move the held-out answer NLL by about 2.7%, the perplexity by more)
+    assert summary["tuned"]["voice_perplexity"] < 0.98 * summary["base"]["voice_perplexity"]
     assert list(summary) == ["base", "prompted", "base+rag", "tuned", "tuned+rag"]
     text = Path(report.report_path).read_text()
     assert text.splitlines()[2] == "## Was fine-tuning worth it on your notes?"
@@ -72,7 +73,7 @@ def test_bundled_model_runs_the_whole_graph(bundled_run):
     # one held-out note: the report says its intervals cannot decide, and judges answers only where it has any
     assert "**Few held-out notes (1 < 5):**" in text
     base, tuned = summary["base"]["nll"], summary["tuned"]["nll"]
-    assert 0 < tuned < base if report.test_examples else "**Not judged:** answer NLL and grounding" in text
+    assert 0 < tuned < 0.995 * base if report.test_examples else "**Not judged:** answer NLL and grounding" in text
 
 
 def test_back_translation_keeps_the_authors_words(bundled_run):

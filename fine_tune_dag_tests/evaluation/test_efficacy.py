@@ -66,3 +66,22 @@ def test_efficacy_counts_loops_regurgitation_right_citations_and_compares_every_
     assert "authorship_vs_base" not in intervals["tuned"]  # base wrote nothing: no comparison, not a zero
     for key in ("voice_vs_base", "voice_vs_base_low", "voice_vs_base_high", "voice_vs_base_notes"):
         assert key in metrics["tuned"]  # recorded, so the gate reads the same interval from the registry
+
+
+def test_authorship_is_the_share_attributed_with_a_paired_interval_over_the_written_notes_notes():
+    """Four written notes per contender from four held-out notes: the prompted base is attributed to the author
+    once, the adapter three times; the paired gap over the same four notes is +0.5 and its interval is clustered
+    by note (four notes, four items)."""
+    qa = {name: answers(["An answer."], [[]]) for name in ("prompted", "tuned")}
+    voices = {name: voice(2.0) for name in ("prompted", "tuned")}
+    written = {name: ["A note.", "Another.", "A third.", "A fourth."] for name in ("prompted", "tuned")}
+    attributed = {"prompted": [1.0, 0.0, 0.0, 0.0], "tuned": [1.0, 1.0, 1.0, 0.0]}
+    held_out = HeldOut(["a"], ["a"], ["a", "b", "c", "d"])
+    result = measure_efficacy(qa, voices, written, attributed, held_out, ["a.md"], SharedRuns([TRAIN]), 10)
+    assert result.metrics["prompted"]["authorship"] == 0.25 and result.metrics["tuned"]["authorship"] == 0.75
+    gap = result.intervals["tuned"]["authorship_vs_prompted"]
+    assert gap.value == pytest.approx(0.5) and (gap.notes, gap.items) == (4, 4)
+    assert -1.0 <= gap.low <= 0.5 <= gap.high <= 1.0
+    assert result.intervals["prompted"]["authorship_vs_tuned"].value == pytest.approx(-0.5)
+    spread = result.intervals["tuned"]["authorship"]
+    assert spread.value == 0.75 and (spread.notes, spread.items) == (4, 4)
