@@ -3,6 +3,7 @@ and evaluation. The command line, the tests and the benches all run it through h
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -11,6 +12,36 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import dagster as dg
+
+
+GATE_HELD = "the promotion gate kept the current champion: the report's verdict says why (`fine-tune-dag report`)"
+
+
+class _GateRefusalInOneLine(logging.Filter):
+    """A refused promotion is an outcome, not a crash: the blocking check's step failure reads as one line, where
+    Dagster would print its error with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "DagsterAssetCheckFailedError" in message:
+            record.msg, record.args, record.exc_info, record.exc_text = GATE_HELD, (), None, None
+        return True
+
+
+def console_logger_without_gate_tracebacks() -> dg.LoggerDefinition:
+    """Dagster's console logger with `_GateRefusalInOneLine` on its handlers."""
+    import dagster as dg
+
+    @dg.logger(
+        config_schema={"log_level": dg.Field(str, default_value="INFO"), "name": dg.Field(str, default_value="dagster")}
+    )
+    def console(init_context: dg.InitLoggerContext) -> logging.Logger:
+        logger = dg.colored_console_logger.logger_fn(init_context)
+        for handler in logger.handlers:
+            handler.addFilter(_GateRefusalInOneLine())
+        return logger
+
+    return console
 
 
 def project_instance() -> dg.DagsterInstance:
@@ -87,7 +118,9 @@ def materialize_graph(
     for key, reason in failed.items():
         print(f"note partition {key} failed: {reason}", file=sys.stderr)
     print("dataset, base model, training, evaluation …")
-    model_job = defs.resolve_job_def(train_and_evaluate_job.name)
+    model_job = defs.resolve_job_def(train_and_evaluate_job.name).with_logger_defs(
+        {"console": console_logger_without_gate_tracebacks()}
+    )
     model_run = model_job.execute_in_process(
         instance=instance, run_config=job_run_config(model_job, run_config, "INFO"), raise_on_error=False
     )

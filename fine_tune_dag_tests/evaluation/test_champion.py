@@ -11,7 +11,7 @@ from fine_tune_dag.core.common.statistics import Interval
 from fine_tune_dag.core.evaluation.gate import PromotionPolicy, interval_metrics, judge_challenger
 from fine_tune_dag.core.store.registry import current_champion, evaluation_summary
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.runner import materialize_graph
+from fine_tune_dag.runner import GATE_HELD, materialize_graph
 
 POLICY = PromotionPolicy()
 NAN = float("nan")
@@ -140,8 +140,11 @@ def test_champion_moves_on_a_better_adapter_and_stays_on_a_worse_one(tmp_path, t
     )
     db = Warehouse(data / "warehouse.duckdb")
     with dg.instance_for_test() as instance:
+        capsys.readouterr()
         untrained = materialize_graph(defs, instance, notes, run_config(1e-9, 1))
         assert untrained.success and not untrained.promoted  # no better than the base model
+        printed = "".join(capsys.readouterr())
+        assert GATE_HELD in printed and "Traceback" not in printed and "DagsterAssetCheckFailedError" not in printed
         assert current_champion(db) is None
         check = instance.get_latest_asset_check_evaluation_record(
             dg.AssetCheckKey(dg.AssetKey("eval_report"), "beats_champion")
