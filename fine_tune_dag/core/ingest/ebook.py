@@ -1,7 +1,9 @@
 """E-books (`.epub`), chapter by chapter in reading order, by `ebooklib`.
 
-Each chapter's text comes through the same main-text extraction as a web page, so its headings stay Markdown
-headings and chunking can open passages at them. A DRM-protected book cannot be read, and says so.
+A chapter is clean XHTML with nothing to strip, and main-text extractors take its opening heading for a page
+title and drop it, so its blocks are read in order with `lxml` (which ebooklib parses with): headings become
+Markdown headings (`# `, `## `) and chunking can open passages at them. A DRM-protected book cannot be read,
+and says so.
 """
 
 from __future__ import annotations
@@ -13,14 +15,35 @@ import zipfile
 from typing import Any
 
 import ebooklib
+import lxml.html
 from ebooklib import epub
 
 from fine_tune_dag.core.ingest.base import Extraction, NoteParseError, SourceFile, describe
-from fine_tune_dag.core.ingest.web import main_text
 
 _ENCRYPTION = "META-INF/encryption.xml"
 # font obfuscation, which many DRM-free books use for embedded fonts: the text is readable
 _FONT_OBFUSCATION = {"http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC"}
+_HEADINGS = {f"h{level}": level for level in range(1, 7)}
+_BLOCKS = {*_HEADINGS, "p", "li", "pre", "dt", "dd", "blockquote", "div"}
+
+
+def chapter_text(content: bytes) -> str:
+    """The chapter's blocks in reading order, one paragraph each; headings as Markdown headings.
+
+    A block inside another block (a paragraph in a list item or a quotation) is read with its outer block,
+    except that containers holding blocks of their own (a div of paragraphs) give way to them."""
+    body = lxml.html.document_fromstring(content).body
+    paragraphs = []
+    for element in body.iter(*_BLOCKS):
+        inner = any(child.tag in _BLOCKS for child in element.iterdescendants())
+        outer = any(parent.tag in _BLOCKS - {"div", "blockquote"} for parent in element.iterancestors())
+        if (inner and element.tag in ("div", "blockquote")) or outer:
+            continue
+        text = element.text_content().strip("\n") if element.tag == "pre" else " ".join(element.text_content().split())
+        if text:
+            level = _HEADINGS.get(element.tag, 0)
+            paragraphs.append(f"{'#' * level} {text}" if level else text)
+    return "\n\n".join(paragraphs)
 
 
 def _encrypted_content(archive: zipfile.ZipFile) -> bool:
@@ -60,9 +83,9 @@ def read_epub(source: SourceFile) -> Extraction:
         for idref, _ in book.spine:
             item = book.get_item_with_id(idref)
             if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT and item.is_chapter():
-                text = main_text(item.get_content(), recall=True)
-                if text and text.strip():
-                    chapters.append(text.strip())
+                text = chapter_text(item.get_content())
+                if text:
+                    chapters.append(text)
     except NoteParseError:
         raise
     except Exception as error:  # zipfile, lxml and ebooklib raise many types on damaged books
