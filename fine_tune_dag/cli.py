@@ -251,8 +251,10 @@ def print_requests(settings: ProjectSettings, args: argparse.Namespace) -> int:
 def print_rejected(settings: ProjectSettings, args: argparse.Namespace) -> int:
     from fine_tune_dag.core.store.notes import rejected_listing
 
-    lines = rejected_listing(_warehouse(settings), settings.layout.notes)
-    print("\n".join(lines + [f"{len(lines)} rejected or unread files" if lines else "no rejected notes"]))
+    rejected, unread = rejected_listing(_warehouse(settings), settings.layout.notes)
+    for line in rejected + unread:
+        print(line)
+    print(f"{len(rejected) or 'no'} rejected notes" + (f", {len(unread)} files of a type not read" if unread else ""))
     return 0
 
 

@@ -41,6 +41,7 @@ _MEDIA = re.compile(
     r"|this message was deleted|you deleted this message)$",
     re.IGNORECASE,
 )
+_SNIFFED_LINES = 5
 _TELEGRAM_LAYOUT = (
     "not a Telegram export in a layout this reader knows: expected Telegram Desktop's JSON export "
     "(a chat with a 'messages' list, or a full export with chats.list)"
@@ -166,12 +167,13 @@ def read_telegram(source: SourceFile) -> Extraction:
 
 
 def is_whatsapp_export(name: str, text: str) -> bool:
-    """WhatsApp's own file names, or a text file whose first line is a WhatsApp message line."""
+    """WhatsApp's own file names, or a text file that opens with WhatsApp message lines (the first may be
+    WhatsApp's own notice, without a sender)."""
     if _WHATSAPP_NAME.match(name):
         return True
-    first = next((line for line in text.split("\n") if line.strip()), "")
-    match = _WHATSAPP_LINE.match(first)
-    return bool(match and _WHATSAPP_SENDER.fullmatch(match.group("rest")))
+    opening = [line for line in text.split("\n", _SNIFFED_LINES)[:_SNIFFED_LINES] if line.strip()]
+    matches = [_WHATSAPP_LINE.match(line) for line in opening]
+    return bool(matches and matches[0]) and any(m and _WHATSAPP_SENDER.fullmatch(m.group("rest")) for m in matches)
 
 
 def _date_order(dates: Iterable[tuple[int, int, int]]) -> str:

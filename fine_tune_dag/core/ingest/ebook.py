@@ -21,6 +21,7 @@ from ebooklib import epub
 from fine_tune_dag.core.ingest.base import Extraction, NoteParseError, SourceFile, describe
 
 _ENCRYPTION = "META-INF/encryption.xml"
+_ZIP_MAGIC = b"PK\x03\x04"
 # font obfuscation, which many DRM-free books use for embedded fonts: the text is readable
 _FONT_OBFUSCATION = {"http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC"}
 _HEADINGS = {f"h{level}": level for level in range(1, 7)}
@@ -66,11 +67,10 @@ def _first(book: epub.EpubBook, name: str) -> str | None:
 def read_epub(source: SourceFile) -> Extraction:
     if not source.data:
         raise NoteParseError(source.relative, "cannot be parsed as EPUB: the file is empty (0 bytes)")
-    buffer = io.BytesIO(source.data)
-    if not zipfile.is_zipfile(buffer):
+    if not source.data.startswith(_ZIP_MAGIC):
         raise NoteParseError(source.relative, "not an EPUB: the file is not a zip archive")
     try:
-        with zipfile.ZipFile(buffer) as archive:
+        with zipfile.ZipFile(io.BytesIO(source.data)) as archive:
             if _encrypted_content(archive):
                 raise NoteParseError(
                     source.relative,

@@ -21,12 +21,14 @@ _METADATA_FIELDS = ("author", "date", "sitename", "url")
 def main_text(html: str | bytes, recall: bool = False) -> str | None:
     """The page's main text as Markdown, or None if there is none.
 
-    Precision by default: a page of navigation only gives None rather than its menu. `recall` is for
-    documents known to be content (an e-book chapter, an e-mail's HTML part), where short text still counts.
+    Precision by default, without the fallback extractors (which return a page's menu when it has no
+    article): a page of navigation only gives None. `recall` is for documents known to be content (an
+    e-mail's HTML part), where short text still counts.
     """
     return trafilatura.extract(
         html,
         output_format="markdown",
+        fast=not recall,
         favor_precision=not recall,
         favor_recall=recall,
         include_comments=False,

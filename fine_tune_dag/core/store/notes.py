@@ -84,15 +84,14 @@ def rejected_notes(db: Warehouse) -> pd.DataFrame:
     return db.query("SELECT coalesce(path, note_id) AS file, reason, rejected_at FROM rejected_notes ORDER BY file")
 
 
-def rejected_listing(db: Warehouse, notes_dir: Path) -> list[str]:
-    """One line per rejected note and why, then per file in the notes folder of a type that is not read: what
-    `fine-tune-dag rejected` prints, so no file is left out silently."""
-    lines = [
+def rejected_listing(db: Warehouse, notes_dir: Path) -> tuple[list[str], list[str]]:
+    """A line per rejected note and why, and a line per file in the notes folder of a type that is not read:
+    what `fine-tune-dag rejected` prints, so no file is left out silently."""
+    rejected = [
         f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)" for row in rejected_notes(db).itertuples()
     ]
     unsupported = ingest.survey_notes(notes_dir)[1] if notes_dir.is_dir() else {}
-    lines += [f"{path}: {reason}  (not read)" for path, reason in unsupported.items()]
-    return lines
+    return rejected, [f"{path}: {reason}  (not read)" for path, reason in unsupported.items()]
 
 
 def note_source_kinds(db: Warehouse, note_ids: list[str]) -> dict[str, str]:
