@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Iterable
 
 from ebooklib import epub
 
@@ -37,7 +38,7 @@ def mail(
     return message
 
 
-def write_mbox(path: Path, messages: list[EmailMessage]) -> Path:
+def write_mbox(path: Path, messages: Iterable[EmailMessage]) -> Path:
     box = mailbox.mbox(path)
     for message in messages:
         box.add(message)

@@ -155,7 +155,8 @@ def read_telegram(source: SourceFile) -> Extraction:
                 sent = datetime.fromisoformat(entry["date"])
                 messages.append(ChatMessage(str(entry.get("from") or ""), sent, text))
     except (ValueError, TypeError, KeyError, AttributeError) as error:
-        reason = str(error) if str(error) == _TELEGRAM_LAYOUT else f"{_TELEGRAM_LAYOUT}; {describe(error)}"
+        detail = f"a message has no {error}" if isinstance(error, KeyError) else describe(error)
+        reason = str(error) if str(error) == _TELEGRAM_LAYOUT else f"{_TELEGRAM_LAYOUT}; {detail}"
         raise NoteParseError(source.relative, reason) from error
     if not messages:
         raise NoteParseError(source.relative, "the Telegram export holds no text messages")

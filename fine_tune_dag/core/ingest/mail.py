@@ -114,6 +114,16 @@ def read_eml(source: SourceFile) -> Extraction:
     return Extraction(text, metadata, subject_of(message) or None, source_kind="mail")
 
 
+def _refuse_truncated(last: EmailMessage | None, messages: int, relative: str) -> None:
+    """A file cut off mid-message shows in its last message: a multipart never closed, or headers with no body."""
+    cut = [
+        type(d).__name__ for d in (last.defects if last is not None else []) if type(d).__name__ in _TRUNCATION_DEFECTS
+    ]
+    if last is None or cut or not last.keys():
+        reason = ", ".join(cut) or "no headers"
+        raise NoteParseError(relative, f"truncated mailbox: its last message (of {messages}) is cut short ({reason})")
+
+
 def read_mbox(source: SourceFile) -> Extraction:
     """Every message the author sent, in mailbox order, each a '## subject' section; the rest counted.
 
@@ -126,49 +136,41 @@ def read_mbox(source: SourceFile) -> Extraction:
     try:
         box = mailbox.mbox(source.path, factory=_headers, create=False)
         keys = box.keys()
-        last = _message(box.get_bytes(keys[-1])) if keys else None
+        _refuse_truncated(_message(box.get_bytes(keys[-1])) if keys else None, len(keys), source.relative)
         skipped: Counter[str] = Counter()
-        authored: list[EmailMessage] = []
+        sections: list[tuple[str, list[str]]] = []
         seen_ids: set[str] = set()
-        for key in keys:
+        authored = attachments = 0
+        for key in keys:  # one message parsed whole at a time: a mailbox of any size takes its text's memory
             headers = box[key]
             message_id = str(headers.get("Message-ID", "")).strip()
             if not _sender_is_author(headers, source.settings):
                 skipped["from others"] += 1
-            elif message_id and message_id in seen_ids:
+                continue
+            if message_id and message_id in seen_ids:
                 skipped["repeated (same Message-ID)"] += 1
+                continue
+            seen_ids.add(message_id)
+            message = _message(box.get_bytes(key))
+            authored += 1
+            attachments += _attachments(message)
+            body = _body(message)
+            text = authored_text(body) if body is not None else ""
+            if body is None:
+                skipped["no text part"] += 1
+            elif not text:
+                skipped["only quotes and a signature"] += 1
             else:
-                seen_ids.add(message_id)
-                authored.append(_message(box.get_bytes(key)))
+                sections.append((subject_of(message) or NO_SUBJECT, [text]))
         box.close()
     except (OSError, mailbox.Error) as error:
         raise NoteParseError(source.relative, f"cannot be read as an mbox mailbox: {describe(error)}") from error
-    cut = [
-        type(d).__name__ for d in (last.defects if last is not None else []) if type(d).__name__ in _TRUNCATION_DEFECTS
-    ]
-    if last is None or cut or not last.keys():
-        reason = ", ".join(cut) or "no headers"
-        raise NoteParseError(
-            source.relative, f"truncated mailbox: its last message (of {len(keys)}) is cut short ({reason})"
-        )
-    sections: list[tuple[str, list[str]]] = []
-    attachments = 0
-    for message in authored:
-        attachments += _attachments(message)
-        body = _body(message)
-        text = authored_text(body) if body is not None else ""
-        if body is None:
-            skipped["no text part"] += 1
-        elif not text:
-            skipped["only quotes and a signature"] += 1
-        else:
-            sections.append((subject_of(message) or NO_SUBJECT, [text]))
     if not authored:
         raise NoteParseError(source.relative, _no_author_reason(source.settings, len(keys)))
     if not sections:
         reasons = ", ".join(f"{count} {why}" for why, count in sorted(skipped.items()) if why != "from others")
         raise NoteParseError(
-            source.relative, f"none of the author's {len(authored)} message(s) has text of its own ({reasons})"
+            source.relative, f"none of the author's {authored} message(s) has text of its own ({reasons})"
         )
     metadata = {
         "messages": len(keys),

@@ -42,9 +42,7 @@ def read_html(source: SourceFile) -> Extraction:
     if not source.data.strip():
         raise NoteParseError(source.relative, "cannot be parsed as a web page: the file is empty")
     if len(source.data) > MAX_PAGE_BYTES:
-        reason = (
-            f"too large for a web page: {len(source.data) / 1e6:,.1f} MB, the limit is {MAX_PAGE_BYTES / 1e6:,.0f} MB"
-        )
+        reason = f"too large for a web page: {len(source.data):,} bytes, the limit is {MAX_PAGE_BYTES:,}"
         raise NoteParseError(source.relative, reason)
     html, encoding = decode_text(source.data, source.relative)
     try:
