@@ -34,7 +34,8 @@ from scale import TICK_BUDGET_S, tick
 
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.cli import register_note_partitions
-from fine_tune_dag.core.text.ingest import SourceSettings, note_partition_key, parse_note
+from fine_tune_dag.core.ingest.base import SourceSettings
+from fine_tune_dag.core.text.ingest import note_partition_key, parse_note
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.sources import SourcesResource

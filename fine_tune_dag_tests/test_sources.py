@@ -15,13 +15,14 @@ from fine_tune_dag_testkit.scripted import scripted_definitions
 from fine_tune_dag_testkit.sources import AUTHOR, AUTHOR_ADDRESS, mail, write_epub, write_mbox
 
 from fine_tune_dag.assets.chunking import passages
-from fine_tune_dag.assets.tags import NOTE_PATH_TAG
 from fine_tune_dag.assets.ingest import raw_notes
+from fine_tune_dag.assets.tags import NOTE_PATH_TAG
 from fine_tune_dag.cli import main
 from fine_tune_dag.core.ingest import web
+from fine_tune_dag.core.ingest.base import SourceSettings
 from fine_tune_dag.core.store.notes import note_source_kinds
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.ingest import NoteParseError, ParsedNote, SourceSettings, discover_notes, parse_note
+from fine_tune_dag.core.text.ingest import NoteParseError, ParsedNote, discover_notes, parse_note
 from fine_tune_dag.resources.sources import SourcesResource
 from fine_tune_dag_tests.test_ingest import parse_untouched
 from fine_tune_dag_tests.test_sensor import Watcher, write
