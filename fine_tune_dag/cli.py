@@ -169,12 +169,12 @@ def print_requests(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def print_rejected(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    from fine_tune_dag.core.store.notes import rejected_notes
+    from fine_tune_dag.core.store.notes import rejected_listing
 
-    rows = rejected_notes(_warehouse(settings))
-    for row in rows.itertuples():
-        print(f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)")
-    print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
+    rejected, unread = rejected_listing(_warehouse(settings), settings.layout.notes)
+    for line in rejected + unread:
+        print(line)
+    print(f"{len(rejected) or 'no'} rejected notes" + (f", {len(unread)} files of a type not read" if unread else ""))
     return 0
 
 
@@ -197,7 +197,7 @@ def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     total, rows = CostEstimate(), []
     for note_id, path in discover_notes(notes_dir).items():
         try:
-            note = parse_note(path, notes_dir)
+            note = parse_note(path, notes_dir, settings.source_settings())
         except NoteParseError as error:
             print(f"skipped {error.path}: {error.reason}", file=sys.stderr)
             continue

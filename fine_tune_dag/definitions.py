@@ -23,6 +23,7 @@ from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
+from fine_tune_dag.resources.sources import SourcesResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
 from fine_tune_dag.settings import ProjectSettings
 
@@ -65,13 +66,15 @@ def build_definitions(
     sweep_file: str = "sweeps.yaml",
     warehouse_url: str | dg.EnvVar = "",
     crossval_folds: int = 5,
+    sources: SourcesResource | None = None,
 ) -> dg.Definitions:
     """The graph over the given folders; `llm` replaces the default local LLM (another provider, a test double).
 
     `executor` ("", "multiprocess", "in_process" or "k8s") and `artifacts_url` (an fsspec URL that
     adapters and reports are mirrored to) and `warehouse_url` (a PostgreSQL database in place of the DuckDB
     file) are what changes on a cluster (deploy/README.md). The sweep
-    assets exist when `sweep_file` does; `crossval_folds` partitions the cross-validated verdict.
+    assets exist when `sweep_file` does; `crossval_folds` partitions the cross-validated verdict. `sources` says
+    who the author is in mailboxes and chat exports.
     """
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
     policy = policy or AutomationPolicy()
@@ -91,6 +94,7 @@ def build_definitions(
             "llm": llm or LLMResource(model=llm_model_ref, paths=paths),
             "policy": policy,
             "artifacts": ArtifactStoreResource(url=artifacts_url),
+            "sources": sources or SourcesResource(),
         },
     )
 
@@ -132,6 +136,12 @@ def definitions_from_settings(settings: ProjectSettings) -> dg.Definitions:
         crossval_folds=settings.crossval_folds,
         # read at run time, so the URL never lands in the run's configuration
         warehouse_url=dg.EnvVar("FINE_TUNE_DAG_WAREHOUSE_URL") if settings.warehouse_url else "",
+        # read at run time too: the author's addresses and names never land in a run's configuration
+        sources=SourcesResource(
+            author_addresses=dg.EnvVar("FINE_TUNE_DAG_AUTHOR_ADDRESSES") if settings.author_addresses else "",
+            author_names=dg.EnvVar("FINE_TUNE_DAG_AUTHOR_NAMES") if settings.author_names else "",
+            conversation_gap_minutes=settings.conversation_gap_minutes,
+        ),
     )
 
 

@@ -19,6 +19,9 @@
 | FINE_TUNE_DAG_SWEEP_FILE | sweeps.yaml | named training configurations |
 | FINE_TUNE_DAG_CROSSVAL_FOLDS | 5 | folds by note of the cross-validated verdict (`crossval_folds` partitions) |
 | FINE_TUNE_DAG_GENERATION_ENGINE | auto | the local teacher's engine: auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm, transformers |
+| FINE_TUNE_DAG_AUTHOR_ADDRESSES | — | comma-separated e-mail addresses you write from: a mailbox's messages from them are your text |
+| FINE_TUNE_DAG_AUTHOR_NAMES | — | comma-separated names you appear under in chat exports: their messages are your text |
+| FINE_TUNE_DAG_CONVERSATION_GAP_MINUTES | 240 | a chat silence longer than this starts a new conversation |
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from fine_tune_dag.core.ingest.base import SourceSettings
 from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
 from fine_tune_dag.core.store.layout import DataLayout
 
@@ -51,6 +55,9 @@ class ProjectSettings:
     sweep_file: str = "sweeps.yaml"
     crossval_folds: int = 5  # folds by note of the cross-validated verdict
     generation_engine: str = "auto"  # the local teacher's engine (evaluation's is its config's generation_engine)
+    author_addresses: str = ""  # comma-separated; personal, so handed to Dagster as an EnvVar
+    author_names: str = ""
+    conversation_gap_minutes: float = 240.0
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ProjectSettings:
@@ -80,6 +87,11 @@ class ProjectSettings:
             sweep_file=env.get("FINE_TUNE_DAG_SWEEP_FILE", defaults.sweep_file),
             crossval_folds=int(env.get("FINE_TUNE_DAG_CROSSVAL_FOLDS", defaults.crossval_folds)),
             generation_engine=env.get("FINE_TUNE_DAG_GENERATION_ENGINE", defaults.generation_engine),
+            author_addresses=env.get("FINE_TUNE_DAG_AUTHOR_ADDRESSES", defaults.author_addresses),
+            author_names=env.get("FINE_TUNE_DAG_AUTHOR_NAMES", defaults.author_names),
+            conversation_gap_minutes=float(
+                env.get("FINE_TUNE_DAG_CONVERSATION_GAP_MINUTES", defaults.conversation_gap_minutes)
+            ),
         )
 
     def with_folders(self, notes_dir: Path | str, data_dir: Path | str) -> ProjectSettings:
@@ -101,6 +113,10 @@ class ProjectSettings:
 
             return "gemini", self.llm_model or GeminiSettings.model
         return "local", self.llm_model or BUNDLED_MODEL
+
+    def source_settings(self) -> SourceSettings:
+        """Whose words are the author's in mailboxes and chat exports."""
+        return SourceSettings.from_lists(self.author_addresses, self.author_names, self.conversation_gap_minutes)
 
     @property
     def layout(self) -> DataLayout:

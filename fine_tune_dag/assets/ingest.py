@@ -11,6 +11,7 @@ from fine_tune_dag.core.store.notes import reject_note, save_parsed_note
 from fine_tune_dag.core.workflows.estimate import History, estimate_note
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
+from fine_tune_dag.resources.sources import SourcesResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
 
@@ -20,18 +21,23 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     # no pool: parsing holds nothing another note needs, and its writes are short transactions (at 8 concurrent
     # note runs the one `duckdb` slot held through parsing cost 23 s a run in bench/scale.py)
     kinds={"python", "duckdb"},
-    code_version="ingest-1",
+    code_version="ingest-2",
 )
 def raw_notes(
-    context: dg.AssetExecutionContext, paths: ProjectPaths, warehouse: WarehouseResource, llm: LLMResource
+    context: dg.AssetExecutionContext,
+    paths: ProjectPaths,
+    warehouse: WarehouseResource,
+    llm: LLMResource,
+    sources: SourcesResource,
 ) -> dg.MaterializeResult:
-    """The note file parsed to text (Markdown, text, PDF or DOCX) with its title, format and hash."""
+    """The note file parsed to text (Markdown, text, PDF, DOCX, a mailbox or message, a chat export, a web page,
+    an e-book) with its title, format, source kind and hash."""
     note_id = context.partition_key
     db = warehouse.get()
     path: Path | None = None
     try:
         path = find_note(paths.notes, note_id, context.run.tags.get(NOTE_PATH_TAG))
-        note = parse_note(path, paths.notes)
+        note = parse_note(path, paths.notes, sources.settings())
     except NoteParseError as error:
         reject_note(db, note_id, error.path, error.reason, context.run_id, path)
         raise dg.Failure(
@@ -48,6 +54,7 @@ def raw_notes(
             "file": dg.MetadataValue.path(str(paths.notes / note.path)),
             "title": note.title,
             "format": note.format,
+            "source_kind": note.source_kind,
             "characters": note.char_count,
             "words": len(note.text.split()),
             "encoding": note.encoding or "n/a",

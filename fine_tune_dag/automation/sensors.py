@@ -34,7 +34,8 @@ def _already_materialized(context: dg.SensorEvaluationContext, notes: list[NoteC
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the notes folder: a new or changed file runs its own partition; a deleted one "
-    "leaves the dataset. Hidden, temporary and still-growing files wait.",
+    "leaves the dataset. Hidden, temporary and still-growing files wait; a file of a type not read is named with the "
+    "reason in the tick's log and summary.",
 )
 def new_notes_sensor(
     context: dg.SensorEvaluationContext, paths: ProjectPaths, policy: AutomationPolicy
@@ -73,6 +74,8 @@ def new_notes_sensor(
             )
         )
     context.log.info(f"{paths.notes}: {scan.summary}")
+    for relative in scan.newly_unsupported:
+        context.log.warning(f"{relative} is not read: {scan.unsupported[relative]}")
     for note in scan.deleted:
         context.log.info(f"{note.path} was deleted: partition {note.note_id} leaves the dataset")
     return dg.SensorResult(

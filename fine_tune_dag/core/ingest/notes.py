@@ -1,4 +1,5 @@
-"""Note files (Markdown, text, PDF, DOCX) to plain text, one stable partition key per file.
+"""Note files (Markdown, text, PDF, DOCX, and through `core.ingest` mail, chat exports, web pages and
+e-books) to plain text, one stable partition key per file.
 
 Everything downstream cuts passages as exact spans of `ParsedNote.text`, so the text must be a
 deterministic function of the file bytes. Notes are the author's own files: they are only read.
@@ -8,70 +9,73 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import re
 import stat
 import unicodedata
-from dataclasses import dataclass
-from datetime import date, time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator
+from typing import Any, Collection, Iterator
 
 import docx
+import frontmatter
+import tomllib
 import yaml
-from charset_normalizer import from_bytes
 from docx.table import Table
 from docx.text.paragraph import Paragraph
+from frontmatter.default_handlers import BaseHandler, JSONHandler, YAMLHandler
 from pypdf import PageObject, PasswordType, PdfReader
 from pypdf.errors import DependencyError
+
+from fine_tune_dag.core.ingest.base import (
+    Extraction,
+    NoteParseError,
+    Reader,
+    SourceFile,
+    SourceSettings,
+    decode_text,
+    describe,
+    jsonable,
+)
+from fine_tune_dag.core.ingest.chat import is_whatsapp_export, read_telegram, read_whatsapp
+from fine_tune_dag.core.ingest.ebook import read_epub
+from fine_tune_dag.core.ingest.mail import read_eml, read_mbox
+from fine_tune_dag.core.ingest.web import read_html
 
 NOTE_FORMATS: dict[str, str] = {
     ".md": "markdown",
     ".markdown": "markdown",
-    ".txt": "text",
+    ".txt": "text",  # or a WhatsApp export, told by its name or its first line
     ".pdf": "pdf",
     ".docx": "docx",
+    ".mbox": "mbox",
+    ".eml": "email",
+    ".json": "telegram",
+    ".html": "html",
+    ".htm": "html",
+    ".epub": "epub",
 }
 
 _KEY_SLUG_CHARS = 48
 # A note is one document, not a corpus: bigger files are refused with a reason instead of costing
-# thousands of LLM calls (characters) or the worker's memory (bytes).
+# thousands of LLM calls (characters) or the worker's memory (bytes). A mailbox or chat export is a corpus the
+# author chose to train on, so only the byte limit bounds it.
 MAX_NOTE_BYTES = 256 * 1024 * 1024
 MAX_NOTE_CHARS = 2_000_000
 _TITLE_MAX_CHARS = 80
 _IGNORED_SUFFIXES = (".swp", ".tmp", "~")
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*(?:\n|\Z)", re.DOTALL | re.MULTILINE)
 _ATX_HEADING = re.compile(r"#[ \t]+(\S.*?)(?:[ \t]+#+)?[ \t]*")
 _CODE_FENCE = re.compile(r"[ ]{0,3}(?:```|~~~)")
 _DOCX_HEADING_STYLE = re.compile(r"Heading ([1-9])")
 _SENTENCE_END = re.compile(r"[.!?:;…][\"'”’)\]]*$")
 _HYPHENATED = re.compile(r"[^\W\d_]-$")
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
-# Short notes are ambiguous to charset detection; among nearly as good guesses prefer the
-# legacy encodings Western notes are overwhelmingly written in.
-_PREFERRED_LEGACY_ENCODINGS = ("cp1252", "latin_1")
-_PREFERRED_ENCODING_CHAOS_MARGIN = 0.15
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # Unicode Cc, less whitespace
-_CONTROL_CHAR_SHARE = 0.02
 # Reflow thresholds, as fractions of the typical (90th percentile) PDF line length in characters
 # and of the typical (lower quartile) line spacing.
 _SENTENCE_END_LINE_SHARE = 0.9
 _EARLY_BREAK_LINE_SHARE = 0.6
 _PARAGRAPH_SPACING_SHARE = 1.3
 _MIN_TYPICAL_LINE_CHARS = 40
-
-
-class NoteParseError(ValueError):
-    """A note that cannot become text; names the file so the author knows what to fix."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)  # both args, so the error survives pickling across processes
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -84,18 +88,12 @@ class ParsedNote:
     metadata: dict[str, Any]
     sha256: str
     encoding: str | None
+    source_kind: str = "note"  # note, mail, chat, web or ebook: what the training mix can weight
+    context: tuple[dict[str, Any], ...] = ()  # other people's words beside the author's (`Extraction.context`)
 
     @property
     def char_count(self) -> int:
         return len(self.text)
-
-
-@dataclass(frozen=True)
-class _Extraction:
-    text: str
-    metadata: dict[str, Any]
-    title: str | None = None  # the format's own title (front matter, document properties, heading)
-    encoding: str | None = None
 
 
 def note_partition_key(relative_path: str, twin: bool = False) -> str:
@@ -123,22 +121,40 @@ def is_ignored_note_file(name: str) -> bool:
     return name.startswith((".", "~$")) or name.lower().endswith(_IGNORED_SUFFIXES)
 
 
-def discover_notes(notes_dir: Path) -> dict[str, Path]:
-    """Every supported note under the folder, in a deterministic order, keyed by partition key."""
+def unsupported_reason(suffix: str) -> str:
+    """Why a file of this type is not read, in the words `rejected` and the sensor list it with."""
+    supported = ", ".join(NOTE_FORMATS)
+    kind = f"unsupported file type '{suffix}'" if suffix else "unsupported file type (no extension)"
+    return f"{kind} (supported: {supported})"
+
+
+def survey_notes(notes_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Every supported note under the folder keyed by partition key, and every other file (relative path → why
+    it is not read), in a deterministic order. Hidden folders and editor debris are neither."""
     if not notes_dir.exists():
         raise FileNotFoundError(f"notes folder not found: {notes_dir}")
     if not notes_dir.is_dir():
         raise NotADirectoryError(f"notes folder is not a folder: {notes_dir}")
     root = notes_dir.absolute()
     notes: dict[str, Path] = {}
+    unsupported: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if is_ignored_note_file(name) or path.suffix.lower() not in NOTE_FORMATS:
+            if is_ignored_note_file(name):
                 continue
-            notes[key_of_note(path.relative_to(root).as_posix(), notes)] = path
-    return notes
+            path = Path(dirpath) / name
+            relative = path.relative_to(root).as_posix()
+            if path.suffix.lower() in NOTE_FORMATS:
+                notes[key_of_note(relative, notes)] = path
+            else:
+                unsupported[relative] = unsupported_reason(path.suffix)
+    return notes, unsupported
+
+
+def discover_notes(notes_dir: Path) -> dict[str, Path]:
+    """Every supported note under the folder, in a deterministic order, keyed by partition key."""
+    return survey_notes(notes_dir)[0]
 
 
 def find_note(notes_dir: Path, note_id: str, hint: str | None = None) -> Path:
@@ -156,24 +172,25 @@ def find_note(notes_dir: Path, note_id: str, hint: str | None = None) -> Path:
     return path
 
 
-def parse_note(path: Path, notes_dir: Path) -> ParsedNote:
-    """The note's text, title and metadata, from a single read of its bytes."""
+def parse_note(path: Path, notes_dir: Path, settings: SourceSettings | None = None) -> ParsedNote:
+    """The note's text, title and metadata, from a single read of its bytes (a mailbox is read again by
+    `mailbox`); `settings` say whose words are the author's in mail and chat exports."""
     relative = path.absolute().relative_to(notes_dir.absolute()).as_posix()
     note_format = NOTE_FORMATS.get(path.suffix.lower())
     if note_format is None:
-        supported = ", ".join(NOTE_FORMATS)
-        raise NoteParseError(relative, f"unsupported file type '{path.suffix}' (supported: {supported})")
+        raise NoteParseError(relative, unsupported_reason(path.suffix))
     data = _read_inside(path, notes_dir, relative)
-    extraction = _EXTRACTORS[note_format](data, relative)
+    extraction = _READERS[note_format](SourceFile(path, relative, data, settings or SourceSettings()))
     text = _LEADING_BLANK_LINES.sub("", extraction.text).rstrip()
     if not text:
         raise NoteParseError(relative, "empty note (no text after parsing)")
-    if len(text) > MAX_NOTE_CHARS:
+    if len(text) > MAX_NOTE_CHARS and not extraction.collection:
         reason = (
             f"too long: {len(text):,} characters after parsing, the limit for one note is {MAX_NOTE_CHARS:,} "
             "(split it into smaller notes)"
         )
         raise NoteParseError(relative, reason)
+    note_format = extraction.format or note_format
     title = extraction.title
     if title is None and note_format in ("text", "pdf"):
         title = _first_line_title(text)
@@ -186,6 +203,8 @@ def parse_note(path: Path, notes_dir: Path) -> ParsedNote:
         metadata=extraction.metadata,
         sha256=hashlib.sha256(data).hexdigest(),
         encoding=extraction.encoding,
+        source_kind=extraction.source_kind,
+        context=extraction.context,
     )
 
 
@@ -214,12 +233,7 @@ def _read_inside(path: Path, notes_dir: Path, relative: str) -> bytes:
             raise NoteParseError(relative, f"too large: {size / 1024**2:,.0f} MiB, the limit is {limit} MiB; not read")
         return path.read_bytes()
     except OSError as error:
-        raise NoteParseError(relative, f"cannot be read: {error.strerror or _describe(error)}") from error
-
-
-def _describe(error: Exception) -> str:
-    """Library messages on one line; some libraries raise with no message at all."""
-    return " ".join(str(error).split()) or type(error).__name__
+        raise NoteParseError(relative, f"cannot be read: {error.strerror or describe(error)}") from error
 
 
 def _title_from_stem(path: Path) -> str:
@@ -233,60 +247,6 @@ def _first_line_title(text: str) -> str | None:
     return first if len(first) <= _TITLE_MAX_CHARS else None
 
 
-def _jsonable(value: Any) -> Any:
-    """Metadata goes into JSON columns and Dagster metadata, so YAML/document types are converted."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return [_jsonable(v) for v in sorted(value, key=str)]
-    if isinstance(value, (date, time)):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _decode(data: bytes, relative: str) -> tuple[str, str]:
-    """(text with '\\n' newlines, encoding): BOMs first, then UTF-8, then a detected legacy encoding."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        encoding = "utf-8-sig"
-    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        encoding = "utf-16"
-    elif b"\x00" in data:
-        raise NoteParseError(relative, "looks like binary data, not text (contains NUL bytes)")
-    else:
-        encoding = "utf-8"
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as error:
-        if encoding != "utf-8":
-            reason = f"has a byte-order mark but is not valid {encoding}: {_describe(error)}"
-            raise NoteParseError(relative, reason) from error
-        text, encoding = _detect_legacy_encoding(data, relative)
-    if "\x00" in text or len(_CONTROL_CHARS.findall(text)) > len(text) * _CONTROL_CHAR_SHARE:
-        raise NoteParseError(relative, "looks like binary data, not text (control characters)")
-    return text.replace("\r\n", "\n").replace("\r", "\n"), encoding
-
-
-def _detect_legacy_encoding(data: bytes, relative: str) -> tuple[str, str]:
-    """Charset detection is unreliable on short notes; a Western guess close to the best one wins."""
-    matches = list(from_bytes(data))
-    if not matches:
-        raise NoteParseError(relative, "looks like binary data, not text (no plausible encoding)")
-    best = min(matches, key=lambda m: (m.chaos, -m.coherence))
-    preferred = [
-        m
-        for m in matches
-        if m.encoding in _PREFERRED_LEGACY_ENCODINGS and m.chaos <= best.chaos + _PREFERRED_ENCODING_CHAOS_MARGIN
-    ]
-    chosen = min(preferred, key=lambda m: _PREFERRED_LEGACY_ENCODINGS.index(m.encoding)) if preferred else best
-    return str(chosen), chosen.encoding
-
-
 def _first_atx_heading(text: str) -> str | None:
     """The first '# ' heading outside fenced code, where '#' starts shell comments instead."""
     in_fence = False
@@ -298,29 +258,66 @@ def _first_atx_heading(text: str) -> str | None:
     return None
 
 
-def _extract_markdown(data: bytes, relative: str) -> _Extraction:
-    text, encoding = _decode(data, relative)
-    metadata: dict[str, Any] = {}
-    front = _FRONT_MATTER.match(text)
-    if front:
-        try:
-            loaded = yaml.safe_load(front.group(1))
-        except yaml.YAMLError as error:
-            raise NoteParseError(relative, f"invalid YAML front matter: {_describe(error)}") from error
-        # Anything but a mapping is prose between two '---' rules, not front matter: keep it.
-        if loaded is None or isinstance(loaded, dict):
-            metadata = _jsonable(loaded or {})
-            text = text[front.end() :]
+class _TomlHandler(BaseHandler):
+    """Hugo's TOML front matter between '+++' lines, read with the standard library (python-frontmatter's own
+    TOML handler needs the unmaintained `toml` package)."""
+
+    FM_BOUNDARY = re.compile(r"^\+{3,}\s*$", re.MULTILINE)
+
+    def load(self, fm: str, **kwargs: object) -> Any:
+        return tomllib.loads(fm)
+
+
+# Obsidian and Jekyll write YAML ('---'), Hugo TOML ('+++') or YAML, some tools JSON ('{' … '}')
+_FRONT_MATTER_HANDLERS = [YAMLHandler(), _TomlHandler(), JSONHandler()]
+_TAG_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def _tags(value: Any) -> list[str]:
+    """Tags as a list of words whatever the tool wrote: a list, 'a, b' (Obsidian) or 'a b' (Jekyll)."""
+    items = value if isinstance(value, list) else _TAG_SEPARATORS.split(str(value or ""))
+    return [tag for tag in (str(item).strip().lstrip("#") for item in items) if tag]
+
+
+def _front_matter(text: str, relative: str) -> tuple[dict[str, Any], str]:
+    """(metadata, the text after it), by python-frontmatter. Anything but a mapping between the fences is
+    prose between two rules, not front matter: it stays text."""
+    handler = frontmatter.detect_format(text, _FRONT_MATTER_HANDLERS)
+    if handler is None:
+        return {}, text
+    try:
+        raw, body = handler.split(text)
+    except ValueError:  # one fence and no closing one: a rule, not front matter
+        return {}, text
+    try:
+        loaded = handler.load(raw)
+    except (yaml.YAMLError, ValueError) as error:
+        kind = {YAMLHandler: "YAML", _TomlHandler: "TOML", JSONHandler: "JSON"}[type(handler)]
+        raise NoteParseError(relative, f"invalid {kind} front matter: {describe(error)}") from error
+    if loaded is not None and not isinstance(loaded, dict):
+        return {}, text
+    metadata = jsonable(loaded or {})
+    if "tags" in metadata:
+        metadata["tags"] = _tags(metadata["tags"])
+    return metadata, body
+
+
+def _extract_markdown(source: SourceFile) -> Extraction:
+    text, encoding = decode_text(source.data, source.relative)
+    metadata, text = _front_matter(text, source.relative)
     title = " ".join(str(metadata.get("title") or "").split()) or _first_atx_heading(text)
-    return _Extraction(text, metadata, title, encoding)
+    return Extraction(text, metadata, title, encoding)
 
 
-def _extract_text(data: bytes, relative: str) -> _Extraction:
-    text, encoding = _decode(data, relative)
-    return _Extraction(text, {}, encoding=encoding)
+def _extract_text(source: SourceFile) -> Extraction:
+    text, encoding = decode_text(source.data, source.relative)
+    if is_whatsapp_export(source.path.name, text):
+        return replace(read_whatsapp(source, text), encoding=encoding, format="whatsapp")
+    return Extraction(text, {}, encoding=encoding)
 
 
-def _extract_pdf(data: bytes, relative: str) -> _Extraction:
+def _extract_pdf(source: SourceFile) -> Extraction:
+    data, relative = source.data, source.relative
     # pypdf raises many exception types (its own, ValueError, KeyError, ...) on malformed files.
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -331,10 +328,10 @@ def _extract_pdf(data: bytes, relative: str) -> _Extraction:
     except NoteParseError:
         raise
     except DependencyError as error:
-        reason = f"PDF is encrypted and cannot be decrypted here: {_describe(error)}"
+        reason = f"PDF is encrypted and cannot be decrypted here: {describe(error)}"
         raise NoteParseError(relative, reason) from error
     except Exception as error:
-        raise NoteParseError(relative, f"cannot be parsed as PDF: {_describe(error)}") from error
+        raise NoteParseError(relative, f"cannot be parsed as PDF: {describe(error)}") from error
     if not any(line.text for lines in pages for line in lines):
         raise NoteParseError(relative, "no extractable text (scanned image?)")
     metadata: dict[str, Any] = {"pages": len(pages)}
@@ -342,7 +339,7 @@ def _extract_pdf(data: bytes, relative: str) -> _Extraction:
         value = " ".join(str(getattr(info, field, None) or "").split()) if info else ""
         if value:
             metadata[field] = value
-    return _Extraction(_reflow_pdf_pages(pages), metadata, metadata.get("title"))
+    return Extraction(_reflow_pdf_pages(pages), metadata, metadata.get("title"))
 
 
 @dataclass
@@ -423,7 +420,8 @@ def _join_wrapped_lines(lines: list[str]) -> str:
     return joined
 
 
-def _extract_docx(data: bytes, relative: str) -> _Extraction:
+def _extract_docx(source: SourceFile) -> Extraction:
+    data, relative = source.data, source.relative
     if not data:
         raise NoteParseError(relative, "cannot be parsed as DOCX: the file is empty (0 bytes)")
     # python-docx surfaces zipfile, lxml and KeyError failures on damaged files.
@@ -432,14 +430,14 @@ def _extract_docx(data: bytes, relative: str) -> _Extraction:
         blocks = list(_docx_blocks(document))
         properties = document.core_properties
         metadata = {
-            field: _jsonable(value) for field in ("title", "author", "created") if (value := getattr(properties, field))
+            field: jsonable(value) for field in ("title", "author", "created") if (value := getattr(properties, field))
         }
     except Exception as error:
-        raise NoteParseError(relative, f"cannot be parsed as DOCX: {_describe(error)}") from error
+        raise NoteParseError(relative, f"cannot be parsed as DOCX: {describe(error)}") from error
     headings = [text for level, text in blocks if level]
     title = str(metadata.get("title") or "").strip() or (headings[0] if headings else None)
     text = "\n\n".join("#" * level + " " + text if level else text for level, text in blocks)
-    return _Extraction(text, metadata, title)
+    return Extraction(text, metadata, title)
 
 
 def _docx_blocks(container: Any) -> Iterator[tuple[int, str]]:
@@ -468,9 +466,14 @@ def _docx_heading_level(paragraph: Paragraph) -> int:
     return min(int(heading.group(1)), 6) if heading else 0
 
 
-_EXTRACTORS: dict[str, Callable[[bytes, str], _Extraction]] = {
+_READERS: dict[str, Reader] = {
     "markdown": _extract_markdown,
     "text": _extract_text,
     "pdf": _extract_pdf,
     "docx": _extract_docx,
+    "mbox": read_mbox,
+    "email": read_eml,
+    "telegram": read_telegram,
+    "html": read_html,
+    "epub": read_epub,
 }

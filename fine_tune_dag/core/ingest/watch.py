@@ -10,6 +10,9 @@ the notes folder (the folder is what the author chose to share), a file over `MA
 anything that is not a regular file (opening a pipe would block the sensor). They are still handed
 on, so raw_notes fails their partition with the reason; their identity in the cursor is made of the
 file's own size and mtime (the link's, for a link), never of anything behind it.
+
+Files of a type that is not read are never skipped silently: each scan lists them with the reason, and the
+cursor remembers which were already reported, so the sensor names each once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fine_tune_dag.core.ingest import notes as ingest
-from fine_tune_dag.core.ingest.notes import discover_notes, key_of_note, link_target_outside
+from fine_tune_dag.core.ingest.notes import key_of_note, link_target_outside, survey_notes
 
 _HASH_CHUNK = 1 << 20
 
@@ -40,12 +43,14 @@ class WatchCursor:
 
     known: dict[str, FileState] = field(default_factory=dict)
     settling: dict[str, FileState] = field(default_factory=dict)
+    unsupported: list[str] = field(default_factory=list)  # files of a type not read, already reported
 
     def to_json(self) -> str:
         def pack(states: dict[str, FileState]) -> dict[str, list]:
             return {path: [s.size, s.mtime_ns, s.sha256] for path, s in sorted(states.items())}
 
-        return json.dumps({"known": pack(self.known), "settling": pack(self.settling)}, separators=(",", ":"))
+        packed = {"known": pack(self.known), "settling": pack(self.settling), "unsupported": sorted(self.unsupported)}
+        return json.dumps(packed, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | None) -> WatchCursor:
@@ -55,6 +60,7 @@ class WatchCursor:
         return cls(
             known={path: FileState(*values) for path, values in data.get("known", {}).items()},
             settling={path: FileState(*values) for path, values in data.get("settling", {}).items()},
+            unsupported=list(data.get("unsupported", [])),
         )
 
 
@@ -73,12 +79,15 @@ class NotesScan:
     waiting: list[str]  # still being written: looked at again next tick
     deferred: int  # settled but over this tick's batch: taken next tick
     cursor: WatchCursor
+    unsupported: dict[str, str] = field(default_factory=dict)  # relative path → why it is not read
+    newly_unsupported: list[str] = field(default_factory=list)  # of those, the ones no earlier scan reported
 
     @property
     def summary(self) -> str:
         return (
             f"{len(self.added)} new, {len(self.changed)} changed, {len(self.deleted)} deleted, "
-            f"{len(self.waiting)} still being written, {self.deferred} left for the next tick"
+            f"{len(self.waiting)} still being written, {self.deferred} left for the next tick, "
+            f"{len(self.unsupported)} of a type not read (`fine-tune-dag rejected` lists them)"
         )
 
 
@@ -144,14 +153,14 @@ def scan_notes(
     that could not be opened is retried every tick, so fixing its permissions is noticed.
     """
     now = time.time() if now is None else now
-    cursor = WatchCursor(known=dict(previous.known))
+    notes, unsupported = survey_notes(notes_dir)
+    cursor = WatchCursor(known=dict(previous.known), unsupported=sorted(unsupported))
     added: list[NoteChange] = []
     changed: list[NoteChange] = []
     waiting: list[str] = []
     deferred = handed = 0
     present: set[str] = set()
     root = notes_dir.absolute()
-    notes = discover_notes(notes_dir)
     for note_id, path in notes.items():
         relative = path.relative_to(root).as_posix()
         try:
@@ -187,7 +196,9 @@ def scan_notes(
     ]
     for change in deleted:
         del cursor.known[change.path]
-    return NotesScan(added, changed, deleted, waiting, deferred, cursor)
+    reported = set(previous.unsupported)
+    newly_unsupported = [path for path in unsupported if path not in reported]
+    return NotesScan(added, changed, deleted, waiting, deferred, cursor, unsupported, newly_unsupported)
 
 
 def _digest_or_reason(path: Path, look: _Look) -> str:

@@ -44,6 +44,8 @@ def save_parsed_note(db: Warehouse, note: ParsedNote) -> None:
         "encoding": note.encoding,
         "char_count": note.char_count,
         "parsed_at": _now(),
+        "source_kind": note.source_kind,
+        "context": json.dumps(note.context, ensure_ascii=False),
     }
     db.replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note.note_id})
     db.execute("DELETE FROM rejected_notes WHERE note_id = ?", [note.note_id])
@@ -80,6 +82,24 @@ def reject_note(
 
 def rejected_notes(db: Warehouse) -> pd.DataFrame:
     return db.query("SELECT coalesce(path, note_id) AS file, reason, rejected_at FROM rejected_notes ORDER BY file")
+
+
+def rejected_listing(db: Warehouse, notes_dir: Path) -> tuple[list[str], list[str]]:
+    """A line per rejected note and why, and a line per file in the notes folder of a type that is not read:
+    what `fine-tune-dag rejected` prints, so no file is left out silently."""
+    rejected = [
+        f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)" for row in rejected_notes(db).itertuples()
+    ]
+    unsupported = ingest.survey_notes(notes_dir)[1] if notes_dir.is_dir() else {}
+    return rejected, [f"{path}: {reason}  (not read)" for path, reason in unsupported.items()]
+
+
+def note_source_kinds(db: Warehouse, note_ids: list[str]) -> dict[str, str]:
+    """Note id → the kind of source it came from (note, mail, chat, web, ebook), to weight the kinds in a mix."""
+    rows = db.query(
+        "SELECT note_id, source_kind FROM raw_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[]))", [note_ids]
+    )
+    return dict(zip(rows["note_id"], rows["source_kind"]))
 
 
 def synthesized_note_hashes(db: Warehouse) -> dict[str, str]:

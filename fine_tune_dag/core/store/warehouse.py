@@ -134,6 +134,10 @@ MIGRATIONS: tuple[str, ...] = (
     # the note a blind trial's passage came from (its bootstrap cluster) and the side its author text is shown on
     "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS note_id VARCHAR",
     "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS author_side VARCHAR",
+    # what kind of source a note came from (note, mail, chat, web, ebook), for weighting the kinds in training
+    "ALTER TABLE raw_notes ADD COLUMN IF NOT EXISTS source_kind VARCHAR DEFAULT 'note'",
+    # JSON: other people's words kept beside the author's (a chat's lines each reply answered), never text
+    "ALTER TABLE raw_notes ADD COLUMN IF NOT EXISTS context VARCHAR",
 )
 
 
