@@ -1,0 +1,1 @@
+"""Personal data: what may leave the machine, and forgetting a note provably."""
