@@ -157,6 +157,10 @@ def mark_adapters(db: Warehouse, versions: Collection[str], note_key: str) -> No
     db.insert_rows("adapter_marks", rows)
 
 
+def marked_versions(db: Warehouse) -> set[str]:
+    return set(db.query("SELECT version FROM adapter_marks")["version"])
+
+
 def forgetting_record(db: Warehouse, note_key: str) -> pd.Series | None:
     rows = db.query("SELECT * FROM forgetting_records WHERE note_key = ?", [note_key])
     return None if rows.empty else rows.iloc[0]
@@ -182,7 +186,7 @@ def save_forgetting_record(
         champion_before = earlier.champion_before
     row = {
         "note_key": note_key,
-        "path_sha256": path_sha256,
+        "path_sha256": path_sha256 or ("" if earlier is None else earlier.path_sha256),
         "forgotten_at": _now() if earlier is None else earlier.forgotten_at,
         "removed": json.dumps(dict(sorted(removed.items()))),
         "files": json.dumps(files),
