@@ -259,6 +259,7 @@ def forget_note(
     removed["retrieval index"] = drop_notes(layout.index, {note_id})
     files = [str(p.relative_to(layout.data)) for p in scrub_files([layout.exports, layout.reports], trace)]
     mark_adapters(db, trained, note_id)
+    db.rewrite()
     if champion_before is not None and champion_before.version in trained:
         reason = f"forget: champion {champion_before.version} was trained on a forgotten note"
         best = best_unmarked_adapter(db)

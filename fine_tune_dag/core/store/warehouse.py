@@ -263,6 +263,23 @@ class Warehouse:
             new = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
         return stamp is None or new != stamp, new
 
+    def rewrite(self) -> None:
+        """Copy a DuckDB file's live rows into a new file and put it in the old one's place: deleted rows stay
+        in a database file's free blocks (and its log) until overwritten, so data meant to be gone is not only
+        unreachable but absent. PostgreSQL's own VACUUM does this for its tables; nothing is done here."""
+        if self.url or not self.path.exists():
+            return
+        fresh = self.path.with_name(f".{self.path.name}.rewrite")
+        fresh.unlink(missing_ok=True)
+        with self.connect() as con:
+            con.execute("CHECKPOINT")
+            con.execute(f"ATTACH '{fresh}' AS fresh")
+            database = con.execute("SELECT current_database()").fetchone()[0]
+            con.execute(f'COPY FROM DATABASE "{database}" TO fresh')
+            con.execute("DETACH fresh")
+        os.replace(fresh, self.path)
+        self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         with self.connect() as con:
             return con.execute(sql, list(params)).df()
