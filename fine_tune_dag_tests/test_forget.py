@@ -292,3 +292,37 @@ def test_a_train_split_that_lost_a_note_retrains_once_unless_turned_off(tmp_path
         _adapter(instance, "d2")  # retrained on the split without it: nothing more to do
         result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
         assert not result.get_num_requested(training)
+
+
+def test_the_best_unmarked_adapter_replaces_a_marked_champion(tmp_path):
+    """Three adapters: the champion and a better one trained on the note, a worse one not: the worse one leads."""
+    db = Warehouse(tmp_path / "warehouse.duckdb")
+    db.insert_rows("raw_notes", pd.DataFrame([{"note_id": "n-1", "path": "n.md", "text": "a note"}]))
+    db.insert_rows(
+        "dataset_notes",
+        pd.DataFrame(
+            [
+                {"dataset_version": "with", "note_id": "n-1", "path": "n.md", "split": "train", "pairs": 2},
+                {"dataset_version": "without", "note_id": "n-2", "path": "m.md", "split": "train", "pairs": 2},
+            ]
+        ),
+    )
+    adapters = [("champ", "with", 0.9), ("better", "with", 0.5), ("left", "without", 1.2)]
+    db.insert_rows(
+        "adapters",
+        pd.DataFrame(
+            [
+                {"version": v, "path": v, "dataset_version": d, "test_nll": nll, "created_at": _now()}
+                for v, d, nll in adapters
+            ]
+        ),
+    )
+    db.insert_rows("champion_history", pd.DataFrame([{"promoted_at": _now(), "version": "champ", "reason": "gate"}]))
+    forgot = forget_note(db, DataLayout(tmp_path / "notes", tmp_path), "n.md", ForgetSettings())
+    assert forgot.adapters_marked == ["better", "champ"]
+    assert (forgot.champion_before, forgot.champion_after) == ("champ", "left")
+    assert current_champion(db).version == "left" and main_line_versions(db)["version"].tolist() == ["left"]
+    assert (
+        "trained on a forgotten note"
+        in db.query("SELECT reason FROM champion_history ORDER BY promoted_at DESC")["reason"].iloc[0]
+    )
