@@ -193,11 +193,6 @@ def save_forgetting_record(
         "adapters_marked": json.dumps(adapters_marked),
         "champion_before": champion_before,
         "champion_after": champion_after,
-        "retrained_version": None if earlier is None else earlier.retrained_version,
     }
     db.insert_rows("forgetting_records", pd.DataFrame([row]))
 
-
-def record_retraining(db: Warehouse, note_key: str, adapter_version: str) -> None:
-    """The adapter trained without the note, once the retraining after `forget` produced one."""
-    db.execute("UPDATE forgetting_records SET retrained_version = ? WHERE note_key = ?", [adapter_version, note_key])

@@ -111,7 +111,7 @@ SCHEMA: dict[str, str] = {
     # what `forget` removed from where, by the note's key and a hash of its path, never its text
     "forgetting_records": """
         note_key VARCHAR PRIMARY KEY, path_sha256 VARCHAR, forgotten_at TIMESTAMP, removed VARCHAR, files VARCHAR,
-        adapters_marked VARCHAR, champion_before VARCHAR, champion_after VARCHAR, retrained_version VARCHAR""",
+        adapters_marked VARCHAR, champion_before VARCHAR, champion_after VARCHAR""",
     # adapters trained on a forgotten note: kept for lineage, never served or promoted again
     "adapter_marks": """
         version VARCHAR, note_key VARCHAR, marked_at TIMESTAMP, PRIMARY KEY (version, note_key)""",
