@@ -384,6 +384,27 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def forget(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """`forget NOTE`: the note's derived data removed and its adapters retired, then (unless --no-retrain) the
+    graph trains, evaluates and promotes without it."""
+    from fine_tune_dag.assets.forgetting import forget_in_instance
+    from fine_tune_dag.core.workflows.forget import ForgetSettings, UnknownNote
+    from fine_tune_dag.definitions import definitions_from_settings
+
+    instance, db, retrain = project_instance(), _warehouse(settings), not args.no_retrain
+    try:
+        done = forget_in_instance(instance, db, settings.layout, args.note, ForgetSettings(retrain=retrain), "cli")
+    except UnknownNote as error:
+        print(f"fine-tune-dag forget: {error}", file=sys.stderr)
+        return 1
+    print(done.text)
+    if not retrain or done.nothing_removed:
+        return 0
+    _quiet_model_loading()
+    run = materialize_graph(definitions_from_settings(settings), instance, settings.layout.notes)
+    return 0 if run.success else print(f"retraining failed: {run.model_failure}", file=sys.stderr) or 1
+
+
 COMMANDS = {  # each command's handler, called with the settings over --notes-dir/--data-dir and the arguments
     "demo": run_demo,
     "crossval": run_crossval,
@@ -398,6 +419,7 @@ COMMANDS = {  # each command's handler, called with the settings over --notes-di
     "requests": print_requests,
     "annotate": annotate,
     "serve": serve_models,
+    "forget": forget,
 }
 
 
@@ -457,6 +479,11 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, default=8000)
     serve_parser.add_argument("--batch-size", type=int, default=8, help="requests decoded together")
     serve_parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more get a 429")
+    forget_parser = commands.add_parser(
+        "forget", help="remove a note's derived data everywhere, retire adapters trained on it, retrain without it"
+    )
+    forget_parser.add_argument("note", help="the note's file (relative to the notes folder) or partition key")
+    forget_parser.add_argument("--no-retrain", action="store_true", help="forget now, retrain later")
     return parser
 
 

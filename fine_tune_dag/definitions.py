@@ -16,7 +16,7 @@ from fine_tune_dag.assets.sweep import build_sweep_assets
 from fine_tune_dag.automation.conditions import with_automation
 from fine_tune_dag.automation.jobs import ALL_ASSETS, JOBS
 from fine_tune_dag.automation.schedules import build_retrain_schedule
-from fine_tune_dag.automation.sensors import automation_sensor, new_notes_sensor
+from fine_tune_dag.automation.sensors import automation_sensor, new_notes_sensor, retrain_after_forget
 from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
@@ -78,13 +78,13 @@ def build_definitions(
     """
     paths = ProjectPaths(notes_dir=notes_dir, data_dir=data_dir)
     policy = policy or AutomationPolicy()
-    assets, checks = with_automation(ALL_ASSETS, policy.retrain_min_new_examples)
+    assets, checks = with_automation(ALL_ASSETS, policy.retrain_min_new_examples, policy.retrain_on_deletion)
     sweeps = build_sweep_assets(Path(sweep_file)) if Path(sweep_file).is_file() else []
     return dg.Definitions(
         assets=[*assets, *sweeps, *build_crossval_assets(crossval_folds)],
         asset_checks=checks,
         jobs=JOBS,
-        sensors=[new_notes_sensor, automation_sensor()],
+        sensors=[new_notes_sensor, automation_sensor(), retrain_after_forget],
         schedules=[build_retrain_schedule(policy.retrain_cron, policy.retrain_timezone)],
         executor=executor_for(executor),
         resources={

@@ -13,7 +13,7 @@ from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.core.common.chat import render_training_example
 from fine_tune_dag.core.common.markdown import length_summary, preview
-from fine_tune_dag.core.common.metadata_keys import DATASET_VERSION, TRAIN_PAIRS
+from fine_tune_dag.core.common.metadata_keys import DATASET_VERSION, TRAIN_NOTES_LOST, TRAIN_PAIRS
 from fine_tune_dag.core.dataset.splits import (
     assign_splits,
     dataset_version,
@@ -22,6 +22,8 @@ from fine_tune_dag.core.dataset.splits import (
 )
 from fine_tune_dag.core.dataset.writing import WRITING_MODES
 from fine_tune_dag.core.store.notes import kept_pairs, note_files, paths_outside, trainable_notes
+from fine_tune_dag.core.store.registry import latest_adapter
+from fine_tune_dag.core.store.splits import train_notes
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.synthesis.qa_pairs import MODES
 from fine_tune_dag.core.training.sft_config import TrainingSettings
@@ -90,6 +92,8 @@ def dataset_splits(
         "train_path": str(files["train"]),
         "test_path": str(files["test"]),
     }
+    trained = latest_adapter(db)  # before this version's lineage joins dataset_notes
+    lost = train_notes(db, trained.dataset_version) - set(side["train"]["note_id"]) if trained is not None else set()
     db.insert_rows("dataset_versions", pd.DataFrame([summary]))
     db.insert_rows("dataset_notes", notes_of(db, splits, version))
     if side["test"].empty:
@@ -98,6 +102,7 @@ def dataset_splits(
         metadata={
             "dagster/row_count": len(splits),
             **{k: v for k, v in summary.items() if k not in ("created_at", "train_path", "test_path")},
+            TRAIN_NOTES_LOST: len(lost),
             "notes_excluded": dg.MetadataValue.json(excluded),
             "notes_rejected": dg.MetadataValue.json(
                 dict(zip(rejected["path"].fillna(rejected["note_id"]), rejected["reason"]))

@@ -7,6 +7,7 @@ import dagster as dg
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.tags import NOTE_PATH_TAG
 from fine_tune_dag.core.ingest.notes import NoteParseError, find_note, parse_note
+from fine_tune_dag.core.store.forgetting import forgetting_record
 from fine_tune_dag.core.store.notes import reject_note, save_parsed_note
 from fine_tune_dag.core.workflows.estimate import History, estimate_note
 from fine_tune_dag.resources.llm import LLMResource
@@ -34,6 +35,13 @@ def raw_notes(
     an e-book) with its title, format, source kind and hash."""
     note_id = context.partition_key
     db = warehouse.get()
+    forgotten = forgetting_record(db, note_id)
+    if forgotten is not None:
+        raise dg.Failure(
+            description=f"note {note_id} was forgotten on {forgotten.forgotten_at:%Y-%m-%d} (fine-tune-dag forget) "
+            "and is not read again: move its file out of the notes folder",
+            allow_retries=False,
+        )
     path: Path | None = None
     try:
         path = find_note(paths.notes, note_id, context.run.tags.get(NOTE_PATH_TAG))

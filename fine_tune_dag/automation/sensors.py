@@ -5,10 +5,11 @@ import warnings
 
 import dagster as dg
 
+from fine_tune_dag.assets.forgetting import RETRAIN_TAG
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.tags import NOTE_PATH_TAG
-from fine_tune_dag.automation.jobs import dataset_job, notes_job
+from fine_tune_dag.automation.jobs import dataset_job, forget_job, notes_job, train_and_evaluate_job
 from fine_tune_dag.core.ingest.watch import NoteChange, WatchCursor, scan_notes
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
@@ -84,6 +85,22 @@ def new_notes_sensor(
         cursor=scan.cursor.to_json(),
         skip_reason=None if runs or partition_requests else f"no new notes: {scan.summary}",
     )
+
+
+@dg.run_status_sensor(
+    name="retrain_after_forget",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[forget_job],
+    request_job=train_and_evaluate_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a forget_job run that removed a note (and asked to retrain): the dataset without it, a new "
+    "adapter, its evaluation and the promotion gate.",
+)
+def retrain_after_forget(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    run = context.dagster_run
+    if run.tags.get(RETRAIN_TAG) != "true":
+        return dg.SkipReason(f"forget run {run.run_id} removed nothing or asked for no retraining")
+    return dg.RunRequest(run_key=run.run_id, tags={"fine_tune_dag/after_forget_run": run.run_id})
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:

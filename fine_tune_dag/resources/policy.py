@@ -16,6 +16,11 @@ class AutomationPolicy(dg.ConfigurableResource):
     retrain_min_new_examples: int = Field(
         default=20, description="train-split growth since the champion's (and last adapter's) data that retrains"
     )
+    retrain_on_deletion: bool = Field(
+        default=True,
+        description="retrain when notes the last adapter trained on left the train split (deleted, forgotten or "
+        "rejected), so it stops knowing them",
+    )
     retrain_cron: str = Field(default="0 3 * * *", description="retrain_schedule: when to catch smaller growth")
     retrain_timezone: str = "UTC"
     champion_margin: float = Field(
