@@ -99,9 +99,9 @@ def test_measuring_asks_every_contender_the_same_items_in_the_evaluations_dtype(
     measured = measure_contenders(assembled, SMALL, Recorded())
     outcome, names = measured.outcome, [c.name for c in assembled.contenders]
     assert list(outcome.qa) == names and list(outcome.voice) == names
-    questions = assembled.test["question"].tolist()
-    for name in names:
-        assert outcome.qa[name]["question"].tolist() == questions  # the same items, in the same order
+    references, notes = assembled.test["answer"].tolist(), assembled.test["note_id"].tolist()
+    for name in names:  # the same items, in the same order, however each contender is asked
+        assert outcome.qa[name]["reference"].tolist() == references and outcome.qa[name]["note"].tolist() == notes
         assert (outcome.qa[name]["answer_tokens"] > 0).all() and outcome.qa[name]["nll_sum"].notna().all()
         assert len(outcome.voice[name]) == len(assembled.voice_items)
     assert outcome.qa["base"]["nll_sum"].tolist() != outcome.qa["tuned"]["nll_sum"].tolist()  # adapter switched
@@ -165,7 +165,9 @@ def test_reporting_records_the_evaluation_from_measurements_given_by_hand(traine
     )
     assert {name: round(values["nll"], 6) for name, values in summary.items()} == nll
     assert summary["tuned"]["rouge_l"] == 1.0 and summary["base"]["rouge_l"] == 0.0
-    assert evaluation_summary(db, adapter.version) == summary  # recorded, in the same order
+    stored = evaluation_summary(db, adapter.version)  # recorded, in the same order (NaN where not measured)
+    assert list(stored) == list(summary) and [list(v) for v in stored.values()] == [list(v) for v in summary.values()]
+    pd.testing.assert_frame_equal(pd.DataFrame(stored), pd.DataFrame(summary))
     recorded = latest_evaluation(db)
     assert (recorded.adapter_version, recorded.test_examples, recorded.device) == (adapter.version, 2, "cpu")
     assert recorded.champion_version is None and recorded.recommendation == metadata["recommendation"]
