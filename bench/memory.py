@@ -63,7 +63,7 @@ RUN_CONFIG = {
     "ops": {
         "passages": {"config": {"min_chars": 80, "max_chars": 400}},
         "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, **BUDGET}},
-        "edge_cases": {"config": {"max_new_tokens": 4, **BUDGET}},
+        "edge_cases": {"config": {"evaluation": {"max_new_tokens": 4, **BUDGET}}},
         "eval_report": {
             "config": {
                 "max_examples": 4,

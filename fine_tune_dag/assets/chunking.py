@@ -9,7 +9,7 @@ from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.core.common.fingerprint import fingerprint
 from fine_tune_dag.core.common.markdown import length_summary, preview
-from fine_tune_dag.core.store.notes import rows_for_note
+from fine_tune_dag.core.store.notes import rows_for_note, save_passages
 from fine_tune_dag.core.synthesis.chunking import (
     BOUNDARY_TEMPLATE,
     ChunkingSettings,
@@ -66,7 +66,7 @@ def passages(
             for p in result.passages
         ]
     )
-    db.replace_rows("passages", rows, {"note_id": note_id})
+    save_passages(db, note_id, rows)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(rows),

@@ -190,3 +190,23 @@ def synthesis_history(db: Warehouse, provider: str) -> tuple[pd.DataFrame, int, 
         int(pairs["kept"].iloc[0]),
         float(mean_tokens) if pd.notna(mean_tokens) else None,
     )
+
+
+def save_passages(db: Warehouse, note_id: str, passages: pd.DataFrame) -> None:
+    """The note's passages, replacing those of its earlier version."""
+    db.replace_rows("passages", passages, {"note_id": note_id})
+
+
+def save_qa_pairs(db: Warehouse, note_id: str, pairs: pd.DataFrame) -> None:
+    """The note's kept and rejected Q&A pairs, replacing those of its earlier version."""
+    db.replace_rows("qa_pairs", pairs, {"note_id": note_id})
+
+
+def save_request_log_pairs(db: Warehouse, pairs: pd.DataFrame) -> None:
+    """The teacher's logged answers as training pairs, rebuilt whole and stamped now."""
+    db.replace_rows("request_log_pairs", pairs.assign(created_at=_now()))
+
+
+def save_prompt_completion_pairs(db: Warehouse, pairs: pd.DataFrame) -> None:
+    """The user's prompts answered by the teacher, rebuilt whole and stamped now."""
+    db.replace_rows("prompt_completion_pairs", pairs.assign(created_at=_now()))

@@ -8,6 +8,7 @@ stays traceable to its dataset, hyperparameters and metrics.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 
@@ -106,6 +107,16 @@ def record_evaluation(
         "UPDATE adapters SET " + ", ".join(f"test_{m} = ?" for m in METRIC_COLUMNS) + " WHERE version = ?",
         [tuned[m] for m in METRIC_COLUMNS] + [version],
     )
+
+
+def record_adapter(db: Warehouse, row: dict[str, Any]) -> None:
+    """A newly saved adapter version's registry row; versions are never overwritten, so each is new."""
+    db.insert_rows("adapters", pd.DataFrame([row]))
+
+
+def record_sweep_result(db: Warehouse, row: dict[str, Any]) -> None:
+    """One sweep configuration's adapter, its test figures and what its training cost."""
+    db.insert_rows("sweep_results", pd.DataFrame([row]))
 
 
 def adapter_by_version(db: Warehouse, version: str) -> pd.Series:

@@ -22,6 +22,7 @@ from fine_tune_dag.core.evaluation.report import plot_loss_curve
 from fine_tune_dag.core.models.resolution import ResolvedModel
 from fine_tune_dag.core.store.artifacts import ArtifactStore
 from fine_tune_dag.core.store.layout import DataLayout
+from fine_tune_dag.core.store.registry import record_adapter
 from fine_tune_dag.core.store.splits import train_split
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.training.loop import TrainingRun, next_adapter_version, save_adapter
@@ -117,7 +118,7 @@ def register_adapter(
         "run_id": run_id,
         **registered,
     }
-    db.insert_rows("adapters", pd.DataFrame([row]))
+    record_adapter(db, row)
     inline_curve = base64.b64encode(loss_curve.read_bytes()).decode("ascii")
     return {
         ADAPTER_VERSION: folder.name,
