@@ -1,8 +1,12 @@
 """The documents quote the benchmarks as recorded: figures in README.md come from bench/RESULTS.md."""
 
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from run_all import DOCUMENTS, QUOTE, quoted_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -13,16 +17,23 @@ def recorded_rows(benchmark: str) -> list[str]:
     return [line for line in table[2:] if line.split()[0] == benchmark]
 
 
-def quoted_rows(benchmark: str) -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    begin, end = f"<!-- {benchmark} rows from bench/RESULTS.md -->", f"<!-- end of {benchmark} rows -->"
-    block = readme[readme.index(begin) + len(begin) : readme.index(end)]
-    return [line for line in block.splitlines() if line and line.split()[0] == benchmark]
+def quoted_blocks() -> list[tuple[str, str, str | None, list[str]]]:
+    """(document, benchmark, selector, rows) of every block of rows README.md and RELIABILITY.md quote."""
+    found = []
+    for document in DOCUMENTS:
+        for match in QUOTE.finditer((REPO / document).read_text()):
+            rows = [line for line in match.group(0).splitlines() if line and line.split()[0] == match.group(1)]
+            found.append((document, match.group(1), match.group(2), rows))
+    return found
 
 
-@pytest.mark.parametrize("benchmark", ["efficacy", "generation", "demo"])
-def test_the_readme_quotes_the_recorded_benchmark_rows(benchmark):
-    assert quoted_rows(benchmark) == recorded_rows(benchmark) != []
+def test_the_documents_quote_the_benchmarks():
+    assert {name for _, name, _, _ in quoted_blocks()} >= {"efficacy", "generation", "demo"}
+
+
+@pytest.mark.parametrize("document, benchmark, selector, rows", quoted_blocks(), ids=lambda v: str(v)[:40])
+def test_every_quoted_block_is_the_recorded_rows(document, benchmark, selector, rows):
+    assert rows == quoted_rows(recorded_rows(benchmark), selector) != []
 
 
 def map_entries() -> list[str]:
