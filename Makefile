@@ -3,6 +3,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# Who the sample notes' author is in their mailbox and chat export (data/notes); set your own for your notes.
+export FINE_TUNE_DAG_AUTHOR_ADDRESSES ?= ilona@theslowwheel.example
+export FINE_TUNE_DAG_AUTHOR_NAMES ?= Ilona Varga
 
 .PHONY: install browser postgres demo test ui bench clean
 

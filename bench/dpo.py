@@ -37,20 +37,14 @@ from results import Row, add_json_argument, machine, report
 from training import conversations
 from turns import STEPS, Turns, add_side_arguments, take_turns
 
-from fine_tune_dag.core.modeling import dpo as product_dpo
-from fine_tune_dag.core.modeling.chat import Message
-from fine_tune_dag.core.modeling.dpo import DpoSettings, dpo_loss, reference_logps, tokenize_pairs, train_dpo
-from fine_tune_dag.core.modeling.loop import save_adapter
-from fine_tune_dag.core.modeling.models import (
-    BUNDLED_MODEL,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_model,
-    select_device,
-    select_dtype,
-    with_adapters,
-)
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.common.chat import Message
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
+from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
+from fine_tune_dag.core.training import dpo as product_dpo
+from fine_tune_dag.core.training.dpo import dpo_loss, reference_logps, tokenize_pairs, train_dpo
+from fine_tune_dag.core.training.dpo_config import DpoSettings
+from fine_tune_dag.core.training.loop import save_adapter
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 
 Pair = tuple[list[Message], list[Message]]
 SIDES = ("ours", "trl")

@@ -21,12 +21,12 @@ from pathlib import Path
 import dagster as dg
 from results import Row, add_json_argument, report
 
-from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.modeling.statistics import Interval
-from fine_tune_dag.core.store.promotion import PromotionPolicy, stored_interval
+from fine_tune_dag.core.common.statistics import Interval
+from fine_tune_dag.core.evaluation.gate import PromotionPolicy, stored_interval
 from fine_tune_dag.core.store.registry import evaluation_summary, latest_evaluation
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import definitions_from_settings
+from fine_tune_dag.runner import materialize_graph
 from fine_tune_dag.settings import ProjectSettings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,10 +32,10 @@ from generation import add_model_arguments, load_model, sample_passages
 from peft import PeftModel
 from results import Row, add_json_argument, machine, peak_rss_mib, report
 
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, Message, chat_messages, render_training_example
-from fine_tune_dag.core.modeling.evaluation import (
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, Message, chat_messages, render_training_example
+from fine_tune_dag.core.evaluation.config import EvaluationSettings
+from fine_tune_dag.core.evaluation.measures import (
     Contender,
-    EvaluationSettings,
     answer_nll,
     best_prompt_conversations,
     compare_contenders,
@@ -43,10 +43,16 @@ from fine_tune_dag.core.modeling.evaluation import (
     summarize,
     win_rates,
 )
-from fine_tune_dag.core.modeling.loop import save_adapter
-from fine_tune_dag.core.modeling.models import with_adapters
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
-from fine_tune_dag.core.text.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs, synthesis_request
+from fine_tune_dag.core.models.loading import with_adapters
+from fine_tune_dag.core.synthesis.qa_pairs import (
+    MODES,
+    SynthesisSettings,
+    candidate_pairs,
+    filter_pairs,
+    synthesis_request,
+)
+from fine_tune_dag.core.training.loop import save_adapter
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 
 
 def eval_items(notes_dir: Path, count: int) -> tuple[list[list[Message]], list[str]]:

@@ -17,9 +17,9 @@ import time
 from fine_tune_dag_testkit.gemini_stub import GeminiStub, StubReply, failing_share
 from results import Row, add_json_argument, report
 
+from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
 from fine_tune_dag.core.llm.ratelimit import RetryPolicy
-from fine_tune_dag.core.llm.types import LLMRequest
 
 KEY = "bench-key-not-real"
 

@@ -42,25 +42,18 @@ import torch
 from previous_decoding import Decoding, decode, left_pad
 from results import Row, add_json_argument, machine, peak_rss_mib, report
 
+from fine_tune_dag.core.common.chat import render_prompt_ids
+from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.generation.base import EngineSettings, GenerationEngine
+from fine_tune_dag.core.generation.batch import continuation_text, generate_batch
 from fine_tune_dag.core.generation.conversion import engine_gguf
 from fine_tune_dag.core.generation.engines import open_engine
+from fine_tune_dag.core.ingest.notes import discover_notes, parse_note
 from fine_tune_dag.core.llm.local import LocalLLM
-from fine_tune_dag.core.llm.types import LLMRequest
-from fine_tune_dag.core.modeling.chat import render_prompt_ids
-from fine_tune_dag.core.modeling.generation import continuation_text, generate_batch
-from fine_tune_dag.core.modeling.models import (
-    BUNDLED_MODEL,
-    bundled_gguf_file,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_model,
-    select_device,
-    select_dtype,
-)
-from fine_tune_dag.core.text.chunking import ChunkingSettings, Passage, heuristic_passages
-from fine_tune_dag.core.text.ingest import discover_notes, parse_note
-from fine_tune_dag.core.text.synthesis import MODES, SynthesisSettings, synthesis_request
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, bundled_gguf_file, resolve_model
+from fine_tune_dag.core.synthesis.chunking import ChunkingSettings, Passage, heuristic_passages
+from fine_tune_dag.core.synthesis.qa_pairs import MODES, SynthesisSettings, synthesis_request
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 NOTES = DATA / "notes"

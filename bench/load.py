@@ -38,7 +38,7 @@ RUN_CONFIG = {
     "ops": {
         **NOTE_RUN_CONFIG["ops"],
         "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "dtype": "float32"}},
-        "edge_cases": {"config": {"max_new_tokens": 4, "dtype": "float32"}},
+        "edge_cases": {"config": {"evaluation": {"max_new_tokens": 4, "dtype": "float32"}}},
         "eval_report": {"config": {"max_new_tokens": 4, "max_examples": 4, "dtype": "float32"}},
     }
 }

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from results import LargestProcessPeak, Row, add_json_argument, report
 
-from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_FLOOR_GB
+from fine_tune_dag.core.models.memory_budget import MEMORY_BUDGET_FLOOR_GB
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = "memory"
@@ -63,7 +63,7 @@ RUN_CONFIG = {
     "ops": {
         "passages": {"config": {"min_chars": 80, "max_chars": 400}},
         "lora_adapter": {"config": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, **BUDGET}},
-        "edge_cases": {"config": {"max_new_tokens": 4, **BUDGET}},
+        "edge_cases": {"config": {"evaluation": {"max_new_tokens": 4, **BUDGET}}},
         "eval_report": {
             "config": {
                 "max_examples": 4,
@@ -116,7 +116,7 @@ def child_graph(notes: int, model: Path, root: Path, out: Path) -> None:
     from fine_tune_dag_testkit.notes import write_sample_notes
     from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 
-    from fine_tune_dag.cli import materialize_graph
+    from fine_tune_dag.runner import materialize_graph
 
     notes_dir = root / "notes"
     write_sample_notes(notes_dir, notes)
@@ -144,7 +144,7 @@ def child_build(folder: Path, tokenizer_from: Path) -> None:
     from training_mfu import LLAMA_1B  # imports torch: only in this child
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from fine_tune_dag.core.modeling.models import load_tokenizer
+    from fine_tune_dag.core.models.loading import load_tokenizer
 
     torch.manual_seed(0)
     # training_mfu's 1B shape over the bundled vocabulary, saved in bfloat16 as published 1B checkpoints are;
@@ -157,7 +157,7 @@ def child_build(folder: Path, tokenizer_from: Path) -> None:
 
 
 def _conversations(count: int) -> list:
-    from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
+    from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT, chat_messages
 
     return [
         chat_messages(
@@ -173,19 +173,19 @@ def child_llama(kind: str, model: Path, root: Path) -> None:
     """One stage's work on the 1B model, the way the stage does it; the parent reads this process's peak."""
     import torch
 
-    from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer
+    from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer
 
     torch.set_num_threads(2)
     if kind == "generate":
-        from fine_tune_dag.core.modeling.chat import render_prompt_ids
-        from fine_tune_dag.core.modeling.generation import generate_batch
+        from fine_tune_dag.core.common.chat import render_prompt_ids
+        from fine_tune_dag.core.generation.batch import generate_batch
 
         tokenizer = load_tokenizer(model)
         lm = load_causal_lm(model)
         prompts = [render_prompt_ids(tokenizer, c[:-1]) for c in _conversations(2)]
         generate_batch(lm, tokenizer, prompts, max_new_tokens=4)
     elif kind == "train":
-        from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+        from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 
         settings = TrainingSettings(
             max_steps=1,
@@ -198,7 +198,8 @@ def child_llama(kind: str, model: Path, root: Path) -> None:
         )
         train_lora(model, _conversations(2), settings)
     else:
-        from fine_tune_dag.core.modeling.evaluation import EvaluationSettings, evaluate_contender
+        from fine_tune_dag.core.evaluation.config import EvaluationSettings
+        from fine_tune_dag.core.evaluation.measures import evaluate_contender
 
         settings = EvaluationSettings(max_examples=2, max_new_tokens=4, batch_size=2, **BUDGET)
         tokenizer = load_tokenizer(model)
@@ -247,7 +248,7 @@ def main() -> None:
     if args.child:
         return child_llama(args.child, args.model, args.root)
 
-    from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
+    from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as folder:
@@ -317,8 +318,8 @@ def main() -> None:
             shutil.rmtree(root / "n", ignore_errors=True)
             shutil.rmtree(root / "2n", ignore_errors=True)
 
-            from fine_tune_dag.core.modeling.models import select_dtype
-            from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+            from fine_tune_dag.core.models.loading import select_dtype
+            from fine_tune_dag.core.training.sft_config import TrainingSettings
 
             # bytes per weight as each stage loads them on CPU: generation and evaluation float32 (their
             # default), training its `auto` (bfloat16 only on CPUs with AMX)

@@ -29,15 +29,22 @@ from typing import Sequence
 from generation import sample_passages
 from results import Row, add_json_argument, machine, report
 
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
+from fine_tune_dag.core.common.statistics import clustered_ratio, paired_difference
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.local import LocalLLM
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
-from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
-from fine_tune_dag.core.modeling.statistics import clustered_ratio, paired_difference
+from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
+from fine_tune_dag.core.models.resolution import resolve_model
 from fine_tune_dag.core.privacy.egress import Egress, EgressSettings
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.chunking import Passage
-from fine_tune_dag.core.text.synthesis import MODES, SynthesisSettings, candidate_pairs, filter_pairs, synthesis_request
+from fine_tune_dag.core.synthesis.chunking import Passage
+from fine_tune_dag.core.synthesis.qa_pairs import (
+    MODES,
+    SynthesisSettings,
+    candidate_pairs,
+    filter_pairs,
+    synthesis_request,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # the people and places of the shipped notes, as their author would list them

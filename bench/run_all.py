@@ -24,10 +24,11 @@ from pathlib import Path
 from results import Row, format_row, machine, table_header
 
 BENCH = Path(__file__).resolve().parent
-README = BENCH.parent / "README.md"
-# README.md quotes these benchmarks' rows between markers; run_all writes them there from the table it records,
-# and fine_tune_dag_tests/test_docs.py checks the two agree.
-QUOTED_IN_README = ("efficacy", "generation", "demo")
+# README.md and RELIABILITY.md quote benchmark rows between markers (`<!-- NAME rows from bench/RESULTS.md -->`, or
+# `…RESULTS.md: TEXT -->` for the rows whose metric holds TEXT, up to `<!-- end of NAME rows -->`); run_all writes
+# them there from the table it records, and fine_tune_dag_tests/project/test_docs.py checks the two agree.
+DOCUMENTS = (BENCH.parent / "README.md", BENCH.parent / "RELIABILITY.md")
+QUOTE = re.compile(r"<!-- (\w+) rows from bench/RESULTS\.md(?:: (.+?))? -->\n.*?<!-- end of \1 rows -->", re.DOTALL)
 
 # script → (full sizes, quick sizes)
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
@@ -177,18 +178,25 @@ def results_markdown(sections: list[Section], stamp: str, quick: bool, only: lis
     return "\n".join(lines) + "\n"
 
 
-def quote_in_readme(readme: Path, sections: list[Section]) -> None:
-    """Each quoted benchmark's rows, as recorded, between its markers in README.md."""
-    text = readme.read_text()
-    for section in sections:
-        name = table_name(section.script)
-        if name not in QUOTED_IN_README:
-            continue
-        begin, end = f"<!-- {name} rows from bench/RESULTS.md -->", f"<!-- end of {name} rows -->"
-        if begin in text and end in text:
-            block = "\n".join(["```", *table_header(), *section.lines, "```"])
-            text = text[: text.index(begin) + len(begin)] + "\n" + block + "\n" + text[text.index(end) :]
-    readme.write_text(text)
+def quoted_rows(lines: list[str], selector: str | None) -> list[str]:
+    """A benchmark's recorded rows, or those whose metric holds `selector`."""
+    return [line for line in lines if selector is None or selector in line]
+
+
+def quote_in_documents(documents: tuple[Path, ...], sections: list[Section]) -> None:
+    """Every quoted benchmark's rows, as recorded, between their markers in each document."""
+    rows = {table_name(s.script): s.lines for s in sections}
+
+    def block(match: re.Match[str]) -> str:
+        name, selector = match.group(1), match.group(2)
+        if name not in rows:
+            return match.group(0)
+        table = "\n".join(["```", *table_header(), *quoted_rows(rows[name], selector), "```"])
+        opening = match.group(0).split("\n", 1)[0]
+        return f"{opening}\n{table}\n<!-- end of {name} rows -->"
+
+    for document in documents:
+        document.write_text(QUOTE.sub(block, document.read_text()))
 
 
 def main() -> int:
@@ -215,7 +223,7 @@ def main() -> int:
             print(f"{s.script}: FAILED ({s.error})")
     args.results.write_text(results_markdown(sections, now.strftime("%Y-%m-%d %H:%M UTC"), args.quick, args.only))
     if not args.quick:
-        quote_in_readme(README, sections)
+        quote_in_documents(DOCUMENTS, sections)
     print(
         f"\nwritten to {args.results}"
         + (f", {len(sections) - len(rerun)} scripts' rows carried over" if args.only else "")

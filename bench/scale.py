@@ -48,7 +48,7 @@ from incremental import RUN_CONFIG as NOTE_OPS
 from results import Row, add_json_argument, report
 
 from fine_tune_dag.automation.jobs import notes_job
-from fine_tune_dag.core.text.ingest import discover_notes
+from fine_tune_dag.core.ingest.notes import discover_notes
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.prompts import load_prompt
 from fine_tune_dag.resources.llm import LLMResource

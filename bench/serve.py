@@ -28,12 +28,14 @@ from generation import MODELS, synthesis_prompts
 from peft import LoraConfig, get_peft_model
 from results import Row, add_json_argument, machine, peak_rss_mib, report
 
-from fine_tune_dag.core.modeling.generation import GenerationSettings, save_generation_settings
-from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, load_causal_lm, load_tokenizer, resolve_model
+from fine_tune_dag.apps.serve.server import Models, recorder, serve_app
+from fine_tune_dag.core.models.adapters import save_generation_settings
+from fine_tune_dag.core.models.generation_config import GenerationSettings
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer
+from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.serving.engine import Engine
 from fine_tune_dag.core.store.registry import promote
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.serve import Models, recorder, serve_app
 
 
 @dataclass

@@ -42,23 +42,17 @@ from peft import PeftModel
 from results import Row, add_json_argument, machine, report
 from turns import STEPS, Turns, add_side_arguments, take_turns
 
-from fine_tune_dag.core.modeling.chat import (
+from fine_tune_dag.core.common.chat import (
     DEFAULT_SYSTEM_PROMPT,
     Message,
     TokenizedExample,
     chat_messages,
     render_training_example,
 )
-from fine_tune_dag.core.modeling.loop import held_out_loss
-from fine_tune_dag.core.modeling.models import (
-    BUNDLED_MODEL,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_model,
-    select_device,
-    select_dtype,
-)
-from fine_tune_dag.core.modeling.sft import TrainingSettings, lora_config, train_lora
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
+from fine_tune_dag.core.training.loop import held_out_loss
+from fine_tune_dag.core.training.sft import TrainingSettings, lora_config, train_lora
 from fine_tune_dag.resources.paths import ProjectPaths
 
 SIDES = ("ours", "trl", "trl-defaults", "ours-checkpointed")

@@ -40,13 +40,9 @@ from torch.nn.modules.module import register_module_forward_hook
 from training import conversations
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-from fine_tune_dag.core.modeling.models import (
-    BUNDLED_MODEL,
-    load_tokenizer,
-    resolve_model,
-    select_device,
-)
-from fine_tune_dag.core.modeling.sft import TrainingSettings, train_lora
+from fine_tune_dag.core.models.loading import load_tokenizer, select_device
+from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
+from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 
 BENCHMARK = "training_mfu"
 FORMULA = "FLOPs (4·N_dec+6·N_lora)·T + 4·N_head·A"  # the formula at the top, for the rows' labels

@@ -1,5 +1,5 @@
 """fine_tune_dag: a Dagster asset graph that fine-tunes an open model on a person's own notes."""
 
-from fine_tune_dag.core.memory import bound_kernel_caches
+from fine_tune_dag.core.common.memory import bound_kernel_caches
 
 bound_kernel_caches()

@@ -2,7 +2,7 @@
 the web UI reads, so every run shows up there too."""
 
 # Each command imports what it uses inside its handler: `--help`, report, requests, rejected, lineage and
-# estimate start without torch or transformers (fine_tune_dag_tests/test_cli_startup.py keeps it so). The
+# estimate start without torch or transformers (fine_tune_dag_tests/end_to_end/test_cli_startup.py keeps it so). The
 # parser's defaults come from torch-free settings modules.
 from __future__ import annotations
 
@@ -13,30 +13,29 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.models.generation_config import GenerationSettings
 from fine_tune_dag.core.retrieval.settings import RetrievalSettings
+from fine_tune_dag.runner import (
+    failure_reason,
+    job_run_config,
+    materialize_graph,
+    project_instance,
+    register_note_partitions,
+)
 from fine_tune_dag.settings import ProjectSettings
 
 if TYPE_CHECKING:
-    import dagster as dg
     import pandas as pd
 
     from fine_tune_dag.core.store.warehouse import Warehouse
 
 BASE_MODEL_ONLY = "base"  # `generate --adapter base`: no adapter, to hear what fine-tuning changed
-
-
-def _instance() -> dg.DagsterInstance:
-    """The persistent instance under DAGSTER_HOME when set (as `make` does), else a throwaway one."""
-    import dagster as dg
-
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
 def _warehouse(settings: ProjectSettings) -> Warehouse:
@@ -52,86 +51,6 @@ def _quiet_model_loading() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _job_run_config(job: dg.JobDefinition, run_config: dict | None, log_level: str) -> dict:
-    """The op config that belongs to this job's assets, and a console log level."""
-    names = {node.name for node in job.graph.nodes}
-    ops = {name: value for name, value in (run_config or {}).get("ops", {}).items() if name in names}
-    return {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
-
-
-def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return data.user_failure_data.description
-        error = data.error
-        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
-            error = error.cause
-        if error is not None:
-            return error.message.strip().splitlines()[-1]
-    return "failed"
-
-
-def register_note_partitions(instance: dg.DagsterInstance, notes_dir: Path) -> list[str]:
-    """Add a `notes` partition for every note file not yet registered; returns all current keys."""
-    from fine_tune_dag.assets.partitions import notes_partitions
-    from fine_tune_dag.core.text.ingest import discover_notes
-
-    keys = sorted(discover_notes(notes_dir))
-    known = set(instance.get_dynamic_partitions(notes_partitions.name))
-    new = [k for k in keys if k not in known]
-    if new:
-        instance.add_dynamic_partitions(notes_partitions.name, new)
-    return keys
-
-
-@dataclass
-class GraphRun:
-    notes: list[str]
-    failed_notes: dict[str, str]
-    model_failure: str | None
-    promoted: bool  # False when the promotion gate kept the previous champion: an outcome, not a failure
-
-    @property
-    def success(self) -> bool:
-        return self.model_failure is None
-
-
-def materialize_graph(
-    defs: dg.Definitions, instance: dg.DagsterInstance, notes_dir: Path, run_config: dict | None = None
-) -> GraphRun:
-    """Every note partition, then dataset, training and evaluation; a bad note fails only itself."""
-    from tqdm import tqdm
-
-    from fine_tune_dag.assets.champion import BEATS_CHAMPION
-    from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
-
-    keys = register_note_partitions(instance, notes_dir)
-    notes = defs.resolve_job_def(notes_job.name)
-    notes_config = _job_run_config(notes, run_config, "CRITICAL")  # failures are summarized below
-    failed = {}
-    for key in tqdm(keys, desc="notes: parse, chunk, synthesize", unit="note"):
-        result = notes.execute_in_process(
-            instance=instance, partition_key=key, run_config=notes_config, raise_on_error=False
-        )
-        if not result.success:
-            failed[key] = _failure_reason(result)
-    for key, reason in failed.items():
-        print(f"note partition {key} failed: {reason}", file=sys.stderr)
-    print("dataset, base model, training, evaluation …")
-    model_job = defs.resolve_job_def(train_and_evaluate_job.name)
-    model_run = model_job.execute_in_process(
-        instance=instance, run_config=_job_run_config(model_job, run_config, "INFO"), raise_on_error=False
-    )
-    failed_steps = {event.step_key for event in model_run.get_step_failure_events()}
-    gate_steps = {
-        c.node_def.name for c in defs.asset_checks or [] if any(k.name == BEATS_CHAMPION for k in c.check_keys)
-    }
-    held_by_gate = bool(failed_steps) and failed_steps <= gate_steps
-    failure = None if model_run.success or held_by_gate else _failure_reason(model_run)
-    return GraphRun(keys, failed, failure, promoted=model_run.success)
-
-
 def run_demo(settings: ProjectSettings, args: argparse.Namespace) -> int:
     from fine_tune_dag.definitions import definitions_from_settings
 
@@ -139,7 +58,7 @@ def run_demo(settings: ProjectSettings, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     defs = definitions_from_settings(settings)
     print(f"notes: {settings.layout.notes.resolve()}  data: {settings.layout.data.resolve()}")
-    run = materialize_graph(defs, _instance(), settings.layout.notes)
+    run = materialize_graph(defs, project_instance(), settings.layout.notes)
     print(
         f"\n{len(run.notes)} notes, {len(run.failed_notes)} failed; finished in {time.perf_counter() - started:.0f} s"
     )
@@ -157,9 +76,10 @@ def run_crossval(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
     from fine_tune_dag.assets.crossval import CROSSVAL_FOLDS, CROSSVAL_VERDICT
     from fine_tune_dag.automation.jobs import crossval_job, crossval_verdict_job
-    from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
-    from fine_tune_dag.core.modeling.training_settings import TrainingSettings
-    from fine_tune_dag.core.workflows.crossval import estimate_crossval, fold_key
+    from fine_tune_dag.core.dataset.splits import fold_key
+    from fine_tune_dag.core.evaluation.config import EvaluationSettings
+    from fine_tune_dag.core.training.sft_config import TrainingSettings
+    from fine_tune_dag.core.workflows.crossval import estimate_crossval
     from fine_tune_dag.definitions import definitions_from_settings
 
     settings = replace(settings, crossval_folds=args.folds or settings.crossval_folds)
@@ -168,25 +88,25 @@ def run_crossval(settings: ProjectSettings, args: argparse.Namespace) -> int:
     if args.estimate:
         return 0
     _quiet_model_loading()
-    defs, instance = definitions_from_settings(settings), _instance()
+    defs, instance = definitions_from_settings(settings), project_instance()
     run_config = {"ops": {CROSSVAL_FOLDS: {"config": {}}, CROSSVAL_VERDICT: {"config": {}}}}
     job = defs.resolve_job_def(crossval_job.name)
     for fold in tqdm(range(folds), desc="cross-validation folds", unit="fold"):
         result = job.execute_in_process(
             instance=instance,
             partition_key=fold_key(fold, folds),
-            run_config=_job_run_config(job, run_config, "WARNING"),
+            run_config=job_run_config(job, run_config, "WARNING"),
             raise_on_error=False,
         )
         if not result.success:
-            print(f"{fold_key(fold, folds)} failed: {_failure_reason(result)} (rerun to resume)", file=sys.stderr)
+            print(f"{fold_key(fold, folds)} failed: {failure_reason(result)} (rerun to resume)", file=sys.stderr)
             return 1
     verdict_job = defs.resolve_job_def(crossval_verdict_job.name)
     result = verdict_job.execute_in_process(
-        instance=instance, run_config=_job_run_config(verdict_job, run_config, "WARNING"), raise_on_error=False
+        instance=instance, run_config=job_run_config(verdict_job, run_config, "WARNING"), raise_on_error=False
     )
     if not result.success:
-        print(f"the cross-validated verdict failed: {_failure_reason(result)}", file=sys.stderr)
+        print(f"the cross-validated verdict failed: {failure_reason(result)}", file=sys.stderr)
         return 1
     metadata = result.asset_materializations_for_node(CROSSVAL_VERDICT)[0].metadata
     print(f"\nCross-validated verdict: {metadata['verdict'].value.replace('**', '')}")
@@ -195,13 +115,13 @@ def run_crossval(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def register(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    keys = register_note_partitions(_instance(), args.notes_dir)
+    keys = register_note_partitions(project_instance(), args.notes_dir)
     print(f"{len(keys)} note partitions registered from {args.notes_dir}")
     return 0
 
 
 def print_latest_report(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    from fine_tune_dag.core.modeling.efficacy import METRIC_LABELS
+    from fine_tune_dag.core.evaluation.efficacy import METRIC_LABELS
     from fine_tune_dag.core.store.registry import current_champion, evaluation_summary, latest_evaluation
 
     db = _warehouse(settings)
@@ -257,12 +177,12 @@ def print_privacy(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def print_rejected(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    from fine_tune_dag.core.store.notes import rejected_notes
+    from fine_tune_dag.core.store.notes import rejected_listing
 
-    rows = rejected_notes(_warehouse(settings))
-    for row in rows.itertuples():
-        print(f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)")
-    print(f"{len(rows)} rejected notes" if len(rows) else "no rejected notes")
+    rejected, unread = rejected_listing(_warehouse(settings), settings.layout.notes)
+    for line in rejected + unread:
+        print(line)
+    print(f"{len(rejected) or 'no'} rejected notes" + (f", {len(unread)} files of a type not read" if unread else ""))
     return 0
 
 
@@ -270,12 +190,12 @@ def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """Notes not yet synthesized with their current content: expected calls, tokens, cost, training tokens."""
     import pandas as pd
 
-    from fine_tune_dag.core.llm.types import DEFAULT_PRICES
-    from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+    from fine_tune_dag.core.common.llm_types import DEFAULT_PRICES
+    from fine_tune_dag.core.dataset.splits import DEFAULT_TEST_FRACTION
+    from fine_tune_dag.core.ingest.notes import NoteParseError, discover_notes, parse_note
     from fine_tune_dag.core.store.notes import synthesized_note_hashes
-    from fine_tune_dag.core.text.estimate import CostEstimate, History, estimate_note, expected_training_tokens
-    from fine_tune_dag.core.text.ingest import NoteParseError, discover_notes, parse_note
-    from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
+    from fine_tune_dag.core.training.sft_config import TrainingSettings
+    from fine_tune_dag.core.workflows.estimate import CostEstimate, History, estimate_note, expected_training_tokens
 
     notes_dir = settings.layout.notes
     db = _warehouse(settings)
@@ -285,7 +205,7 @@ def print_estimate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     total, rows = CostEstimate(), []
     for note_id, path in discover_notes(notes_dir).items():
         try:
-            note = parse_note(path, notes_dir)
+            note = parse_note(path, notes_dir, settings.source_settings())
         except NoteParseError as error:
             print(f"skipped {error.path}: {error.reason}", file=sys.stderr)
             continue
@@ -313,11 +233,12 @@ def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: P
     """Stream an answer from the adapter in `folder`, or from the base model alone (None). Decoding follows the
     adapter's saved settings (the defaults for the base model), with the options given here over them; which
     model answered, and how, goes to stderr so that stdout is the answer alone."""
+    from fine_tune_dag.core.generation.answers import stream_answer
     from fine_tune_dag.core.generation.base import EngineSettings
     from fine_tune_dag.core.generation.engines import open_engine
-    from fine_tune_dag.core.modeling.generation import load_generation_settings
-    from fine_tune_dag.core.modeling.inference import adapter_base_dir, stream_answer
-    from fine_tune_dag.core.modeling.models import load_tokenizer, resolve_model, select_device
+    from fine_tune_dag.core.models.adapters import adapter_base_dir, load_generation_settings
+    from fine_tune_dag.core.models.loading import load_tokenizer, select_device
+    from fine_tune_dag.core.models.resolution import resolve_model
     from fine_tune_dag.core.retrieval.index import PassageIndex
     from fine_tune_dag.core.retrieval.prompt import cited_notes
 
@@ -357,7 +278,7 @@ def answer_prompt(args: argparse.Namespace, settings: ProjectSettings, folder: P
 def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> None:
     """The adapter merged into its base as a transformers folder, as GGUF files with an Ollama Modelfile each, or
     both (the GGUF files are written from a merged folder, kept only when asked for)."""
-    from fine_tune_dag.core.modeling.inference import export_merged
+    from fine_tune_dag.core.export.merge import export_merged
 
     if merged is None and gguf_dir is None:
         raise ValueError("say where: --merged DIR (transformers), --gguf DIR (llama.cpp and Ollama), or both")
@@ -366,9 +287,9 @@ def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> 
         if merged is not None:
             print(f"merged model written to {merged_dir}")
         if gguf_dir is not None:
-            from fine_tune_dag.core.modeling.generation import load_generation_settings
-            from fine_tune_dag.core.modeling.gguf_export import export_gguf, write_ollama_modelfile
-            from fine_tune_dag.core.modeling.models import load_tokenizer
+            from fine_tune_dag.core.export.gguf import export_gguf, write_ollama_modelfile
+            from fine_tune_dag.core.models.adapters import load_generation_settings
+            from fine_tune_dag.core.models.loading import load_tokenizer
 
             tokenizer, saved = load_tokenizer(merged_dir), load_generation_settings(merged_dir)
             for written in export_gguf(merged_dir, gguf_dir):
@@ -380,7 +301,8 @@ def push_to_hub(folder: Path, row: pd.Series | None, args: argparse.Namespace, s
     when its training notes hold personal data, unless --allow-personal-data."""
     import pandas as pd
 
-    from fine_tune_dag.core.modeling.inference import model_card, push_adapter, training_provenance
+    from fine_tune_dag.core.export.hub import model_card, push_adapter
+    from fine_tune_dag.core.models.adapters import training_provenance
     from fine_tune_dag.core.privacy.findings import check_training_notes
     from fine_tune_dag.core.privacy.scan import scanner_for
     from fine_tune_dag.core.store.registry import METRIC_COLUMNS
@@ -429,7 +351,7 @@ def use_adapter(settings: ProjectSettings, args: argparse.Namespace) -> int:
 def annotate(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """Serve the preference page (or, --blind, the "which did the author write?" page) until Ctrl-C; it starts
     even with nothing to label, so the page can say why."""
-    from fine_tune_dag.annotate import serve
+    from fine_tune_dag.apps.annotate.server import serve
     from fine_tune_dag.core.store.blind import blind_progress
     from fine_tune_dag.core.store.labels import progress
 
@@ -452,9 +374,9 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     """`fine-tune-dag serve`: the API and playground until interrupted; the key comes from the environment."""
     import uvicorn
 
-    from fine_tune_dag.core.modeling.models import resolve_model
+    from fine_tune_dag.apps.serve.server import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
+    from fine_tune_dag.core.models.resolution import resolve_model
     from fine_tune_dag.core.serving.engine import Engine
-    from fine_tune_dag.serve import API_KEY_VARIABLE, Models, check_binding, recorder, serve_app
 
     _quiet_model_loading()
     api_key = os.environ.get(API_KEY_VARIABLE, "")
@@ -481,6 +403,27 @@ def serve_models(settings: ProjectSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def forget(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """`forget NOTE`: the note's derived data removed and its adapters retired, then (unless --no-retrain) the
+    graph trains, evaluates and promotes without it."""
+    from fine_tune_dag.assets.forgetting import forget_in_instance
+    from fine_tune_dag.core.workflows.forget import ForgetSettings, UnknownNote
+    from fine_tune_dag.definitions import definitions_from_settings
+
+    instance, db, retrain = project_instance(), _warehouse(settings), not args.no_retrain
+    try:
+        done = forget_in_instance(instance, db, settings.layout, args.note, ForgetSettings(retrain=retrain), "cli")
+    except UnknownNote as error:
+        print(f"fine-tune-dag forget: {error}", file=sys.stderr)
+        return 1
+    print(done.text)
+    if not retrain or done.nothing_removed:
+        return 0
+    _quiet_model_loading()
+    run = materialize_graph(definitions_from_settings(settings), instance, settings.layout.notes)
+    return 0 if run.success else print(f"retraining failed: {run.model_failure}", file=sys.stderr) or 1
+
+
 COMMANDS = {  # each command's handler, called with the settings over --notes-dir/--data-dir and the arguments
     "demo": run_demo,
     "crossval": run_crossval,
@@ -496,6 +439,7 @@ COMMANDS = {  # each command's handler, called with the settings over --notes-di
     "requests": print_requests,
     "annotate": annotate,
     "serve": serve_models,
+    "forget": forget,
 }
 
 
@@ -564,6 +508,11 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, default=8000)
     serve_parser.add_argument("--batch-size", type=int, default=8, help="requests decoded together")
     serve_parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more get a 429")
+    forget_parser = commands.add_parser(
+        "forget", help="remove a note's derived data everywhere, retire adapters trained on it, retrain without it"
+    )
+    forget_parser.add_argument("note", help="the note's file (relative to the notes folder) or partition key")
+    forget_parser.add_argument("--no-retrain", action="store_true", help="forget now, retrain later")
     return parser
 
 

@@ -19,6 +19,9 @@
 | FINE_TUNE_DAG_SWEEP_FILE | sweeps.yaml | named training configurations |
 | FINE_TUNE_DAG_CROSSVAL_FOLDS | 5 | folds by note of the cross-validated verdict (`crossval_folds` partitions) |
 | FINE_TUNE_DAG_GENERATION_ENGINE | auto | the local teacher's engine: auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm, transformers |
+| FINE_TUNE_DAG_AUTHOR_ADDRESSES | — | comma-separated e-mail addresses you write from: a mailbox's messages from them are your text |
+| FINE_TUNE_DAG_AUTHOR_NAMES | — | comma-separated names you appear under in chat exports: their messages are your text |
+| FINE_TUNE_DAG_CONVERSATION_GAP_MINUTES | 240 | a chat silence longer than this starts a new conversation |
 | FINE_TUNE_DAG_PRIVACY_POLICY | the provider's (redact remote, allow local) | what may leave: redact, block or allow |
 | FINE_TUNE_DAG_PRIVATE_WORDS | <notes>/.private-words.txt | your list of names, places and words that never leave |
 | FINE_TUNE_DAG_SPACY_MODEL | — (names by the list only) | an installed spaCy pipeline that finds people and places |
@@ -31,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
+from fine_tune_dag.core.ingest.base import SourceSettings
+from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
 from fine_tune_dag.core.store.layout import DataLayout
 
 
@@ -54,6 +58,9 @@ class ProjectSettings:
     sweep_file: str = "sweeps.yaml"
     crossval_folds: int = 5  # folds by note of the cross-validated verdict
     generation_engine: str = "auto"  # the local teacher's engine (evaluation's is its config's generation_engine)
+    author_addresses: str = ""  # comma-separated; personal, so handed to Dagster as an EnvVar
+    author_names: str = ""
+    conversation_gap_minutes: float = 240.0
     privacy_policy: str = ""  # empty: the provider's default (core/privacy/policy.py)
     private_words_file: str = ""  # empty: .private-words.txt in the notes folder
     spacy_model: str = ""  # empty: names are covered by the user's list only
@@ -86,6 +93,11 @@ class ProjectSettings:
             sweep_file=env.get("FINE_TUNE_DAG_SWEEP_FILE", defaults.sweep_file),
             crossval_folds=int(env.get("FINE_TUNE_DAG_CROSSVAL_FOLDS", defaults.crossval_folds)),
             generation_engine=env.get("FINE_TUNE_DAG_GENERATION_ENGINE", defaults.generation_engine),
+            author_addresses=env.get("FINE_TUNE_DAG_AUTHOR_ADDRESSES", defaults.author_addresses),
+            author_names=env.get("FINE_TUNE_DAG_AUTHOR_NAMES", defaults.author_names),
+            conversation_gap_minutes=float(
+                env.get("FINE_TUNE_DAG_CONVERSATION_GAP_MINUTES", defaults.conversation_gap_minutes)
+            ),
             privacy_policy=env.get("FINE_TUNE_DAG_PRIVACY_POLICY", defaults.privacy_policy),
             private_words_file=env.get("FINE_TUNE_DAG_PRIVATE_WORDS", defaults.private_words_file),
             spacy_model=env.get("FINE_TUNE_DAG_SPACY_MODEL", defaults.spacy_model),
@@ -110,6 +122,10 @@ class ProjectSettings:
 
             return "gemini", self.llm_model or GeminiSettings.model
         return "local", self.llm_model or BUNDLED_MODEL
+
+    def source_settings(self) -> SourceSettings:
+        """Whose words are the author's in mailboxes and chat exports."""
+        return SourceSettings.from_lists(self.author_addresses, self.author_names, self.conversation_gap_minutes)
 
     @property
     def private_words(self) -> Path:

@@ -24,6 +24,6 @@ def scripted_llm() -> ScriptedLLM:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: Path):
-    from fine_tune_dag.core.modeling.models import load_tokenizer
+    from fine_tune_dag.core.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)

@@ -21,7 +21,7 @@ import json
 import urllib.error
 import urllib.request
 
-from fine_tune_dag.core.modeling.models import model_cache_name
+from fine_tune_dag.core.models.resolution import model_cache_name
 from fine_tune_dag.core.serving.vllm import UNLOAD_PATH, promotion_requests, serve_args
 from fine_tune_dag.core.store.registry import current_champion, main_line_versions
 from fine_tune_dag.core.store.warehouse import Warehouse

@@ -4,29 +4,13 @@ import dagster as dg
 
 from fine_tune_dag.assets.common import stage_failures
 from fine_tune_dag.assets.evaluation import eval_report
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS
-from fine_tune_dag.core.store.promotion import PromotionVerdict, judge_challenger
-from fine_tune_dag.core.store.registry import (
-    adapter_by_version,
-    current_champion,
-    evaluation_summary,
-    latest_evaluation,
-    promote,
-)
-from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.common.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS
+from fine_tune_dag.core.store.registry import adapter_by_version
+from fine_tune_dag.core.workflows.champion import GateVerdict, latest_gate_verdict, promote_through_gate
 from fine_tune_dag.resources.policy import AutomationPolicy
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
 BEATS_CHAMPION = "beats_champion"
-
-
-def _latest_verdict(db: Warehouse, policy: AutomationPolicy) -> tuple[str, dict, PromotionVerdict]:
-    evaluation = latest_evaluation(db)
-    if evaluation is None:
-        raise StageError("no evaluation yet: materialize eval_report first")
-    summary = evaluation_summary(db, evaluation.adapter_version)
-    return evaluation.adapter_version, summary, judge_challenger(summary, policy.promotion())
 
 
 def build_beats_champion(automation_condition: dg.AutomationCondition) -> dg.AssetChecksDefinition:
@@ -43,13 +27,14 @@ def build_beats_champion(automation_condition: dg.AutomationCondition) -> dg.Ass
     )
     def beats_champion(warehouse: WarehouseResource, policy: AutomationPolicy) -> dg.AssetCheckResult:
         with stage_failures():
-            version, summary, verdict = _latest_verdict(warehouse.get(), policy)
-        return _check_result(version, summary, verdict)
+            gate = latest_gate_verdict(warehouse.get(), policy.promotion())
+        return _check_result(gate)
 
     return beats_champion
 
 
-def _check_result(version: str, summary: dict, verdict: PromotionVerdict) -> dg.AssetCheckResult:
+def _check_result(gate: GateVerdict) -> dg.AssetCheckResult:
+    version, summary, verdict = gate.version, gate.summary, gate.verdict
     return dg.AssetCheckResult(
         passed=verdict.promotes,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -77,20 +62,13 @@ def champion_adapter(
     """Points at the newest evaluated adapter once it passed the gate; refuses (and changes nothing) otherwise."""
     db = warehouse.get()
     with stage_failures():
-        version, summary, verdict = _latest_verdict(db, policy)
-    previous = current_champion(db)
-    if previous is not None and previous.version == version:
-        context.log.info(f"{version} is already the champion")
-    elif not verdict.promotes:
-        keeping = "no champion yet" if previous is None else f"the champion stays {previous.version}"
-        raise dg.Failure(
-            description=f"adapter {version} did not pass the promotion gate ({verdict.text}); {keeping}",
-            allow_retries=False,
-        )
-    else:
-        incumbent_nll = summary["champion"]["nll"] if "champion" in summary else None
-        promote(db, version, summary["tuned"]["nll"], previous, incumbent_nll, verdict.text, context.run_id)
-    champion = adapter_by_version(db, version)
+        promotion = promote_through_gate(db, latest_gate_verdict(db, policy.promotion()), context.run_id)
+    if promotion.already_champion:
+        context.log.info(promotion.text)
+    elif not promotion.promoted:
+        raise dg.Failure(description=promotion.text, allow_retries=False)
+    previous = promotion.previous
+    champion = adapter_by_version(db, promotion.gate.version)
     return dg.MaterializeResult(
         metadata={
             ADAPTER_VERSION: champion.version,
@@ -100,7 +78,7 @@ def champion_adapter(
             DATASET_TRAIN_PAIRS: int(champion.dataset_train_pairs),
             "base_model": champion.base_model,
             "test_nll": round(float(champion.test_nll), 4),
-            "gate": verdict.text,
+            "gate": promotion.gate.verdict.text,
         },
         data_version=dg.DataVersion(champion.version),
     )

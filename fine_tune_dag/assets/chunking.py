@@ -7,12 +7,13 @@ from fine_tune_dag.assets.common import llm_usage_metadata, reports_peak_memory,
 from fine_tune_dag.assets.config import ChunkingConfig
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.common.markdown import length_summary, preview
 from fine_tune_dag.core.privacy.egress import EgressBlocked
 from fine_tune_dag.core.privacy.scan import count_kinds
-from fine_tune_dag.core.store.fingerprint import fingerprint
-from fine_tune_dag.core.store.notes import rows_for_note
+from fine_tune_dag.core.store.notes import rows_for_note, save_passages
 from fine_tune_dag.core.store.privacy import save_findings
-from fine_tune_dag.core.text.chunking import (
+from fine_tune_dag.core.synthesis.chunking import (
     BOUNDARY_TEMPLATE,
     ChunkingResult,
     ChunkingSettings,
@@ -21,7 +22,6 @@ from fine_tune_dag.core.text.chunking import (
     needs_boundary_request,
     passages_from_boundary_answer,
 )
-from fine_tune_dag.core.text.markdown import length_summary, preview
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
 
@@ -83,7 +83,7 @@ def passages(
             for p in result.passages
         ]
     )
-    db.replace_rows("passages", rows, {"note_id": note_id})
+    save_passages(db, note_id, rows)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(rows),

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.llm.types import LLMUsage
-from fine_tune_dag.core.memory import PeakMemory, release_free_heap
-from fine_tune_dag.core.metadata_keys import PEAK_MEMORY_MIB
-from fine_tune_dag.core.text.markdown import Markdown
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.llm_types import LLMUsage
+from fine_tune_dag.core.common.markdown import Markdown
+from fine_tune_dag.core.common.memory import PeakMemory, release_free_heap
+from fine_tune_dag.core.common.metadata_keys import PEAK_MEMORY_MIB
 from fine_tune_dag.resources.llm import release_local_llms
 
 

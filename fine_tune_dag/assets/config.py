@@ -15,16 +15,14 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import Field, create_model
 
-from fine_tune_dag.core.modeling.chat import DEFAULT_SYSTEM_PROMPT
-from fine_tune_dag.core.modeling.dpo import DpoSettings
-from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
-from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_HELP
-from fine_tune_dag.core.modeling.preferences import PreferenceSettings
-from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.dataset.splits import DEFAULT_TEST_FRACTION
+from fine_tune_dag.core.evaluation.config import EvaluationSettings, PreferenceSettings
 from fine_tune_dag.core.retrieval.settings import RetrievalSettings
-from fine_tune_dag.core.text.chunking import BOUNDARY_MAX_NEW_TOKENS, ChunkingSettings
-from fine_tune_dag.core.text.splits import DEFAULT_TEST_FRACTION
-from fine_tune_dag.core.text.synthesis import SynthesisSettings
+from fine_tune_dag.core.synthesis.chunking import BOUNDARY_MAX_NEW_TOKENS, ChunkingSettings
+from fine_tune_dag.core.synthesis.qa_pairs import SynthesisSettings
+from fine_tune_dag.core.training.dpo_config import DpoSettings
+from fine_tune_dag.core.training.sft_config import TrainingSettings
 
 
 class SettingsConfig(dg.Config):
@@ -88,7 +86,10 @@ DpoConfig = settings_config("DpoConfig", DpoSettings)
 _JUDGE_HELP = "the pairwise LLM judge: 'auto' (when the LLM is Gemini), 'llm', or '{off}'"
 
 
-class EvaluationConfig(settings_config("EvaluationSettingsConfig", EvaluationSettings)):
+EvaluationSettingsConfig = settings_config("EvaluationSettingsConfig", EvaluationSettings)
+
+
+class EvaluationConfig(EvaluationSettingsConfig):
     judge: str = Field(default="auto", description=_JUDGE_HELP.format(off="metrics"))
 
 
@@ -115,16 +116,10 @@ class SplitConfig(dg.Config):
 
 class EdgeCaseConfig(dg.Config):
     hardest: int = Field(default=5, description="held-out items the base model found hardest, added per run")
-    max_new_tokens: int = 96
-    batch_size: int = 8
-    memory_budget_gb: float | None = Field(
-        default=None,
-        description=f"the most the stage may hold: smaller batches where 8 won't fit; {MEMORY_BUDGET_HELP}",
-    )
-    device: str = "auto"
-    dtype: str = "auto"
-    generation_engine: str = Field(
-        default="auto", description="auto (OpenVINO GenAI on CPUs, vLLM on CUDA), openvino, vllm or transformers"
+    evaluation: EvaluationSettingsConfig = Field(
+        default_factory=EvaluationSettingsConfig,
+        description="the evaluation's settings the cases are answered with (dtype, device, engine, batch size, "
+        "memory budget, answer length): set them as eval_report's, which shows these answers beside its own",
     )
 
 

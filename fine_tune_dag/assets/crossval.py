@@ -9,7 +9,7 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.retrieval import retrieval_index
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.workflows.crossval import crossval_verdict, fold_key, run_fold
+from fine_tune_dag.core.dataset.splits import fold_key
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
@@ -42,6 +42,8 @@ def build_crossval_assets(folds: int) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """Train on every other fold's notes and evaluate every contender on this fold's (done once per dataset
         and settings: a rerun keeps what a fold already measured)."""
+        from fine_tune_dag.core.workflows.crossval import run_fold
+
         fold = partitions.get_partition_keys().index(context.partition_key)
         with stage_failures():
             metadata = run_fold(
@@ -71,6 +73,8 @@ def build_crossval_assets(folds: int) -> list[dg.AssetsDefinition]:
         policy: AutomationPolicy,
     ) -> dg.MaterializeResult:
         """Every fold's items pooled, every contender compared paired and clustered by note: the verdict."""
+        from fine_tune_dag.core.workflows.crossval import crossval_verdict
+
         with stage_failures():
             metadata = crossval_verdict(
                 warehouse.get(),

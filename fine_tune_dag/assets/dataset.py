@@ -11,21 +11,22 @@ from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
-from fine_tune_dag.core.metadata_keys import DATASET_VERSION, TRAIN_PAIRS
-from fine_tune_dag.core.modeling.chat import render_training_example
-from fine_tune_dag.core.modeling.models import load_tokenizer
-from fine_tune_dag.core.modeling.training_settings import TrainingSettings
-from fine_tune_dag.core.store.notes import kept_pairs, note_files, paths_outside, trainable_notes
-from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.markdown import length_summary, preview
-from fine_tune_dag.core.text.splits import (
+from fine_tune_dag.core.common.chat import render_training_example
+from fine_tune_dag.core.common.markdown import length_summary, preview
+from fine_tune_dag.core.common.metadata_keys import DATASET_VERSION, TRAIN_NOTES_LOST, TRAIN_PAIRS
+from fine_tune_dag.core.dataset.splits import (
     assign_splits,
     dataset_version,
     records_of,
     write_jsonl,
 )
-from fine_tune_dag.core.text.synthesis import MODES
-from fine_tune_dag.core.text.writing import WRITING_MODES
+from fine_tune_dag.core.dataset.writing import WRITING_MODES
+from fine_tune_dag.core.store.notes import kept_pairs, note_files, paths_outside, trainable_notes
+from fine_tune_dag.core.store.registry import latest_adapter
+from fine_tune_dag.core.store.splits import train_notes
+from fine_tune_dag.core.store.warehouse import Warehouse
+from fine_tune_dag.core.synthesis.qa_pairs import MODES
+from fine_tune_dag.core.training.sft_config import TrainingSettings
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -54,6 +55,8 @@ def dataset_splits(
     models: ModelsResource,
 ) -> dg.MaterializeResult:
     """Train/test pairs; token counts use the base model's tokenizer and the one chat template."""
+    from fine_tune_dag.core.models.loading import load_tokenizer
+
     db = warehouse.get()
     note_ids = context.instance.get_dynamic_partitions(notes_partitions.name)
     excluded = paths_outside(db, note_ids)
@@ -89,6 +92,8 @@ def dataset_splits(
         "train_path": str(files["train"]),
         "test_path": str(files["test"]),
     }
+    trained = latest_adapter(db)  # before this version's lineage joins dataset_notes
+    lost = train_notes(db, trained.dataset_version) - set(side["train"]["note_id"]) if trained is not None else set()
     db.insert_rows("dataset_versions", pd.DataFrame([summary]))
     db.insert_rows("dataset_notes", notes_of(db, splits, version))
     if side["test"].empty:
@@ -97,6 +102,7 @@ def dataset_splits(
         metadata={
             "dagster/row_count": len(splits),
             **{k: v for k, v in summary.items() if k not in ("created_at", "train_path", "test_path")},
+            TRAIN_NOTES_LOST: len(lost),
             "notes_excluded": dg.MetadataValue.json(excluded),
             "notes_rejected": dg.MetadataValue.json(
                 dict(zip(rejected["path"].fillna(rejected["note_id"]), rejected["reason"]))

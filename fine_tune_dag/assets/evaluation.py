@@ -10,11 +10,10 @@ from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.retrieval import retrieval_index
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
 from fine_tune_dag.assets.training import lora_adapter
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
-from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.evaluation.config import EvaluationSettings
 from fine_tune_dag.core.store.registry import latest_adapter
-from fine_tune_dag.core.workflows.evaluation import evaluate_adapter
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -43,6 +42,8 @@ def eval_report(
     """Was fine-tuning worth it? Voice, authorship, grounding, loops and memorization, with answer NLL, ROUGE-L
     and token F1, for the base model, the best-prompted base, base + retrieval, the champion, the newcomer and the
     newcomer + retrieval on the same held-out items, with plots, win rates and edge cases."""
+    from fine_tune_dag.core.workflows.evaluation import evaluate_adapter
+
     db = warehouse.get()
     judge = llm.judge(config.judge, db, context)
     with stage_failures():

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from fine_tune_dag.assets.common import reports_peak_memory
-from fine_tune_dag.core.modeling.models import ModelResolutionError, count_parameters, load_causal_lm, load_tokenizer
+from fine_tune_dag.core.models.resolution import ModelResolutionError
 from fine_tune_dag.resources.models import ModelsResource
 
 
@@ -15,6 +15,8 @@ from fine_tune_dag.resources.models import ModelsResource
 @reports_peak_memory
 def base_model(context: dg.AssetExecutionContext, models: ModelsResource) -> dg.MaterializeResult:
     """Converted (GGUF), downloaded (Hub) or found (local folder) once, then loaded from disk."""
+    from fine_tune_dag.core.models.loading import count_parameters, load_causal_lm, load_tokenizer
+
     try:
         resolved = models.resolve()
     except ModelResolutionError as error:

@@ -6,7 +6,7 @@ from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import as_metadata, reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import RetrievalConfig
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.common.errors import StageError
 from fine_tune_dag.core.retrieval.index import build_index
 from fine_tune_dag.core.store.notes import note_passages, trainable_notes
 from fine_tune_dag.resources.paths import ProjectPaths

@@ -9,11 +9,11 @@ from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import llm_usage_metadata, reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import SynthesisConfig
 from fine_tune_dag.assets.partitions import notes_partitions
-from fine_tune_dag.core.store.fingerprint import fingerprint
-from fine_tune_dag.core.store.notes import rows_for_note
-from fine_tune_dag.core.text.chunking import Passage
-from fine_tune_dag.core.text.markdown import preview, table
-from fine_tune_dag.core.text.synthesis import (
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.common.markdown import preview, table
+from fine_tune_dag.core.store.notes import rows_for_note, save_qa_pairs
+from fine_tune_dag.core.synthesis.chunking import Passage
+from fine_tune_dag.core.synthesis.qa_pairs import (
     TEMPLATES,
     SynthesisSettings,
     candidate_pairs,
@@ -63,7 +63,7 @@ def qa_pairs(
         for pair in candidate_pairs(p, mode, answer, settings.questions_per_passage)
     ]
     pairs = pd.DataFrame([vars(pair) for pair in filter_pairs(candidates, settings)])
-    db.replace_rows("qa_pairs", pairs, {"note_id": note_id})
+    save_qa_pairs(db, note_id, pairs)
     kept = pairs[pairs["status"] == "kept"]
     rejected = pairs[pairs["status"] == "rejected"]
     reasons = Counter(rejected["reason"])

@@ -1,7 +1,7 @@
 """Teacher → student datasets: the LLM's logged answers, or a user's prompts answered by the teacher,
 as training pairs for a smaller model trained by the same `lora_adapter`."""
 
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -11,10 +11,11 @@ from fine_tune_dag.assets.chunking import passages
 from fine_tune_dag.assets.common import llm_usage_metadata
 from fine_tune_dag.assets.config import PromptCompletionConfig, RequestLogConfig
 from fine_tune_dag.assets.synthesis import qa_pairs
-from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.common.llm_types import LLMRequest
+from fine_tune_dag.core.common.markdown import length_summary, preview
+from fine_tune_dag.core.store.notes import save_prompt_completion_pairs, save_request_log_pairs
 from fine_tune_dag.core.store.request_log import answered_requests
-from fine_tune_dag.core.text.markdown import length_summary, preview
-from fine_tune_dag.core.text.teacher import (
+from fine_tune_dag.core.synthesis.teacher import (
     PAIR_COLUMNS,
     PromptFileError,
     PromptRow,
@@ -39,10 +40,6 @@ def _metadata(pairs: pd.DataFrame) -> dict:
     }
 
 
-def _stamped(pairs: pd.DataFrame) -> pd.DataFrame:
-    return pairs.assign(created_at=datetime.now(timezone.utc).replace(tzinfo=None))
-
-
 @dg.asset(
     deps=[passages, qa_pairs],
     group_name="dataset",
@@ -56,7 +53,7 @@ def request_log_pairs(config: RequestLogConfig, warehouse: WarehouseResource) ->
     since, until = (datetime.fromisoformat(bound) if bound else None for bound in (config.since, config.until))
     requests = answered_requests(db, config.templates, config.assets, since, until)
     pairs = pairs_from_request_log(requests)
-    db.replace_rows("request_log_pairs", _stamped(pairs))
+    save_request_log_pairs(db, pairs)
     return dg.MaterializeResult(metadata={"templates": dg.MetadataValue.json(config.templates), **_metadata(pairs)})
 
 
@@ -108,7 +105,12 @@ def prompt_completion_pairs(
         ],
         columns=PAIR_COLUMNS,
     ).drop_duplicates("pair_id")
-    db.replace_rows("prompt_completion_pairs", _stamped(pairs))
+    save_prompt_completion_pairs(db, pairs)
     return dg.MaterializeResult(
-        metadata={"origin": origin, "prompts": len(rows), **llm_usage_metadata(cached.usage, cached.client), **_metadata(pairs)}
+        metadata={
+            "origin": origin,
+            "prompts": len(rows),
+            **llm_usage_metadata(cached.usage, cached.client),
+            **_metadata(pairs),
+        }
     )

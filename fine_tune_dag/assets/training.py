@@ -7,9 +7,8 @@ from fine_tune_dag.assets.config import TrainingConfig
 from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.tags import GPU_STEP_TAGS
-from fine_tune_dag.core.modeling.training_settings import TrainingSettings
-from fine_tune_dag.core.store.fingerprint import fingerprint
-from fine_tune_dag.core.workflows.adapters import train_and_register
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.training.sft_config import TrainingSettings
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
@@ -34,6 +33,8 @@ def lora_adapter(
     artifacts: ArtifactStoreResource,
 ) -> dg.MaterializeResult:
     """A new adapter version trained on the current train split with the configured settings."""
+    from fine_tune_dag.core.workflows.adapters import train_and_register
+
     with stage_failures():
         metadata = train_and_register(
             config.settings(),

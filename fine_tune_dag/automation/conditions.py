@@ -2,8 +2,9 @@
 attaches it to the assets (and builds the gate check with its condition).
 
 Training runs when the train split grew enough since the data the champion (and the last adapter) was
-trained on. That is read from materialization metadata, so the decision costs one event-log lookup per
-asset and never opens the warehouse."""
+trained on, or (`retrain_on_deletion`) when notes the last adapter trained on left it: a deleted or forgotten
+note must stop being known. That is read from materialization metadata, so the decision costs one event-log
+lookup per asset and never opens the warehouse."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,13 @@ from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.retrieval import retrieval_index
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.training import lora_adapter
-from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS, DATASET_VERSION, TRAIN_PAIRS
+from fine_tune_dag.core.common.metadata_keys import (
+    ADAPTER_VERSION,
+    DATASET_TRAIN_PAIRS,
+    DATASET_VERSION,
+    TRAIN_NOTES_LOST,
+    TRAIN_PAIRS,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class TrainingDataGrowth:
     dataset_version: str
     baseline: int  # train pairs the champion or the last adapter saw, whichever is more
     baseline_from: str
+    notes_lost: int = 0  # notes the last adapter trained on that this train split no longer has
 
     @property
     def new_examples(self) -> int:
@@ -37,7 +45,7 @@ class TrainingDataGrowth:
     def describe(self) -> str:
         return (
             f"train split {self.dataset_version or 'not built'} has {self.train_pairs} pairs, "
-            f"{self.new_examples:+d} since {self.baseline_from} ({self.baseline})"
+            f"{self.new_examples:+d} since {self.baseline_from} ({self.baseline}), {self.notes_lost} notes lost"
         )
 
 
@@ -56,14 +64,20 @@ def training_data_growth(instance: dg.DagsterInstance) -> TrainingDataGrowth:
         if trained:
             baselines.append((int(trained.get(DATASET_TRAIN_PAIRS, 0)), f"{label} {trained.get(ADAPTER_VERSION, '?')}"))
     baseline, source = max(baselines, key=lambda b: b[0])
-    return TrainingDataGrowth(int(dataset.get(TRAIN_PAIRS, 0)), str(dataset.get(DATASET_VERSION, "")), baseline, source)
+    version = str(dataset.get(DATASET_VERSION, ""))
+    # a split the last adapter was trained on has lost nothing that adapter still knows
+    trained_on_it = _latest_metadata(instance, lora_adapter.key).get(DATASET_VERSION) == version
+    lost = 0 if trained_on_it else int(dataset.get(TRAIN_NOTES_LOST, 0))
+    return TrainingDataGrowth(int(dataset.get(TRAIN_PAIRS, 0)), version, baseline, source, lost)
 
 
 class TrainingDataGrew(dg.AutomationCondition):
-    """True once the train split holds `min_new_examples` more pairs than the newest trained-on data."""
+    """True once the train split holds `min_new_examples` more pairs than the newest trained-on data, or, with
+    `on_deletion`, once it lost a note the last adapter was trained on."""
 
-    def __init__(self, min_new_examples: int) -> None:
+    def __init__(self, min_new_examples: int, on_deletion: bool) -> None:
         self.min_new_examples = min_new_examples
+        self.on_deletion = on_deletion
 
     @property
     def name(self) -> str:
@@ -71,21 +85,24 @@ class TrainingDataGrew(dg.AutomationCondition):
 
     @property
     def description(self) -> str:
+        lost = " or lost a note the last adapter trained on" if self.on_deletion else ""
         return (
-            f"train split grew by at least {self.min_new_examples} pairs since the champion's and last adapter's data"
+            f"train split grew by at least {self.min_new_examples} pairs since the champion's and last adapter's "
+            f"data{lost}"
         )
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         growth = training_data_growth(context.asset_graph_view.instance)
-        grew = growth.new_examples >= self.min_new_examples
+        grew = growth.new_examples >= self.min_new_examples or (self.on_deletion and growth.notes_lost > 0)
         context.log.debug(growth.describe())
         return dg.AutomationResult(context, context.candidate_subset if grew else context.get_empty_subset())
 
 
-def retrain_condition(min_new_examples: int) -> dg.AutomationCondition:
-    """Grown enough, nothing upstream or itself in flight, and the last attempt did not fail (retried nightly)."""
+def retrain_condition(min_new_examples: int, on_deletion: bool) -> dg.AutomationCondition:
+    """Grown enough (or lost a trained-on note), nothing upstream or itself in flight, and the last attempt did not
+    fail (retried nightly)."""
     return (
-        TrainingDataGrew(min_new_examples)
+        TrainingDataGrew(min_new_examples, on_deletion)
         & ~dg.AutomationCondition.in_progress()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.execution_failed()
@@ -140,7 +157,7 @@ def evaluation_condition() -> dg.AutomationCondition:
     )
 
 
-def automation_conditions(min_new_examples: int) -> dict[str, dg.AutomationCondition]:
+def automation_conditions(min_new_examples: int, on_deletion: bool) -> dict[str, dg.AutomationCondition]:
     """Asset (or check) name → its condition. Assets not named here run only when asked (jobs, the UI)."""
     return {
         passages.key.to_user_string(): dg.AutomationCondition.eager(),
@@ -150,7 +167,7 @@ def automation_conditions(min_new_examples: int) -> dict[str, dg.AutomationCondi
             "rebuild when any note's passages changed"
         ),
         base_model.key.to_user_string(): base_model_condition(),
-        lora_adapter.key.to_user_string(): retrain_condition(min_new_examples),
+        lora_adapter.key.to_user_string(): retrain_condition(min_new_examples, on_deletion),
         edge_cases.key.to_user_string(): edge_cases_condition(),
         eval_report.key.to_user_string(): evaluation_condition(),
         # requested in the same run as eval_report and its blocking check, which stops it when it fails
@@ -160,10 +177,10 @@ def automation_conditions(min_new_examples: int) -> dict[str, dg.AutomationCondi
 
 
 def with_automation(
-    assets: Sequence[dg.AssetsDefinition], min_new_examples: int
+    assets: Sequence[dg.AssetsDefinition], min_new_examples: int, on_deletion: bool
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     """The assets with their conditions attached, and the gate check built with its own."""
-    conditions = automation_conditions(min_new_examples)
+    conditions = automation_conditions(min_new_examples, on_deletion)
 
     def attach(spec: dg.AssetSpec) -> dg.AssetSpec:
         condition = conditions.get(spec.key.to_user_string())

@@ -9,6 +9,7 @@ from fine_tune_dag.assets.dataset import dataset_splits
 from fine_tune_dag.assets.dpo import dpo_adapter
 from fine_tune_dag.assets.edge_cases import edge_cases
 from fine_tune_dag.assets.evaluation import eval_report
+from fine_tune_dag.assets.forgetting import forget
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
@@ -69,6 +70,16 @@ crossval_verdict_job = dg.define_asset_job(
     description="Pool every fold's items and decide: was fine-tuning worth it, on every note held out once?",
 )
 
+
+
+@dg.job(
+    description="Forget one note (config: its file or partition key): its derived data everywhere, the adapters "
+    "trained on it, the champion if it was one; retrain_after_forget then trains without it."
+)
+def forget_job() -> None:
+    forget()
+
+
 JOBS = [
     notes_job,
     dataset_job,
@@ -78,5 +89,6 @@ JOBS = [
     preference_job,
     crossval_job,
     crossval_verdict_job,
+    forget_job,
 ]
 TRAINING_JOBS = (retrain_job, train_and_evaluate_job)  # the jobs that train an adapter

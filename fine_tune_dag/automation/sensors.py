@@ -5,11 +5,12 @@ import warnings
 
 import dagster as dg
 
+from fine_tune_dag.assets.forgetting import RETRAIN_TAG
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
 from fine_tune_dag.assets.tags import NOTE_PATH_TAG
-from fine_tune_dag.automation.jobs import dataset_job, notes_job
-from fine_tune_dag.core.text.watch import NoteChange, WatchCursor, scan_notes
+from fine_tune_dag.automation.jobs import dataset_job, forget_job, notes_job, train_and_evaluate_job
+from fine_tune_dag.core.ingest.watch import NoteChange, WatchCursor, scan_notes
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
 
@@ -34,7 +35,8 @@ def _already_materialized(context: dg.SensorEvaluationContext, notes: list[NoteC
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the notes folder: a new or changed file runs its own partition; a deleted one "
-    "leaves the dataset. Hidden, temporary and still-growing files wait.",
+    "leaves the dataset. Hidden, temporary and still-growing files wait; a file of a type not read is named with the "
+    "reason in the tick's log and summary.",
 )
 def new_notes_sensor(
     context: dg.SensorEvaluationContext, paths: ProjectPaths, policy: AutomationPolicy
@@ -73,6 +75,8 @@ def new_notes_sensor(
             )
         )
     context.log.info(f"{paths.notes}: {scan.summary}")
+    for relative in scan.newly_unsupported:
+        context.log.warning(f"{relative} is not read: {scan.unsupported[relative]}")
     for note in scan.deleted:
         context.log.info(f"{note.path} was deleted: partition {note.note_id} leaves the dataset")
     return dg.SensorResult(
@@ -81,6 +85,22 @@ def new_notes_sensor(
         cursor=scan.cursor.to_json(),
         skip_reason=None if runs or partition_requests else f"no new notes: {scan.summary}",
     )
+
+
+@dg.run_status_sensor(
+    name="retrain_after_forget",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[forget_job],
+    request_job=train_and_evaluate_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a forget_job run that removed a note (and asked to retrain): the dataset without it, a new "
+    "adapter, its evaluation and the promotion gate.",
+)
+def retrain_after_forget(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    run = context.dagster_run
+    if run.tags.get(RETRAIN_TAG) != "true":
+        return dg.SkipReason(f"forget run {run.run_id} removed nothing or asked for no retraining")
+    return dg.RunRequest(run_key=run.run_id, tags={"fine_tune_dag/after_forget_run": run.run_id})
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:

@@ -8,14 +8,13 @@ from typing import TypeVar
 import dagster as dg
 from pydantic import Field
 
+from fine_tune_dag.core.common.llm_types import DEFAULT_PRICES, LLMClient
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.gemini import GeminiLLM, GeminiSettings
-from fine_tune_dag.core.llm.local import LocalLLM
 from fine_tune_dag.core.llm.openai_compat import OpenAICompatibleLLM, OpenAISettings
 from fine_tune_dag.core.llm.remote import RemoteSettings
-from fine_tune_dag.core.llm.types import DEFAULT_PRICES, LLMClient
-from fine_tune_dag.core.modeling.memory_budget import MEMORY_BUDGET_HELP
-from fine_tune_dag.core.modeling.models import BUNDLED_MODEL, resolve_model
+from fine_tune_dag.core.models.memory_budget import MEMORY_BUDGET_HELP
+from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.privacy.egress import Egress, EgressSettings
 from fine_tune_dag.core.privacy.policy import POLICY_HELP
 from fine_tune_dag.core.privacy.scan import PRIVATE_WORDS_FILE, Scanner
@@ -37,8 +36,10 @@ def _local_client(
     seed: int,
     memory_budget_gb: float | None,
     engine: str,
-) -> LocalLLM:
+) -> LLMClient:
     """One loaded model per process, shared by every partition a run materializes."""
+    from fine_tune_dag.core.llm.local import LocalLLM  # torch: loaded by the runs that generate locally
+
     return LocalLLM(model_path, device, dtype, batch_size, seed, memory_budget_gb, engine)
 
 

@@ -1,7 +1,7 @@
 import dagster as dg
 
-from fine_tune_dag.core.modeling.bundled import BUNDLED_MODEL
-from fine_tune_dag.core.modeling.models import ResolvedModel, resolve_model
+from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
+from fine_tune_dag.core.models.resolution import ResolvedModel, resolve_model
 from fine_tune_dag.resources.paths import ProjectPaths
 
 

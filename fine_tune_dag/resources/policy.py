@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from fine_tune_dag.core.store.promotion import PromotionPolicy
+from fine_tune_dag.core.evaluation.gate import PromotionPolicy
 
 
 class AutomationPolicy(dg.ConfigurableResource):
@@ -15,6 +15,11 @@ class AutomationPolicy(dg.ConfigurableResource):
     )
     retrain_min_new_examples: int = Field(
         default=20, description="train-split growth since the champion's (and last adapter's) data that retrains"
+    )
+    retrain_on_deletion: bool = Field(
+        default=True,
+        description="retrain when notes the last adapter trained on left the train split (deleted, forgotten or "
+        "rejected), so it stops knowing them",
     )
     retrain_cron: str = Field(default="0 3 * * *", description="retrain_schedule: when to catch smaller growth")
     retrain_timezone: str = "UTC"

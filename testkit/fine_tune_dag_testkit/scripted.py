@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from fine_tune_dag.core.llm.types import LLMClient, LLMRequest, LLMResult
+from fine_tune_dag.core.common.llm_types import LLMClient, LLMRequest, LLMResult
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.llm import LLMResource

@@ -81,8 +81,8 @@ def conversion_folder(base_dir: Path, adapter_dir: Path | None) -> Path:
 def engine_gguf(base_dir: Path, adapter_dir: Path | None = None) -> Conversion:
     """The f16 GGUF of the base model, or of the base with `adapter_dir` merged in: reused when verified, else
     converted (in a temporary folder, renamed into place, so a crash never leaves a half conversion)."""
-    from fine_tune_dag.core.modeling.gguf_export import export_gguf
-    from fine_tune_dag.core.modeling.inference import export_merged
+    from fine_tune_dag.core.export.gguf import export_gguf
+    from fine_tune_dag.core.export.merge import export_merged
 
     base_dir = Path(base_dir)
     sources = [base_dir] + ([Path(adapter_dir)] if adapter_dir is not None else [])

@@ -77,7 +77,7 @@ def _transformers(
     choice: EngineChoice,
 ) -> GenerationEngine:
     from fine_tune_dag.core.generation.transformers import TransformersEngine
-    from fine_tune_dag.core.modeling.models import load_causal_lm, select_dtype, with_adapters
+    from fine_tune_dag.core.models.loading import load_causal_lm, select_dtype, with_adapters
 
     if torch_model is not None:
         model = torch_model()

@@ -33,7 +33,7 @@ from fine_tune_dag.core.generation.base import (
     Running,
     row_seed,
 )
-from fine_tune_dag.core.modeling.memory_budget import (
+from fine_tune_dag.core.models.memory_budget import (
     MemoryBudget,
     ModelShape,
     available_bytes,
@@ -278,7 +278,7 @@ class TransformersEngine(GenerationEngine):
         return running
 
     def add_adapter(self, name: str, folder: Path) -> None:
-        from fine_tune_dag.core.modeling.models import with_adapters
+        from fine_tune_dag.core.models.loading import with_adapters
 
         with self.lock:
             if hasattr(self.model, "peft_config"):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from fine_tune_dag.core.llm.types import (
+from fine_tune_dag.core.common.llm_types import (
     DEFAULT_PRICES,
     LLMClient,
     LLMRequest,
@@ -23,7 +23,7 @@ from fine_tune_dag.core.llm.types import (
     ProgressCallback,
     request_cost,
 )
-from fine_tune_dag.core.store.request_log import cached_answers
+from fine_tune_dag.core.store.request_log import cache_answers, cached_answers, log_requests
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 
@@ -154,7 +154,7 @@ class CachedLLM:
                 for key, request, result in entries
             ]
         )
-        self.warehouse.insert_rows("llm_cache", rows)
+        cache_answers(self.warehouse, rows)
 
     def _log(self, entries: list[tuple[str, LLMRequest, LLMResult]], cache_hit: bool) -> None:
         if not entries:
@@ -194,4 +194,4 @@ class CachedLLM:
                     "partition": self.origin.get("partition", ""),
                 }
             )
-        self.warehouse.insert_rows("llm_requests", pd.DataFrame(rows))
+        log_requests(self.warehouse, pd.DataFrame(rows))

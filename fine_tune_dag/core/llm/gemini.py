@@ -19,8 +19,8 @@ import httpx2
 from google import genai
 from google.genai import errors, types
 
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.llm.remote import RETRYABLE_STATUS, Failure, RemoteLLM, RemoteLLMError, RemoteSettings
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 
 _RETRY_DELAY = re.compile(r"^\s*([\d.]+)s\s*$")
 

@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from fine_tune_dag.core.common.chat import render_prompt_ids
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.generation.base import EngineChoice, EngineSettings, GenerationEngine, engine_precision
+from fine_tune_dag.core.generation.batch import generate_batch
 from fine_tune_dag.core.generation.engines import open_engine
 from fine_tune_dag.core.generation.transformers import TransformersEngine
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
-from fine_tune_dag.core.modeling.chat import render_prompt_ids
-from fine_tune_dag.core.modeling.generation import generate_batch
-from fine_tune_dag.core.modeling.memory_budget import resolve_memory_budget
-from fine_tune_dag.core.modeling.models import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models.memory_budget import resolve_memory_budget
 
 
 class LocalLLM:

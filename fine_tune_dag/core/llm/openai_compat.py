@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import openai
 from openai.types.chat import ChatCompletion
 
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.llm.remote import RETRYABLE_STATUS, Failure, RemoteLLM, RemoteLLMError, RemoteSettings
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.privacy.egress import Egress
 
 NO_KEY = "not-needed"  # what the SDK, which insists on a key, sends to servers that ask for none

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Generic, TypeVar
 
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.llm.quota import SharedRateLimiter, quota_key
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
 from fine_tune_dag.core.privacy.egress import Egress, EgressSettings
 from fine_tune_dag.core.store.warehouse import Warehouse
 

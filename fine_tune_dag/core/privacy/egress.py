@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.llm.types import LLMRequest
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.privacy.placeholders import Placeholders
 from fine_tune_dag.core.privacy.policy import PolicyChoice, choose_policy
 from fine_tune_dag.core.privacy.scan import Scanner, names_coverage, scanner_for

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
-from fine_tune_dag.core.modeling.models import load_tokenizer, select_device
+from fine_tune_dag.core.models.loading import load_tokenizer, select_device
 
 MAX_TOKENS = 512  # passages are a few hundred characters; the cap only bounds memory on a pathological one
 

@@ -183,6 +183,25 @@ def build_index(passages: pd.DataFrame, folder: Path, settings: RetrievalSetting
     )
 
 
+def drop_notes(folder: Path, note_ids: Collection[str]) -> int:
+    """Remove these notes' passages, with their tokens or embeddings, from a built index and keep the rest as
+    built (the next build reuses it); returns how many passages went. An index left empty is removed whole."""
+    if not (folder / MANIFEST).is_file():
+        return 0
+    manifest, entries, work = _read_build(folder)
+    kept = [(entry, done) for entry, done in zip(entries, work) if entry.note_id not in note_ids]
+    if len(kept) == len(entries):
+        return 0
+    if not kept:
+        shutil.rmtree(folder)
+        return len(entries)
+    notes = len({entry.note_id for entry, _ in kept})
+    _write_build(
+        folder, {**manifest, "passages": len(kept), "notes": notes}, [e for e, _ in kept], [d for _, d in kept]
+    )
+    return len(entries) - len(kept)
+
+
 def _bm25_scorer(tokens: list[list[str]]) -> Callable[[str], np.ndarray]:
     """BM25 statistics over the whole corpus, from the stored tokens."""
     if not any(tokens):  # only stopwords everywhere: bm25s cannot index an empty vocabulary, and nothing matches

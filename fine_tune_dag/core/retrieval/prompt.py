@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fine_tune_dag.core.modeling.chat import Message, chat_messages
+from fine_tune_dag.core.common.chat import Message, chat_messages
 from fine_tune_dag.core.retrieval.index import RetrievedPassage
 
 RETRIEVAL_INSTRUCTION = "Answer the question at the end from the notes below, and say which note you used."

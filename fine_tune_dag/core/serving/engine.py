@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fine_tune_dag.core.common.chat import render_prompt_ids
+from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.generation.base import (
     Decoding,
     EngineSettings,
@@ -24,13 +26,11 @@ from fine_tune_dag.core.generation.base import (
     Running,
     engine_precision,
 )
+from fine_tune_dag.core.generation.batch import continuation_text
 from fine_tune_dag.core.generation.engines import open_engine
-from fine_tune_dag.core.llm.types import LLMRequest, LLMResult
-from fine_tune_dag.core.modeling.chat import render_prompt_ids
-from fine_tune_dag.core.modeling.generation import continuation_text, load_generation_settings
-from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
-from fine_tune_dag.core.modeling.inference import load_base_model
-from fine_tune_dag.core.modeling.models import load_tokenizer, select_device
+from fine_tune_dag.core.models.adapters import load_base_model, load_generation_settings
+from fine_tune_dag.core.models.generation_config import GenerationSettings
+from fine_tune_dag.core.models.loading import load_tokenizer, select_device
 from fine_tune_dag.core.serving.requests import ChatRequest
 
 LOGGER = logging.getLogger(__name__)

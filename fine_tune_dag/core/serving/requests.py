@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from fine_tune_dag.core.modeling.chat import Message
+from fine_tune_dag.core.common.chat import Message
 
 ROLES = ("system", "user", "assistant")
 MAX_TOKENS_LIMIT = 4096

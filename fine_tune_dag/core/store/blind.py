@@ -24,20 +24,19 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from fine_tune_dag.core.modeling.statistics import Interval, clustered_mean
+from fine_tune_dag.core.common.markdown import prose_words
+from fine_tune_dag.core.common.statistics import Interval, clustered_mean
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.markdown import prose_words
 
 AUTHOR, MODEL = "author", "model"
 OTHER = {AUTHOR: MODEL, MODEL: AUTHOR}
 SIDES = ("left", "right")  # what a person can answer on the page, and where the author's text can be shown
 
-NO_READINGS = (
-    "no readings yet — run `fine-tune-dag annotate --blind` to see if readers can tell yours from the model's"
-)
+NO_READINGS = "no readings yet — run `fine-tune-dag annotate --blind` to see if readers can tell yours from the model's"
 
 # The adapter version whose trials were saved last: the one people are asked about.
 _NEWEST_VERSION = "(SELECT adapter_version FROM blind_trials ORDER BY created_at DESC, adapter_version DESC LIMIT 1)"
+
 
 @dataclass(frozen=True)
 class BlindTrial:

@@ -37,7 +37,5 @@ def record_crossval_verdict(
 
 def crossval_verdict_for(db: Warehouse, notes_key: str) -> pd.Series | None:
     """The newest cross-validated verdict on exactly these notes, or None."""
-    rows = db.query(
-        "SELECT * FROM crossval_verdicts WHERE notes_key = ? ORDER BY created_at DESC LIMIT 1", [notes_key]
-    )
+    rows = db.query("SELECT * FROM crossval_verdicts WHERE notes_key = ? ORDER BY created_at DESC LIMIT 1", [notes_key])
     return None if rows.empty else rows.iloc[0]

@@ -34,3 +34,13 @@ def edge_case_questions(db: Warehouse) -> pd.DataFrame:
 
 def edge_case_answers(db: Warehouse) -> pd.DataFrame:
     return db.query("SELECT case_id, model, answer FROM edge_case_answers")
+
+
+def add_edge_cases(db: Warehouse, cases: pd.DataFrame) -> None:
+    """Newly chosen cases (`case_id`, `question`, `reference`, `origin`, `added_at`); a case is kept once chosen."""
+    db.insert_rows("edge_cases", cases)
+
+
+def save_edge_case_answers(db: Warehouse, answers: pd.DataFrame) -> None:
+    """One model's answers (`case_id`, `model`, `answer`, `created_at`): each model answers each case once."""
+    db.insert_rows("edge_case_answers", answers)

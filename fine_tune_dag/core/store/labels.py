@@ -44,8 +44,23 @@ def record_choice(db: Warehouse, candidate_id: str, labeler: str, side: str, sho
         raise KeyError(f"no comparison {candidate_id!r}")
     shown_right = "b" if shown_left == "a" else "a"
     choice = {"left": shown_left, "right": shown_right}.get(side, side)
-    db.insert_rows("preference_labels", pd.DataFrame([label_row(candidate_id, labeler, HUMAN, choice, shown_left)]))
+    add_labels(db, pd.DataFrame([label_row(candidate_id, labeler, HUMAN, choice, shown_left)]))
     return choice
+
+
+def add_labels(db: Warehouse, labels: pd.DataFrame) -> None:
+    """Choices as `label_row` makes them, a person's or the judge's; none replaces an earlier one."""
+    db.insert_rows("preference_labels", labels)
+
+
+def add_candidates(db: Warehouse, candidates: pd.DataFrame) -> None:
+    """New comparisons for people to label, each with the champion version it came from."""
+    db.insert_rows("preference_candidates", candidates)
+
+
+def replace_preference_pairs(db: Warehouse, pairs: pd.DataFrame) -> None:
+    """The chosen/rejected pairs, rebuilt whole from every comparison's latest label."""
+    db.replace_rows("preference_pairs", pairs)
 
 
 def progress(db: Warehouse, labeler: str) -> tuple[int, int]:

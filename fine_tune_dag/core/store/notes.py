@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fine_tune_dag.core.errors import StageError
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.dataset.writing import writing_examples
+from fine_tune_dag.core.ingest import notes as ingest
+from fine_tune_dag.core.ingest.notes import ParsedNote
+from fine_tune_dag.core.ingest.watch import file_sha256
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text import ingest
-from fine_tune_dag.core.text.ingest import ParsedNote
-from fine_tune_dag.core.text.watch import file_sha256
-from fine_tune_dag.core.text.writing import writing_examples
 
 PAIR_SOURCES = ("notes", "writing", "request_log", "prompt_completion")
 
@@ -44,6 +44,8 @@ def save_parsed_note(db: Warehouse, note: ParsedNote) -> None:
         "encoding": note.encoding,
         "char_count": note.char_count,
         "parsed_at": _now(),
+        "source_kind": note.source_kind,
+        "context": json.dumps(note.context, ensure_ascii=False),
     }
     db.replace_rows("raw_notes", pd.DataFrame([row]), {"note_id": note.note_id})
     db.execute("DELETE FROM rejected_notes WHERE note_id = ?", [note.note_id])
@@ -80,6 +82,24 @@ def reject_note(
 
 def rejected_notes(db: Warehouse) -> pd.DataFrame:
     return db.query("SELECT coalesce(path, note_id) AS file, reason, rejected_at FROM rejected_notes ORDER BY file")
+
+
+def rejected_listing(db: Warehouse, notes_dir: Path) -> tuple[list[str], list[str]]:
+    """A line per rejected note and why, and a line per file in the notes folder of a type that is not read:
+    what `fine-tune-dag rejected` prints, so no file is left out silently."""
+    rejected = [
+        f"{row.file}: {row.reason}  ({row.rejected_at:%Y-%m-%d %H:%M} UTC)" for row in rejected_notes(db).itertuples()
+    ]
+    unsupported = ingest.survey_notes(notes_dir)[1] if notes_dir.is_dir() else {}
+    return rejected, [f"{path}: {reason}  (not read)" for path, reason in unsupported.items()]
+
+
+def note_source_kinds(db: Warehouse, note_ids: list[str]) -> dict[str, str]:
+    """Note id → the kind of source it came from (note, mail, chat, web, ebook), to weight the kinds in a mix."""
+    rows = db.query(
+        "SELECT note_id, source_kind FROM raw_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[]))", [note_ids]
+    )
+    return dict(zip(rows["note_id"], rows["source_kind"]))
 
 
 def synthesized_note_hashes(db: Warehouse) -> dict[str, str]:
@@ -131,7 +151,7 @@ def note_passages(db: Warehouse, note_ids: list[str]) -> pd.DataFrame:
 def kept_pairs(db: Warehouse, source: str, note_ids: list[str], writing_seed: int = 0) -> pd.DataFrame:
     """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note.
 
-    'writing' is the author's own text as training examples (`core.text.writing`), drawn with `writing_seed`."""
+    'writing' is the author's own text as training examples (`core.dataset.writing`), drawn with `writing_seed`."""
     if source not in PAIR_SOURCES:
         raise StageError(f"unknown source {source!r}; choose from {PAIR_SOURCES}")
     if source == "writing":
@@ -170,3 +190,23 @@ def synthesis_history(db: Warehouse, provider: str) -> tuple[pd.DataFrame, int, 
         int(pairs["kept"].iloc[0]),
         float(mean_tokens) if pd.notna(mean_tokens) else None,
     )
+
+
+def save_passages(db: Warehouse, note_id: str, passages: pd.DataFrame) -> None:
+    """The note's passages, replacing those of its earlier version."""
+    db.replace_rows("passages", passages, {"note_id": note_id})
+
+
+def save_qa_pairs(db: Warehouse, note_id: str, pairs: pd.DataFrame) -> None:
+    """The note's kept and rejected Q&A pairs, replacing those of its earlier version."""
+    db.replace_rows("qa_pairs", pairs, {"note_id": note_id})
+
+
+def save_request_log_pairs(db: Warehouse, pairs: pd.DataFrame) -> None:
+    """The teacher's logged answers as training pairs, rebuilt whole and stamped now."""
+    db.replace_rows("request_log_pairs", pairs.assign(created_at=_now()))
+
+
+def save_prompt_completion_pairs(db: Warehouse, pairs: pd.DataFrame) -> None:
+    """The user's prompts answered by the teacher, rebuilt whole and stamped now."""
+    db.replace_rows("prompt_completion_pairs", pairs.assign(created_at=_now()))

@@ -1,12 +1,14 @@
 """The adapter registry in the warehouse: versions, their evaluations and the champion pointer.
 
-The champion is the newest row of `champion_history`; adapters are never deleted, so every
-version stays traceable to its dataset, hyperparameters and metrics.
+The champion is the newest row of `champion_history` (an empty version there: the base model serves, after
+`forget` retired the champion and no other adapter was left); adapters are never deleted, so every version
+stays traceable to its dataset, hyperparameters and metrics.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 
@@ -17,6 +19,9 @@ METRIC_COLUMNS = ("nll", "perplexity", "rouge_l", "token_f1")
 
 # Sweep adapters compete on the sweep leaderboard; the main line (training, evaluation, champion) skips them.
 MAIN_LINE = "coalesce(sweep_configuration, '') = ''"
+# Adapters trained on a forgotten note (`adapter_marks`): kept for lineage, never served or promoted again.
+NOT_MARKED = "version NOT IN (SELECT version FROM adapter_marks)"
+BASE_MODEL_SERVES = ""  # the champion_history version that leaves no champion
 
 
 def latest_adapter(db: Warehouse) -> pd.Series | None:
@@ -25,14 +30,29 @@ def latest_adapter(db: Warehouse) -> pd.Series | None:
 
 
 def main_line_versions(db: Warehouse) -> pd.DataFrame:
-    """Every main-line adapter's version and folder, oldest first."""
-    return db.query(f"SELECT version, path FROM adapters WHERE {MAIN_LINE} ORDER BY created_at, version")
+    """Every main-line adapter's version and folder that may be served (none trained on a forgotten note),
+    oldest first."""
+    return db.query(
+        f"SELECT version, path FROM adapters WHERE {MAIN_LINE} AND {NOT_MARKED} ORDER BY created_at, version"
+    )
 
 
 def current_champion(db: Warehouse) -> pd.Series | None:
+    """The adapter of the newest champion_history row; None before any promotion and when that row says the base
+    model serves."""
     rows = db.query(
-        "SELECT a.*, h.promoted_at FROM champion_history h JOIN adapters a ON a.version = h.version "
-        "ORDER BY h.promoted_at DESC LIMIT 1"
+        "SELECT a.*, h.promoted_at FROM (SELECT * FROM champion_history ORDER BY promoted_at DESC LIMIT 1) h "
+        "JOIN adapters a ON a.version = h.version"
+    )
+    return None if rows.empty else rows.iloc[0]
+
+
+def best_unmarked_adapter(db: Warehouse) -> pd.Series | None:
+    """The main-line adapter with the lowest answer NLL its evaluation stored, among those not trained on a
+    forgotten note; None when none is left."""
+    rows = db.query(
+        f"SELECT * FROM adapters WHERE {MAIN_LINE} AND {NOT_MARKED} AND test_nll IS NOT NULL "
+        "ORDER BY test_nll, created_at DESC LIMIT 1"
     )
     return None if rows.empty else rows.iloc[0]
 
@@ -89,6 +109,16 @@ def record_evaluation(
     )
 
 
+def record_adapter(db: Warehouse, row: dict[str, Any]) -> None:
+    """A newly saved adapter version's registry row; versions are never overwritten, so each is new."""
+    db.insert_rows("adapters", pd.DataFrame([row]))
+
+
+def record_sweep_result(db: Warehouse, row: dict[str, Any]) -> None:
+    """One sweep configuration's adapter, its test figures and what its training cost."""
+    db.insert_rows("sweep_results", pd.DataFrame([row]))
+
+
 def adapter_by_version(db: Warehouse, version: str) -> pd.Series:
     rows = db.query("SELECT * FROM adapters WHERE version = ?", [version])
     if rows.empty:
@@ -109,6 +139,16 @@ def resolve_adapter(db: Warehouse, reference: str) -> pd.Series:
     return found
 
 
+def _champion_row(db: Warehouse, version: str, previous: pd.Series | None, **values: object) -> None:
+    row = {
+        "promoted_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "version": version,
+        "previous_version": None if previous is None else previous.version,
+        **values,
+    }
+    db.insert_rows("champion_history", pd.DataFrame([row]))
+
+
 def promote(
     db: Warehouse,
     version: str,
@@ -120,23 +160,21 @@ def promote(
 ) -> None:
     """A new champion row; `previous_nll` is the old champion's NLL on the same test items, when it was evaluated."""
     adapter = adapter_by_version(db, version)
-    db.insert_rows(
-        "champion_history",
-        pd.DataFrame(
-            [
-                {
-                    "promoted_at": datetime.now(timezone.utc).replace(tzinfo=None),
-                    "version": version,
-                    "previous_version": None if previous is None else previous.version,
-                    "dataset_version": adapter.dataset_version,
-                    "test_nll": test_nll,
-                    "previous_nll": previous_nll,
-                    "reason": reason,
-                    "run_id": run_id,
-                }
-            ]
-        ),
+    _champion_row(
+        db,
+        version,
+        previous,
+        dataset_version=adapter.dataset_version,
+        test_nll=test_nll,
+        previous_nll=previous_nll,
+        reason=reason,
+        run_id=run_id,
     )
+
+
+def clear_champion(db: Warehouse, previous: pd.Series, reason: str, run_id: str) -> None:
+    """No champion any more: the base model serves until an adapter passes the gate."""
+    _champion_row(db, BASE_MODEL_SERVES, previous, reason=reason, run_id=run_id)
 
 
 def lineage_text(db: Warehouse, limit: int = 10) -> str:

@@ -72,6 +72,16 @@ def cached_answers(db: Warehouse, keys: list[str]) -> pd.DataFrame:
     )
 
 
+def cache_answers(db: Warehouse, rows: pd.DataFrame) -> None:
+    """Answers by their request's content hash (`cache_key`), so the same request is never paid for twice."""
+    db.insert_rows("llm_cache", rows)
+
+
+def log_requests(db: Warehouse, rows: pd.DataFrame) -> None:
+    """One row per request, cache hit or not: what it cost, how long it took and which asset asked."""
+    db.insert_rows("llm_requests", rows)
+
+
 def answered_requests(
     db: Warehouse,
     templates: list[str],

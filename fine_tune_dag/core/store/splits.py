@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from fine_tune_dag.core.store.fingerprint import fingerprint
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.dataset.writing import WRITE, WRITING_MODES
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.writing import WRITE, WRITING_MODES
 
 # The rows of one split with the passage each answer was drawn from and its note's file (teacher pairs have
 # neither: their question and answer stand in as `source`), for the unsupported-content share, the style
@@ -57,3 +57,12 @@ def train_split(db: Warehouse) -> pd.DataFrame:
 def writing_items(db: Warehouse, side: str, mode: str = WRITE) -> pd.DataFrame:
     """One side's writing tasks of one mode, ordered by note: on the test side, the voice items."""
     return db.query("SELECT * FROM dataset_splits WHERE split = ? AND mode = ? ORDER BY note_id, pair_id", [side, mode])
+
+
+def train_notes(db: Warehouse, dataset_version: str) -> set[str]:
+    """The notes on the train side of a dataset version."""
+    return set(
+        db.query(
+            "SELECT note_id FROM dataset_notes WHERE dataset_version = ? AND split = 'train'", [dataset_version]
+        )["note_id"]
+    )

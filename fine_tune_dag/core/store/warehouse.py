@@ -112,6 +112,13 @@ SCHEMA: dict[str, str] = {
     "champion_history": """
         promoted_at TIMESTAMP, version VARCHAR, previous_version VARCHAR, dataset_version VARCHAR,
         test_nll DOUBLE, previous_nll DOUBLE, reason VARCHAR, run_id VARCHAR, PRIMARY KEY (version, promoted_at)""",
+    # what `forget` removed from where, by the note's key and a hash of its path, never its text
+    "forgetting_records": """
+        note_key VARCHAR PRIMARY KEY, path_sha256 VARCHAR, forgotten_at TIMESTAMP, removed VARCHAR, files VARCHAR,
+        adapters_marked VARCHAR, champion_before VARCHAR, champion_after VARCHAR""",
+    # adapters trained on a forgotten note: kept for lineage, never served or promoted again
+    "adapter_marks": """
+        version VARCHAR, note_key VARCHAR, marked_at TIMESTAMP, PRIMARY KEY (version, note_key)""",
 }
 
 # Columns added after a table first shipped, applied to DuckDB files created by older versions. CREATE_SCHEMA
@@ -138,6 +145,10 @@ MIGRATIONS: tuple[str, ...] = (
     # the note a blind trial's passage came from (its bootstrap cluster) and the side its author text is shown on
     "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS note_id VARCHAR",
     "ALTER TABLE blind_trials ADD COLUMN IF NOT EXISTS author_side VARCHAR",
+    # what kind of source a note came from (note, mail, chat, web, ebook), for weighting the kinds in training
+    "ALTER TABLE raw_notes ADD COLUMN IF NOT EXISTS source_kind VARCHAR DEFAULT 'note'",
+    # JSON: other people's words kept beside the author's (a chat's lines each reply answered), never text
+    "ALTER TABLE raw_notes ADD COLUMN IF NOT EXISTS context VARCHAR",
 )
 
 
@@ -260,6 +271,23 @@ class Warehouse:
             new = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
         return stamp is None or new != stamp, new
 
+    def rewrite(self) -> None:
+        """Copy a DuckDB file's live rows into a new file and put it in the old one's place: deleted rows stay
+        in a database file's free blocks (and its log) until overwritten, so data meant to be gone is not only
+        unreachable but absent. PostgreSQL's own VACUUM does this for its tables; nothing is done here."""
+        if self.url or not self.path.exists():
+            return
+        fresh = self.path.with_name(f".{self.path.name}.rewrite")
+        fresh.unlink(missing_ok=True)
+        with self.connect() as con:
+            con.execute("CHECKPOINT")
+            con.execute(f"ATTACH '{fresh}' AS fresh")
+            database = con.execute("SELECT current_database()").fetchone()[0]
+            con.execute(f'COPY FROM DATABASE "{database}" TO fresh')
+            con.execute("DETACH fresh")
+        os.replace(fresh, self.path)
+        self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         with self.connect() as con:
             return con.execute(sql, list(params)).df()
@@ -272,21 +300,30 @@ class Warehouse:
         """Delete the rows matching `where` (all rows when None) and insert `rows`, in one transaction."""
         where = where or {}
         condition = " AND ".join(f"{column} = ?" for column in where) or "TRUE"
+
+        def replace(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(f"DELETE FROM {table} WHERE {condition}", list(where.values()))
+            if len(rows):
+                _insert(con, table, rows, "INSERT")
+
+        self.transaction(replace)
+
+    def transaction(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`work` on one connection in one transaction, tried again whole when it raced a concurrent write."""
         with self.connect() as con:
 
-            def replace() -> None:
+            def attempt() -> T:
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    con.execute(f"DELETE FROM {table} WHERE {condition}", list(where.values()))
-                    if len(rows):
-                        _insert(con, table, rows, "INSERT")
+                    result = work(con)
                     con.execute("COMMIT")
                 except duckdb.Error:
                     with suppress(duckdb.TransactionException):  # a failed COMMIT has already ended it
                         con.execute("ROLLBACK")
                     raise
+                return result
 
-            self._retry_conflicts(replace)
+            return self._retry_conflicts(attempt)
 
     def insert_rows(self, table: str, rows: pd.DataFrame) -> None:
         """Insert, replacing rows with the same primary key (re-materializing the same thing)."""

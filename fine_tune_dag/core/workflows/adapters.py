@@ -13,20 +13,21 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS, DATASET_VERSION
-from fine_tune_dag.core.modeling.loop import TrainingRun, next_adapter_version, save_adapter
-from fine_tune_dag.core.modeling.models import ResolvedModel
-from fine_tune_dag.core.modeling.report import plot_loss_curve
-from fine_tune_dag.core.modeling.sft import mix_weights, train_lora
-from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.common.markdown import Markdown, preview
+from fine_tune_dag.core.common.metadata_keys import ADAPTER_VERSION, DATASET_TRAIN_PAIRS, DATASET_VERSION
+from fine_tune_dag.core.dataset.mixing import mixed_conversations
+from fine_tune_dag.core.evaluation.report import plot_loss_curve
+from fine_tune_dag.core.models.resolution import ResolvedModel
 from fine_tune_dag.core.store.artifacts import ArtifactStore
-from fine_tune_dag.core.store.fingerprint import fingerprint
 from fine_tune_dag.core.store.layout import DataLayout
+from fine_tune_dag.core.store.registry import record_adapter
 from fine_tune_dag.core.store.splits import train_split
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.markdown import Markdown, preview
-from fine_tune_dag.core.text.mixing import mixed_conversations
+from fine_tune_dag.core.training.loop import TrainingRun, next_adapter_version, save_adapter
+from fine_tune_dag.core.training.sft import mix_weights, train_lora
+from fine_tune_dag.core.training.sft_config import TrainingSettings
 
 
 class Log(Protocol):
@@ -117,7 +118,7 @@ def register_adapter(
         "run_id": run_id,
         **registered,
     }
-    db.insert_rows("adapters", pd.DataFrame([row]))
+    record_adapter(db, row)
     inline_curve = base64.b64encode(loss_curve.read_bytes()).decode("ascii")
     return {
         ADAPTER_VERSION: folder.name,

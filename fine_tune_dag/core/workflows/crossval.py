@@ -18,31 +18,25 @@ from typing import Any
 
 import pandas as pd
 
-from fine_tune_dag.core.errors import StageError
-from fine_tune_dag.core.modeling.efficacy import HeldOut, recommendation
-from fine_tune_dag.core.modeling.evaluation import EvaluationSettings
-from fine_tune_dag.core.modeling.loop import save_adapter
-from fine_tune_dag.core.modeling.models import (
-    ResolvedModel,
-    load_causal_lm,
-    load_tokenizer,
-    select_device,
-    select_dtype,
-    with_adapters,
-)
-from fine_tune_dag.core.modeling.report import write_verdict_report
-from fine_tune_dag.core.modeling.sft import mix_weights, train_lora
-from fine_tune_dag.core.modeling.training_settings import TrainingSettings
+from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.common.fingerprint import fingerprint
+from fine_tune_dag.core.dataset.mixing import mixed_conversations
+from fine_tune_dag.core.dataset.splits import fold_key, folds_by_note_hash
+from fine_tune_dag.core.dataset.writing import WRITE, WRITING_MODES
+from fine_tune_dag.core.evaluation.config import EvaluationSettings
+from fine_tune_dag.core.evaluation.efficacy import HeldOut, recommendation
+from fine_tune_dag.core.evaluation.gate import PromotionPolicy, judge_challenger
+from fine_tune_dag.core.evaluation.report import write_verdict_report
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
+from fine_tune_dag.core.models.resolution import ResolvedModel
 from fine_tune_dag.core.store.crossval import record_crossval_verdict
-from fine_tune_dag.core.store.fingerprint import fingerprint
 from fine_tune_dag.core.store.layout import DataLayout
-from fine_tune_dag.core.store.promotion import PromotionPolicy, judge_challenger
 from fine_tune_dag.core.store.registry import latest_adapter
 from fine_tune_dag.core.store.splits import dataset_rows, notes_key
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.mixing import mixed_conversations
-from fine_tune_dag.core.text.splits import folds_by_note_hash
-from fine_tune_dag.core.text.writing import WRITE, WRITING_MODES
+from fine_tune_dag.core.training.loop import save_adapter
+from fine_tune_dag.core.training.sft import mix_weights, train_lora
+from fine_tune_dag.core.training.sft_config import TrainingSettings
 from fine_tune_dag.core.workflows.adapters import Log
 from fine_tune_dag.core.workflows.evaluation import (
     HeldOutResults,
@@ -60,10 +54,6 @@ RESULTS_FILE = "results.json"
 # estimate before any fold has run; afterwards the folds' own timings replace it.
 REFERENCE_GENERATION_TOKENS_PER_SECOND = 35.0
 REFERENCE_TRAINING_TOKENS_PER_SECOND = 100.0
-
-
-def fold_key(fold: int, folds: int) -> str:
-    return f"fold-{fold + 1}-of-{folds}"
 
 
 @dataclass(frozen=True)

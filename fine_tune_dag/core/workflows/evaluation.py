@@ -13,12 +13,15 @@ import numpy as np
 import pandas as pd
 from peft import PeftModel
 
-from fine_tune_dag.core.generation.base import EngineSettings, GenerationEngine, engine_precision
-from fine_tune_dag.core.generation.engines import open_engine
-from fine_tune_dag.core.llm.types import LLMRequest
-from fine_tune_dag.core.modeling.chat import chat_messages
-from fine_tune_dag.core.modeling.edge_cases import side_by_side
-from fine_tune_dag.core.modeling.efficacy import (
+from fine_tune_dag.core.common.chat import chat_messages
+from fine_tune_dag.core.common.llm_types import LLMRequest
+from fine_tune_dag.core.common.markdown import Markdown, table
+from fine_tune_dag.core.common.text_metrics import SharedRuns, words
+from fine_tune_dag.core.dataset.splits import records_of
+from fine_tune_dag.core.evaluation.authorship import AuthorshipClassifier, Calibration, calibrate, reference_writing
+from fine_tune_dag.core.evaluation.config import EvaluationSettings
+from fine_tune_dag.core.evaluation.edge_cases import side_by_side
+from fine_tune_dag.core.evaluation.efficacy import (
     ADAPTER_CONTENDERS,
     AUTHORSHIP_DECIDES,
     METRIC_LABELS,
@@ -28,9 +31,9 @@ from fine_tune_dag.core.modeling.efficacy import (
     measure_efficacy,
     recommendation,
 )
-from fine_tune_dag.core.modeling.evaluation import (
+from fine_tune_dag.core.evaluation.gate import CROSSVAL_TUNE_NOTES, PromotionPolicy, interval_metrics, judge_challenger
+from fine_tune_dag.core.evaluation.measures import (
     Contender,
-    EvaluationSettings,
     best_prompt_conversations,
     compare_contenders,
     judged_win_rates,
@@ -41,15 +44,11 @@ from fine_tune_dag.core.modeling.evaluation import (
     win_rates,
     written_notes,
 )
-from fine_tune_dag.core.modeling.generation_settings import GenerationSettings
-from fine_tune_dag.core.modeling.models import (
-    load_causal_lm,
-    load_tokenizer,
-    select_device,
-    select_dtype,
-    with_adapters,
-)
-from fine_tune_dag.core.modeling.report import write_report
+from fine_tune_dag.core.evaluation.report import write_report
+from fine_tune_dag.core.generation.base import EngineChoice, EngineSettings, GenerationEngine, engine_precision
+from fine_tune_dag.core.generation.engines import open_engine
+from fine_tune_dag.core.models.generation_config import GenerationSettings
+from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
 from fine_tune_dag.core.privacy.findings import report_line as privacy_report_line
 from fine_tune_dag.core.retrieval.index import PassageIndex
 from fine_tune_dag.core.store.artifacts import ArtifactStore
@@ -57,14 +56,9 @@ from fine_tune_dag.core.store.blind import BlindTrial, blind_results, save_blind
 from fine_tune_dag.core.store.crossval import crossval_verdict_for
 from fine_tune_dag.core.store.edge_cases import edge_case_answers, edge_cases, versions_up_to
 from fine_tune_dag.core.store.layout import DataLayout
-from fine_tune_dag.core.store.promotion import CROSSVAL_TUNE_NOTES, PromotionPolicy, interval_metrics, judge_challenger
 from fine_tune_dag.core.store.registry import current_champion, record_evaluation
 from fine_tune_dag.core.store.splits import notes_key, split_items, train_split, writing_items
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.text.authorship import AuthorshipClassifier, Calibration, calibrate, reference_writing
-from fine_tune_dag.core.text.markdown import Markdown, table
-from fine_tune_dag.core.text.metrics import SharedRuns, words
-from fine_tune_dag.core.text.splits import records_of
 from fine_tune_dag.core.workflows.adapters import Log
 
 SHOWN_VERSIONS = 4  # newest adapter versions side by side with the base model
@@ -296,30 +290,48 @@ def contender_engine(
     return engine
 
 
-def evaluate_adapter(
-    db: Warehouse,
-    adapter: pd.Series,
-    settings: EvaluationSettings,
-    layout: DataLayout,
-    policy: PromotionPolicy,
-    store: ArtifactStore,
-    log: Log,
-    judge: Judge | None = None,
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Evaluate one registered adapter against base, best-prompted base, base + retrieval, the champion and
-    itself with retrieval; write and record its report. `judge` (an LLM's `complete`) adds judged win rates.
-    Returns the summary and the metadata."""
+@dataclass(frozen=True)
+class Contenders:
+    """Step one's result: who is compared on which held-out items. `champion` is the champion compared against
+    (None when there is none, or it was trained on another base model); `adapter_paths` and `versions` name the
+    adapters the model loads ("tuned", and "champion" when compared)."""
+
+    adapter: pd.Series
+    champion: pd.Series | None
+    adapter_paths: dict[str, str]
+    versions: dict[str, str]
+    split: HeldOutSplit
+    contenders: list[Contender]
+    test: pd.DataFrame
+    voice_items: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Step two's result: what every contender produced on the held-out items, the authorship classifier's
+    calibration, and where and by what engine it was generated."""
+
+    outcome: HeldOutResults
+    calibration: Calibration | None
+    device: str
+    engine: EngineChoice
+
+
+def assemble_contenders(
+    db: Warehouse, adapter: pd.Series, settings: EvaluationSettings, layout: DataLayout, store: ArtifactStore, log: Log
+) -> Contenders:
+    """The adapter (and the champion, when one was trained on the same base model) fetched from object storage,
+    the held-out split, and the contenders asked: base, best-prompted base, base + retrieval, the champion, the
+    adapter and the adapter + retrieval (retrieval only when the index was built)."""
     store.fetch(f"adapters/{adapter.version}", Path(adapter.path))  # trained in another pod: from object storage
-    device = select_device(settings.device)
-    base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(settings.dtype, device))
-    adapter_paths = {"tuned": adapter.path}
-    versions = {"tuned": adapter.version}
+    adapter_paths = {"tuned": str(adapter.path)}
+    versions = {"tuned": str(adapter.version)}
     champion = current_champion(db)
     if champion is not None and champion.version != adapter.version:
         if champion.base_model_path == adapter.base_model_path:
             store.fetch(f"adapters/{champion.version}", Path(champion.path))
-            adapter_paths["champion"] = champion.path
-            versions["champion"] = champion.version
+            adapter_paths["champion"] = str(champion.path)
+            versions["champion"] = str(champion.version)
         else:
             log.warning(
                 f"champion {champion.version} was trained on {champion.base_model}, not {adapter.base_model}: "
@@ -331,13 +343,44 @@ def evaluate_adapter(
     )
     if test.empty and voice_items.empty:
         log.warning("nothing is held out: the report can judge nothing (add notes or raise test_fraction)")
-    model = with_adapters(base, adapter_paths)
+    compared = champion if "champion" in versions else None
+    return Contenders(adapter, compared, adapter_paths, versions, split, contenders, test, voice_items)
+
+
+def measure_contenders(assembled: Contenders, settings: EvaluationSettings, log: Log) -> Measurement:
+    """The base model loaded once with the compared adapters (in the evaluation's dtype, on its device), every
+    contender's answers, voice scores and written notes on the held-out items, and the authorship classifier's
+    attribution of those notes."""
+    adapter = assembled.adapter
+    device = select_device(settings.device)
+    base = load_causal_lm(Path(adapter.base_model_path), device, select_dtype(settings.dtype, device))
+    model = with_adapters(base, assembled.adapter_paths)
     tokenizer = load_tokenizer(Path(adapter.path))
-    classifier, calibration = authorship_classifier(split.train_writing, settings, log)
-    engine = contender_engine(Path(adapter.base_model_path), adapter_paths, tokenizer, settings, device, model, log)
-    outcome = run_contenders(model, tokenizer, contenders, test, voice_items, classifier, settings, log, engine)
+    classifier, calibration = authorship_classifier(assembled.split.train_writing, settings, log)
+    paths = assembled.adapter_paths
+    engine = contender_engine(Path(adapter.base_model_path), paths, tokenizer, settings, device, model, log)
+    outcome = run_contenders(
+        model, tokenizer, assembled.contenders, assembled.test, assembled.voice_items, classifier, settings, log, engine
+    )
     engine.close()
-    summary, efficacy = outcome_summary(outcome, train_split(db), policy, settings.seed, calibration)
+    return Measurement(outcome, calibration, str(device), engine.choice)
+
+
+def report_and_record(
+    db: Warehouse,
+    assembled: Contenders,
+    measured: Measurement,
+    settings: EvaluationSettings,
+    layout: DataLayout,
+    policy: PromotionPolicy,
+    store: ArtifactStore,
+    judge: Judge | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """The figures, the gate and the recommendation (or a cross-validated verdict, when nothing was held out),
+    the blind trials, the report written and published, and the evaluation recorded in the registry. `judge`
+    (an LLM's `complete`) adds judged win rates. Returns the summary and the metadata."""
+    adapter, outcome, versions = assembled.adapter, measured.outcome, assembled.versions
+    summary, efficacy = outcome_summary(outcome, train_split(db), policy, settings.seed, measured.calibration)
     evidence = "the held-out notes of this dataset"
     crossval = crossval_verdict_for(db, notes_key(db, adapter.dataset_version)) if outcome.held_out.notes == 0 else None
     if crossval is not None and crossval.choice in ADAPTER_CONTENDERS and crossval.gate_passed:
@@ -367,6 +410,7 @@ def evaluate_adapter(
             "nothing is held out from it, so the tables below have nothing to show.",
         )
     steps = pd.read_csv(Path(adapter.path) / "metrics.csv")
+    engine, calibration, test = measured.engine, measured.calibration, assembled.test
     facts = {
         "adapter": adapter.version,
         "base model": adapter.base_model,
@@ -377,8 +421,8 @@ def evaluate_adapter(
         f"{adapter.train_tokens} tokens, {adapter.train_seconds:.0f} s on {adapter.device}",
         "held out": outcome.held_out.text,
         "judged on": evidence,
-        "evaluated on": str(device),
-        "generated by": f"{engine.choice.engine} ({engine.choice.precision}): {engine.choice.reason}",
+        "evaluated on": measured.device,
+        "generated by": f"{engine.engine} ({engine.precision}): {engine.reason}",
         "personal data": privacy_report_line(db, str(adapter.dataset_version)),
     }
     files = write_report(
@@ -395,7 +439,7 @@ def evaluate_adapter(
         efficacy=efficacy,
         calibration=calibration,
         blind=blind,
-        costs=contender_costs(outcome.qa, adapter, champion),
+        costs=contender_costs(outcome.qa, adapter, assembled.champion),
         written=written_side_by_side(outcome.voice_prompts, outcome.written),
         min_held_out_notes=settings.min_held_out_notes,
     )
@@ -406,7 +450,7 @@ def evaluate_adapter(
         "report_path": str(files.markdown),
         "test_examples": len(test),
         "champion_version": versions.get("champion"),
-        "device": str(device),
+        "device": measured.device,
         "recommendation": verdict.text,
     }
     record_evaluation(db, evaluation, summary, versions)
@@ -425,8 +469,8 @@ def evaluate_adapter(
         "adapter_version": adapter.version,
         "method": adapter.method,
         "champion_version": versions.get("champion", "none"),
-        "device": str(device),
-        **engine.choice.metadata(),
+        "device": measured.device,
+        **engine.metadata(),
         "test_examples": len(test),
         "held_out": outcome.held_out.text,
         "recommendation": verdict.text,
@@ -440,3 +484,21 @@ def evaluate_adapter(
         **headline,
         "report_markdown": Markdown(files.with_inline_images()),
     }
+
+
+def evaluate_adapter(
+    db: Warehouse,
+    adapter: pd.Series,
+    settings: EvaluationSettings,
+    layout: DataLayout,
+    policy: PromotionPolicy,
+    store: ArtifactStore,
+    log: Log,
+    judge: Judge | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Evaluate one registered adapter against base, best-prompted base, base + retrieval, the champion and
+    itself with retrieval; write and record its report. Three steps, each callable alone: assemble the
+    contenders, measure them, report and record. Returns the summary and the metadata."""
+    assembled = assemble_contenders(db, adapter, settings, layout, store, log)
+    measured = measure_contenders(assembled, settings, log)
+    return report_and_record(db, assembled, measured, settings, layout, policy, store, judge)

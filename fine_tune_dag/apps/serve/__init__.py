@@ -1,0 +1,1 @@
+"""`fine-tune-dag serve`: the OpenAI-compatible app and its playground page."""

@@ -1,0 +1,1 @@
+"""Torch-free vocabulary every stage shares: chat rendering, statistics, markdown, LLM request types, fingerprints, errors."""

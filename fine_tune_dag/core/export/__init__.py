@@ -1,0 +1,1 @@
+"""Adapters leaving the project: merged weights and GGUF files."""

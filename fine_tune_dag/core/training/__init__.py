@@ -1,0 +1,1 @@
+"""Adapter training: one shared loop, with SFT and DPO as siblings over it, each beside its config."""

@@ -1,0 +1,43 @@
+"""Load: 200 notes backfilled in one go (bench/load.py) — every partition materialized, nothing failed,
+one adapter trained, evaluated and promoted, a note run's cost flat as partitions pile up, memory bounded.
+Run with -s to see the figures; RELIABILITY.md quotes the benchmark's recorded rows."""
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+NOTES = 200
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench/load.py as a module; bench/ on sys.path, as when it runs as a script (it imports incremental)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module("load")
+
+
+def test_two_hundred_notes_backfill_in_one_go(load, tmp_path, record_property):
+    figures = load.run_load(NOTES, tmp_path)
+    print("\n" + load.table(figures))
+    for name, value in (
+        ("seconds", figures.total.seconds),
+        ("cpu_seconds", figures.total.cpu_seconds),
+        ("peak_rss_mib", figures.peak_rss_mib),
+    ):
+        record_property(name, round(value, 1))
+
+    assert figures.failed_runs == []
+    assert figures.partitions == dict.fromkeys(load.NOTE_ASSETS, NOTES)
+    assert figures.adapters_trained == figures.adapters_evaluated == figures.promotions == 1
+    assert sum(figures.dataset_pairs.values()) >= NOTES
+    assert figures.dataset_pairs.get("test", 0) > 0  # evaluation had something to score
+    assert figures.llm_calls > 0
+    # a note run costs no more CPU at the end of the backfill than at its start (within noise): nothing a run
+    # reads or writes grows with the partitions already there
+    runs = figures.note_runs
+    assert runs.last_tenth.cpu_seconds < 1.5 * runs.first_tenth.cpu_seconds, runs
+    # the process running 200 partitions holds the memory of a few, not of all of them
+    assert figures.sampled_peak_rss_mib - figures.rss_before_mib < 400, figures
