@@ -16,6 +16,9 @@ then one optimizer step a turn. Timed on both: the reference pass over all pairs
 conversation. Both adapters are then scored by one function on all pairs: the DPO loss (ln 2 = 0.693 before
 training) and reward accuracy against the starting adapter, over a float32 base.
 
+A third side, `ours-at-floor`, is ours with the budget at its floor (`MEMORY_BUDGET_FLOOR_GB`, the default of an 8 GB
+laptop), where the plan may turn checkpointing on: its rows say what that costs against TRL, and which plan ran.
+
     python bench/dpo.py --pairs 32 --steps 8
 """
 
@@ -35,10 +38,11 @@ from generation import MODELS
 from peft import PeftModel
 from results import Row, add_json_argument, machine, report
 from training import conversations
-from turns import STEPS, Turns, add_side_arguments, take_turns
+from turns import STEPS, Turns, add_side_arguments, at_floor, take_turns
 
 from fine_tune_dag.core.common.chat import Message
 from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype, with_adapters
+from fine_tune_dag.core.models.memory_budget import MEMORY_BUDGET_FLOOR_GB
 from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.training import dpo as product_dpo
 from fine_tune_dag.core.training.dpo import dpo_loss, reference_logps, tokenize_pairs, train_dpo
@@ -47,7 +51,7 @@ from fine_tune_dag.core.training.loop import save_adapter
 from fine_tune_dag.core.training.sft import TrainingSettings, train_lora
 
 Pair = tuple[list[Message], list[Message]]
-SIDES = ("ours", "trl")
+SIDES = ("ours", "trl", "ours-at-floor")
 SPEC_FILE = "spec.json"
 REFERENCE = "reference"  # what a side's reference pass is timed as
 
@@ -62,10 +66,13 @@ def preference_data(tokenizer: Any, count: int) -> list[Pair]:
     return pairs
 
 
-def dpo_settings(pairs: int, steps: int, batch_size: int) -> DpoSettings:
+def dpo_settings(pairs: int, steps: int, batch_size: int, budget_gb: float | None = None) -> DpoSettings:
     """Our defaults, with the epochs that make `steps` optimizer steps; progress reported every step."""
-    # the default memory budget (half the memory available, at least 2.5 GB), so ours is timed as users get it
-    return DpoSettings(batch_size=batch_size, epochs=steps * batch_size / pairs, logging_steps=1)
+    # None: the default memory budget (half the memory available, at least the floor), so ours is timed as users
+    # get it
+    return DpoSettings(
+        batch_size=batch_size, epochs=steps * batch_size / pairs, logging_steps=1, memory_budget_gb=budget_gb
+    )
 
 
 def total_steps(settings: DpoSettings, pairs: int) -> int:
@@ -86,6 +93,7 @@ def train_ours(base: Path, start: Path, pairs: list[Pair], settings: DpoSettings
     with patch.object(product_dpo, "reference_logps", reference_turn):
         run = train_dpo(base, start, pairs, settings, on_log=lambda metrics, _: turns.step_done())
     run.model.save_pretrained(out)
+    turns.save_run(out, run)
 
 
 def train_trl(base: Path, start: Path, pairs: list[Pair], settings: DpoSettings, out: Path, turns: Turns) -> None:
@@ -143,11 +151,14 @@ def train_side(side: str, work: Path, fds: str) -> None:
     """In a process of its own: train one side in turns, save its adapter and what was measured."""
     spec = json.loads((work / SPEC_FILE).read_text())
     pairs = [(chosen, rejected) for chosen, rejected in spec["pairs"]]
-    settings = dpo_settings(len(pairs), spec["steps"], spec["batch_size"])
+    budget = MEMORY_BUDGET_FLOOR_GB if side == "ours-at-floor" else None
+    settings = dpo_settings(len(pairs), spec["steps"], spec["batch_size"], budget)
     out, turns = work / side, Turns(fds)
-    trainer = train_trl if side == "trl" else train_ours
-    trainer(Path(spec["base"]), Path(spec["start"]), pairs, settings, out, turns)
-    turns.save(out)
+    if side == "trl":
+        train_trl(Path(spec["base"]), Path(spec["start"]), pairs, settings, out, turns)
+        turns.save(out)
+    else:
+        train_ours(Path(spec["base"]), Path(spec["start"]), pairs, settings, out, turns)
 
 
 def score(base: Path, start: Path, adapter: Path, pairs: list[Pair], beta: float) -> tuple[float, float]:
@@ -198,14 +209,15 @@ def main() -> None:
             m["loss"], m["accuracy"] = score(base, start, work / side, pairs, settings.beta)
             m["pairs_per_s"] = m["timed_steps"] * args.batch_size / m["seconds"][STEPS]
             m["total_s"] = m["seconds"][REFERENCE] + m["seconds"][STEPS]
-    ours, trl = (measured[side] for side in SIDES)
+    ours, trl, floor = (measured[side] for side in SIDES)
+    floor_name = at_floor(floor, 2 * args.batch_size)  # a chosen and a rejected row a pair
     print(
         f"dpo: {len(pairs)} pairs, {args.steps} steps of {args.batch_size}, beta {settings.beta}, "
         f"lr {settings.learning_rate}; {warm.dtype} base on {warm.device}; {machine()}"
     )
     for side, m in measured.items():
         print(
-            f"  {side:<5} reference pass {m['seconds'][REFERENCE]:.1f} s, {m['pairs_per_s']:.2f} pairs/s over "
+            f"  {side:<13} reference pass {m['seconds'][REFERENCE]:.1f} s, {m['pairs_per_s']:.2f} pairs/s over "
             f"{m['timed_steps']} timed steps, loss {m['loss']:.4f}, reward accuracy {m['accuracy']:.2f}, "
             f"peak RSS {m['peak_rss_mib']:.0f} MiB"
         )
@@ -218,6 +230,14 @@ def main() -> None:
                 ours["pairs_per_s"],
                 trl["pairs_per_s"],
                 ours["pairs_per_s"] / trl["pairs_per_s"],
+                "pairs/s",
+            ),
+            Row(
+                "dpo",
+                f"pairs/s, steps ({floor_name} vs TRL DPOTrainer)",
+                floor["pairs_per_s"],
+                trl["pairs_per_s"],
+                floor["pairs_per_s"] / trl["pairs_per_s"],
                 "pairs/s",
             ),
             Row(
@@ -251,6 +271,14 @@ def main() -> None:
                 ours["peak_rss_mib"],
                 trl["peak_rss_mib"],
                 trl["peak_rss_mib"] / ours["peak_rss_mib"],
+                "MiB",
+            ),
+            Row(
+                "dpo",
+                f"peak RSS (TRL / {floor_name})",
+                floor["peak_rss_mib"],
+                trl["peak_rss_mib"],
+                trl["peak_rss_mib"] / floor["peak_rss_mib"],
                 "MiB",
             ),
         ],

@@ -56,11 +56,11 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
         ["--requests", "4", "--clients", "2", "--max-tokens", "8", "--swap-requests", "8"],
     ),
     "training_mfu": (["--steps", "4"], ["--steps", "2", "--batch-size", "4"]),  # on a GPU also the 1.2B model
-    # 24 notes at each of 1, 2, 4, 8 concurrent runs against a 1–2 s stub; then 1,000 and 10,000 notes with
-    # 200 of them run (the rest projected): near 25 minutes on 2 cores
+    # 3 rounds of 16 notes at 1, 2, 4, 8 concurrent runs in turns against a 1–2 s stub; then 1,000 and 10,000
+    # notes with 200 of them run (the rest projected): near 20 minutes on 2 cores
     "scale": (
-        ["--notes-per-level", "24", "--notes-scale", "1000", "10000", "--processed", "200"],
-        ["--notes-per-level", "4", "--levels", "1", "4", "--notes-scale", "100", "--processed", "8"],
+        ["--notes-per-level", "16", "--rounds", "3", "--notes-scale", "1000", "10000", "--processed", "200"],
+        ["--notes-per-level", "4", "--rounds", "2", "--levels", "1", "4", "--notes-scale", "100", "--processed", "8"],
     ),
     # the graph on N and 2N notes (scripted teacher), generate, --help, a 1B random model; quick: N only, no 1B
     "memory": (["--notes", "30"], ["--notes", "26", "--skip-1b", "--single"]),
@@ -161,7 +161,9 @@ def results_markdown(sections: list[Section], stamp: str, quick: bool, only: lis
             if any(s.carried for s in sections)
             else []
         ),
-        "Ratios are measured side by side in one run; above 1× the project is ahead of the alternative.",
+        "A ratio's two figures come from the same run of its script (its date in the Commands list), never from two",
+        "scripts' runs; where the baseline is a budget or a computed floor, the row says so. Above 1× the project is",
+        "ahead of the alternative.",
         "",
         "```",
         *table_header(),

@@ -15,6 +15,9 @@ data; its chat template adds one newline token after each answer's EOS). The sid
 - `trl-defaults` (rows "TRL at its defaults"): SFTTrainer as its docs show it, given the model path: float32
   weights, bf16 autocast, gradient checkpointing on, random batches.
 - `ours-checkpointed`: ours with gradient checkpointing, for the checkpointing rows.
+- `ours-at-floor`: ours with the budget at its floor (`MEMORY_BUDGET_FLOOR_GB`, the default of an 8 GB laptop and
+  the budget `bench/memory.py` holds the graph to), where the plan may turn checkpointing on or split the batch:
+  the rows "ours at the … budget floor" say what that costs against TRL like for like, and which plan ran.
 
 Each side trains in a process of its own, so its peak memory is its own, and the processes take turns of one
 optimizer step (bench/turns.py), so a busy spell on a shared machine slows every side alike. tokens/s counts the
@@ -40,7 +43,7 @@ from typing import Any
 from fine_tune_dag_testkit.notes import SAMPLE_TOPICS
 from peft import PeftModel
 from results import Row, add_json_argument, machine, report
-from turns import STEPS, Turns, add_side_arguments, take_turns
+from turns import STEPS, Turns, add_side_arguments, at_floor, take_turns
 
 from fine_tune_dag.core.common.chat import (
     DEFAULT_SYSTEM_PROMPT,
@@ -50,12 +53,13 @@ from fine_tune_dag.core.common.chat import (
     render_training_example,
 )
 from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, select_device, select_dtype
+from fine_tune_dag.core.models.memory_budget import MEMORY_BUDGET_FLOOR_GB
 from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
 from fine_tune_dag.core.training.loop import held_out_loss
 from fine_tune_dag.core.training.sft import TrainingSettings, lora_config, train_lora
 from fine_tune_dag.resources.paths import ProjectPaths
 
-SIDES = ("ours", "trl", "trl-defaults", "ours-checkpointed")
+SIDES = ("ours", "trl", "trl-defaults", "ours-checkpointed", "ours-at-floor")
 PARITY = 0.98  # TRL's held-out loss after training over ours, at least
 TRAIN_FILE = "train.json"
 
@@ -105,6 +109,7 @@ def train_ours(
 ) -> None:
     run = train_lora(model_path, data, settings, on_log=lambda metrics, _: turns.step_done(metrics["tokens_seen"]))
     run.model.save_pretrained(out)
+    turns.save_run(out, run)
 
 
 def train_trl(
@@ -154,6 +159,8 @@ def side_settings(side: str, steps: int) -> TrainingSettings:
     # the default memory budget (half the memory available, at least 2.5 GB), so ours is timed as users get it:
     # checkpointed where that budget needs it, as a user's training would be
     settings = TrainingSettings(max_steps=steps, eval_fraction=0.0, logging_steps=1)
+    if side == "ours-at-floor":
+        return replace(settings, memory_budget_gb=MEMORY_BUDGET_FLOOR_GB)
     return replace(settings, gradient_checkpointing=True) if side == "ours-checkpointed" else settings
 
 
@@ -164,9 +171,9 @@ def train_side(side: str, work: Path, fds: str) -> None:
     model_path, data, settings = Path(spec["model"]), spec["conversations"], side_settings(side, spec["steps"])
     if side.startswith("trl"):
         train_trl(model_path, data, settings, out, turns, matched=side == "trl")
+        turns.save(out)
     else:
         train_ours(model_path, data, settings, out, turns)
-    turns.save(out)
 
 
 def score(
@@ -223,6 +230,30 @@ def versus(name: str, ours: dict[str, Any], trl: dict[str, Any], target: float |
     ]
 
 
+def versus_at_floor(floor: dict[str, Any], trl: dict[str, Any], batch_size: int) -> list[Row]:
+    """Ours at the budget's floor against TRL like for like: the speed and memory a small machine's default gets,
+    named with the plan that budget chose."""
+    name = at_floor(floor, batch_size)
+    return [
+        Row(
+            "training",
+            f"tokens/s, {name} vs TRL like for like",
+            floor["tokens_per_s"],
+            trl["tokens_per_s"],
+            floor["tokens_per_s"] / trl["tokens_per_s"],
+            "tok/s",
+        ),
+        Row(
+            "training",
+            f"peak RSS, TRL like for like / {name}",
+            floor["peak_rss_mib"],
+            trl["peak_rss_mib"],
+            trl["peak_rss_mib"] / floor["peak_rss_mib"],
+            "MiB",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=64, help="training conversations")
@@ -252,7 +283,7 @@ def main() -> None:
             m["eval_loss"] = score(model_path, work / side, held_out, settings.batch_size, tokenizer.pad_token_id)
             m["moved"] = before - m["eval_loss"]
             m["tokens_per_s"] = m["tokens"] / m["seconds"][STEPS]
-    ours, trl, defaults, checkpointed = (measured[side] for side in SIDES)
+    ours, trl, defaults, checkpointed, floor = (measured[side] for side in SIDES)
     lengths = [len(render_training_example(tokenizer, m).input_ids) for m in train]
     print(
         f"training: {model_path.name}, {args.examples} conversations of {min(lengths)}-{max(lengths)} tokens, "
@@ -269,6 +300,7 @@ def main() -> None:
         [
             *versus("like for like", ours, trl, 2.0),
             *versus("at its defaults", ours, defaults, None),
+            *versus_at_floor(floor, trl, settings.batch_size),
             Row("training", "held-out loss before training", before, None, None, "nats"),
             Row(
                 "training",

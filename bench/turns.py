@@ -21,6 +21,9 @@ from typing import Any, Sequence
 from results import peak_rss_mib
 from transformers import TrainerCallback, TrainerState
 
+from fine_tune_dag.core.models.memory_budget import MEMORY_BUDGET_FLOOR_GB
+from fine_tune_dag.core.training.loop import TrainingRun
+
 MEASURED = "measured.json"
 STEPS = "steps"  # what every optimizer step but the first is timed as
 
@@ -64,7 +67,14 @@ class Turns(TrainerCallback):
     def on_step_end(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
         self.step_done(state.num_input_tokens_seen)
 
-    def save(self, out: Path, **extra: float) -> None:
+    def save_run(self, out: Path, run: TrainingRun) -> None:
+        """`save`, with the plan the memory budget chose for the project's own training run."""
+        plan = run.memory_plan
+        self.save(
+            out, checkpointed=bool(plan and plan.gradient_checkpointing), micro_batch=plan.micro_batch if plan else 0
+        )
+
+    def save(self, out: Path, **extra: float | bool) -> None:
         """What this side measured, for `take_turns` to read: seconds by what, timed steps, their tokens, peak RSS."""
         out.mkdir(parents=True, exist_ok=True)
         measured = {
@@ -75,6 +85,14 @@ class Turns(TrainerCallback):
             **extra,
         }
         (out / MEASURED).write_text(json.dumps(measured))
+
+
+def at_floor(measured: dict[str, Any], rows: int) -> str:
+    """How rows name a side run at the memory budget's floor, with the plan that budget chose for `rows` a step."""
+    plan = (
+        f"checkpointing {'on' if measured['checkpointed'] else 'off'}, micro-batch {measured['micro_batch']} of {rows}"
+    )
+    return f"ours at the {MEMORY_BUDGET_FLOOR_GB:g} GB budget floor ({plan})"
 
 
 def take_turns(script: str, sides: Sequence[str], work: Path) -> dict[str, dict[str, Any]]:
