@@ -1,8 +1,8 @@
 """`fine-tune-dag`: run the graph from a terminal, with a progress bar, on the same Dagster instance
 the web UI reads, so every run shows up there too."""
 
-# Each command imports what it uses inside its handler: `--help`, report, requests, rejected, lineage and
-# estimate start without torch or transformers (fine_tune_dag_tests/end_to_end/test_cli_startup.py keeps it so). The
+# Each command imports what it uses inside its handler: `--help`, report, requests, rejected, lineage,
+# estimate and privacy start without torch or transformers (fine_tune_dag_tests/end_to_end/test_cli_startup.py keeps it so). The
 # parser's defaults come from torch-free settings modules.
 from __future__ import annotations
 
