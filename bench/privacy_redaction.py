@@ -26,18 +26,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from generation import sample_passages
 from results import Row, add_json_argument, machine, report
 
 from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.common.statistics import clustered_ratio, paired_difference
+from fine_tune_dag.core.ingest.base import NoteParseError
+from fine_tune_dag.core.ingest.notes import discover_notes, parse_note
 from fine_tune_dag.core.llm.cache import CachedLLM
 from fine_tune_dag.core.llm.local import LocalLLM
 from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
 from fine_tune_dag.core.models.resolution import resolve_model
 from fine_tune_dag.core.privacy.egress import Egress, EgressSettings
 from fine_tune_dag.core.store.warehouse import Warehouse
-from fine_tune_dag.core.synthesis.chunking import Passage
+from fine_tune_dag.core.synthesis.chunking import ChunkingSettings, Passage, heuristic_passages
 from fine_tune_dag.core.synthesis.qa_pairs import (
     MODES,
     SynthesisSettings,
@@ -67,6 +68,20 @@ class AsIfRemote:
 
     def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
         return self.client.complete(requests)
+
+
+def note_passages(notes_dir: Path) -> tuple[list[Passage], list[str]]:
+    """Every passage of every note that parses with the default settings (heuristic chunking), and the notes that
+    do not (a mailbox needs its author's addresses)."""
+    settings, passages, skipped = ChunkingSettings(strategy="heuristic"), [], []
+    for note_id, path in discover_notes(notes_dir).items():
+        try:
+            note = parse_note(path, notes_dir)
+        except NoteParseError as error:
+            skipped.append(f"{error.path}: {error.reason}")
+            continue
+        passages += heuristic_passages(note_id, note.text, note.title, settings).passages
+    return passages, skipped
 
 
 def synthesize(llm: CachedLLM, passages: list[Passage], settings: SynthesisSettings) -> list[dict]:
@@ -107,7 +122,10 @@ def main() -> None:
     add_json_argument(parser)
     args = parser.parse_args()
     settings = SynthesisSettings(max_new_tokens=args.max_new_tokens)
-    passages = sample_passages(args.notes)[: args.passages]
+    passages, skipped = note_passages(args.notes)
+    passages = passages[: args.passages]
+    for reason in skipped:
+        print(f"skipped {reason}")
     with tempfile.TemporaryDirectory(prefix="privacy-bench-") as scratch:
         words = args.words or Path(scratch) / ".private-words.txt"
         if args.words is None:
