@@ -9,13 +9,14 @@ from fine_tune_dag.assets.common import reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import SplitConfig
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.review import pair_labels
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.core.metadata_keys import DATASET_VERSION, TRAIN_PAIRS
 from fine_tune_dag.core.modeling.chat import render_training_example
 from fine_tune_dag.core.modeling.models import load_tokenizer
 from fine_tune_dag.core.modeling.training_settings import TrainingSettings
-from fine_tune_dag.core.store.notes import kept_pairs, note_files, paths_outside, trainable_notes
+from fine_tune_dag.core.store.notes import note_files, paths_outside, trainable_notes
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.markdown import length_summary, preview
 from fine_tune_dag.core.text.splits import (
@@ -26,6 +27,7 @@ from fine_tune_dag.core.text.splits import (
 )
 from fine_tune_dag.core.text.synthesis import MODES
 from fine_tune_dag.core.text.writing import WRITING_MODES
+from fine_tune_dag.core.workflows.dataset import dataset_pairs
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -39,11 +41,11 @@ def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
 
 
 @dg.asset(
-    deps=[qa_pairs, request_log_pairs, prompt_completion_pairs, base_model],
+    deps=[qa_pairs, request_log_pairs, prompt_completion_pairs, base_model, pair_labels],
     group_name="dataset",
     pool="duckdb",
     kinds={"python", "duckdb"},
-    code_version="splits-3",
+    code_version="splits-4",
 )
 @reports_peak_memory
 def dataset_splits(
@@ -59,9 +61,7 @@ def dataset_splits(
     excluded = paths_outside(db, note_ids)
     trainable, rejected, duplicates = trainable_notes(db, note_ids)
     with stage_failures():
-        kept = pd.concat(
-            [kept_pairs(db, source, trainable, config.writing_seed) for source in config.sources], ignore_index=True
-        )
+        kept, quality = dataset_pairs(db, trainable, config.settings())
     splits = assign_splits(kept, config.test_fraction, config.system_prompt)
     tokenizer = load_tokenizer(models.resolve().path)
     rendered = [render_training_example(tokenizer, r["messages"]) for r in records_of(splits)]
@@ -102,6 +102,9 @@ def dataset_splits(
                 dict(zip(rejected["path"].fillna(rejected["note_id"]), rejected["reason"]))
             ),
             "duplicate_notes": dg.MetadataValue.json(duplicates),
+            **quality,
+            "reviewed_train_pairs": int(side["train"]["reviewed"].sum()),
+            "weight_by_source_kind": dg.MetadataValue.json(splits.groupby("source_kind")["weight"].sum().to_dict()),
             "estimated_training_tokens": dg.MetadataValue.int(int(summary["train_tokens"] * TrainingSettings.epochs)),
             "answer_tokens": dg.MetadataValue.json(length_summary(splits["answer_tokens"].tolist())),
             "train_jsonl": dg.MetadataValue.path(str(files["train"])),

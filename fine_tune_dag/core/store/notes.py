@@ -13,6 +13,7 @@ from fine_tune_dag.core.errors import StageError
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text import ingest
 from fine_tune_dag.core.text.ingest import ParsedNote
+from fine_tune_dag.core.text.review import DEFAULT_SOURCE_KIND
 from fine_tune_dag.core.text.watch import file_sha256
 from fine_tune_dag.core.text.writing import writing_examples
 
@@ -129,23 +130,33 @@ def note_passages(db: Warehouse, note_ids: list[str]) -> pd.DataFrame:
 
 
 def kept_pairs(db: Warehouse, source: str, note_ids: list[str], writing_seed: int = 0) -> pd.DataFrame:
-    """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note.
+    """Pairs of one source other than the synthesized ones (`core.store.pair_labels.note_pairs_with_decisions`);
+    teacher pairs are split one by one (their group is the pair), notes by note.
 
-    'writing' is the author's own text as training examples (`core.text.writing`), drawn with `writing_seed`."""
+    'writing' is the author's own text as training examples (`core.text.writing`), drawn with `writing_seed`, each
+    with the passage it came from."""
     if source not in PAIR_SOURCES:
         raise StageError(f"unknown source {source!r}; choose from {PAIR_SOURCES}")
-    if source == "writing":
-        return writing_examples(note_passages(db, note_ids), writing_seed).drop(columns="passage_index")
     if source == "notes":
-        return db.query(
-            "SELECT pair_id, note_id, mode, NULL::VARCHAR AS system, question, answer FROM qa_pairs "
-            "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
-            [note_ids],
-        )
+        raise ValueError("synthesized pairs come with people's decisions: note_pairs_with_decisions")
+    if source == "writing":
+        return writing_examples(note_passages(db, note_ids), writing_seed)
     return db.query(
         f"SELECT pair_id, '{source}:' || pair_id AS note_id, '{source}' AS mode, system, question, answer "
         f"FROM {source}_pairs"
     )
+
+
+def note_source_kinds(db: Warehouse, note_ids: list[str]) -> dict[str, str]:
+    """Note id → the kind of source its file is (note, mail, chat, web, ebook), where the parser records one;
+    a warehouse whose notes carry no kind has notes only."""
+    recorded = "source_kind" in db.query("SELECT * FROM raw_notes LIMIT 0").columns
+    kinds = db.query(
+        f"SELECT note_id, {'coalesce(source_kind, ?)' if recorded else '?'} AS kind FROM raw_notes "
+        "WHERE note_id IN (SELECT unnest(?::VARCHAR[]))",
+        [DEFAULT_SOURCE_KIND, note_ids],
+    )
+    return dict(zip(kinds["note_id"], kinds["kind"]))
 
 
 def note_files(db: Warehouse) -> pd.DataFrame:
