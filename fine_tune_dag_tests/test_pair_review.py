@@ -134,3 +134,151 @@ def test_a_passage_another_note_already_has_leaves_the_dataset_with_its_pairs(gr
     strict = build_dataset(defs, instance, near_duplicate_passages=0.95)
     assert (strict["near_duplicate_passages"], strict["near_duplicate_examples_dropped"]) == (0, 0)
     assert db.query("SELECT answer FROM dataset_splits")["answer"].str.contains(QUOTED, regex=False).any()
+
+
+def test_reviewed_pairs_and_source_kinds_are_weighted_in_the_training_mix(graph) -> None:
+    defs, instance, db = graph
+    build_dataset(defs, instance)
+    reviewed = dataset(db).index[0]
+    record_pair_decision(db, reviewed, "ann", "accept")
+    # the notes table of a warehouse whose parser records each file's kind (mail, chat, web, ebook, note)
+    db.execute("ALTER TABLE raw_notes ADD COLUMN IF NOT EXISTS source_kind VARCHAR")
+    db.execute("UPDATE raw_notes SET source_kind = CASE WHEN path LIKE 'mail%' THEN 'mail' ELSE 'note' END")
+    metadata = build_dataset(defs, instance, mix_reviewed=3.0, source_weights={"mail": 0.5})
+    rows = db.query("SELECT pair_id, note_id, mode, reviewed, source_kind, weight FROM dataset_splits").set_index("pair_id")
+    mail = rows["note_id"].str.startswith("mail-to-sam")
+    assert set(rows.loc[mail, "source_kind"]) == {"mail"} and set(rows.loc[~mail, "source_kind"]) == {"note"}
+    expected = rows["source_kind"].map({"mail": 0.5, "note": 1.0}) * rows["reviewed"].map({True: 3.0, False: 1.0})
+    assert rows["weight"].tolist() == expected.tolist()
+    assert rows.loc[reviewed, "weight"] == 3.0 * (0.5 if mail[reviewed] else 1.0)
+    assert metadata["weight_by_source_kind"] == pytest.approx(rows.groupby("source_kind")["weight"].sum().to_dict())
+
+    train = train_split(db)
+    qa = train[train["mode"].isin(["grounded", "back_translation"])]
+    _, counts = mixed_conversations(train, {"qa": 1.0}, seed=0)
+    # a weight of 3 takes a row three times; 0.5 a seeded half of the rows of that weight (rounded)
+    by_weight = qa.groupby("weight").size()
+    assert counts["qa"] == sum(int(w) * n + round((w - int(w)) * n) for w, n in by_weight.items())
+    _, doubled = mixed_conversations(train, {"qa": 2.0}, seed=0)
+    assert doubled["qa"] == sum(int(2 * w) * n + round((2 * w - int(2 * w)) * n) for w, n in by_weight.items())
+
+
+def test_weights_of_one_mix_as_before_and_negative_weights_are_refused() -> None:
+    from fine_tune_dag.core.text.review import mix_weight
+
+    rows = pd.DataFrame({"source_kind": ["note", "mail"], "reviewed": [True, False]})
+    assert mix_weight(rows, 2.0, {"mail": 0.25}).tolist() == [2.0, 0.25]
+    with pytest.raises(ValueError, match="cannot be negative"):
+        mix_weight(rows, 1.0, {"mail": -1.0})
+
+
+def test_a_new_decision_is_an_upstream_change_that_rebuilds_the_dataset(tmp_path: Path) -> None:
+    paths = ProjectPaths(notes_dir=str(tmp_path / "notes"), data_dir=str(tmp_path / "data"))
+    warehouse = WarehouseResource(paths=paths)
+    db = warehouse.get()
+    db.insert_rows(
+        "qa_pairs",
+        pd.DataFrame([{"pair_id": "p1", "note_id": "n", "passage_index": 0, "mode": "grounded", "question": "Q?",
+                       "answer": "A.", "status": "kept"}]),
+    )
+    from fine_tune_dag.definitions import build_definitions
+
+    defs = build_definitions(notes_dir=paths.notes_dir, data_dir=paths.data_dir)
+    dataset_key = dg.AssetKey("dataset_splits")
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def tick(sensor_cursor: str | None) -> tuple[bool, str | None, bool]:
+            """One sensor tick (its events recorded as the daemon records them), then one automation tick."""
+            nonlocal cursor
+            resources = {"warehouse": warehouse}
+            with dg.build_sensor_context(instance=instance, cursor=sensor_cursor, resources=resources) as context:
+                result = pair_labels_sensor(context)
+            for event in result.asset_events:
+                instance.report_runless_asset_event(event)
+            evaluation = dg.evaluate_automation_conditions(defs, instance, cursor=cursor)
+            cursor = evaluation.cursor
+            return bool(result.asset_events), result.cursor, evaluation.get_num_requested(dataset_key) > 0
+
+        dataset = dg.AssetMaterialization("dataset_splits", metadata={"train_pairs": 1, "dataset_version": "d1"})
+        instance.report_runless_asset_event(dataset)
+        assert tick(None) == (False, None, False)  # no decisions yet: nothing to record
+        record_pair_decision(db, "p1", "ann", "reject")
+        recorded, state, rebuilt = tick(None)
+        assert recorded and rebuilt
+        instance.report_runless_asset_event(dataset)
+        assert tick(state) == (False, state, False)  # unchanged decisions: no update, no rebuild
+        record_pair_decision(db, "p1", "ann", "accept")
+        recorded, newer, rebuilt = tick(state)
+        assert recorded and rebuilt and newer != state
+        latest = instance.get_latest_materialization_event(dg.AssetKey("pair_labels")).asset_materialization
+        assert latest.metadata["decisions"].value == 2
+
+
+@pytest.fixture
+def review_db(tmp_path: Path) -> Warehouse:
+    db = Warehouse(tmp_path / "warehouse.duckdb")
+    db.insert_rows("raw_notes", pd.DataFrame([{"note_id": "n", "path": "chain-wear.md", "text": CHAIN}]))
+    db.insert_rows(
+        "passages", pd.DataFrame([{"note_id": "n", "passage_index": 0, "start_char": 0, "end_char": 1, "text": CHAIN}])
+    )
+    pairs = [
+        ("p1", "kept", None, "When do you oil the chain?", "I oil the chain every Sunday.", 5, "in the writer's words"),
+        ("p2", "rejected", "answer only restates the question", "Does a chain stretch?", "A chain stretches.", None, None),
+    ]
+    db.insert_rows(
+        "qa_pairs",
+        pd.DataFrame(
+            [
+                {"pair_id": i, "note_id": "n", "passage_index": 0, "mode": "grounded", "question": q, "answer": a,
+                 "status": s, "reason": r, "judge_score": score, "judge_reason": why}
+                for i, s, r, q, a, score, why in pairs
+            ]
+        ),
+    )
+    return db
+
+
+def test_the_pairs_page_shows_each_pair_beside_its_passage_and_saves_who_decided_what_and_when(review_db) -> None:
+    app = TestClient(annotation_app(review_db, "ann", mode="pairs"), base_url="http://127.0.0.1:8765")
+    state = app.get("/api/next").json()
+    assert state["progress"] == {"done": 0, "total": 2} and state["labeler"] == "ann"
+    assert state["pair"] == {
+        "pair_id": "p1",
+        "note": "chain-wear.md · passage 1 · grounded",
+        "passage": CHAIN,
+        "question": "When do you oil the chain?",
+        "answer": "I oil the chain every Sunday.",
+        "verdict": "kept · judge 5/5: in the writer's words",
+    }
+    before = datetime.now(timezone.utc).replace(tzinfo=None)
+    body = {"pair_id": "p1", "side": "edit", "question": " How often do you oil it? ", "answer": "Every Sunday."}
+    state = app.post("/api/choice", json=body).json()
+    assert state["pair"]["pair_id"] == "p2" and state["progress"] == {"done": 1, "total": 2}
+    assert state["pair"]["verdict"] == "rejected: answer only restates the question"
+    assert app.post("/api/choice", json={"pair_id": "p2", "side": "accept", "question": "x", "answer": "y"}).json() == {
+        "pair": None, "progress": {"done": 2, "total": 2}, "labeler": "ann"
+    }
+    labels = review_db.query("SELECT * FROM pair_labels ORDER BY labeled_at, label_id").astype(object)
+    assert labels.where(labels.notna(), None)[["pair_id", "labeler", "decision", "question", "answer"]].values.tolist() == [
+        ["p1", "ann", "edit", "How often do you oil it?", "Every Sunday."],
+        ["p2", "ann", "accept", None, None],  # only an edit stores text
+    ]
+    assert (labels["labeled_at"] >= before).all()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"pair_id": "p1", "side": "keep", "question": "", "answer": ""}, "decision must be one of accept, edit, reject"),
+        ({"pair_id": "p1", "side": "edit", "question": "Q?", "answer": " "}, "an edit needs both a question and an answer"),
+        ({"pair_id": "p9", "side": "accept", "question": "", "answer": ""}, "no pair 'p9'"),
+        ({"pair_id": "p1", "side": "accept"}, "missing question, answer"),
+        ({"pair_id": "p1", "side": "accept", "question": 1, "answer": ""}, "pair_id, side, question, answer must be strings"),
+    ],
+)
+def test_a_bad_decision_is_a_400_with_the_reason_and_saves_nothing(review_db, body: dict, reason: str) -> None:
+    app = TestClient(annotation_app(review_db, "ann", mode="pairs"), base_url="http://127.0.0.1:8765")
+    response = app.post("/api/choice", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and reason in response.json()["error"]
+    assert review_db.query("SELECT * FROM pair_labels").empty

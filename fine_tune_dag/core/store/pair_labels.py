@@ -77,7 +77,7 @@ def next_pair_to_review(db: Warehouse, labeler: str = "") -> dict[str, Any] | No
         verdict += f" · judge {int(row.judge_score)}/5: {row.judge_reason}"
     return {
         "pair_id": row.pair_id,
-        "note": f"{row.path} · passage {int(row.passage_index) + 1} · {row.mode}",
+        "note": f"{row.path} · passage {int(row.passage_index) + 1} · {row['mode']}",
         "passage": row.passage,
         "question": row.question,
         "answer": row.answer,
