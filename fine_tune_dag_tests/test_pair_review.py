@@ -7,6 +7,7 @@ decision with who and when."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import dagster as dg
 import pandas as pd
 import pytest
 from fine_tune_dag_testkit.scripted import scripted_definitions
+from selenium.webdriver import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
 from starlette.testclient import TestClient
 
 from fine_tune_dag.annotate import annotation_app
@@ -25,6 +30,8 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.mixing import mixed_conversations
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
+from fine_tune_dag_tests.browser import chromium_driver, free_port, require_chromium
+from fine_tune_dag_tests.test_annotate import annotate_command, text, wait_for, wait_for_server
 
 CHAIN = (
     "I oil the chain every Sunday and wipe it on Monday. A clean chain lasts three thousand kilometres, a dirty "
@@ -54,8 +61,8 @@ SPLITS = {"test_fraction": 0.0}
 def graph(tmp_path: Path, tiny_model_dir: Path, scripted_llm):
     notes, data = tmp_path / "notes", tmp_path / "data"
     notes.mkdir()
-    for name, text in NOTES.items():
-        (notes / name).write_text(text, encoding="utf-8")
+    for name, content in NOTES.items():
+        (notes / name).write_text(content, encoding="utf-8")
     defs = scripted_definitions(notes, data, tiny_model_dir, llm=scripted_llm)
     instance = dg.DagsterInstance.ephemeral()
     job = defs.resolve_job_def("notes_job")
@@ -282,3 +289,66 @@ def test_a_bad_decision_is_a_400_with_the_reason_and_saves_nothing(review_db, bo
     response = app.post("/api/choice", content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and reason in response.json()["error"]
     assert review_db.query("SELECT * FROM pair_labels").empty
+
+
+def test_reviewing_in_a_browser_accepts_edits_and_rejects_with_one_key_each(tmp_path: Path) -> None:
+    require_chromium()
+    db = Warehouse(tmp_path / "data" / "warehouse.duckdb")
+    passages = [CHAIN, WHEEL, BEES]
+    db.insert_rows("raw_notes", pd.DataFrame([{"note_id": "n", "path": "notes.md", "text": "\n\n".join(passages)}]))
+    db.insert_rows(
+        "passages",
+        pd.DataFrame(
+            [{"note_id": "n", "passage_index": i, "start_char": 0, "end_char": 1, "text": t} for i, t in enumerate(passages)]
+        ),
+    )
+    questions = ["When do you oil the chain?", "How do you true a wheel?", "Where were the bees?"]
+    answers = ["I oil the chain every <b>Sunday</b>.", "Quarter turns on the spoke key.", "Heavy on the lime tree."]
+    db.insert_rows(
+        "qa_pairs",
+        pd.DataFrame(
+            [
+                {"pair_id": f"p{i}", "note_id": "n", "passage_index": i, "mode": "grounded", "question": q,
+                 "answer": a, "status": "kept"}
+                for i, (q, a) in enumerate(zip(questions, answers))
+            ]
+        ),
+    )
+    port, log = free_port(), tmp_path / "annotate.log"
+    url = f"http://127.0.0.1:{port}"
+
+    def decisions() -> list[list]:
+        rows = db.query("SELECT * FROM pair_labels ORDER BY labeled_at, label_id").astype(object)
+        return rows.where(rows.notna(), None)[["pair_id", "labeler", "decision", "question", "answer"]].values.tolist()
+
+    def reviewed(done: int) -> Callable[[WebDriver], bool]:
+        return lambda d: text(d, "progress") == f"{done} of 3"
+
+    with annotate_command(tmp_path / "data", port, log, "--pairs") as process, chromium_driver() as driver:
+        wait_for_server(process, url, log)
+        assert "a: accept, e: edit (ctrl+enter saves), r: reject" in log.read_text()
+        driver.get(url)
+        wait_for(driver, reviewed(0), "progress 0 of 3", log)
+        assert text(driver, "passage") == CHAIN and text(driver, "note") == "notes.md · passage 1 · grounded"
+        assert driver.find_element(By.ID, "answer").get_attribute("value") == answers[0]  # markup as text
+
+        ActionChains(driver).send_keys("a").perform()
+        wait_for(driver, reviewed(1), "progress 1 of 3", log)
+        assert decisions() == [["p0", "tester", "accept", None, None]]
+        assert text(driver, "passage") == WHEEL
+
+        ActionChains(driver).send_keys("e").perform()  # opens the editor on the answer; "e" is not typed
+        answer = driver.find_element(By.ID, "answer")
+        assert answer.get_attribute("readonly") is None and driver.switch_to.active_element == answer
+        answer.send_keys(Keys.CONTROL, "a")
+        answer.send_keys("Quarter turns, never more, and listen to each spoke ring.")  # "a" and "r" typed, not keys
+        ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(Keys.CONTROL).perform()
+        wait_for(driver, reviewed(2), "progress 2 of 3", log)
+        assert decisions()[1] == ["p1", "tester", "edit", questions[1], "Quarter turns, never more, and listen to each spoke ring."]
+        assert driver.find_element(By.ID, "answer").get_attribute("readonly") is not None
+
+        ActionChains(driver).send_keys("r").perform()
+        wait_for(driver, reviewed(3), "progress 3 of 3", log)
+        assert decisions()[2] == ["p2", "tester", "reject", None, None]
+        assert text(driver, "done").startswith("Every pair reviewed")
+        assert not driver.find_element(By.ID, "pair").is_displayed()

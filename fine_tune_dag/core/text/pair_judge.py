@@ -22,7 +22,7 @@ JUDGE_MAX_NEW_TOKENS = 40  # a score and a few words of reason
 MAX_SCORE = 5
 MAX_REASON_CHARS = 200
 JUDGE_REJECTION = "judge scored"  # how a rejection by the judge begins
-_SCORE = re.compile(r"\b(?:score|rating)\s*[:=\-]?\s*\**\s*([1-5])\b", re.IGNORECASE)
+_SCORE = re.compile(r"\b(?:score|rating)\s*[:=\-]?\s*([1-5])\b", re.IGNORECASE)
 _OUT_OF = re.compile(r"\b([1-5])\s*(?:/|out of)\s*5\b", re.IGNORECASE)
 _LEADING_DIGIT = re.compile(r"^\W*([1-5])\b")
 _REASON = re.compile(r"\breason\s*[:=\-]\s*(.+)", re.IGNORECASE | re.DOTALL)
@@ -62,6 +62,7 @@ def parse_judgement(output: str) -> Judgement:
     from_json = _from_json(output)
     if from_json is not None:
         return from_json
+    output = output.replace("**", "")  # Markdown bold around labels
     match = _SCORE.search(output) or _OUT_OF.search(output) or _LEADING_DIGIT.search(output)
     reason_match = _REASON.search(output)
     reason = reason_match.group(1) if reason_match else (output[match.end() :] if match else output)
