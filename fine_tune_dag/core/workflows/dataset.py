@@ -85,4 +85,4 @@ def _concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     non_empty = [frame for frame in frames if not frame.empty]
     if not non_empty:
         return pd.DataFrame(columns=columns).astype({"reviewed": bool})
-    return pd.concat(non_empty, ignore_index=True)
+    return pd.concat(non_empty, ignore_index=True).reindex(columns=columns)  # teacher pairs have no passage
