@@ -24,10 +24,11 @@ from starlette.testclient import TestClient
 from fine_tune_dag.annotate import annotation_app
 from fine_tune_dag.automation.sensors import pair_labels_sensor
 from fine_tune_dag.cli import register_note_partitions
-from fine_tune_dag.core.store.pair_labels import record_pair_decision
+from fine_tune_dag.core.store.pair_labels import record_pair_decision, reviewed_train_pairs
 from fine_tune_dag.core.store.splits import train_split
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.text.mixing import mixed_conversations
+from fine_tune_dag.core.workflows.evaluation import reviewed_text
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
 from fine_tune_dag_tests.browser import chromium_driver, free_port, require_chromium
@@ -114,6 +115,10 @@ def test_decisions_are_applied_to_the_dataset_and_counted(graph) -> None:
     assert set(after.index) == set(before.index) - {dropped} | {restored}
     assert (metadata["accepted"], metadata["edited"], metadata["rejected_by_people"]) == (2, 1, 1)
     assert (metadata["restored_by_people"], metadata["reviewed"], metadata["reviewed_train_pairs"]) == (1, 3, 3)
+    version = db.query("SELECT dataset_version FROM dataset_versions ORDER BY created_at DESC LIMIT 1").iloc[0, 0]
+    assert reviewed_train_pairs(db, version) == (3, len(db.query("SELECT 1 FROM dataset_splits WHERE split = 'train'")))
+    assert reviewed_text(reviewed_train_pairs(db, version)).startswith("3 of ")  # the report's line
+    assert reviewed_train_pairs(db, "no-such-version") is None
     exported = Path(db.query("SELECT train_path FROM dataset_versions ORDER BY created_at DESC LIMIT 1").iloc[0, 0])
     assert "Every Sunday, and I wipe it on Monday." in exported.read_text(encoding="utf-8")
 

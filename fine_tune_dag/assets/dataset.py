@@ -88,6 +88,7 @@ def dataset_splits(
         "test_tokens": int(tokens.get("test", 0)),
         "train_path": str(files["train"]),
         "test_path": str(files["test"]),
+        "reviewed_train_pairs": int(side["train"]["reviewed"].sum()),
     }
     db.insert_rows("dataset_versions", pd.DataFrame([summary]))
     db.insert_rows("dataset_notes", notes_of(db, splits, version))
@@ -103,7 +104,6 @@ def dataset_splits(
             ),
             "duplicate_notes": dg.MetadataValue.json(duplicates),
             **quality,
-            "reviewed_train_pairs": int(side["train"]["reviewed"].sum()),
             "weight_by_source_kind": dg.MetadataValue.json(splits.groupby("source_kind")["weight"].sum().to_dict()),
             "estimated_training_tokens": dg.MetadataValue.int(int(summary["train_tokens"] * TrainingSettings.epochs)),
             "answer_tokens": dg.MetadataValue.json(length_summary(splits["answer_tokens"].tolist())),

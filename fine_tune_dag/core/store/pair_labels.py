@@ -101,3 +101,12 @@ def pair_labels_state(db: Warehouse) -> tuple[int, str]:
     (decisions are only ever added, so any new one changes it)."""
     row = db.query("SELECT count(*) AS labels, max(labeled_at) AS latest FROM pair_labels").iloc[0]
     return int(row["labels"]), "" if pd.isna(row["latest"]) else str(row["latest"])
+
+
+def reviewed_train_pairs(db: Warehouse, dataset_version: str) -> tuple[int, int] | None:
+    """Train pairs of a dataset version that a person accepted or edited, and its train pairs; None for a version
+    the warehouse has no record of."""
+    rows = db.query(
+        "SELECT reviewed_train_pairs, train_pairs FROM dataset_versions WHERE dataset_version = ?", [dataset_version]
+    )
+    return None if rows.empty else (int(rows.iloc[0, 0] or 0), int(rows.iloc[0, 1]))

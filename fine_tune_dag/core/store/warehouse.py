@@ -145,6 +145,7 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE dataset_splits ADD COLUMN IF NOT EXISTS reviewed BOOLEAN DEFAULT false",
     "ALTER TABLE dataset_splits ADD COLUMN IF NOT EXISTS source_kind VARCHAR DEFAULT 'note'",
     "ALTER TABLE dataset_splits ADD COLUMN IF NOT EXISTS weight DOUBLE DEFAULT 1.0",
+    "ALTER TABLE dataset_versions ADD COLUMN IF NOT EXISTS reviewed_train_pairs INTEGER DEFAULT 0",
 )
 
 
