@@ -330,24 +330,15 @@ def use_adapter(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def annotate(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    """Serve the preference page (or, --blind, the "which did the author write?" page) until Ctrl-C; it starts
-    even with nothing to label, so the page can say why."""
-    from fine_tune_dag.apps.annotate.server import serve
-    from fine_tune_dag.core.store.blind import blind_progress
-    from fine_tune_dag.core.store.labels import progress
+    """Serve the preference page (or, --blind, the "which did the author write?" page; --pairs, the review of
+    synthetic pairs) until Ctrl-C; it starts even with nothing to label, so the page can say why."""
+    from fine_tune_dag.apps.annotate.server import introduction, serve
 
-    blind, port = args.blind, args.port
+    mode = "blind" if args.blind else "pairs" if args.pairs else "preference"
     who = (args.who or "").strip() or os.environ.get("USER") or getpass.getuser()
     db = _warehouse(settings)
-    done, total = blind_progress(db, who) if blind else progress(db, who)
-    keys = "left/right arrows: the author's text" if blind else "left/right arrows: better answer, down: tie, s: skip"
-    print(f"Annotating as {who}: http://127.0.0.1:{port}  ({keys}; Ctrl-C to stop)")
-    what, source = ("blind trials", "eval_report") if blind else ("comparisons", "preference_candidates")
-    if total:
-        print(f"{done} of {total} {what} answered", flush=True)
-    else:
-        print(f"no {what} yet: {source} must be materialized first", flush=True)
-    serve(db, who, port, mode="blind" if blind else "preference")
+    print("\n".join(introduction(db, who, args.port, mode)), flush=True)
+    serve(db, who, args.port, mode=mode)
     return 0
 
 
@@ -473,6 +464,9 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     annotate_parser.add_argument("--who", help="who is labelling (default: your user name)")
     annotate_parser.add_argument(
         "--blind", action="store_true", help="the blind test: which of two texts did the author write?"
+    )
+    annotate_parser.add_argument(
+        "--pairs", action="store_true", help="review synthetic Q&A pairs beside their passage: accept, edit, reject"
     )
     serve_parser = commands.add_parser("serve", help="an OpenAI-compatible API over your models, a playground at /")
     serve_parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond this machine only with a key")
