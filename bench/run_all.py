@@ -66,10 +66,12 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "memory": (["--notes", "30"], ["--notes", "26", "--skip-1b", "--single"]),
     # the shipped notes synthesized with the judge off and on (the bundled teacher), an adapter on each
     "pair_judge": (["--steps", "24", "--items", "16"], ["--steps", "4", "--items", "4"]),
+    # Q&A synthesis on the shipped notes by the local teacher, as written and through the egress step's redaction
+    "privacy_redaction": ([], ["--passages", "6", "--max-new-tokens", "48"]),
 }
 # The benchmark a script's rows are named by, the first word of their table lines, where it is not the script's
 # name: how rows read back from RESULTS.md are told apart by script.
-TABLE_NAMES = {"gemini_throughput": "gemini"}
+TABLE_NAMES = {"gemini_throughput": "gemini", "privacy_redaction": "redaction"}
 
 DATE = r"\d{4}-\d{2}-\d{2}"
 COMMAND = re.compile(rf"^- (?P<command>`python bench/(?P<script>\w+)\.py[^`]*` \(\d+ s\))(?:, run (?P<date>{DATE}))?")

@@ -1,8 +1,8 @@
 """`fine-tune-dag`: run the graph from a terminal, with a progress bar, on the same Dagster instance
 the web UI reads, so every run shows up there too."""
 
-# Each command imports what it uses inside its handler: `--help`, report, requests, rejected, lineage and
-# estimate start without torch or transformers (fine_tune_dag_tests/end_to_end/test_cli_startup.py keeps it so). The
+# Each command imports what it uses inside its handler: `--help`, report, requests, rejected, lineage,
+# estimate and privacy start without torch or transformers (fine_tune_dag_tests/end_to_end/test_cli_startup.py keeps it so). The
 # parser's defaults come from torch-free settings modules.
 from __future__ import annotations
 
@@ -168,6 +168,14 @@ def print_requests(settings: ProjectSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def print_privacy(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """Notes whose scan found personal data: counts by kind (never the values) and the policy each met."""
+    from fine_tune_dag.core.privacy.findings import findings_listing
+
+    print(findings_listing(_warehouse(settings), everything=args.all))
+    return 0
+
+
 def print_rejected(settings: ProjectSettings, args: argparse.Namespace) -> int:
     from fine_tune_dag.core.store.notes import rejected_listing
 
@@ -288,13 +296,24 @@ def export_adapter(folder: Path, merged: Path | None, gguf_dir: Path | None) -> 
                 print(f"{written} (Ollama: {write_ollama_modelfile(written, tokenizer, saved)})")
 
 
-def push_to_hub(folder: Path, row: pd.Series | None, args: argparse.Namespace) -> None:
-    """The adapter with a model card (the registry's test metrics, dataset and base model when it has them)."""
+def push_to_hub(folder: Path, row: pd.Series | None, args: argparse.Namespace, settings: ProjectSettings) -> None:
+    """The adapter with a model card (the registry's test metrics, dataset and base model when it has them); refused
+    when its training notes hold personal data, unless --allow-personal-data."""
     import pandas as pd
 
     from fine_tune_dag.core.export.hub import model_card, push_adapter
+    from fine_tune_dag.core.models.adapters import training_provenance
+    from fine_tune_dag.core.privacy.findings import check_training_notes
+    from fine_tune_dag.core.privacy.scan import scanner_for
     from fine_tune_dag.core.store.registry import METRIC_COLUMNS
 
+    dataset = str(row.dataset_version) if row is not None else training_provenance(folder).get("dataset_version", "")
+    check = check_training_notes(
+        _warehouse(settings), dataset, lambda: scanner_for(settings.private_words, settings.spacy_model)
+    )
+    refusal = check.refusal(row.version if row is not None else str(folder))
+    if refusal and not args.allow_personal_data:
+        raise RuntimeError(refusal)
     token = os.environ.get("HF_TOKEN", "")
     if not token:
         raise RuntimeError("set HF_TOKEN to push to the Hugging Face Hub")
@@ -322,7 +341,7 @@ def use_adapter(settings: ProjectSettings, args: argparse.Namespace) -> int:
         elif args.command == "export":
             export_adapter(folder, args.merged, args.gguf)
         else:
-            push_to_hub(folder, row, args)
+            push_to_hub(folder, row, args, settings)
     except (KeyError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as error:
         print(f"fine-tune-dag {args.command}: {error.args[0] if error.args else error}", file=sys.stderr)
         return 1
@@ -406,6 +425,7 @@ COMMANDS = {  # each command's handler, called with the settings over --notes-di
     "export": use_adapter,
     "push": use_adapter,
     "rejected": print_rejected,
+    "privacy": print_privacy,
     "estimate": print_estimate,
     "requests": print_requests,
     "annotate": annotate,
@@ -451,7 +471,16 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True)
     push.add_argument("--adapter", default="champion", help=adapter_help)
     push.add_argument("--public", action="store_true", help="public repository (default: private)")
+    push.add_argument(
+        "--allow-personal-data",
+        action="store_true",
+        help="push even though the adapter's training notes hold personal data (see `fine-tune-dag privacy`)",
+    )
     commands.add_parser("rejected", help="notes that could not be used, each with the reason")
+    privacy = commands.add_parser(
+        "privacy", help="notes with personal data found by the scan, by kind (never the values), and the policy met"
+    )
+    privacy.add_argument("--all", action="store_true", help="every scanned note, with or without findings")
     commands.add_parser("estimate", help="expected LLM calls, tokens and cost of the notes not yet synthesized")
     requests = commands.add_parser("requests", help="list and summarize the LLM request log")
     requests.add_argument("--template", help="only this prompt template")

@@ -110,6 +110,11 @@ def llm_from_settings(settings: ProjectSettings) -> LLMResource:
     (never stored)."""
     paths = ProjectPaths(notes_dir=settings.notes_dir, data_dir=settings.data_dir)
     provider, model = settings.llm_choice()
+    privacy = {
+        "privacy_policy": settings.privacy_policy,
+        "private_words_file": settings.private_words_file,
+        "spacy_model": settings.spacy_model,
+    }
     if provider == "openai":
         return LLMResource(
             provider="openai",
@@ -117,15 +122,17 @@ def llm_from_settings(settings: ProjectSettings) -> LLMResource:
             base_url=settings.llm_base_url,
             api_key=dg.EnvVar("OPENAI_API_KEY") if settings.openai_key_set else "",
             paths=paths,
+            **privacy,
         )
     if provider == "local":
-        return LLMResource(model=model, generation_engine=settings.generation_engine, paths=paths)
+        return LLMResource(model=model, generation_engine=settings.generation_engine, paths=paths, **privacy)
     return LLMResource(
         provider="gemini",
         model=model,
         api_key=dg.EnvVar(settings.gemini_key_variable),
         requests_per_minute=settings.gemini_requests_per_minute,
         paths=paths,
+        **privacy,
     )
 
 

@@ -22,6 +22,9 @@
 | FINE_TUNE_DAG_AUTHOR_ADDRESSES | — | comma-separated e-mail addresses you write from: a mailbox's messages from them are your text |
 | FINE_TUNE_DAG_AUTHOR_NAMES | — | comma-separated names you appear under in chat exports: their messages are your text |
 | FINE_TUNE_DAG_CONVERSATION_GAP_MINUTES | 240 | a chat silence longer than this starts a new conversation |
+| FINE_TUNE_DAG_PRIVACY_POLICY | the provider's (redact remote, allow local) | what may leave: redact, block or allow |
+| FINE_TUNE_DAG_PRIVATE_WORDS | <notes>/.private-words.txt | your list of names, places and words that never leave |
+| FINE_TUNE_DAG_SPACY_MODEL | — (names by the list only) | an installed spaCy pipeline that finds people and places |
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class ProjectSettings:
     author_addresses: str = ""  # comma-separated; personal, so handed to Dagster as an EnvVar
     author_names: str = ""
     conversation_gap_minutes: float = 240.0
+    privacy_policy: str = ""  # empty: the provider's default (core/privacy/policy.py)
+    private_words_file: str = ""  # empty: .private-words.txt in the notes folder
+    spacy_model: str = ""  # empty: names are covered by the user's list only
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ProjectSettings:
@@ -92,6 +98,9 @@ class ProjectSettings:
             conversation_gap_minutes=float(
                 env.get("FINE_TUNE_DAG_CONVERSATION_GAP_MINUTES", defaults.conversation_gap_minutes)
             ),
+            privacy_policy=env.get("FINE_TUNE_DAG_PRIVACY_POLICY", defaults.privacy_policy),
+            private_words_file=env.get("FINE_TUNE_DAG_PRIVATE_WORDS", defaults.private_words_file),
+            spacy_model=env.get("FINE_TUNE_DAG_SPACY_MODEL", defaults.spacy_model),
         )
 
     def with_folders(self, notes_dir: Path | str, data_dir: Path | str) -> ProjectSettings:
@@ -117,6 +126,11 @@ class ProjectSettings:
     def source_settings(self) -> SourceSettings:
         """Whose words are the author's in mailboxes and chat exports."""
         return SourceSettings.from_lists(self.author_addresses, self.author_names, self.conversation_gap_minutes)
+
+    @property
+    def private_words(self) -> Path:
+        """The user's list of names, places and words that never leave this machine."""
+        return Path(self.private_words_file) if self.private_words_file else self.layout.private_words
 
     @property
     def layout(self) -> DataLayout:

@@ -79,12 +79,25 @@ def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: convert(value) for key, value in values.items()}
 
 
-def llm_usage_metadata(usage: LLMUsage, client: object = None) -> dict[str, int | float | str]:
-    """The request-log summary every LLM-calling asset shows: calls, tokens, cost, hit rate, rejections; and the
-    engine a local model generated with."""
+def llm_usage_metadata(usage: LLMUsage, client: object = None) -> dict[str, Any]:
+    """The request-log summary every LLM-calling asset shows: calls, tokens, cost, hit rate, rejections; the
+    engine a local model generated with; and what the privacy policy let out (an explicit 'allow' named)."""
     engine = getattr(client, "engine", None)
+    egress = getattr(client, "egress", None)  # a provider off this machine (or a server beside it)
+    privacy = (
+        {
+            "privacy_policy": egress.describe(),
+            "privacy_names": egress.names,
+            "privacy_redacted_requests": usage.redacted_requests,
+            "privacy_redacted": dg.MetadataValue.json(usage.redacted),  # distinct values by kind, never the values
+            "privacy_withheld_requests": usage.withheld,
+        }
+        if egress is not None
+        else {"privacy_policy": "local: the LLM runs on this machine, nothing leaves"}
+    )
     return {
         **(engine.metadata() if engine is not None else {}),
+        **privacy,
         "llm_requests": usage.requests,
         "llm_calls": usage.calls,
         "llm_cache_hits": usage.cache_hits,

@@ -15,6 +15,9 @@ from fine_tune_dag.core.llm.openai_compat import OpenAICompatibleLLM, OpenAISett
 from fine_tune_dag.core.llm.remote import RemoteSettings
 from fine_tune_dag.core.models.memory_budget import MEMORY_BUDGET_HELP
 from fine_tune_dag.core.models.resolution import BUNDLED_MODEL, resolve_model
+from fine_tune_dag.core.privacy.egress import Egress, EgressSettings
+from fine_tune_dag.core.privacy.policy import POLICY_HELP
+from fine_tune_dag.core.privacy.scan import PRIVATE_WORDS_FILE, Scanner
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.resources.paths import ProjectPaths
 
@@ -109,6 +112,17 @@ class LLMResource(dg.ConfigurableResource):
     prices: dict[str, list[float]] = Field(
         default_factory=dict, description="model → [USD per 1M input tokens, per 1M output]; adds to the defaults"
     )
+    privacy_policy: str = Field(default="", description=POLICY_HELP)
+    private_words_file: str = Field(
+        default="",
+        description="your list of names, places and words that never leave this machine, one a line, an optional "
+        f"KIND: prefix (PERSON: Margaret Hollis, PLACE: Hebden Bridge); empty: {PRIVATE_WORDS_FILE} in the notes folder",
+    )
+    spacy_model: str = Field(
+        default="",
+        description="an installed spaCy pipeline (package name or folder, e.g. en_core_web_sm) that finds people and "
+        "places before anything leaves; empty: names are covered by your list only",
+    )
     paths: dg.ResourceDependency[ProjectPaths]
 
     def client(self, warehouse: Warehouse | None = None) -> LLMClient:
@@ -141,8 +155,30 @@ class LLMResource(dg.ConfigurableResource):
             timeout_s=self.timeout_s,
             base_url=self.base_url,
             quota_warehouse=warehouse.location if self.shared_quota and warehouse else "",
+            privacy=self.egress_settings(),
             **{name: value for name, value in pacing.items() if value is not None},
         )
+
+    def private_words_path(self) -> Path:
+        return Path(self.private_words_file) if self.private_words_file else self.paths.layout.private_words
+
+    def egress_settings(self) -> EgressSettings:
+        return EgressSettings(self.privacy_policy, str(self.private_words_path()), self.spacy_model)
+
+    def egress(self) -> Egress:
+        """The egress step of this provider: its policy, and the scan it runs (the local provider's sends nothing,
+        so it is only described)."""
+        destination = {
+            "gemini": "Gemini",
+            "openai": f"the OpenAI-compatible server {self.base_url or 'api.openai.com'}",
+        }
+        return Egress(
+            self.provider, self.base_url, self.egress_settings(), destination.get(self.provider, "the local model")
+        )
+
+    def scanner(self) -> Scanner:
+        """The scan every note gets, whatever the provider: the counts by kind the passages asset shows."""
+        return self.egress().scanner()
 
     def cached(self, warehouse: Warehouse, context: dg.AssetExecutionContext) -> CachedLLM:
         """A fresh usage counter per asset materialization, over the shared client, cache and request log."""
@@ -159,7 +195,9 @@ class LLMResource(dg.ConfigurableResource):
         """The pairwise judge a stage asked for: 'llm' always, 'auto' when the provider is a hosted one (Gemini or
         OpenAI-compatible; the bundled model is too weak to judge), anything else none."""
         if mode == "llm" or (mode == "auto" and self.provider in REMOTE_PROVIDERS):
-            return self.cached(warehouse, context)
+            judge = self.cached(warehouse, context)
+            judge.withhold_blocked = True  # under 'block', items with personal data go unjudged; the rest are judged
+            return judge
         return None
 
     def price_table(self) -> dict[str, tuple[float, float]]:

@@ -15,7 +15,6 @@ import dagster as dg
 import pandas as pd
 import pytest
 from fine_tune_dag_testkit.scripted import scripted_definitions
-from fine_tune_dag_tests.apps.test_annotate import annotate_command, text, wait_for, wait_for_server
 from selenium.webdriver import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -32,6 +31,7 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.workflows.evaluation import reviewed_text
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
+from fine_tune_dag_tests.apps.test_annotate import annotate_command, text, wait_for, wait_for_server
 from fine_tune_dag_tests.browser import chromium_driver, free_port, require_chromium
 
 CHAIN = (

@@ -1,5 +1,5 @@
 """A command line that starts at once: each command imports what it uses, so `--help` and the commands that only
-read the warehouse (report, requests, rejected, lineage, estimate) load neither torch nor transformers, nor peft
+read the warehouse (report, requests, rejected, lineage, estimate, privacy) load neither torch nor transformers, nor peft
 or Dagster. Each case runs in a fresh interpreter, as a user's terminal would."""
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def test_help_imports_no_model_library(args: list[str], tmp_path: Path) -> None:
         ("rejected", 0, "no rejected notes"),
         ("lineage", 0, "no adapter trained yet"),
         ("estimate", 0, "1 notes to synthesize with local model"),
+        ("privacy", 0, "no note scanned yet"),
     ],
 )
 def test_warehouse_commands_import_no_model_library(

@@ -132,7 +132,7 @@ def scripted_gemini(request) -> StubReply:
     """The scripted LLM's answers, served over the REST stub (the template told apart by its system text)."""
     template = next(
         name
-        for name in ("chunk_boundaries", "grounded_qa", "back_translation", "pairwise_judge")
+        for name in ("chunk_boundaries", "grounded_qa", "back_translation", "pairwise_judge", "pair_judge")
         if load_prompt(name).system.strip()[:60] in request.system_text
     )
     last = request.body["contents"][-1]["parts"][0]["text"]
@@ -175,7 +175,9 @@ def test_the_whole_graph_on_gemini_logs_every_call_and_leaks_no_key(tmp_path, ti
     qa = [e for e in events if "llm_cost_usd" in e]
     assert qa and all(KEY not in text for text in events + logs)
     report = db.query("SELECT report_path FROM evaluations")["report_path"].iloc[0]
-    assert "| tuned vs base | LLM judge |" in open(report).read()  # Gemini configured: the judge weighs in
+    text = open(report).read()
+    assert "| tuned vs base | LLM judge |" in text  # Gemini configured: the judge weighs in
+    assert "| personal data | " in text and "teacher: gemini: redact; names covered by the list only" in text
     assert "pairwise_judge" in set(log["template"])
     for path in data.rglob("*"):
         assert not path.is_file() or KEY.encode() not in path.read_bytes(), path

@@ -143,6 +143,7 @@ STAGES = (
     "retrieval",
     "dataset",
     "store",
+    "privacy",
     "export",
     "generation",
     "llm",
@@ -151,7 +152,7 @@ STAGES = (
     "serving",
     "workflows",
 )
-TORCH_FREE_STAGES = ("common", "ingest", "synthesis", "dataset", "store")
+TORCH_FREE_STAGES = ("common", "ingest", "synthesis", "dataset", "store", "privacy")
 
 
 def stage_of(name: str) -> str | None:

@@ -3,7 +3,7 @@ text-only stages (chunking, synthesis, estimates) build requests without loading
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 from fine_tune_dag.prompts import PromptTemplate
@@ -20,10 +20,14 @@ class LLMRequest:
     temperature: float = 0.0
     variables: tuple[tuple[str, str], ...] = ()  # what filled the template: logged, not part of the cache key
     json_schema: str = ""  # JSON schema of the answer, for providers with structured output
+    # the note the request carries text of: its placeholders are shared with the note's other requests (privacy)
+    note: str = ""
+    # the privacy policy this request passed on its way out (core/privacy/egress.py); empty: not prepared yet
+    egress: str = ""
 
     @classmethod
     def from_template(
-        cls, template: PromptTemplate, max_new_tokens: int, temperature: float = 0.0, **variables: str
+        cls, template: PromptTemplate, max_new_tokens: int, temperature: float = 0.0, note: str = "", **variables: str
     ) -> LLMRequest:
         messages = tuple((m["role"], m["content"]) for m in template.render(**variables))
         return cls(
@@ -34,6 +38,7 @@ class LLMRequest:
             temperature,
             tuple(sorted(variables.items())),
             template.response_schema,
+            note,
         )
 
     def chat(self) -> list[dict[str, str]]:
@@ -86,6 +91,9 @@ class LLMUsage:
     output_tokens: int = 0
     cost_usd: float = 0.0
     rejected: int = 0  # blocked or empty answers
+    redacted_requests: int = 0  # requests whose personal data was replaced by placeholders before sending
+    redacted: dict[str, int] = field(default_factory=dict)  # distinct values replaced, by kind (never the values)
+    withheld: int = 0  # requests not sent at all: personal data under the privacy policy 'block'
 
     @property
     def requests(self) -> int:

@@ -15,6 +15,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
 from fine_tune_dag.core.models.adapters import _read_provenance
+from fine_tune_dag.core.privacy.findings import MODEL_CARD_NOTICE
 
 _TRUTHY = {"1", "ON", "YES", "TRUE"}
 
@@ -62,6 +63,8 @@ def model_card(adapter_dir: Path, metrics: dict[str, float], dataset_version: st
 
 A LoRA adapter for `{base_model}`, fine-tuned by fine_tune_dag on question-answer pairs drawn from one
 person's notes, so that the model answers in their voice, from what they have written.
+
+**Personal data.** {MODEL_CARD_NOTICE}
 
 - Dataset version: `{dataset_version}`
 - Training examples: {provenance.get("examples", "not recorded")}

@@ -59,9 +59,34 @@ class CachedLLM:
     prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     origin: dict[str, str] = field(default_factory=dict)  # run_id, asset, partition
     usage: LLMUsage = field(default_factory=LLMUsage)
+    # under the privacy policy 'block': hold back only the requests with personal data and answer them "" (a judge),
+    # rather than refuse the whole call (a note's synthesis, whose partition then says why)
+    withhold_blocked: bool = False
 
     def complete(self, requests: Sequence[LLMRequest], on_progress: ProgressCallback | None = None) -> list[str]:
-        """Answer texts in order; blocked and empty answers come back as "" and are logged as such."""
+        """Answer texts in order; blocked and empty answers come back as "" and are logged as such.
+
+        A client that sends off this machine has an egress step (`client.egress`): it runs first, so cache keys,
+        the cache and the request log see only what is sent (placeholders, not personal data), and the answers
+        are mapped back before they are returned."""
+        egress = getattr(self.client, "egress", None)
+        if egress is None:
+            return self._complete(requests, on_progress)
+        batch = egress.prepare(requests, withhold=self.withhold_blocked)
+        self.usage.redacted_requests += batch.redacted_requests
+        self.usage.withheld += batch.withheld
+        for kind, count in batch.redacted.items():
+            self.usage.redacted[kind] = self.usage.redacted.get(kind, 0) + count
+        sendable = [i for i, request in enumerate(batch.sent) if request is not None]
+        answers = [""] * len(requests)
+        done = self._complete([batch.sent[i] for i in sendable], on_progress)  # type: ignore[misc]
+        for i, text in zip(sendable, done):
+            answers[i] = batch.restore(i, text)
+        if on_progress is not None and batch.withheld:
+            on_progress(batch.withheld)
+        return answers
+
+    def _complete(self, requests: Sequence[LLMRequest], on_progress: ProgressCallback | None) -> list[str]:
         keys = [cache_key(self.client.provider, self.client.model_name, r) for r in requests]
         cached = self._lookup(sorted(set(keys)))
         answers: list[LLMResult | None] = [cached.get(k) for k in keys]

@@ -20,6 +20,7 @@ from openai.types.chat import ChatCompletion
 
 from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.llm.remote import RETRYABLE_STATUS, Failure, RemoteLLM, RemoteLLMError, RemoteSettings
+from fine_tune_dag.core.privacy.egress import Egress
 
 NO_KEY = "not-needed"  # what the SDK, which insists on a key, sends to servers that ask for none
 
@@ -64,6 +65,8 @@ class OpenAICompatibleLLM(RemoteLLM[ChatCompletion]):
         )
         server = self._client.base_url.netloc.decode()  # host and port, without any user:password in the URL
         super().__init__(settings, seed, f"OpenAI-compatible {settings.model} at {server}")
+        # the policy follows where requests really go: the SDK's base URL (OPENAI_BASE_URL when none is set)
+        self.egress = Egress(self.provider, str(self._client.base_url), settings.privacy, self.label)
         self.seed = seed
 
     def _prepare(self, request: LLMRequest) -> Callable[[], ChatCompletion]:

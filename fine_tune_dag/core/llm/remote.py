@@ -2,6 +2,9 @@
 under the quota, retries with backoff that honour the server's retry hint, and failures described
 without the API key.
 
+Every request passes the egress step first (`core/privacy/egress.py`): those a `CachedLLM` already prepared go
+as they are, any other is scanned and redacted (or blocked) here, so no caller reaches the network around it.
+
 A provider supplies three things: the call for one request (`_prepare`), how to read its answer
 (`_result`) and how to judge a failed attempt (`_classify`). The SDKs' exceptions carry the request
 headers, key included, so they are never chained onto the errors raised here.
@@ -15,12 +18,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Generic, TypeVar
 
 from fine_tune_dag.core.common.llm_types import LLMRequest, LLMResult
 from fine_tune_dag.core.llm.quota import SharedRateLimiter, quota_key
 from fine_tune_dag.core.llm.ratelimit import RateLimiter, RetryPolicy
+from fine_tune_dag.core.privacy.egress import Egress, EgressSettings
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -47,6 +51,7 @@ class RemoteSettings:
     # a warehouse (DuckDB file or PostgreSQL URL) whose quota table paces every process and machine that names
     # it; empty: this process alone. Not in the repr: a URL may hold a password.
     quota_warehouse: str = field(default="", repr=False)
+    privacy: EgressSettings = EgressSettings()  # what may leave: policy, the user's list, the NER pipeline
 
 
 def limiter_for(settings: RemoteSettings, key: str) -> RateLimiter:
@@ -82,6 +87,7 @@ class RemoteLLM(ABC, Generic[Response]):
         self.settings = settings
         self.model_name = settings.model
         self.label = label  # names the provider and model in errors
+        self.egress = Egress(self.provider, settings.base_url, settings.privacy, label)
         self._limiter = limiter_for(settings, quota_key(self.provider, settings.model, settings.base_url))
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
@@ -89,8 +95,10 @@ class RemoteLLM(ABC, Generic[Response]):
     def complete(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
         if not requests:
             return []
+        batch = self.egress.prepare(requests)  # raises under 'block' with personal data: nothing is sent
         with ThreadPoolExecutor(max_workers=min(self.settings.max_concurrency, len(requests))) as pool:
-            return list(pool.map(self._complete_one, requests))
+            results = list(pool.map(self._complete_one, batch.sent))
+        return [replace(result, text=batch.restore(i, result.text)) for i, result in enumerate(results)]
 
     @abstractmethod
     def _prepare(self, request: LLMRequest) -> Callable[[], Response]:

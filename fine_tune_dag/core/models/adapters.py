@@ -27,6 +27,11 @@ def _read_provenance(adapter_dir: Path) -> dict[str, Any]:
     return json.loads(config_file.read_text())
 
 
+def training_provenance(adapter_dir: Path) -> dict[str, Any]:
+    """What an adapter folder records of its training (base model, dataset version, settings)."""
+    return _read_provenance(adapter_dir)
+
+
 def load_base_model(model_dir: Path, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
     """The model an adapter sits on, in eval mode: alone it answers as before fine-tuning, for comparison."""
     device = select_device(device)

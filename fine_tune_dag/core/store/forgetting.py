@@ -17,7 +17,7 @@ import pandas as pd
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 # the note's own rows, by note_id
-BY_NOTE_ID = ("raw_notes", "rejected_notes", "passages", "qa_pairs", "dataset_notes")
+BY_NOTE_ID = ("raw_notes", "rejected_notes", "passages", "qa_pairs", "dataset_notes", "privacy_findings")
 # table → (key column, text columns): rows whose text carries the note's words, or that belong to removed rows
 BY_TEXT_OR_KEY: dict[str, tuple[str, tuple[str, ...]]] = {
     "dataset_splits": ("pair_id", ("question", "answer")),

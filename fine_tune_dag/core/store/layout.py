@@ -12,6 +12,11 @@ class DataLayout:
     data: Path
 
     @property
+    def private_words(self) -> Path:
+        """The user's list of names, places and words that never leave this machine (hidden: never a note)."""
+        return self.notes / ".private-words.txt"
+
+    @property
     def warehouse(self) -> Path:
         return self.data / "warehouse.duckdb"
 

@@ -109,6 +109,10 @@ SCHEMA: dict[str, str] = {
     "crossval_verdicts": """
         created_at TIMESTAMP, dataset_version VARCHAR, notes_key VARCHAR, folds INTEGER, notes INTEGER,
         choice VARCHAR, verdict VARCHAR, gate_passed BOOLEAN, report_path VARCHAR, PRIMARY KEY (notes_key, created_at)""",
+    # what the privacy scan found in each note, as counts by kind (never the values), and the policy it met
+    "privacy_findings": """
+        note_id VARCHAR PRIMARY KEY, sha256 VARCHAR, kinds VARCHAR, findings INTEGER, provider VARCHAR,
+        policy VARCHAR, names VARCHAR, scanned_at TIMESTAMP""",
     "champion_history": """
         promoted_at TIMESTAMP, version VARCHAR, previous_version VARCHAR, dataset_version VARCHAR,
         test_nll DOUBLE, previous_nll DOUBLE, reason VARCHAR, run_id VARCHAR, PRIMARY KEY (version, promoted_at)""",

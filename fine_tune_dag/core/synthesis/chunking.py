@@ -187,20 +187,41 @@ def needs_boundary_request(text: str, settings: ChunkingSettings) -> bool:
     return settings.strategy == "llm" and len(text.strip()) > settings.max_chars
 
 
-def boundary_request(text: str, settings: ChunkingSettings, max_new_tokens: int) -> LLMRequest:
-    """The one request that asks the LLM where this note's topics change."""
-    return LLMRequest.from_template(BOUNDARY_TEMPLATE, max_new_tokens, **boundary_prompt_variables(text, settings))
+def boundary_request(
+    text: str, settings: ChunkingSettings, max_new_tokens: int, note: str = "", keep_whole: Sequence[str] = ()
+) -> LLMRequest:
+    """The one request that asks the LLM where this note's topics change (`note`: the note it carries text of)."""
+    variables = boundary_prompt_variables(text, settings, keep_whole)
+    return LLMRequest.from_template(BOUNDARY_TEMPLATE, max_new_tokens, note=note, **variables)
 
 
-def boundary_prompt_variables(text: str, settings: ChunkingSettings) -> dict[str, str]:
-    """Numbered paragraphs, each cut short in the prompt to keep it small; the note itself is untouched."""
+def boundary_prompt_variables(text: str, settings: ChunkingSettings, keep_whole: Sequence[str] = ()) -> dict[str, str]:
+    """Numbered paragraphs, each cut short in the prompt to keep it small; the note itself is untouched.
+
+    A cut never splits one of `keep_whole` (the personal data found in the note): half a phone number or name
+    would no longer be recognized, and would leave unredacted."""
+    protected = [" ".join(value.split()) for value in keep_whole if value.strip()]
     lines = []
     for number, unit in enumerate(_bounded_units(text, settings.max_chars), start=1):
         snippet = " ".join(text[unit.start : unit.end].split())
         if len(snippet) > _PROMPT_PARAGRAPH_CHARS:
-            snippet = snippet[:_PROMPT_PARAGRAPH_CHARS].rsplit(" ", 1)[0] + " …"
+            snippet = snippet[: _cut(snippet, protected)] + " …"
         lines.append(f"[{number}] {snippet}")
     return {"paragraphs": "\n".join(lines)}
+
+
+def _cut(snippet: str, protected: Sequence[str]) -> int:
+    """Where a long paragraph's snippet ends: at the last space within the limit, moved past any protected value
+    the cut would split."""
+    end = len(snippet[:_PROMPT_PARAGRAPH_CHARS].rsplit(" ", 1)[0])
+    spans = [m.span() for value in protected for m in re.finditer(re.escape(value), snippet, re.IGNORECASE)]
+    moved = True
+    while moved:
+        moved = False
+        for start, stop in spans:
+            if start < end < stop:
+                end, moved = stop, True
+    return end
 
 
 def parse_boundaries(output: str, unit_count: int) -> list[tuple[int, str]]:

@@ -242,8 +242,15 @@ def filter_pairs(candidates: Iterable[tuple[QAPair, Passage]], settings: Synthes
 
 
 def synthesis_request(passage: Passage, mode: str, settings: SynthesisSettings) -> LLMRequest:
+    """One passage's request, tagged with its note so the note's requests share placeholders (core/privacy)."""
     if mode == "grounded":
         return LLMRequest.from_template(
-            TEMPLATES[mode], settings.max_new_tokens, passage=passage.text, count=str(settings.questions_per_passage)
+            TEMPLATES[mode],
+            settings.max_new_tokens,
+            note=passage.note_id,
+            passage=passage.text,
+            count=str(settings.questions_per_passage),
         )
-    return LLMRequest.from_template(TEMPLATES[mode], BACK_TRANSLATION_MAX_NEW_TOKENS, passage=passage.text)
+    return LLMRequest.from_template(
+        TEMPLATES[mode], BACK_TRANSLATION_MAX_NEW_TOKENS, note=passage.note_id, passage=passage.text
+    )
