@@ -63,6 +63,9 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     # the graph on N and 2N notes (scripted teacher), generate, --help, a 1B random model; quick: N only, no 1B
     "memory": (["--notes", "30"], ["--notes", "26", "--skip-1b", "--single"]),
+    # four canaries planted, trained on, forgotten (the audit: about 4 minutes), then the demo's graph and
+    # `forget` on one of its train notes: near 40 minutes on 2 cores
+    "privacy": (["--canaries", "4"], ["--quick"]),
 }
 # The benchmark a script's rows are named by, the first word of their table lines, where it is not the script's
 # name: how rows read back from RESULTS.md are told apart by script.

@@ -177,3 +177,10 @@ def exposures(model: Any, tokenizer: Any, canaries: list[Canary], settings: Cana
 def chance_exposure(candidates: int) -> float:
     """The mean exposure of a canary the model never saw: its rank is uniform over 1 … candidates."""
     return math.log2(candidates) - float(np.mean(np.log2(np.arange(1, candidates + 1))))
+
+
+def chance_bound(canaries: int, level: float = 0.05) -> float:
+    """The exposure that `canaries` canaries a model never saw all stay below with probability at least
+    1 − `level`: each ranks uniformly among candidates drawn as it was, so it reaches e bits with probability
+    2^−e, and the highest of k with at most k·2^−e. Below it, a canary is within noise of chance."""
+    return math.log2(canaries / level)
