@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from fine_tune_dag_testkit.canary_audit import AUDIT_CANARIES, run_canary_audit
+from fine_tune_dag_testkit.canary_audit import AUDIT_CANARIES, TRAINING, run_canary_audit
 from results import Row, add_json_argument, report
 
 from fine_tune_dag.core.evaluation.canary import CanarySettings, chance_bound, chance_exposure
@@ -46,7 +47,9 @@ QUICK_NOTES = ("chain-wear.md", "moth.md", "winter-jobs.txt")
 
 def audit_rows(folder: Path, settings: CanarySettings) -> list[Row]:
     base = resolve_model(BUNDLED_MODEL, folder / "models").path
-    audit = run_canary_audit(folder / "audit", base, settings)
+    # as many steps per canary as the test's audit: more canaries share the same passages per step
+    steps = TRAINING["max_steps"] * settings.count // AUDIT_CANARIES.count
+    audit = run_canary_audit(folder / "audit", base, settings, {"max_steps": steps})
     bound, chance = chance_bound(settings.count), chance_exposure(settings.candidates)
     bits = f"bits of {math.log2(settings.candidates):.0f}"
     rows = [
@@ -113,7 +116,7 @@ def forget_rows(folder: Path, notes: Path) -> list[Row]:
     return [
         Row(
             "privacy",
-            f"forget one of {sum(1 for _ in notes.iterdir())} sample notes: remove, retrain, re-promote, vs 12 min",
+            "forget a train note of the sample set: remove, retrain, re-promote, vs 12 min",
             seconds,
             FORGET_LIMIT_S,
             FORGET_LIMIT_S / seconds,
@@ -131,7 +134,7 @@ def main() -> None:
     parser.add_argument("--notes-dir", type=Path, default=REPO / "data" / "notes", help="the sample notes")
     add_json_argument(parser)
     args = parser.parse_args()
-    settings = AUDIT_CANARIES if args.quick else CanarySettings(**{**AUDIT_CANARIES.__dict__, "count": args.canaries})
+    settings = AUDIT_CANARIES if args.quick else replace(AUDIT_CANARIES, count=args.canaries)
     with tempfile.TemporaryDirectory() as folder:
         notes = args.notes_dir
         if args.quick:

@@ -63,7 +63,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     # the graph on N and 2N notes (scripted teacher), generate, --help, a 1B random model; quick: N only, no 1B
     "memory": (["--notes", "30"], ["--notes", "26", "--skip-1b", "--single"]),
-    # four canaries planted, trained on, forgotten (the audit: about 4 minutes), then the demo's graph and
+    # four canaries planted, trained on, forgotten and measured (about 5 minutes), then the demo's graph and
     # `forget` on one of its train notes: near 40 minutes on 2 cores
     "privacy": (["--canaries", "4"], ["--quick"]),
 }

@@ -11,7 +11,7 @@ in a few dozen steps on 2 cores. Evaluation and promotion are not run: exposure 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def run_canary_audit(
     forgetting = forget_in_instance(instance, db, DataLayout(notes, data), CANARY_FILE, ForgetSettings(), "audit")
     _train(defs, instance, training)
     forget_seconds = time.perf_counter() - started
-    apart = CanarySettings(**{**settings.__dict__, "seed": settings.seed + 1})
+    apart = replace(settings, seed=settings.seed + 1)
     after_and_apart = _exposures(db, [*canaries, *make_canaries(apart)], settings)
     return CanaryAudit(
         canaries,
