@@ -352,9 +352,9 @@ train split.
 
 def canary_section(found: Sequence[Exposure]) -> str:
     """Each planted canary's exposure under the new adapter, against chance and the bound of noise."""
-    from fine_tune_dag.core.evaluation.canary import chance_bound  # torch is loaded by now: the canaries were read
+    from fine_tune_dag.core.evaluation.canary import chance_bound, chance_exposure  # torch is loaded by now
 
-    bound = chance_bound(len(found))
+    bound, chance = chance_bound(len(found)), chance_exposure(found[0].candidates)
     rows = [[f"the {e.canary.prefix} code is …", f"{e.rank} of {e.candidates}", f"{e.bits:.1f}"] for e in found]
     above = sum(e.bits >= bound for e in found)
     return f"""
@@ -362,7 +362,7 @@ def canary_section(found: Sequence[Exposure]) -> str:
 
 The canaries `fine-tune-dag plant-canaries` wrote into your notes (random words and digits, seeded), ranked among
 same-format candidates under the new adapter: exposure in bits (Carlini et al., "The Secret Sharer"). A canary the
-model never saw averages about 1.4 bits; {len(found)} of them all stay below {bound:.1f} bits with probability 95%.
+model never saw averages {chance:.1f} bits; {len(found)} of them all stay below {bound:.1f} bits with probability 95%.
 **{above} of {len(found)} above that bound**: {"the adapter has memorized them" if above else "within noise of chance"}.
 
 {table(rows, ["canary (secret left out)", "rank", "exposure (bits)"])}
