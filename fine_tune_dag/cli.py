@@ -415,6 +415,19 @@ def forget(settings: ProjectSettings, args: argparse.Namespace) -> int:
     return 0 if run.success else print(f"retraining failed: {run.model_failure}", file=sys.stderr) or 1
 
 
+def plant(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """`plant-canaries`: the privacy audit's canary note written into the notes folder, on the user's request."""
+    from fine_tune_dag.core.evaluation.canary import CanarySettings, plant_canaries
+
+    try:
+        path, canaries = plant_canaries(settings.layout.notes, CanarySettings())
+    except FileExistsError as error:
+        print(f"fine-tune-dag plant-canaries: {error.filename} exists already; nothing written", file=sys.stderr)
+        return 1
+    print(f"planted {len(canaries)} canaries in {path}; set canary_audit in eval_report's config to see them")
+    return 0
+
+
 COMMANDS = {  # each command's handler, called with the settings over --notes-dir/--data-dir and the arguments
     "demo": run_demo,
     "crossval": run_crossval,
@@ -431,6 +444,7 @@ COMMANDS = {  # each command's handler, called with the settings over --notes-di
     "annotate": annotate,
     "serve": serve_models,
     "forget": forget,
+    "plant-canaries": plant,
 }
 
 
@@ -507,6 +521,7 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     )
     forget_parser.add_argument("note", help="the note's file (relative to the notes folder) or partition key")
     forget_parser.add_argument("--no-retrain", action="store_true", help="forget now, retrain later")
+    commands.add_parser("plant-canaries", help="write the privacy audit's random canaries into a note of the folder")
     return parser
 
 

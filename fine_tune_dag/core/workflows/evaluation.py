@@ -4,7 +4,7 @@ on the held-out notes, write its report and record it: the step eval_report and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +19,7 @@ from fine_tune_dag.core.common.markdown import Markdown, table
 from fine_tune_dag.core.common.text_metrics import SharedRuns, words
 from fine_tune_dag.core.dataset.splits import records_of
 from fine_tune_dag.core.evaluation.authorship import AuthorshipClassifier, Calibration, calibrate, reference_writing
+from fine_tune_dag.core.evaluation.canary import CanarySettings, Exposure, exposures, make_canaries
 from fine_tune_dag.core.evaluation.config import EvaluationSettings
 from fine_tune_dag.core.evaluation.edge_cases import side_by_side
 from fine_tune_dag.core.evaluation.efficacy import (
@@ -36,6 +37,7 @@ from fine_tune_dag.core.evaluation.measures import (
     Contender,
     best_prompt_conversations,
     compare_contenders,
+    contender_weights,
     judged_win_rates,
     pick_examples,
     retrieval_conversations,
@@ -324,6 +326,7 @@ class Measurement:
     calibration: Calibration | None
     device: str
     engine: EngineChoice
+    canaries: list[Exposure] = field(default_factory=list)  # planted on purpose, under the new adapter (opt-in)
 
 
 def assemble_contenders(
@@ -372,7 +375,11 @@ def measure_contenders(assembled: Contenders, settings: EvaluationSettings, log:
         model, tokenizer, assembled.contenders, assembled.test, assembled.voice_items, classifier, settings, log, engine
     )
     engine.close()
-    return Measurement(outcome, calibration, str(device), engine.choice)
+    canaries = []
+    if settings.canary_audit:
+        with contender_weights(model, "tuned"):
+            canaries = exposures(model, tokenizer, make_canaries(CanarySettings()), CanarySettings())
+    return Measurement(outcome, calibration, str(device), engine.choice, canaries)
 
 
 def report_and_record(
@@ -452,6 +459,7 @@ def report_and_record(
         costs=contender_costs(outcome.qa, adapter, assembled.champion),
         written=written_side_by_side(outcome.voice_prompts, outcome.written),
         min_held_out_notes=settings.min_held_out_notes,
+        canaries=measured.canaries,
     )
     evaluation = {
         "adapter_version": adapter.version,
