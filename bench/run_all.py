@@ -64,8 +64,13 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     # the graph on N and 2N notes (scripted teacher), generate, --help, a 1B random model; quick: N only, no 1B
     "memory": (["--notes", "30"], ["--notes", "26", "--skip-1b", "--single"]),
+    # the shipped notes synthesized with the judge off and on (the bundled teacher), an adapter on each
+    "pair_judge": (["--steps", "24", "--items", "16"], ["--steps", "4", "--items", "4"]),
     # Q&A synthesis on the shipped notes by the local teacher, as written and through the egress step's redaction
     "privacy_redaction": ([], ["--passages", "6", "--max-new-tokens", "48"]),
+    # four canaries planted, trained on, forgotten and measured (about 5 minutes), then the demo's graph and
+    # `forget` on one of its train notes: near 40 minutes on 2 cores
+    "privacy": (["--canaries", "4"], ["--quick"]),
 }
 # The benchmark a script's rows are named by, the first word of their table lines, where it is not the script's
 # name: how rows read back from RESULTS.md are told apart by script.

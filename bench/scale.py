@@ -62,7 +62,7 @@ from fine_tune_dag.resources.policy import AutomationPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-key-not-real"
-TEMPLATES = ("chunk_boundaries", "grounded_qa", "back_translation", "pairwise_judge")
+TEMPLATES = ("chunk_boundaries", "grounded_qa", "back_translation", "pairwise_judge", "pair_judge")
 RUN_CONFIG = {**NOTE_OPS, "loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 NOTE_STEPS = ("raw_notes", "passages", "qa_pairs")
 TICK_BUDGET_S = 10.0  # the target for a sensor tick at 10,000 notes

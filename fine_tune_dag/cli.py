@@ -349,24 +349,15 @@ def use_adapter(settings: ProjectSettings, args: argparse.Namespace) -> int:
 
 
 def annotate(settings: ProjectSettings, args: argparse.Namespace) -> int:
-    """Serve the preference page (or, --blind, the "which did the author write?" page) until Ctrl-C; it starts
-    even with nothing to label, so the page can say why."""
-    from fine_tune_dag.apps.annotate.server import serve
-    from fine_tune_dag.core.store.blind import blind_progress
-    from fine_tune_dag.core.store.labels import progress
+    """Serve the preference page (or, --blind, the "which did the author write?" page; --pairs, the review of
+    synthetic pairs) until Ctrl-C; it starts even with nothing to label, so the page can say why."""
+    from fine_tune_dag.apps.annotate.server import introduction, serve
 
-    blind, port = args.blind, args.port
+    mode = "blind" if args.blind else "pairs" if args.pairs else "preference"
     who = (args.who or "").strip() or os.environ.get("USER") or getpass.getuser()
     db = _warehouse(settings)
-    done, total = blind_progress(db, who) if blind else progress(db, who)
-    keys = "left/right arrows: the author's text" if blind else "left/right arrows: better answer, down: tie, s: skip"
-    print(f"Annotating as {who}: http://127.0.0.1:{port}  ({keys}; Ctrl-C to stop)")
-    what, source = ("blind trials", "eval_report") if blind else ("comparisons", "preference_candidates")
-    if total:
-        print(f"{done} of {total} {what} answered", flush=True)
-    else:
-        print(f"no {what} yet: {source} must be materialized first", flush=True)
-    serve(db, who, port, mode="blind" if blind else "preference")
+    print("\n".join(introduction(db, who, args.port, mode)), flush=True)
+    serve(db, who, args.port, mode=mode)
     return 0
 
 
@@ -424,6 +415,19 @@ def forget(settings: ProjectSettings, args: argparse.Namespace) -> int:
     return 0 if run.success else print(f"retraining failed: {run.model_failure}", file=sys.stderr) or 1
 
 
+def plant(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """`plant-canaries`: the privacy audit's canary note written into the notes folder, on the user's request."""
+    from fine_tune_dag.core.evaluation.canary import CanarySettings, plant_canaries
+
+    try:
+        path, canaries = plant_canaries(settings.layout.notes, CanarySettings())
+    except FileExistsError as error:
+        print(f"fine-tune-dag plant-canaries: {error.filename} exists already; nothing written", file=sys.stderr)
+        return 1
+    print(f"planted {len(canaries)} canaries in {path}; set canary_audit in eval_report's config to see them")
+    return 0
+
+
 COMMANDS = {  # each command's handler, called with the settings over --notes-dir/--data-dir and the arguments
     "demo": run_demo,
     "crossval": run_crossval,
@@ -440,6 +444,7 @@ COMMANDS = {  # each command's handler, called with the settings over --notes-di
     "annotate": annotate,
     "serve": serve_models,
     "forget": forget,
+    "plant-canaries": plant,
 }
 
 
@@ -503,6 +508,9 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     annotate_parser.add_argument(
         "--blind", action="store_true", help="the blind test: which of two texts did the author write?"
     )
+    annotate_parser.add_argument(
+        "--pairs", action="store_true", help="review synthetic Q&A pairs beside their passage: accept, edit, reject"
+    )
     serve_parser = commands.add_parser("serve", help="an OpenAI-compatible API over your models, a playground at /")
     serve_parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond this machine only with a key")
     serve_parser.add_argument("--port", type=int, default=8000)
@@ -513,6 +521,7 @@ def build_parser(environment: ProjectSettings) -> argparse.ArgumentParser:
     )
     forget_parser.add_argument("note", help="the note's file (relative to the notes folder) or partition key")
     forget_parser.add_argument("--no-retrain", action="store_true", help="forget now, retrain later")
+    commands.add_parser("plant-canaries", help="write the privacy audit's random canaries into a note of the folder")
     return parser
 
 

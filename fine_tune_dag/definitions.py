@@ -12,11 +12,17 @@ from pathlib import Path
 import dagster as dg
 
 from fine_tune_dag.assets.crossval import build_crossval_assets
+from fine_tune_dag.assets.review import pair_labels
 from fine_tune_dag.assets.sweep import build_sweep_assets
 from fine_tune_dag.automation.conditions import with_automation
 from fine_tune_dag.automation.jobs import ALL_ASSETS, JOBS
 from fine_tune_dag.automation.schedules import build_retrain_schedule
-from fine_tune_dag.automation.sensors import automation_sensor, new_notes_sensor, retrain_after_forget
+from fine_tune_dag.automation.sensors import (
+    automation_sensor,
+    new_notes_sensor,
+    pair_labels_sensor,
+    retrain_after_forget,
+)
 from fine_tune_dag.core.models.bundled import BUNDLED_MODEL
 from fine_tune_dag.resources.artifacts import ArtifactStoreResource
 from fine_tune_dag.resources.llm import LLMResource
@@ -81,10 +87,10 @@ def build_definitions(
     assets, checks = with_automation(ALL_ASSETS, policy.retrain_min_new_examples, policy.retrain_on_deletion)
     sweeps = build_sweep_assets(Path(sweep_file)) if Path(sweep_file).is_file() else []
     return dg.Definitions(
-        assets=[*assets, *sweeps, *build_crossval_assets(crossval_folds)],
+        assets=[*assets, pair_labels, *sweeps, *build_crossval_assets(crossval_folds)],
         asset_checks=checks,
         jobs=JOBS,
-        sensors=[new_notes_sensor, automation_sensor(), retrain_after_forget],
+        sensors=[new_notes_sensor, pair_labels_sensor, automation_sensor(), retrain_after_forget],
         schedules=[build_retrain_schedule(policy.retrain_cron, policy.retrain_timezone)],
         executor=executor_for(executor),
         resources={

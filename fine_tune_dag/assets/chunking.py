@@ -17,10 +17,10 @@ from fine_tune_dag.core.synthesis.chunking import (
     BOUNDARY_TEMPLATE,
     ChunkingResult,
     ChunkingSettings,
-    boundary_request,
+    boundary_requests,
     heuristic_passages,
     needs_boundary_request,
-    passages_from_boundary_answer,
+    passages_from_boundary_answers,
 )
 from fine_tune_dag.resources.llm import LLMResource
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -53,12 +53,12 @@ def passages(
     found = count_kinds(findings)
     save_findings(db, note_id, note.sha256, found, llm.provider, egress.choice.policy, egress.names)
     if needs_boundary_request(note.text, settings):
-        request = boundary_request(
+        requests = boundary_requests(
             note.text, settings, config.boundary_max_new_tokens, note=note_id, keep_whole=[f.text for f in findings]
         )
         try:
-            answer = cached.complete([request])[0]
-            result = passages_from_boundary_answer(note_id, note.text, note.title, answer, settings)
+            answers = cached.complete(requests)
+            result = passages_from_boundary_answers(note_id, note.text, note.title, answers, settings)
         except EgressBlocked as blocked:  # chunking needs no LLM: headings and paragraphs, nothing sent
             fallback = heuristic_passages(note_id, note.text, note.title, settings)
             result = ChunkingResult(fallback.passages, fallback.strategy, str(blocked))

@@ -23,6 +23,7 @@ from fine_tune_dag.core.synthesis.chunking import BOUNDARY_MAX_NEW_TOKENS, Chunk
 from fine_tune_dag.core.synthesis.qa_pairs import SynthesisSettings
 from fine_tune_dag.core.training.dpo_config import DpoSettings
 from fine_tune_dag.core.training.sft_config import TrainingSettings
+from fine_tune_dag.core.workflows.dataset import DatasetSettings
 
 
 class SettingsConfig(dg.Config):
@@ -79,7 +80,15 @@ class ChunkingConfig(ChunkingSettingsConfig):
     )
 
 
-SynthesisConfig = settings_config("SynthesisConfig", SynthesisSettings)
+class SynthesisConfig(settings_config("SynthesisSettingsConfig", SynthesisSettings)):
+    judge: str = Field(
+        default="auto",
+        description="the pair judge (scores each kept pair against its passage, rejects those below "
+        "judge_min_score): 'auto' (when the LLM is a hosted one; bench/pair_judge.py measures the bundled "
+        "model), 'llm', or 'off'",
+    )
+
+
 TrainingConfig = settings_config("TrainingConfig", TrainingSettings)
 DpoConfig = settings_config("DpoConfig", DpoSettings)
 
@@ -97,21 +106,14 @@ class PreferenceCandidatesConfig(settings_config("PreferenceSettingsConfig", Pre
     judge: str = Field(default="auto", description="pre-label with " + _JUDGE_HELP.format(off="none"))
 
 
-# Stages with no settings dataclass of their own.
-
-
-class SplitConfig(dg.Config):
+class SplitConfig(settings_config("DatasetSettingsConfig", DatasetSettings)):
     test_fraction: float = Field(
         default=DEFAULT_TEST_FRACTION, description="share of notes held out; assigned by a hash of the note id"
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    sources: list[str] = Field(
-        default=["notes", "writing"],
-        description="where pairs come from: 'notes' (synthesized Q&A), 'writing' (the passages themselves: "
-        "continued pretraining and writing tasks, no LLM), 'request_log' (request_log_pairs), "
-        "'prompt_completion' (prompt_completion_pairs), or a mix",
-    )
-    writing_seed: int = Field(default=0, description="draws the writing tasks' prompt phrasings and system prompts")
+
+
+# Stages with no settings dataclass of their own.
 
 
 class EdgeCaseConfig(dg.Config):

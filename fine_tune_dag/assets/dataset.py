@@ -9,24 +9,21 @@ from fine_tune_dag.assets.common import reports_peak_memory, stage_failures
 from fine_tune_dag.assets.config import SplitConfig
 from fine_tune_dag.assets.models import base_model
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.review import pair_labels
 from fine_tune_dag.assets.synthesis import qa_pairs
 from fine_tune_dag.assets.teacher import prompt_completion_pairs, request_log_pairs
 from fine_tune_dag.core.common.chat import render_training_example
 from fine_tune_dag.core.common.markdown import length_summary, preview
 from fine_tune_dag.core.common.metadata_keys import DATASET_VERSION, TRAIN_NOTES_LOST, TRAIN_PAIRS
-from fine_tune_dag.core.dataset.splits import (
-    assign_splits,
-    dataset_version,
-    records_of,
-    write_jsonl,
-)
+from fine_tune_dag.core.dataset.splits import assign_splits, dataset_version, records_of, write_jsonl
 from fine_tune_dag.core.dataset.writing import WRITING_MODES
-from fine_tune_dag.core.store.notes import kept_pairs, note_files, paths_outside, trainable_notes
+from fine_tune_dag.core.store.notes import note_files, paths_outside, trainable_notes
 from fine_tune_dag.core.store.registry import latest_adapter
 from fine_tune_dag.core.store.splits import train_notes
 from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.synthesis.qa_pairs import MODES
 from fine_tune_dag.core.training.sft_config import TrainingSettings
+from fine_tune_dag.core.workflows.dataset import dataset_pairs
 from fine_tune_dag.resources.models import ModelsResource
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.warehouse import WarehouseResource
@@ -40,11 +37,11 @@ def notes_of(db: Warehouse, splits: pd.DataFrame, version: str) -> pd.DataFrame:
 
 
 @dg.asset(
-    deps=[qa_pairs, request_log_pairs, prompt_completion_pairs, base_model],
+    deps=[qa_pairs, request_log_pairs, prompt_completion_pairs, base_model, pair_labels],
     group_name="dataset",
     pool="duckdb",
     kinds={"python", "duckdb"},
-    code_version="splits-3",
+    code_version="splits-4",
 )
 @reports_peak_memory
 def dataset_splits(
@@ -62,9 +59,7 @@ def dataset_splits(
     excluded = paths_outside(db, note_ids)
     trainable, rejected, duplicates = trainable_notes(db, note_ids)
     with stage_failures():
-        kept = pd.concat(
-            [kept_pairs(db, source, trainable, config.writing_seed) for source in config.sources], ignore_index=True
-        )
+        kept, quality = dataset_pairs(db, trainable, config.settings())
     splits = assign_splits(kept, config.test_fraction, config.system_prompt)
     tokenizer = load_tokenizer(models.resolve().path)
     rendered = [render_training_example(tokenizer, r["messages"]) for r in records_of(splits)]
@@ -91,6 +86,7 @@ def dataset_splits(
         "test_tokens": int(tokens.get("test", 0)),
         "train_path": str(files["train"]),
         "test_path": str(files["test"]),
+        "reviewed_train_pairs": int(side["train"]["reviewed"].sum()),
     }
     trained = latest_adapter(db)  # before this version's lineage joins dataset_notes
     lost = train_notes(db, trained.dataset_version) - set(side["train"]["note_id"]) if trained is not None else set()
@@ -108,6 +104,8 @@ def dataset_splits(
                 dict(zip(rejected["path"].fillna(rejected["note_id"]), rejected["reason"]))
             ),
             "duplicate_notes": dg.MetadataValue.json(duplicates),
+            **quality,
+            "weight_by_source_kind": dg.MetadataValue.json(splits.groupby("source_kind")["weight"].sum().to_dict()),
             "estimated_training_tokens": dg.MetadataValue.int(int(summary["train_tokens"] * TrainingSettings.epochs)),
             "answer_tokens": dg.MetadataValue.json(length_summary(splits["answer_tokens"].tolist())),
             "train_jsonl": dg.MetadataValue.path(str(files["train"])),

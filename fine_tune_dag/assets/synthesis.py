@@ -13,7 +13,16 @@ from fine_tune_dag.core.common.fingerprint import fingerprint
 from fine_tune_dag.core.common.markdown import preview, table
 from fine_tune_dag.core.store.notes import rows_for_note, save_qa_pairs
 from fine_tune_dag.core.synthesis.chunking import Passage
+from fine_tune_dag.core.synthesis.pair_judge import (
+    JUDGE_REJECTION,
+    JUDGE_TEMPLATE,
+    Judgement,
+    apply_judgements,
+    judge_request,
+    parse_judgement,
+)
 from fine_tune_dag.core.synthesis.qa_pairs import (
+    NEAR_DUPLICATE_QUESTION,
     TEMPLATES,
     SynthesisSettings,
     candidate_pairs,
@@ -30,7 +39,9 @@ from fine_tune_dag.resources.warehouse import WarehouseResource
     deps=[passages],
     group_name="dataset",
     kinds={"python", "duckdb"},
-    code_version="+".join(["synthesis-1", *(t.tag for t in TEMPLATES.values()), fingerprint(SynthesisSettings())]),
+    code_version="+".join(
+        ["synthesis-2", *(t.tag for t in (*TEMPLATES.values(), JUDGE_TEMPLATE)), fingerprint(SynthesisSettings())]
+    ),
 )
 @reports_peak_memory
 def qa_pairs(
@@ -62,11 +73,21 @@ def qa_pairs(
         for (p, mode), answer in zip(jobs, answers)
         for pair in candidate_pairs(p, mode, answer, settings.questions_per_passage)
     ]
-    pairs = pd.DataFrame([vars(pair) for pair in filter_pairs(candidates, settings)])
+    filtered = filter_pairs(candidates, settings)
+    judge = llm.judge(config.judge, db, context)
+    judgements: dict[str, Judgement] = {}
+    if judge is not None:
+        by_index = {p.index: p for p in note_passages}
+        to_judge = [pair for pair in filtered if pair.status == "kept"]
+        verdicts = judge.complete([judge_request(pair, by_index[pair.passage_index].text) for pair in to_judge])
+        judgements = {pair.pair_id: parse_judgement(verdict) for pair, verdict in zip(to_judge, verdicts)}
+        filtered = apply_judgements(filtered, judgements, settings.judge_min_score)
+    pairs = pd.DataFrame([vars(pair) for pair in filtered])
     save_qa_pairs(db, note_id, pairs)
     kept = pairs[pairs["status"] == "kept"]
     rejected = pairs[pairs["status"] == "rejected"]
     reasons = Counter(rejected["reason"])
+    judged = pairs["judge_score"].notna()
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(pairs),
@@ -74,9 +95,15 @@ def qa_pairs(
             "kept": len(kept),
             "rejected": len(rejected),
             "rejection_rate": round(len(rejected) / len(pairs), 3) if len(pairs) else 0.0,
+            "near_duplicate_questions": int((rejected["reason"] == NEAR_DUPLICATE_QUESTION).sum()),
+            "judge": "off" if judge is None else f"{judge.client.model_name}, min score {settings.judge_min_score}",
+            "judged": int(judged.sum()),
+            "judge_rejected": int(rejected["reason"].str.startswith(JUDGE_REJECTION).sum()),
+            "judge_unreadable": len(judgements) - int(judged.sum()),
             "kept_by_mode": dg.MetadataValue.json(dict(Counter(kept["mode"]))),
             "rejection_reasons": dg.MetadataValue.md(table(reasons.most_common(), ["reason", "pairs"])),
             **llm_usage_metadata(cached.usage, cached.client),
+            **({"judge_" + k: v for k, v in llm_usage_metadata(judge.usage).items()} if judge is not None else {}),
             "kept_preview": dg.MetadataValue.md(preview(kept, ["mode", "question", "answer"])),
             "rejected_preview": dg.MetadataValue.md(preview(rejected, ["mode", "reason", "question"])),
         }

@@ -1,5 +1,6 @@
-"""new_notes_sensor: notes dropped into the folder become partitions and runs, with no parsing here; and the
-sensor that evaluates the automation conditions."""
+"""new_notes_sensor: notes dropped into the folder become partitions and runs, with no parsing here;
+pair_labels_sensor: people's decisions on pairs become an upstream change of the dataset; and the sensor that
+evaluates the automation conditions."""
 
 import warnings
 
@@ -8,11 +9,15 @@ import dagster as dg
 from fine_tune_dag.assets.forgetting import RETRAIN_TAG
 from fine_tune_dag.assets.ingest import raw_notes
 from fine_tune_dag.assets.partitions import notes_partitions
+from fine_tune_dag.assets.review import pair_labels
 from fine_tune_dag.assets.tags import NOTE_PATH_TAG
 from fine_tune_dag.automation.jobs import dataset_job, forget_job, notes_job, train_and_evaluate_job
+from fine_tune_dag.core.common.fingerprint import fingerprint
 from fine_tune_dag.core.ingest.watch import NoteChange, WatchCursor, scan_notes
+from fine_tune_dag.core.store.pair_labels import pair_labels_state
 from fine_tune_dag.resources.paths import ProjectPaths
 from fine_tune_dag.resources.policy import AutomationPolicy
+from fine_tune_dag.resources.warehouse import WarehouseResource
 
 _DATA_VERSION_TAG = "dagster/data_version"
 
@@ -101,6 +106,24 @@ def retrain_after_forget(context: dg.RunStatusSensorContext) -> dg.RunRequest | 
     if run.tags.get(RETRAIN_TAG) != "true":
         return dg.SkipReason(f"forget run {run.run_id} removed nothing or asked for no retraining")
     return dg.RunRequest(run_key=run.run_id, tags={"fine_tune_dag/after_forget_run": run.run_id})
+@dg.sensor(
+    name="pair_labels_sensor",
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches people's decisions on pairs (fine-tune-dag annotate --pairs): when they change, "
+    "pair_labels is recorded as updated and the automation rebuilds the dataset.",
+)
+def pair_labels_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
+    """One small query a tick; the cursor is the decisions' count and latest time, so a tick with none new
+    records nothing."""
+    labels, latest = pair_labels_state(warehouse.get())
+    state = fingerprint([labels, latest])
+    if labels == 0 or state == context.cursor:
+        return dg.SensorResult(skip_reason=f"no new decisions on pairs ({labels} in all)", cursor=context.cursor)
+    update = dg.AssetMaterialization(
+        pair_labels.key, metadata={"decisions": labels, "latest": latest}, tags={"dagster/data_version": state}
+    )
+    return dg.SensorResult(asset_events=[update], cursor=state)
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:

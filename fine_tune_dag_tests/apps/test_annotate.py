@@ -239,9 +239,10 @@ def test_the_command_serves_on_localhost_and_says_when_there_is_nothing_to_label
 
 
 @contextmanager
-def annotate_command(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """The real `fine-tune-dag annotate`, stopped (by force if need be) however the test ends."""
-    command = [sys.executable, "-m", "fine_tune_dag.cli", "--data-dir", str(data_dir), "annotate"]
+def annotate_command(data_dir: Path, port: int, log: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """The real `fine-tune-dag annotate` (with `options`, e.g. --pairs), stopped (by force if need be) however the
+    test ends."""
+    command = [sys.executable, "-m", "fine_tune_dag.cli", "--data-dir", str(data_dir), "annotate", *options]
     with log.open("w") as out:
         process = subprocess.Popen(
             [*command, "--port", str(port), "--who", "tester"],

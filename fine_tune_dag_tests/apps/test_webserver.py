@@ -35,6 +35,7 @@ EXPECTED = {
     "preference_pairs",
     "dpo_adapter",
     "prompt_completion_pairs",
+    "pair_labels",  # external: people's decisions on pairs, recorded by pair_labels_sensor
 }
 
 

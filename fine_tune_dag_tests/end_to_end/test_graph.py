@@ -91,6 +91,8 @@ def test_whole_graph_materializes_and_a_bad_note_fails_alone(graph, scripted_llm
     summary = evaluation_summary(db, report.adapter_version)
     assert list(summary) == ["base", "prompted", "base+rag", "tuned", "tuned+rag"]  # no champion yet
     assert text.splitlines()[2] == "## Was fine-tuning worth it on your notes?" and "loss_curve.png" in text
+    train_pairs = int(db.query("SELECT count(*) FROM dataset_splits WHERE split = 'train'").iloc[0, 0])
+    assert f"| pairs reviewed by people | 0 of {train_pairs} train pairs (accepted or edited on " in text
     # the headline is the verdict the registry keeps, and the contender it names is beaten by none in the table
     assert text.splitlines()[4] == report.recommendation.splitlines()[0]
     # the tiny adapter writes more like the notes than anything untuned, but its six random tokens per answer

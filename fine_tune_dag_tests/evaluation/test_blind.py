@@ -338,7 +338,7 @@ def test_a_bad_blind_choice_is_a_400_with_the_reason(
 def test_other_websites_cannot_read_trials_and_an_unknown_mode_is_refused(db: Warehouse) -> None:
     rebound = client(db).get("/api/next", headers={"Host": "attacker.example:8765"})
     assert rebound.status_code == 400 and "Own passage" not in rebound.text
-    with pytest.raises(ValueError, match="mode must be one of preference, blind, not 'blnd'"):
+    with pytest.raises(ValueError, match="mode must be one of preference, blind, pairs, not 'blnd'"):
         annotation_app(db, LABELER, mode="blnd")
 
 

@@ -132,7 +132,7 @@ def scripted_gemini(request) -> StubReply:
     """The scripted LLM's answers, served over the REST stub (the template told apart by its system text)."""
     template = next(
         name
-        for name in ("chunk_boundaries", "grounded_qa", "back_translation", "pairwise_judge")
+        for name in ("chunk_boundaries", "grounded_qa", "back_translation", "pairwise_judge", "pair_judge")
         if load_prompt(name).system.strip()[:60] in request.system_text
     )
     last = request.body["contents"][-1]["parts"][0]["text"]

@@ -201,7 +201,7 @@ def scripted_chat(request) -> ChatReply:
     """The scripted LLM's answers, served over the stub (the template told apart by its system prompt)."""
     template = next(
         name
-        for name in ("chunk_boundaries", "grounded_qa", "back_translation")
+        for name in ("chunk_boundaries", "grounded_qa", "back_translation", "pair_judge")
         if load_prompt(name).system.strip()[:60] in request.system_text
     )
     return ChatReply(text=ScriptedLLM._answer(template, request.body["messages"][-1]["content"]))

@@ -109,7 +109,7 @@ def notes_folder(tmp_path: Path, with_list: bool = True) -> tuple[Path, Path]:
 def template_of(system: str) -> str:
     return next(
         name
-        for name in ("chunk_boundaries", "grounded_qa", "back_translation")
+        for name in ("chunk_boundaries", "grounded_qa", "back_translation", "pair_judge")
         if load_prompt(name).system.strip()[:60] in (system or "")
     )
 

@@ -1,6 +1,7 @@
-"""`forget` and the proof that it worked, on the whole graph with a tiny model: a note of random canaries is
-planted beside the sample notes, trained on, measured, forgotten, retrained and measured again; and the
-champion's replacement and the refusals on a warehouse made by hand."""
+"""`forget` on the whole graph with a tiny model: a note of random canaries is planted beside the sample notes,
+trained on, forgotten and retrained without; and the champion's replacement and the refusals on a warehouse made
+by hand. That the model no longer knows the canaries is measured on the bundled model (test_canary_audit.py): the
+tiny random model never memorizes them in the first place."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from fine_tune_dag_testkit.scripted import ScriptedLLM, scripted_definitions
 from fine_tune_dag.assets.forgetting import forget_in_instance
 from fine_tune_dag.automation.jobs import notes_job, train_and_evaluate_job
 from fine_tune_dag.cli import materialize_graph
-from fine_tune_dag.core.evaluation.canary import CanarySettings, chance_exposure, exposures, plant_canaries
+from fine_tune_dag.core.evaluation.canary import CanarySettings, plant_canaries
 from fine_tune_dag.core.ingest.notes import note_partition_key
-from fine_tune_dag.core.models.loading import load_causal_lm, load_tokenizer, with_adapters
 from fine_tune_dag.core.store.forgetting import BY_NOTE_ID, BY_TEXT_OR_KEY, HOLDS_NO_NOTE_TEXT
 from fine_tune_dag.core.store.layout import DataLayout
 from fine_tune_dag.core.store.registry import current_champion, latest_adapter, main_line_versions
@@ -29,7 +29,7 @@ from fine_tune_dag.definitions import build_definitions
 from fine_tune_dag.resources.policy import AutomationPolicy
 
 CANARY_FILE = "codes.md"  # lands on the train side at the test fraction below
-CANARIES = CanarySettings(count=2, digits=4, candidates=1024, repetitions=24)
+CANARIES = CanarySettings(count=2, digits=4, repetitions=24)
 RUN_CONFIG = {
     "ops": {
         "passages": {"config": {"min_chars": 60, "max_chars": 200}},
@@ -126,12 +126,6 @@ def _files_with(folder: Path, needle: str) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
 
 
-def _exposures(db: Warehouse, canaries) -> list:
-    adapter = latest_adapter(db)
-    model = with_adapters(load_causal_lm(Path(adapter.base_model_path)), {"adapter": adapter.path})
-    return exposures(model, load_tokenizer(Path(adapter.path)), canaries, CANARIES)
-
-
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory, tiny_model_dir):
     """The audit end to end, with what each test asserts recorded on the way."""
@@ -157,7 +151,6 @@ def audit(tmp_path_factory, tiny_model_dir):
         "tables_before": _cells_with(db, secret),
         "other_before": _cells_with(db, other[:60]),
         "files_before": _files_with(data, secret),
-        "exposure_before": _exposures(db, canaries),
     }
     state["forgot"] = forget_in_instance(instance, db, layout, CANARY_FILE, ForgetSettings(), "test")
     state["partition_left"] = instance.has_dynamic_partition("notes", note_id)
@@ -179,8 +172,7 @@ def audit(tmp_path_factory, tiny_model_dir):
     job = defs.resolve_job_def(train_and_evaluate_job.name)
     ops = {k: v for k, v in RUN_CONFIG["ops"].items() if k in {n.name for n in job.graph.nodes}}
     retrained = job.execute_in_process(instance=instance, run_config={"ops": ops}, raise_on_error=False)
-    state["retrained_ok"] = retrained.success or latest_adapter(db).version != state["trained"]
-    state["exposure_after"] = _exposures(db, canaries)
+    state["retrained"] = retrained.success or latest_adapter(db).version != state["trained"]
     instance.add_dynamic_partitions("notes", [note_id])  # as the sensor does for a file still in the folder
     state["reread"] = defs.resolve_job_def(notes_job.name).execute_in_process(
         instance=instance, partition_key=note_id, raise_on_error=False
@@ -238,22 +230,8 @@ def test_a_forgotten_note_still_in_the_folder_is_not_read_again(audit):
     assert "was forgotten on" in failure and "move its file out" in failure
 
 
-def test_canaries_are_at_chance_after_forget_and_retraining(audit):
-    assert audit["retrained_ok"]
-    chance = chance_exposure(CANARIES.candidates)
-    assert 1.4 < chance < 1.5
-    # each within what chance gives (6 bits or more: probability 1/64 per canary)
-    assert max(e.bits for e in audit["exposure_after"]) < 6, [e.bits for e in audit["exposure_after"]]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the testkit's tiny random model does not memorize under LoRA: its loss stays near uniform (5.8 nats "
-    "after 600 steps at lr 0.05), so no canary rises above chance; the test needs a model that learns",
-)
-def test_canaries_are_exposed_before_forget(audit):
-    # a canary the model never saw reaches 8 bits with probability 1/256
-    assert max(e.bits for e in audit["exposure_before"]) >= 8, [e.bits for e in audit["exposure_before"]]
+def test_the_retrain_after_forget_trains_a_new_adapter(audit):
+    assert audit["retrained"]
 
 
 def test_an_unknown_note_is_refused_and_nothing_is_recorded(tmp_path):

@@ -6,11 +6,13 @@ from fine_tune_dag.core.synthesis.chunking import (
     ChunkingOutputError,
     ChunkingSettings,
     boundary_prompt_variables,
+    boundary_requests,
+    boundary_windows,
     heuristic_passages,
     needs_boundary_request,
     paragraph_units,
     parse_boundaries,
-    passages_from_boundary_answer,
+    passages_from_boundary_answers,
 )
 
 WORDS = "the chain wears slowly and the river rises while bees hum in the cold workshop".split()
@@ -82,8 +84,8 @@ def test_valid_llm_boundaries_are_used_with_topics():
     settings = ChunkingSettings(min_chars=100, max_chars=1000)
     assert needs_boundary_request(text, settings)
     assert "[9] Paragraph 8" in boundary_prompt_variables(text, settings)["paragraphs"]
-    result = passages_from_boundary_answer(
-        "n", text, "T", "Sure!\n1 | topic zero\n4 | topic one\n7 | topic two", settings
+    result = passages_from_boundary_answers(
+        "n", text, "T", ["Sure!\n1 | topic zero\n4 | topic one\n7 | topic two"], settings
     )
     assert result.strategy == "llm" and result.fallback_reason is None
     assert [p.topic for p in result.passages] == ["topic zero", "topic one", "topic two"]
@@ -103,10 +105,34 @@ def test_valid_llm_boundaries_are_used_with_topics():
 )
 def test_invalid_llm_boundaries_fall_back_to_heuristic_with_reason(answer, reason):
     text = long_note()
-    result = passages_from_boundary_answer("n", text, "T", answer, ChunkingSettings(min_chars=100, max_chars=1000))
+    result = passages_from_boundary_answers("n", text, "T", [answer], ChunkingSettings(min_chars=100, max_chars=1000))
     assert result.strategy == "heuristic"
     assert reason in result.fallback_reason
     assert_span_invariant(text, result.passages)
+
+
+def test_a_long_note_is_asked_about_in_windows_each_numbered_from_one_and_cut_before_a_heading():
+    """A mailbox or a book has thousands of paragraphs: one prompt for all of them would not fit a small model's
+    context, so each window of paragraphs is its own request; a window ends before a heading in its second half."""
+    sections = [
+        f"## Message {m}\n\n" + "\n\n".join(f"Message {m} paragraph {p}." * 6 for p in range(3)) for m in range(5)
+    ]
+    text = "\n\n".join(sections)
+    settings = ChunkingSettings(min_chars=50, max_chars=400, window_paragraphs=6)
+    windows = boundary_windows(text, settings)
+    assert [len(w) for w in windows] == [4, 4, 4, 4, 4]  # each window a whole message: its heading and paragraphs
+    assert all(window[0].is_heading for window in windows)
+    requests = boundary_requests(text, settings, 64, note="mail")
+    assert len(requests) == 5 and all("[1] ## Message" in r.messages[-1][1] for r in requests)
+    assert all("[5]" not in r.messages[-1][1] for r in requests)
+    answers = ["1 | opening\n3 | later"] * 4 + ["no boundaries here"]  # the last window's answer is unusable
+    result = passages_from_boundary_answers("mail", text, "Mail", answers, settings)
+    assert result.strategy == "llm" and result.fallback_reason.startswith("window 5 of 5: no 'number | topic'")
+    assert_span_invariant(text, result.passages)
+    assert [p.topic for p in result.passages][:2] == ["opening", "later"]
+    last = [p for p in result.passages if "Message 4" in p.text]  # cut by headings and paragraphs, not lost
+    assert last[0].text.startswith("## Message 4") and {p.strategy for p in last} == {"heuristic"}
+    assert {p.strategy for p in result.passages if p not in last} == {"llm"}
 
 
 def test_parse_boundaries_accepts_common_formats():

@@ -46,6 +46,8 @@ class ScriptedLLM:
     def _answer(template: str, prompt: str) -> str:
         if template == "pairwise_judge":
             return "A"
+        if template == "pair_judge":  # a hosted teacher judges pairs by default: this one keeps every pair
+            return "Score: 5\nReason: answered by the passage, in its words"
         if template == "chunk_boundaries":
             count = len(re.findall(r"^\[\d+\]", prompt, re.MULTILINE))
             return "1 | opening\n" + (f"{count // 2 + 1} | later part" if count > 1 else "")

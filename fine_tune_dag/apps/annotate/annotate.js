@@ -1,6 +1,7 @@
 "use strict";
-// Shared by both labelling pages (annotate.html, annotate_blind.html): each calls annotate() with what differs.
-// What is shown is model output or the author's writing: it is only ever set with textContent, never parsed as HTML.
+// Shared by the labelling pages (annotate.html, annotate_blind.html, annotate_pairs.html): each calls annotate()
+// with what differs. What is shown is model output or the author's writing: it is only ever set with textContent
+// (or a text field's value), never parsed as HTML.
 
 /**
  * Runs a labelling page against its server's api/next and api/choice.
@@ -10,8 +11,12 @@
  * @param {string[]} mode.texts the item's fields shown, each in the element of the same id
  * @param {Object<string, string>} mode.keys the side each key chooses (letters in lower case)
  * @param {string} mode.loadFailure what to say when the next item cannot be loaded
+ * @param {function(object, string): object} [mode.extra] what else a choice carries, from the item and the side
+ * @param {function(object): void} [mode.onShow] called with each item once it is shown
+ * @returns {{choose: function(string): void}} for a page's own controls
  */
-function annotate({ item, itemId, texts, keys, loadFailure }) {
+function annotate({ item, itemId, texts, keys, loadFailure, extra = (shown) => ({ shown_left: shown.shown_left }),
+                    onShow = () => {} }) {
   const $ = (id) => document.getElementById(id);
   const buttons = document.querySelectorAll("button[data-side]");
   let current = null;
@@ -29,7 +34,12 @@ function annotate({ item, itemId, texts, keys, loadFailure }) {
       $("none-yet").hidden = total > 0;
       return;
     }
-    texts.forEach((field) => { $(field).textContent = current[field]; });
+    texts.forEach((field) => {
+      const element = $(field);
+      if (element.tagName === "TEXTAREA") element.value = current[field];
+      else element.textContent = current[field];
+    });
+    onShow(current);
   }
 
   // One request at a time: keys and clicks while one is in flight are ignored, so nothing is saved twice.
@@ -53,7 +63,7 @@ function annotate({ item, itemId, texts, keys, loadFailure }) {
 
   function choose(side) {
     if (busy || current === null) return;
-    const choice = { [itemId]: current[itemId], side, shown_left: current.shown_left };
+    const choice = { [itemId]: current[itemId], side, ...extra(current, side) };
     send("api/choice", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -63,6 +73,7 @@ function annotate({ item, itemId, texts, keys, loadFailure }) {
 
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;  // browser shortcuts, held keys
+    if (["INPUT", "TEXTAREA"].includes(event.target.tagName) && !event.target.readOnly) return;  // typing
     const side = keys[event.key.length === 1 ? event.key.toLowerCase() : event.key];
     if (side === undefined) return;
     event.preventDefault();  // arrows would scroll
@@ -70,4 +81,5 @@ function annotate({ item, itemId, texts, keys, loadFailure }) {
   });
   buttons.forEach((button) => button.addEventListener("click", () => choose(button.dataset.side)));
   send("api/next", {}, loadFailure);
+  return { choose };
 }

@@ -5,8 +5,10 @@ server loses nothing, and the next start resumes at the first unanswered compari
 where an answer came from, only which one it shows on the left.
 
 The blind mode (`mode="blind"`, see `core.store.blind`) asks instead which of two texts on the same prompt the
-author wrote, the author's held-out passage or the model's; it works the same way. Each mode's page holds only its
-markup and settings; the script and styles both share are served beside it (`annotate.js`, `annotate.css`).
+author wrote, the author's held-out passage or the model's; it works the same way. The pairs mode (`mode="pairs"`,
+see `core.store.pair_labels`) shows each synthetic Q&A pair, kept or rejected, beside its passage, to accept, edit
+or reject. Each mode's page holds only its markup and settings; the script and styles all share are served beside
+it (`annotate.js`, `annotate.css`).
 
 It listens on 127.0.0.1 only and has no login, so it also refuses what another website open in the same
 browser could send it: a choice must be `application/json` (a cross-site form cannot set that without a CORS
@@ -33,11 +35,12 @@ from starlette.routing import Route
 
 from fine_tune_dag.core.store.blind import blind_progress, next_blind_trial, record_blind_pick
 from fine_tune_dag.core.store.labels import next_comparison, progress, record_choice
+from fine_tune_dag.core.store.pair_labels import next_pair_to_review, record_pair_decision, review_progress
 from fine_tune_dag.core.store.warehouse import Warehouse
 
 HOST = "127.0.0.1"  # the page writes labels without asking who is calling: never reachable from other machines
 ALLOWED_HOSTS = ("127.0.0.1", "localhost")
-SHARED = {"annotate.js": "text/javascript", "annotate.css": "text/css"}  # served at /<name> for both pages
+SHARED = {"annotate.js": "text/javascript", "annotate.css": "text/css"}  # served at /<name> for every page
 
 
 def _packaged(name: str) -> str:
@@ -46,7 +49,7 @@ def _packaged(name: str) -> str:
 
 
 def _shared_route(name: str, media_type: str) -> Route:
-    """`GET /<name>`: a file both pages load, read once, with its content type (text/* comes as UTF-8)."""
+    """`GET /<name>`: a file every page loads, read once, with its content type (text/* comes as UTF-8)."""
     body = _packaged(name)
 
     async def shared(request: Request) -> Response:
@@ -57,28 +60,63 @@ def _shared_route(name: str, media_type: str) -> Route:
 
 @dataclass(frozen=True)
 class Mode:
-    """What one kind of labelling shows and saves; both share the server, its checks and its JSON shapes."""
+    """What one kind of labelling shows and saves; all share the server, its checks and its JSON shapes."""
 
     page: str  # the page's file, beside this module
     item: str  # the state's key for what is shown (None when all is answered)
     item_id: str  # the field naming it in a choice
-    next_item: Callable[[Warehouse, str], dict[str, str] | None]
-    record: Callable[[Warehouse, str, str, str, str], str]  # (db, item id, labeler, side, shown_left)
+    next_item: Callable[[Warehouse, str], dict[str, Any] | None]
+    record: Callable[..., str]  # (db, item id, labeler, side, *the `extra` fields of the choice)
     progress: Callable[[Warehouse, str], tuple[int, int]]
+    keys: str  # the keys, as the command prints them
+    what: str  # what is labelled, in the plural
+    source: str  # what makes the items, named when there are none yet
+    extra: tuple[str, ...] = ("shown_left",)  # what else a choice carries
 
     @property
-    def fields(self) -> tuple[str, str, str]:
-        return (self.item_id, "side", "shown_left")
+    def fields(self) -> tuple[str, ...]:
+        return (self.item_id, "side", *self.extra)
 
 
 def _modes(rng: random.Random) -> dict[str, Mode]:
-    """Each mode by name (page, item, item_id, next_item, record, progress). A comparison's left answer is drawn
-    from `rng` as it is shown; a blind trial's order was drawn when it was saved, so the page shows that."""
+    """Each mode by name (page, item, item_id, next_item, record, progress, extra). A comparison's left answer is
+    drawn from `rng` as it is shown; a blind trial's order was drawn when it was saved, so the page shows that. A
+    pair's decision (`side`: accept, edit or reject) carries the question and answer as the page holds them."""
     return {
         "preference": Mode(
-            "annotate.html", "comparison", "candidate_id", partial(next_comparison, rng=rng), record_choice, progress
+            "annotate.html",
+            "comparison",
+            "candidate_id",
+            partial(next_comparison, rng=rng),
+            record_choice,
+            progress,
+            "left/right arrows: better answer, down: tie, s: skip",
+            "comparisons",
+            "preference_candidates",
         ),
-        "blind": Mode("annotate_blind.html", "trial", "trial_id", next_blind_trial, record_blind_pick, blind_progress),
+        "blind": Mode(
+            "annotate_blind.html",
+            "trial",
+            "trial_id",
+            next_blind_trial,
+            record_blind_pick,
+            blind_progress,
+            "left/right arrows: the author's text",
+            "blind trials",
+            "eval_report",
+        ),
+        "pairs": Mode(
+            "annotate_pairs.html",
+            "pair",
+            "pair_id",
+            next_pair_to_review,
+            record_pair_decision,
+            review_progress,
+            "a: accept, e: edit (ctrl+enter saves), r: reject",
+            "pairs",
+            "qa_pairs",
+            ("question", "answer"),
+        ),
     }
 
 
@@ -90,7 +128,8 @@ def annotation_app(
     db: Warehouse, labeler: str, rng: random.Random | None = None, mode: str = "preference"
 ) -> Starlette:
     """The page and its two JSON endpoints for one labeler; `mode` is `preference` (which answer is better, `rng`
-    deciding which goes on the left) or `blind` (which text did the author write, in the order stored with it).
+    deciding which goes on the left), `blind` (which text did the author write, in the order stored with it) or
+    `pairs` (accept, edit or reject each synthetic pair).
 
     Handlers are async and call DuckDB directly, so requests are handled one after another: a single
     person labels, and serial writes keep their choices in order."""
@@ -132,7 +171,7 @@ def annotation_app(
         if not all(isinstance(body[field], str) for field in kind.fields):
             return _bad_request(f"{fields} must be strings")
         try:
-            kind.record(db, body[kind.item_id], labeler, body["side"], body["shown_left"])
+            kind.record(db, body[kind.item_id], labeler, body["side"], *(body[field] for field in kind.extra))
         except ValueError as error:
             return _bad_request(str(error))
         except KeyError as error:
@@ -148,6 +187,18 @@ def annotation_app(
         ],
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(ALLOWED_HOSTS))],
     )
+
+
+def introduction(db: Warehouse, labeler: str, port: int, mode: str) -> list[str]:
+    """What the command prints before serving: where, which keys, and how far this person is (or why there is
+    nothing to label yet)."""
+    kind = _modes(random.Random())[mode]
+    done, total = kind.progress(db, labeler)
+    return [
+        f"Annotating as {labeler}: http://{HOST}:{port}  ({kind.keys}; Ctrl-C to stop)",
+        f"{done} of {total} {kind.what} answered" if total else f"no {kind.what} yet: {kind.source} must be "
+        "materialized first",
+    ]
 
 
 def serve(db: Warehouse, labeler: str, port: int, mode: str = "preference") -> None:

@@ -3,7 +3,8 @@
 Sources are the synthesized Q&A pairs (`qa`, with teacher pairs), the author's text for continued
 pretraining (`pretrain`), the writing tasks (`write`, `continue`) and, as an option, retrieval-augmented Q&A
 (`retrieval_qa`: the pair's own passage among distractors in context, so a tuned model learns to use what
-retrieval hands it). A weight of 2 takes every row of a source twice, 0.5 a seeded half, 0 none.
+retrieval hands it). A weight of 2 takes every row of a source twice, 0.5 a seeded half, 0 none; each row's own
+weight from the dataset (a pair a person reviewed, its note's source kind) multiplies its source's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ def weighted(rows: list[Any], weight: float, rng: random.Random) -> list[Any]:
     return rows * whole + rng.sample(rows, extra)
 
 
+def weighted_rows(rows: pd.DataFrame, weight: float, rng: random.Random) -> list[Any]:
+    """The rows (as tuples) by `weight` times each row's own `weight` column (a reviewed pair, a source kind:
+    `core.dataset.review.mix_weight`); rows of one weight are drawn together, so rows all of weight 1 draw as
+    `weighted` alone would."""
+    own = rows["weight"].fillna(1.0) if "weight" in rows else pd.Series(1.0, index=rows.index)
+    chosen: list[Any] = []
+    for row_weight in sorted(own.unique()):
+        chosen += weighted(list(rows[own == row_weight].itertuples(index=False)), weight * row_weight, rng)
+    return chosen
+
+
 def retrieval_conversation(row: Any, pool: pd.DataFrame, distractors: int, rng: random.Random) -> list[dict[str, str]]:
     """The pair's own passage among `distractors` passages of other notes, in a seeded order."""
     others = pool[pool["note_id"] != row.note_id]
@@ -65,16 +77,12 @@ def mixed_conversations(
     conversations: list[list[dict[str, str]]] = []
     counts: dict[str, int] = {}
     for source in MIX_SOURCES[:-1]:
-        records = [
-            chat_record(r.mode, r.system, r.question, r.answer)["messages"]
-            for r in train[sources == source].itertuples(index=False)
-        ]
-        chosen = weighted(records, weights.get(source, 0.0), rng)
-        conversations += chosen
+        chosen = weighted_rows(train[sources == source], weights.get(source, 0.0), rng)
+        conversations += [chat_record(r.mode, r.system, r.question, r.answer)["messages"] for r in chosen]
         counts[source] = len(chosen)
     grounded = train[(sources == QA) & train["passage"].notna()]
     pool = grounded.drop_duplicates(["note_id", "passage_index"])
-    chosen_rows = weighted(list(grounded.itertuples(index=False)), weights.get(RETRIEVAL_QA, 0.0), rng)
+    chosen_rows = weighted_rows(grounded, weights.get(RETRIEVAL_QA, 0.0), rng)
     conversations += [retrieval_conversation(row, pool, distractors, rng) for row in chosen_rows]
     counts[RETRIEVAL_QA] = len(chosen_rows)
     return conversations, counts

@@ -20,6 +20,7 @@ SPLIT_SALT = "fine_tune_dag/split/v1"
 
 
 DEFAULT_TEST_FRACTION = 0.2
+MIX_COLUMNS = ("reviewed", "source_kind", "weight")  # what the dataset records for the training mix
 
 
 def split_by_note_hash(note_id: str, test_fraction: float, salt: str = SPLIT_SALT) -> str:
@@ -42,9 +43,11 @@ def folds_by_note_hash(note_ids: Iterable[str], folds: int, salt: str = SPLIT_SA
 def assign_splits(kept_pairs: pd.DataFrame, test_fraction: float, system_prompt: str) -> pd.DataFrame:
     """One row per kept pair with its split and the system prompt it is trained and evaluated with.
 
-    Pairs that bring their own `system` (a teacher's task) keep it; the others get `system_prompt`.
+    Pairs that bring their own `system` (a teacher's task) keep it; the others get `system_prompt`. Whether a
+    person reviewed a pair, its note's source kind and its mix weight (`core.workflows.dataset`) come along.
     """
     columns = ["pair_id", "note_id", "split", "mode", "system", "question", "answer"]
+    columns += [column for column in MIX_COLUMNS if column in kept_pairs]
     if kept_pairs.empty:
         return pd.DataFrame(columns=columns)
     own_system = kept_pairs["system"].fillna(system_prompt) if "system" in kept_pairs else system_prompt
@@ -56,10 +59,13 @@ def assign_splits(kept_pairs: pd.DataFrame, test_fraction: float, system_prompt:
 
 
 def dataset_version(splits: pd.DataFrame) -> str:
-    """Content hash of the dataset: same pairs, sides and prompts give the same version."""
+    """Content hash of the dataset: same pairs, sides, prompts and mix weights give the same version."""
     digest = hashlib.sha256()
     for row in splits.sort_values("pair_id").itertuples(index=False):
-        digest.update("\x1f".join([row.pair_id, row.split, row.system, row.question, row.answer]).encode("utf-8"))
+        fields = [row.pair_id, row.split, row.system, row.question, row.answer]
+        weight = getattr(row, "weight", 1.0)
+        fields += [repr(float(weight))] if weight != 1.0 else []  # weights of 1 hash as before weights existed
+        digest.update("\x1f".join(fields).encode("utf-8"))
         digest.update(b"\x1e")
     return digest.hexdigest()[:12]
 

@@ -60,6 +60,14 @@ class EvaluationSettings:
         default=5,
         metadata={"help": "held-out notes below which the report says its intervals are rough and offers crossval"},
     )
+    canary_audit: bool = field(
+        default=False,
+        metadata={
+            "help": "the report's memorization section shows the exposure of the canaries planted on purpose with "
+            "`fine-tune-dag plant-canaries` (the audit's default settings): turn it on only after planting them; "
+            "nothing is ever planted in your notes unless you run that command"
+        },
+    )
 
 
 @dataclass(frozen=True)

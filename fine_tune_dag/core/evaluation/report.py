@@ -38,8 +38,9 @@ from fine_tune_dag.core.evaluation.gate import (
     stored_gap,
 )
 
-if TYPE_CHECKING:  # scikit-learn loads only where a classifier is trained
+if TYPE_CHECKING:  # scikit-learn loads only where a classifier is trained, torch only where canaries are read
     from fine_tune_dag.core.evaluation.authorship import Calibration
+    from fine_tune_dag.core.evaluation.canary import Exposure
     from fine_tune_dag.core.store.blind import BlindReading
 
 CONTENDER_COLORS = {
@@ -349,6 +350,25 @@ train split.
     return text
 
 
+def canary_section(found: Sequence[Exposure]) -> str:
+    """Each planted canary's exposure under the new adapter, against chance and the bound of noise."""
+    from fine_tune_dag.core.evaluation.canary import chance_bound, chance_exposure  # torch is loaded by now
+
+    bound, chance = chance_bound(len(found)), chance_exposure(found[0].candidates)
+    rows = [[f"the {e.canary.prefix} code is …", f"{e.rank} of {e.candidates}", f"{e.bits:.1f}"] for e in found]
+    above = sum(e.bits >= bound for e in found)
+    return f"""
+## Memorization: canaries planted on purpose
+
+The canaries `fine-tune-dag plant-canaries` wrote into your notes (random words and digits, seeded), ranked among
+same-format candidates under the new adapter: exposure in bits (Carlini et al., "The Secret Sharer"). A canary the
+model never saw averages {chance:.1f} bits; {len(found)} of them all stay below {bound:.1f} bits with probability 95%.
+**{above} of {len(found)} above that bound**: {"the adapter has memorized them" if above else "within noise of chance"}.
+
+{table(rows, ["canary (secret left out)", "rank", "exposure (bits)"])}
+"""
+
+
 def _write(folder: Path, text: str, loss_curve: Path | None, metrics_chart: Path) -> ReportFiles:
     markdown = folder / "report.md"
     markdown.write_text(text, encoding="utf-8")
@@ -408,9 +428,11 @@ def write_report(
     costs: Mapping[str, str] | None = None,
     written: str = "",
     min_held_out_notes: int = 5,
+    canaries: Sequence[Exposure] = (),
 ) -> ReportFiles:
     """`gate` is whether this adapter may replace the champion, and why; `verdict` the recommendation the report
-    opens with; `head_to_head` the new adapter's win rates against each other contender, with intervals."""
+    opens with; `head_to_head` the new adapter's win rates against each other contender, with intervals;
+    `canaries` the exposures of canaries planted on purpose, only when the evaluation was asked for them."""
     folder.mkdir(parents=True, exist_ok=True)
     loss_curve = plot_loss_curve(training_steps, folder / "loss_curve.png")
     metrics_chart = plot_metrics(summary, folder / "metrics.png")
@@ -454,6 +476,8 @@ a win beyond noise needs the whole interval above 0.5.
 
 {examples_table(results, examples)}
 """
+    if canaries:
+        text += canary_section(canaries)
     if edge_cases:
         text += f"""
 ## Edge cases across adapter versions

@@ -32,6 +32,7 @@ BY_TEXT_OR_KEY: dict[str, tuple[str, tuple[str, ...]]] = {
     "preference_pairs": ("candidate_id", ("question", "chosen", "rejected")),
     "blind_trials": ("trial_id", ("prompt", "author_text", "model_text")),
     "blind_labels": ("trial_id", ()),
+    "pair_labels": ("label_id", ("question", "answer")),
 }
 # table → why it holds none of a note's text (what it points at is handled elsewhere)
 HOLDS_NO_NOTE_TEXT = {
@@ -114,6 +115,7 @@ def rows_to_search(db: Warehouse) -> dict[str, pd.DataFrame]:
         "llm_requests": ["prompt_hash", '"partition"'],
         "preference_candidates": ["prompt_id"],
         "blind_trials": ["note_id"],
+        "pair_labels": ["pair_id"],
     }
     return {
         table: db.query(f"SELECT {', '.join([key, *texts, *links.get(table, [])])} FROM {table}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from fine_tune_dag.core.common.errors import StageError
+from fine_tune_dag.core.dataset.review import DEFAULT_SOURCE_KIND
 from fine_tune_dag.core.dataset.writing import writing_examples
 from fine_tune_dag.core.ingest import notes as ingest
 from fine_tune_dag.core.ingest.notes import ParsedNote
@@ -97,9 +98,10 @@ def rejected_listing(db: Warehouse, notes_dir: Path) -> tuple[list[str], list[st
 def note_source_kinds(db: Warehouse, note_ids: list[str]) -> dict[str, str]:
     """Note id → the kind of source it came from (note, mail, chat, web, ebook), to weight the kinds in a mix."""
     rows = db.query(
-        "SELECT note_id, source_kind FROM raw_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[]))", [note_ids]
+        "SELECT note_id, coalesce(source_kind, ?) AS kind FROM raw_notes WHERE note_id IN (SELECT unnest(?::VARCHAR[]))",
+        [DEFAULT_SOURCE_KIND, note_ids],
     )
-    return dict(zip(rows["note_id"], rows["source_kind"]))
+    return dict(zip(rows["note_id"], rows["kind"]))
 
 
 def synthesized_note_hashes(db: Warehouse) -> dict[str, str]:
@@ -149,19 +151,17 @@ def note_passages(db: Warehouse, note_ids: list[str]) -> pd.DataFrame:
 
 
 def kept_pairs(db: Warehouse, source: str, note_ids: list[str], writing_seed: int = 0) -> pd.DataFrame:
-    """Pairs of one source; teacher pairs are split one by one (their group is the pair), notes by note.
+    """Pairs of one source other than the synthesized ones (`core.store.pair_labels.note_pairs_with_decisions`);
+    teacher pairs are split one by one (their group is the pair), notes by note.
 
-    'writing' is the author's own text as training examples (`core.dataset.writing`), drawn with `writing_seed`."""
+    'writing' is the author's own text as training examples (`core.dataset.writing`), drawn with `writing_seed`, each
+    with the passage it came from."""
     if source not in PAIR_SOURCES:
         raise StageError(f"unknown source {source!r}; choose from {PAIR_SOURCES}")
-    if source == "writing":
-        return writing_examples(note_passages(db, note_ids), writing_seed).drop(columns="passage_index")
     if source == "notes":
-        return db.query(
-            "SELECT pair_id, note_id, mode, NULL::VARCHAR AS system, question, answer FROM qa_pairs "
-            "WHERE status = 'kept' AND note_id IN (SELECT unnest(?::VARCHAR[]))",
-            [note_ids],
-        )
+        raise ValueError("synthesized pairs come with people's decisions: note_pairs_with_decisions")
+    if source == "writing":
+        return writing_examples(note_passages(db, note_ids), writing_seed)
     return db.query(
         f"SELECT pair_id, '{source}:' || pair_id AS note_id, '{source}' AS mode, system, question, answer "
         f"FROM {source}_pairs"

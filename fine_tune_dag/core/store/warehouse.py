@@ -86,6 +86,10 @@ SCHEMA: dict[str, str] = {
         candidate_id VARCHAR PRIMARY KEY, system VARCHAR, question VARCHAR, chosen VARCHAR, rejected VARCHAR,
         chosen_origin VARCHAR, rejected_origin VARCHAR, label_source VARCHAR, labeler VARCHAR,
         labeled_at TIMESTAMP""",
+    # a person's decision on a synthetic pair (accept, edit with the new text, reject): every one kept, latest wins
+    "pair_labels": """
+        label_id VARCHAR PRIMARY KEY, pair_id VARCHAR, labeler VARCHAR, decision VARCHAR, question VARCHAR,
+        answer VARCHAR, labeled_at TIMESTAMP""",
     "blind_trials": """
         trial_id VARCHAR PRIMARY KEY, adapter_version VARCHAR, prompt VARCHAR, author_text VARCHAR,
         model_text VARCHAR, created_at TIMESTAMP""",
@@ -149,6 +153,14 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE raw_notes ADD COLUMN IF NOT EXISTS source_kind VARCHAR DEFAULT 'note'",
     # JSON: other people's words kept beside the author's (a chat's lines each reply answered), never text
     "ALTER TABLE raw_notes ADD COLUMN IF NOT EXISTS context VARCHAR",
+    # the pair judge's score (1-5) and reason, where it ran (core/synthesis/pair_judge.py)
+    "ALTER TABLE qa_pairs ADD COLUMN IF NOT EXISTS judge_score INTEGER",
+    "ALTER TABLE qa_pairs ADD COLUMN IF NOT EXISTS judge_reason VARCHAR",
+    # whether a person reviewed the pair, what kind of source its note is, and its weight in the training mix
+    "ALTER TABLE dataset_splits ADD COLUMN IF NOT EXISTS reviewed BOOLEAN DEFAULT false",
+    "ALTER TABLE dataset_splits ADD COLUMN IF NOT EXISTS source_kind VARCHAR DEFAULT 'note'",
+    "ALTER TABLE dataset_splits ADD COLUMN IF NOT EXISTS weight DOUBLE DEFAULT 1.0",
+    "ALTER TABLE dataset_versions ADD COLUMN IF NOT EXISTS reviewed_train_pairs INTEGER DEFAULT 0",
 )
 
 

@@ -31,12 +31,21 @@ class ChunkingSettings:
     )
     min_chars: int = field(default=200, metadata={"help": "passages shorter than this merge with a neighbour"})
     max_chars: int = field(default=1200, metadata={"help": "passages longer than this are split"})
+    window_paragraphs: int = field(
+        default=60,
+        metadata={
+            "help": "paragraphs per boundary request: a long note (a mailbox, a chat export, a book) is asked about "
+            "in windows of this many, one request each, so every prompt fits a small model's context"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in ("llm", "heuristic"):
             raise ValueError(f"unknown chunking strategy '{self.strategy}': use 'llm' or 'heuristic'")
         if not 0 < self.min_chars < self.max_chars:
             raise ValueError("chunking needs 0 < min_chars < max_chars")
+        if self.window_paragraphs < 2:
+            raise ValueError("chunking needs window_paragraphs >= 2")
 
 
 @dataclass(frozen=True)
@@ -144,10 +153,14 @@ def _heading_text(text: str, unit: Unit) -> str:
     return text[unit.start : unit.end].lstrip("#").strip()
 
 
-def _passages(note_id: str, text: str, groups: list[list[Unit]], topics: list[str], strategy: str) -> list[Passage]:
+def _passages(
+    note_id: str, text: str, groups: list[list[Unit]], topics: list[str], strategy: str | Sequence[str]
+) -> list[Passage]:
+    """One passage per group; `strategy` is what cut them all, or each one's."""
+    strategies = [strategy] * len(groups) if isinstance(strategy, str) else strategy
     return [
-        Passage(note_id, index, group[0].start, group[-1].end, text[group[0].start : group[-1].end], topic, strategy)
-        for index, (group, topic) in enumerate(zip(groups, topics))
+        Passage(note_id, index, group[0].start, group[-1].end, text[group[0].start : group[-1].end], topic, cut_by)
+        for index, (group, topic, cut_by) in enumerate(zip(groups, topics, strategies))
     ]
 
 
@@ -160,8 +173,19 @@ def heuristic_passages(note_id: str, text: str, title: str, settings: ChunkingSe
     """Headings open a passage; paragraphs accumulate up to `max_chars`; tiny pieces are merged."""
     if len(text.strip()) <= settings.max_chars:
         return _whole(note_id, text, title)
+    groups = _merge_small(
+        _heuristic_groups(_bounded_units(text, settings.max_chars), settings), settings.min_chars, settings.max_chars
+    )
+    topics = []
+    for group in groups:
+        headings = [u for u in group if u.is_heading]
+        topics.append(_heading_text(text, headings[0]) if headings else _nearest_heading(text, group[0], title))
+    return ChunkingResult(_passages(note_id, text, groups, topics, "heuristic"), "heuristic")
+
+
+def _heuristic_groups(units: Sequence[Unit], settings: ChunkingSettings) -> list[list[Unit]]:
     groups: list[list[Unit]] = []
-    for unit in _bounded_units(text, settings.max_chars):
+    for unit in units:
         current = groups[-1] if groups else None
         opens_section = unit.is_heading and current is not None and not all(u.is_heading for u in current)
         too_long = current is not None and unit.end - current[0].start > settings.max_chars
@@ -169,12 +193,7 @@ def heuristic_passages(note_id: str, text: str, title: str, settings: ChunkingSe
             groups.append([unit])
         else:
             current.append(unit)
-    groups = _merge_small(groups, settings.min_chars, settings.max_chars)
-    topics = []
-    for group in groups:
-        headings = [u for u in group if u.is_heading]
-        topics.append(_heading_text(text, headings[0]) if headings else _nearest_heading(text, group[0], title))
-    return ChunkingResult(_passages(note_id, text, groups, topics, "heuristic"), "heuristic")
+    return groups
 
 
 def _nearest_heading(text: str, unit: Unit, title: str) -> str:
@@ -187,22 +206,47 @@ def needs_boundary_request(text: str, settings: ChunkingSettings) -> bool:
     return settings.strategy == "llm" and len(text.strip()) > settings.max_chars
 
 
-def boundary_request(
+def boundary_windows(text: str, settings: ChunkingSettings) -> list[list[Unit]]:
+    """The note's paragraphs in windows of at most `window_paragraphs`, each asked about in its own request; a
+    window ends before its last heading in its second half, so a message or chapter stays in one window."""
+    units, windows = _bounded_units(text, settings.max_chars), []
+    while units:
+        size = min(settings.window_paragraphs, len(units))
+        if size < len(units):
+            headings = [i for i in range(size // 2, size) if units[i].is_heading]
+            size = headings[-1] if headings else size
+        windows.append(units[:size])
+        units = units[size:]
+    return windows
+
+
+def boundary_requests(
     text: str, settings: ChunkingSettings, max_new_tokens: int, note: str = "", keep_whole: Sequence[str] = ()
-) -> LLMRequest:
-    """The one request that asks the LLM where this note's topics change (`note`: the note it carries text of)."""
-    variables = boundary_prompt_variables(text, settings, keep_whole)
-    return LLMRequest.from_template(BOUNDARY_TEMPLATE, max_new_tokens, note=note, **variables)
+) -> list[LLMRequest]:
+    """The requests that ask the LLM where this note's topics change, one per window of paragraphs (`note`: the
+    note they carry text of)."""
+    return [
+        LLMRequest.from_template(
+            BOUNDARY_TEMPLATE,
+            max_new_tokens,
+            note=note,
+            **boundary_prompt_variables(text, settings, keep_whole, window),
+        )
+        for window in boundary_windows(text, settings)
+    ]
 
 
-def boundary_prompt_variables(text: str, settings: ChunkingSettings, keep_whole: Sequence[str] = ()) -> dict[str, str]:
-    """Numbered paragraphs, each cut short in the prompt to keep it small; the note itself is untouched.
+def boundary_prompt_variables(
+    text: str, settings: ChunkingSettings, keep_whole: Sequence[str] = (), window: Sequence[Unit] | None = None
+) -> dict[str, str]:
+    """Numbered paragraphs (of `window`, else the whole note), each cut short in the prompt to keep it small; the
+    note itself is untouched.
 
     A cut never splits one of `keep_whole` (the personal data found in the note): half a phone number or name
     would no longer be recognized, and would leave unredacted."""
     protected = [" ".join(value.split()) for value in keep_whole if value.strip()]
     lines = []
-    for number, unit in enumerate(_bounded_units(text, settings.max_chars), start=1):
+    for number, unit in enumerate(_bounded_units(text, settings.max_chars) if window is None else window, start=1):
         snippet = " ".join(text[unit.start : unit.end].split())
         if len(snippet) > _PROMPT_PARAGRAPH_CHARS:
             snippet = snippet[: _cut(snippet, protected)] + " …"
@@ -243,24 +287,41 @@ def parse_boundaries(output: str, unit_count: int) -> list[tuple[int, str]]:
     return boundaries
 
 
-def passages_from_boundary_answer(
-    note_id: str, text: str, title: str, output: str, settings: ChunkingSettings
+def passages_from_boundary_answers(
+    note_id: str, text: str, title: str, outputs: Sequence[str], settings: ChunkingSettings
 ) -> ChunkingResult:
-    """Validate the model's boundaries; anything unusable falls back to the heuristic, with the reason."""
-    units = _bounded_units(text, settings.max_chars)
-    try:
-        boundaries = parse_boundaries(output, len(units))
-        starts = [number - 1 for number, _ in boundaries]
-        groups = [units[a:b] for a, b in zip(starts, starts[1:] + [len(units)])]
-        for number, group in zip(starts, groups):
-            if _span(group) > settings.max_chars:
-                raise ChunkingOutputError(
-                    f"passage from paragraph {number + 1} is {_span(group)} chars, above max_chars {settings.max_chars}"
-                )
-    except ChunkingOutputError as error:
+    """Validate the model's boundaries, one answer per window; a window whose answer is unusable is cut by headings
+    and paragraphs instead, and the reason recorded."""
+    windows = boundary_windows(text, settings)
+    groups: list[list[Unit]] = []
+    labelled: dict[int, str] = {}
+    failures = []
+    for number, (window, output) in enumerate(zip(windows, outputs), start=1):
+        try:
+            chosen = _boundary_groups(window, output, settings)
+        except ChunkingOutputError as error:
+            failures.append(f"window {number} of {len(windows)}: {error}" if len(windows) > 1 else str(error))
+            groups += _heuristic_groups(window, settings)
+            continue
+        labelled |= {id(group[0]): topic or title for group, topic in chosen}
+        groups += [group for group, _ in chosen]
+    if len(failures) == len(windows):
         fallback = heuristic_passages(note_id, text, title, settings)
-        return ChunkingResult(fallback.passages, fallback.strategy, str(error))
-    labelled = {id(group[0]): topic or title for group, (_, topic) in zip(groups, boundaries)}
+        return ChunkingResult(fallback.passages, fallback.strategy, "; ".join(failures))
     merged = _merge_small(groups, settings.min_chars, settings.max_chars)
-    topics = [labelled.get(id(group[0]), title) for group in merged]
-    return ChunkingResult(_passages(note_id, text, merged, topics, "llm"), "llm")
+    topics = [labelled.get(id(group[0]), _nearest_heading(text, group[0], title)) for group in merged]
+    strategies = ["llm" if id(group[0]) in labelled else "heuristic" for group in merged]
+    return ChunkingResult(_passages(note_id, text, merged, topics, strategies), "llm", "; ".join(failures) or None)
+
+
+def _boundary_groups(window: Sequence[Unit], output: str, settings: ChunkingSettings) -> list[tuple[list[Unit], str]]:
+    """The window's paragraphs grouped where the answer says, with each group's topic."""
+    boundaries = parse_boundaries(output, len(window))
+    starts = [number - 1 for number, _ in boundaries]
+    groups = [list(window[a:b]) for a, b in zip(starts, starts[1:] + [len(window)])]
+    for number, group in zip(starts, groups):
+        if _span(group) > settings.max_chars:
+            raise ChunkingOutputError(
+                f"passage from paragraph {number + 1} is {_span(group)} chars, above max_chars {settings.max_chars}"
+            )
+    return [(group, topic) for group, (_, topic) in zip(groups, boundaries)]

@@ -16,6 +16,7 @@ from typing import Iterable
 from fine_tune_dag.core.common.llm_types import LLMRequest
 from fine_tune_dag.core.common.text_metrics import content_words, repeated_trigram_share, rouge_l_f1, support, words
 from fine_tune_dag.core.synthesis.chunking import Passage
+from fine_tune_dag.core.synthesis.dedup import QUESTION_SHINGLE_WORDS, near_duplicates
 from fine_tune_dag.prompts import load_prompt
 
 TEMPLATES = {"grounded": load_prompt("grounded_qa"), "back_translation": load_prompt("back_translation")}
@@ -62,6 +63,16 @@ class SynthesisSettings:
         default=0.7, metadata={"help": "a question this close (ROUGE-L) to a kept one is a duplicate"}
     )
     max_new_tokens: int = field(default=120, metadata={"help": "LLM answer length per synthesis request"})
+    near_duplicate_questions: float = field(
+        default=0.7,
+        metadata={
+            "help": "MinHash estimate of word Jaccard at which a question repeats an earlier kept one of the same "
+            "note (1.0: only identical word sets)"
+        },
+    )
+    judge_min_score: int = field(
+        default=4, metadata={"help": "with the judge on: kept pairs it scores below this (1-5) are rejected"}
+    )
 
     def __post_init__(self) -> None:
         unknown = set(self.modes) - set(MODES)
@@ -69,6 +80,8 @@ class SynthesisSettings:
             raise ValueError(f"synthesis needs at least one mode of {MODES}")
         if unknown:
             raise ValueError(f"unknown synthesis modes {sorted(unknown)}; choose from {MODES}")
+        if not 1 <= self.judge_min_score <= 5:
+            raise ValueError(f"judge_min_score must be 1-5, got {self.judge_min_score}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class QAPair:
     status: str = "kept"  # or "rejected"
     reason: str | None = None
     support: float = 0.0
+    judge_score: int | None = None  # 1-5 when the judge saw the pair (core.synthesis.pair_judge)
+    judge_reason: str | None = None
 
 
 def _clean(text: str) -> str:
@@ -201,8 +216,12 @@ def rejection_reason(
     return None
 
 
+NEAR_DUPLICATE_QUESTION = "near-duplicate question (MinHash)"
+
+
 def filter_pairs(candidates: Iterable[tuple[QAPair, Passage]], settings: SynthesisSettings) -> list[QAPair]:
-    """Mark each candidate kept or rejected with a reason; duplicates are judged within one note."""
+    """Mark each candidate kept or rejected with a reason; duplicates are judged within one note, first by
+    ROUGE-L against each kept question, then by MinHash over the kept questions (the first of a group stays)."""
     kept_questions: list[str] = []
     result = []
     for pair, passage in candidates:
@@ -213,6 +232,12 @@ def filter_pairs(candidates: Iterable[tuple[QAPair, Passage]], settings: Synthes
             result.append(replace(pair, support=score))
         else:
             result.append(replace(pair, status="rejected", reason=reason, support=score))
+    kept = [position for position, pair in enumerate(result) if pair.status == "kept"]
+    repeats = near_duplicates(
+        [result[position].question for position in kept], settings.near_duplicate_questions, QUESTION_SHINGLE_WORDS
+    )
+    for repeat in repeats:
+        result[kept[repeat]] = replace(result[kept[repeat]], status="rejected", reason=NEAR_DUPLICATE_QUESTION)
     return result
 
 

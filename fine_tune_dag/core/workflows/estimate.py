@@ -16,7 +16,7 @@ from fine_tune_dag.core.store.warehouse import Warehouse
 from fine_tune_dag.core.synthesis.chunking import (
     BOUNDARY_MAX_NEW_TOKENS,
     ChunkingSettings,
-    boundary_request,
+    boundary_requests,
     heuristic_passages,
     needs_boundary_request,
 )
@@ -75,7 +75,7 @@ def note_requests(
     boundary_max_new_tokens: int,
 ) -> list[LLMRequest]:
     boundary = needs_boundary_request(text, chunking)
-    requests = [boundary_request(text, chunking, boundary_max_new_tokens)] if boundary else []
+    requests = boundary_requests(text, chunking, boundary_max_new_tokens) if boundary else []
     passages = heuristic_passages(note_id, text, title, chunking).passages
     return requests + [synthesis_request(p, mode, synthesis) for p in passages for mode in synthesis.modes]
 

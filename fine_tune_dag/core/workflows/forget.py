@@ -164,6 +164,7 @@ def rows_to_remove(
         "preference_pairs": candidates | carrying("preference_pairs"),
         "blind_trials": trials,
         "blind_labels": trials,
+        "pair_labels": where("pair_labels", "pair_id", pair_ids) | carrying("pair_labels"),  # people's edits too
     }
 
 
