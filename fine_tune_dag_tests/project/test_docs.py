@@ -60,7 +60,6 @@ NOT_MEASURED = {
     "256 MiB": "the size above which a note is refused unread, a limit",
     "50 MB": "the size of the oversized test note, a test input",
     "20 MB": "trafilatura's download limit for a web page",
-    "400 MiB": "test_load.py's bound on memory growth over the backfill",
 }
 
 
