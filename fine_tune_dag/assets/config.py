@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import Field, create_model
 
 from fine_tune_dag.core.common.chat import DEFAULT_SYSTEM_PROMPT
+from fine_tune_dag.core.dataset.config import DatasetSettings
 from fine_tune_dag.core.dataset.splits import DEFAULT_TEST_FRACTION
 from fine_tune_dag.core.evaluation.config import EvaluationSettings, PreferenceSettings
 from fine_tune_dag.core.retrieval.settings import RetrievalSettings
@@ -23,7 +24,6 @@ from fine_tune_dag.core.synthesis.chunking import BOUNDARY_MAX_NEW_TOKENS, Chunk
 from fine_tune_dag.core.synthesis.qa_pairs import SynthesisSettings
 from fine_tune_dag.core.training.dpo_config import DpoSettings
 from fine_tune_dag.core.training.sft_config import TrainingSettings
-from fine_tune_dag.core.workflows.dataset import DatasetSettings
 
 
 class SettingsConfig(dg.Config):
